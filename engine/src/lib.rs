@@ -1,0 +1,28 @@
+//! loupe-engine: tokenizer, model families with hook points, weight loading (GGUF,
+//! safetensors) and generation. Nothing here knows about storage or gRPC.
+
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod hooks;
+pub mod model;
+pub mod perf;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::ModelConfig;
+pub use error::{EngineError, Result};
+pub use hooks::{ForwardContext, Hooks, Intervention};
+pub use loupe_schema::hook::{BlockSite, HookPoint};
+pub use model::{ForwardOutput, KvCache, LanguageModel, Logits, Model, TokenBatch};
+pub use tokenizer::Tokenizer;
+
+/// loupe's cache directory: `$LOUPE_HOME`, else `~/.cache/loupe`.
+pub fn loupe_home() -> std::path::PathBuf {
+    if let Some(home) = std::env::var_os("LOUPE_HOME") {
+        return home.into();
+    }
+    let user_home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_else(|| ".".into());
+    user_home.join(".cache").join("loupe")
+}

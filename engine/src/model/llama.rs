@@ -1,0 +1,290 @@
+//! The Llama family (Llama 2/3, SmolLM, Mistral-style GQA): RMSNorm, RoPE, grouped-query
+//! attention, SwiGLU MLP. f32 on CPU, with every TransformerLens hook point.
+
+use std::collections::BTreeMap;
+
+use candle_core::{Device, Tensor};
+use loupe_schema::hook::{BlockSite, HookPoint};
+
+use super::{rope, ForwardOutput, KvCache, LanguageModel, Logits, TokenBatch};
+use crate::config::ModelConfig;
+use crate::error::{EngineError, Result};
+use crate::hooks::{ForwardContext, Hooks};
+use crate::weights::WeightMap;
+
+const FAMILY: &str = "llama";
+
+/// One decoder block. Projections are stored transposed (`[in, out]`, contiguous) and fused
+/// (Q|K|V and gate|up) so that each is one large matmul over all tokens of the batch.
+struct Block {
+    attn_norm: Tensor,
+    mlp_norm: Tensor,
+    qkv: Tensor,
+    out: Tensor,
+    gate_up: Tensor,
+    down: Tensor,
+}
+
+pub struct Llama {
+    config: ModelConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    final_norm: Tensor,
+    /// `[d_model, vocab]`: W_U, tied to the embeddings when the file has no `lm_head`.
+    unembed: Tensor,
+}
+
+/// Per-call state shared by the blocks of one forward pass.
+struct Pass<'a> {
+    hooks: &'a Hooks,
+    ctx: ForwardContext,
+    captured: BTreeMap<HookPoint, Tensor>,
+    cos: Tensor,
+    sin: Tensor,
+    /// Additive attention mask `[batch, 1, 1, seq, kv_len]`, absent when nothing is masked.
+    mask: Option<Tensor>,
+    batch: usize,
+    seq: usize,
+}
+
+impl Pass<'_> {
+    fn hook(&mut self, hook: HookPoint, x: Tensor) -> Result<Tensor> {
+        if !self.hooks.touches(hook) {
+            return Ok(x);
+        }
+        self.hooks.apply(hook, x, &self.ctx, &mut self.captured)
+    }
+}
+
+impl Llama {
+    pub fn new(config: ModelConfig, weights: &mut WeightMap) -> Result<Self> {
+        let d = config.hidden_size;
+        let q_out = config.n_heads * config.head_dim;
+        let kv_out = config.n_kv_heads * config.head_dim;
+        let ff = config.intermediate_size;
+        let embed = weights.take("model.embed_tokens.weight", &[config.vocab_size, d], FAMILY)?;
+        let unembed = if weights.contains("lm_head.weight") {
+            weights.take("lm_head.weight", &[config.vocab_size, d], FAMILY)?
+        } else {
+            embed.clone()
+        };
+        let unembed = unembed.t()?.contiguous()?;
+        let mut blocks = Vec::with_capacity(config.n_layers);
+        for layer in 0..config.n_layers {
+            let p = |leaf: &str| format!("model.layers.{layer}.{leaf}");
+            let mut take = |leaf: &str, shape: &[usize]| weights.take(&p(leaf), shape, FAMILY);
+            let q = take("self_attn.q_proj.weight", &[q_out, d])?;
+            let k = take("self_attn.k_proj.weight", &[kv_out, d])?;
+            let v = take("self_attn.v_proj.weight", &[kv_out, d])?;
+            let o = take("self_attn.o_proj.weight", &[d, q_out])?;
+            let gate = take("mlp.gate_proj.weight", &[ff, d])?;
+            let up = take("mlp.up_proj.weight", &[ff, d])?;
+            let down = take("mlp.down_proj.weight", &[d, ff])?;
+            blocks.push(Block {
+                attn_norm: take("input_layernorm.weight", &[d])?,
+                mlp_norm: take("post_attention_layernorm.weight", &[d])?,
+                qkv: transposed(&Tensor::cat(&[&q, &k, &v], 0)?)?,
+                out: transposed(&o)?,
+                gate_up: transposed(&Tensor::cat(&[&gate, &up], 0)?)?,
+                down: transposed(&down)?,
+            });
+        }
+        let final_norm = weights.take("model.norm.weight", &[d], FAMILY)?;
+        Ok(Llama { config, embed, blocks, final_norm, unembed })
+    }
+
+    /// The last block the pass must run: all of them when logits or the final norm are
+    /// wanted, else the block of the deepest hook.
+    fn last_block(&self, hooks: &Hooks, logits: Logits) -> Option<usize> {
+        let all = self.config.n_layers.checked_sub(1);
+        if logits != Logits::None {
+            return all;
+        }
+        match hooks.deepest()? {
+            HookPoint::Embed => None,
+            HookPoint::Block { layer, .. } => Some(layer),
+            HookPoint::FinalNormalized => all,
+        }
+    }
+
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(x, weight, self.config.rms_norm_eps as f32)?)
+    }
+
+    fn block(&self, layer: usize, x: Tensor, pass: &mut Pass, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let w = &self.blocks[layer];
+        let hook = |site| HookPoint::block(layer, site);
+        let x = pass.hook(hook(BlockSite::ResidPre), x)?;
+        let attn = self.attention(w, &self.rms_norm(&x, &w.attn_norm)?, pass, cache.map(|c| c.layer(layer)))?;
+        let attn = pass.hook(hook(BlockSite::AttnOut), attn)?;
+        let x = pass.hook(hook(BlockSite::ResidMid), (x + attn)?)?;
+        let normed = pass.hook(hook(BlockSite::Ln2Normalized), self.rms_norm(&x, &w.mlp_norm)?)?;
+        let mlp_out = self.mlp(w, &normed, layer, pass)?;
+        let mlp_out = pass.hook(hook(BlockSite::MlpOut), mlp_out)?;
+        pass.hook(hook(BlockSite::ResidPost), (x + mlp_out)?)
+    }
+
+    /// `x`: `[batch, seq, d]`. Returns the attention sublayer's output, same shape.
+    fn attention(&self, w: &Block, x: &Tensor, pass: &Pass, cache: Option<&mut candle_nn::kv_cache::KvCache>) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, t) = (pass.batch, pass.seq);
+        let (h, kv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
+        let groups = h / kv;
+        let qkv = x.reshape((b * t, c.hidden_size))?.matmul(&w.qkv)?;
+        let heads = |start: usize, n: usize| -> candle_core::Result<Tensor> {
+            qkv.narrow(1, start * hd, n * hd)?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
+        };
+        let q = candle_nn::rotary_emb::rope(&heads(0, h)?, &pass.cos, &pass.sin)?;
+        let k = candle_nn::rotary_emb::rope(&heads(h, kv)?, &pass.cos, &pass.sin)?;
+        let v = heads(h + kv, kv)?;
+        let (k, v) = match cache {
+            Some(cache) => cache.append(&k, &v)?,
+            None => (k, v),
+        };
+        let kv_len = k.dim(2)?;
+        // Heads sharing a KV head are stacked along rows: [b, kv, groups * t, hd], so GQA
+        // needs no copy of K and V per query head.
+        let q = (q.reshape((b, kv, groups * t, hd))? * (1.0 / (hd as f64).sqrt()))?;
+        let scores = q.matmul(&k.t()?)?.reshape((b, kv, groups, t, kv_len))?;
+        let scores = match &pass.mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, kv, groups * t, kv_len))?;
+        let mixed = probs.matmul(&v.contiguous()?)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b * t, h * hd))?;
+        Ok(mixed.matmul(&w.out)?.reshape((b, t, c.hidden_size))?)
+    }
+
+    fn mlp(&self, w: &Block, x: &Tensor, layer: usize, pass: &mut Pass) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, t, ff) = (pass.batch, pass.seq, c.intermediate_size);
+        let gate_up = x.reshape((b * t, c.hidden_size))?.matmul(&w.gate_up)?;
+        let hidden = (candle_nn::ops::silu(&gate_up.narrow(1, 0, ff)?)? * gate_up.narrow(1, ff, ff)?)?;
+        let hidden = pass.hook(HookPoint::block(layer, BlockSite::MlpPost), hidden.reshape((b, t, ff))?)?;
+        Ok(hidden.reshape((b * t, ff))?.matmul(&w.down)?.reshape((b, t, c.hidden_size))?)
+    }
+
+    fn logits(&self, x: &Tensor, batch: &TokenBatch, logits: Logits, pass: &mut Pass) -> Result<Option<Tensor>> {
+        let (b, t, d) = (pass.batch, pass.seq, self.config.hidden_size);
+        let vocab = self.config.vocab_size;
+        let needs_all = logits == Logits::All || pass.hooks.touches(HookPoint::FinalNormalized);
+        if logits == Logits::None && !needs_all {
+            return Ok(None);
+        }
+        if !needs_all {
+            // Only each sequence's last real position: norm and unembed b rows, not b * t.
+            let rows: Vec<u32> = batch.lengths.iter().enumerate().map(|(i, &len)| (i * t + len - 1) as u32).collect();
+            let rows = Tensor::from_vec(rows, b, &Device::Cpu)?;
+            let last = x.reshape((b * t, d))?.index_select(&rows, 0)?;
+            return Ok(Some(self.rms_norm(&last, &self.final_norm)?.matmul(&self.unembed)?));
+        }
+        let normed = pass.hook(HookPoint::FinalNormalized, self.rms_norm(x, &self.final_norm)?)?;
+        match logits {
+            Logits::None => Ok(None),
+            Logits::All => Ok(Some(normed.reshape((b * t, d))?.matmul(&self.unembed)?.reshape((b, t, vocab))?)),
+            Logits::Last => {
+                let rows: Vec<u32> = batch.lengths.iter().enumerate().map(|(i, &len)| (i * t + len - 1) as u32).collect();
+                let rows = Tensor::from_vec(rows, b, &Device::Cpu)?;
+                Ok(Some(normed.reshape((b * t, d))?.index_select(&rows, 0)?.matmul(&self.unembed)?))
+            }
+        }
+    }
+}
+
+impl LanguageModel for Llama {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn unembedding(&self) -> &Tensor {
+        &self.unembed
+    }
+
+    fn forward(&self, batch: &TokenBatch, hooks: &Hooks, logits: Logits, mut cache: Option<&mut KvCache>) -> Result<ForwardOutput> {
+        let c = &self.config;
+        hooks.validate(c.n_layers)?;
+        let (b, t) = batch.ids.dims2()?;
+        if b != batch.lengths.len() || batch.lengths.iter().any(|&l| l == 0 || l > t) {
+            return Err(EngineError::InvalidInput(format!(
+                "batch lengths {:?} do not fit token ids of shape [{b}, {t}]",
+                batch.lengths
+            )));
+        }
+        let offset = cache.as_ref().map_or(0, |c| c.seq_len());
+        if cache.is_some() {
+            if logits == Logits::None {
+                return Err(EngineError::InvalidInput("a KV cache needs every layer: ask for logits".into()));
+            }
+            if batch.is_padded() {
+                return Err(EngineError::InvalidInput("a KV cache needs unpadded sequences of equal length".into()));
+            }
+        }
+        let max_id = batch.ids.max_all()?.to_scalar::<u32>()?;
+        if max_id as usize >= c.vocab_size {
+            return Err(EngineError::InvalidInput(format!("token id {max_id} is outside the vocabulary (size {})", c.vocab_size)));
+        }
+        let last_block = self.last_block(hooks, logits);
+        let (cos, sin) = rope::tables(c.rope_theta, c.head_dim, offset, t)?;
+        let mut pass = Pass {
+            hooks,
+            ctx: ForwardContext { position_offset: offset, lengths: batch.lengths.clone() },
+            captured: BTreeMap::new(),
+            cos,
+            sin,
+            mask: attention_mask(&batch.lengths, t, offset)?,
+            batch: b,
+            seq: t,
+        };
+        let x = self.embed.index_select(&batch.ids.flatten_all()?, 0)?.reshape((b, t, c.hidden_size))?;
+        let mut x = pass.hook(HookPoint::Embed, x)?;
+        if let Some(last) = last_block {
+            for layer in 0..=last {
+                x = self.block(layer, x, &mut pass, cache.as_deref_mut())?;
+            }
+        }
+        let logits = self.logits(&x, batch, logits, &mut pass)?;
+        Ok(ForwardOutput { logits, captured: pass.captured })
+    }
+}
+
+/// Causal mask plus key padding for right-padded sequences whose new tokens start at
+/// `offset`. `None` when every query may see every earlier key (one new token, no padding).
+fn attention_mask(lengths: &[usize], seq: usize, offset: usize) -> Result<Option<Tensor>> {
+    let padded = lengths.iter().any(|&l| l != seq);
+    if seq == 1 && !padded {
+        return Ok(None);
+    }
+    let kv_len = offset + seq;
+    let mut mask = vec![0f32; lengths.len() * seq * kv_len];
+    for (b, &len) in lengths.iter().enumerate() {
+        for i in 0..seq {
+            let row = &mut mask[(b * seq + i) * kv_len..(b * seq + i + 1) * kv_len];
+            for (j, m) in row.iter_mut().enumerate() {
+                // Padding queries still see the real keys, so no row is all -inf.
+                if j > offset + i || j >= offset + len {
+                    *m = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    Ok(Some(Tensor::from_vec(mask, (lengths.len(), 1, 1, seq, kv_len), &Device::Cpu)?))
+}
+
+fn transposed(w: &Tensor) -> candle_core::Result<Tensor> {
+    w.t()?.contiguous()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_is_causal_and_hides_padding() {
+        let mask = attention_mask(&[3, 2], 3, 0).unwrap().unwrap();
+        let m = mask.reshape((2, 3, 3)).unwrap().to_vec3::<f32>().unwrap();
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(m[0], vec![vec![0.0, inf, inf], vec![0.0, 0.0, inf], vec![0.0, 0.0, 0.0]]);
+        assert_eq!(m[1], vec![vec![0.0, inf, inf], vec![0.0, 0.0, inf], vec![0.0, 0.0, inf]]);
+        assert!(attention_mask(&[1], 1, 3).unwrap().is_none());
+    }
+}

@@ -1,0 +1,48 @@
+//! Shared by the engine's integration tests: the default model (fetched by
+//! `scripts/setup.sh`) loaded once, and the fixtures written by `reference/engine_parity.py`.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use candle_core::{Device, Tensor};
+use loupe_engine::Model;
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+}
+
+/// SmolLM2-135M-Instruct from `$LOUPE_HOME`. Missing model = failing test, never a skip.
+pub fn smollm2() -> &'static Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let path = loupe_engine::model::default_model_path();
+        assert!(path.exists(), "{} is missing: run scripts/setup.sh first", path.display());
+        Model::load(&path).expect("load the default model")
+    })
+}
+
+pub fn load_safetensors(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixtures().join(name), &Device::Cpu).expect("read fixture")
+}
+
+pub fn prompts_fixture() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixtures().join("smollm2_prompts.json")).expect("read prompts fixture");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Max absolute difference, and the reference's max absolute value.
+pub fn max_abs_error(actual: &Tensor, expected: &Tensor) -> (f32, f32) {
+    assert_eq!(actual.dims(), expected.dims(), "shapes differ");
+    let err = (actual - expected).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let scale = expected.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    (err, scale)
+}
+
+/// Asserts the published tolerance: max abs error <= 1e-3 x the reference's max abs value.
+pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor) {
+    let (err, scale) = max_abs_error(actual, expected);
+    assert!(err <= 1e-3 * scale, "{what}: max abs error {err} > 1e-3 x {scale}");
+}
