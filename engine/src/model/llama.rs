@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use candle_core::{Device, Tensor};
 use loupe_schema::hook::{BlockSite, HookPoint};
 
-use super::{rope, ForwardOutput, KvCache, LanguageModel, Logits, TokenBatch};
+use super::{cpu_ops, rope, ForwardOutput, KvCache, LanguageModel, Logits, TokenBatch};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::hooks::{ForwardContext, Hooks};
@@ -41,8 +41,6 @@ struct Pass<'a> {
     captured: BTreeMap<HookPoint, Tensor>,
     cos: Tensor,
     sin: Tensor,
-    /// Additive attention mask `[batch, 1, 1, seq, kv_len]`, absent when nothing is masked.
-    mask: Option<Tensor>,
     batch: usize,
     seq: usize,
 }
@@ -144,13 +142,10 @@ impl Llama {
         let kv_len = k.dim(2)?;
         // Heads sharing a KV head are stacked along rows: [b, kv, groups * t, hd], so GQA
         // needs no copy of K and V per query head.
-        let q = (q.reshape((b, kv, groups * t, hd))? * (1.0 / (hd as f64).sqrt()))?;
-        let scores = q.matmul(&k.t()?)?.reshape((b, kv, groups, t, kv_len))?;
-        let scores = match &pass.mask {
-            Some(mask) => scores.broadcast_add(mask)?,
-            None => scores,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, kv, groups * t, kv_len))?;
+        let scores = q.reshape((b, kv, groups * t, hd))?.matmul(&k.t()?)?.reshape((b, h, t, kv_len))?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let probs = cpu_ops::masked_softmax(&scores, scale, &pass.ctx.lengths, pass.ctx.position_offset)?
+            .reshape((b, kv, groups * t, kv_len))?;
         let mixed = probs.matmul(&v.contiguous()?)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b * t, h * hd))?;
         Ok(mixed.matmul(&w.out)?.reshape((b, t, c.hidden_size))?)
     }
@@ -159,7 +154,7 @@ impl Llama {
         let c = &self.config;
         let (b, t, ff) = (pass.batch, pass.seq, c.intermediate_size);
         let gate_up = x.reshape((b * t, c.hidden_size))?.matmul(&w.gate_up)?;
-        let hidden = (candle_nn::ops::silu(&gate_up.narrow(1, 0, ff)?)? * gate_up.narrow(1, ff, ff)?)?;
+        let hidden = cpu_ops::swiglu(&gate_up)?;
         let hidden = pass.hook(HookPoint::block(layer, BlockSite::MlpPost), hidden.reshape((b, t, ff))?)?;
         Ok(hidden.reshape((b * t, ff))?.matmul(&w.down)?.reshape((b, t, c.hidden_size))?)
     }
@@ -231,7 +226,6 @@ impl LanguageModel for Llama {
             captured: BTreeMap::new(),
             cos,
             sin,
-            mask: attention_mask(&batch.lengths, t, offset)?,
             batch: b,
             seq: t,
         };
@@ -247,44 +241,6 @@ impl LanguageModel for Llama {
     }
 }
 
-/// Causal mask plus key padding for right-padded sequences whose new tokens start at
-/// `offset`. `None` when every query may see every earlier key (one new token, no padding).
-fn attention_mask(lengths: &[usize], seq: usize, offset: usize) -> Result<Option<Tensor>> {
-    let padded = lengths.iter().any(|&l| l != seq);
-    if seq == 1 && !padded {
-        return Ok(None);
-    }
-    let kv_len = offset + seq;
-    let mut mask = vec![0f32; lengths.len() * seq * kv_len];
-    for (b, &len) in lengths.iter().enumerate() {
-        for i in 0..seq {
-            let row = &mut mask[(b * seq + i) * kv_len..(b * seq + i + 1) * kv_len];
-            for (j, m) in row.iter_mut().enumerate() {
-                // Padding queries still see the real keys, so no row is all -inf.
-                if j > offset + i || j >= offset + len {
-                    *m = f32::NEG_INFINITY;
-                }
-            }
-        }
-    }
-    Ok(Some(Tensor::from_vec(mask, (lengths.len(), 1, 1, seq, kv_len), &Device::Cpu)?))
-}
-
 fn transposed(w: &Tensor) -> candle_core::Result<Tensor> {
     w.t()?.contiguous()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mask_is_causal_and_hides_padding() {
-        let mask = attention_mask(&[3, 2], 3, 0).unwrap().unwrap();
-        let m = mask.reshape((2, 3, 3)).unwrap().to_vec3::<f32>().unwrap();
-        let inf = f32::NEG_INFINITY;
-        assert_eq!(m[0], vec![vec![0.0, inf, inf], vec![0.0, 0.0, inf], vec![0.0, 0.0, 0.0]]);
-        assert_eq!(m[1], vec![vec![0.0, inf, inf], vec![0.0, 0.0, inf], vec![0.0, 0.0, inf]]);
-        assert!(attention_mask(&[1], 1, 3).unwrap().is_none());
-    }
 }

@@ -1,6 +1,7 @@
 //! Language models with hook points. A family (only Llama today) implements
 //! [`LanguageModel`]; callers hold a [`Model`] and never see which family it is.
 
+mod cpu_ops;
 pub mod llama;
 mod rope;
 

@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Times transformers (torch, f32, CPU) on the forward pass that `loupe bench forward` times:
+a batch of `--batch` x `--seq` tokens, once stopped after `--layer` and once through every
+layer with logits. Prints JSON with tokens/s for each. Called by `loupe bench forward`.
+"""
+import argparse
+import json
+import os
+import time
+
+import torch
+from transformers import AutoModelForCausalLM
+
+
+def best_time(fn, repeats):
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True, help="GGUF file")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--layer", type=int, default=15)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    folder, name = os.path.split(a.model)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    torch.manual_seed(0)
+    ids = torch.randint(100, model.config.vocab_size, (a.batch, a.seq))
+    tokens = a.batch * a.seq
+    with torch.inference_mode():
+        full = best_time(lambda: model(ids).logits, a.repeats)
+        # Stop after --layer: keep only the first layer+1 blocks of the decoder stack.
+        model.model.layers = model.model.layers[: a.layer + 1]
+        to_layer = best_time(lambda: model.model(ids).last_hidden_state, a.repeats)
+    print(json.dumps({
+        "threads": a.threads,
+        "to_layer_tokens_per_second": tokens / to_layer,
+        "logits_tokens_per_second": tokens / full,
+    }))
+
+
+if __name__ == "__main__":
+    main()

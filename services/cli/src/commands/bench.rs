@@ -1,0 +1,180 @@
+//! `loupe bench forward`: forward-pass throughput as a fraction of this machine's measured
+//! f32 matmul peak, and against transformers (torch) timed in the same run.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::Context;
+use loupe_engine::{HookPoint, Hooks, Logits, Model, TokenBatch};
+use serde_json::json;
+
+use crate::output::{print_json, ModelArgs};
+
+#[derive(clap::Subcommand)]
+pub enum Bench {
+    /// Forward-pass tokens/s and GFLOP/s vs the matmul peak (to a middle layer and with logits).
+    Forward(ForwardArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ForwardArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub seq: usize,
+    /// The shallow measurement stops after this layer.
+    #[arg(long, default_value_t = 15)]
+    pub layer: usize,
+    /// Timed repetitions of each measurement (the best is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Reference script timing transformers on the same batch; skipped if python/torch are missing.
+    #[arg(long, default_value = "reference/bench_transformers.py")]
+    pub reference: PathBuf,
+    /// Do not run the transformers comparison.
+    #[arg(long)]
+    pub no_reference: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(bench: Bench) -> anyhow::Result<()> {
+    match bench {
+        Bench::Forward(args) => forward(args),
+    }
+}
+
+struct Timing {
+    name: String,
+    seconds: f64,
+    gflop: f64,
+}
+
+fn forward(args: ForwardArgs) -> anyhow::Result<()> {
+    let model = args.model.load()?;
+    let config = model.config().clone();
+    if args.layer >= config.n_layers {
+        anyhow::bail!("--layer {} is beyond the model's last layer ({})", args.layer, config.n_layers - 1);
+    }
+    let threads = rayon_threads();
+    eprintln!("measuring f32 matmul peak ({threads} threads)...");
+    let peak = loupe_engine::perf::matmul_peak_gflops(2048, 10)?;
+    let batch = bench_batch(&model, args.batch, args.seq)?;
+    let tokens = args.batch * args.seq;
+    // Attention cost: each query attends to (seq + 1) / 2 keys on average under the causal mask.
+    let context = args.seq.div_ceil(2);
+    let cases = [
+        (format!("to layer {}", args.layer), Hooks::new().capture(HookPoint::resid_post(args.layer)), Logits::None, args.layer + 1),
+        ("all layers + logits".to_string(), Hooks::new(), Logits::All, config.n_layers),
+    ];
+    let mut timings = Vec::new();
+    for (name, hooks, logits, layers) in cases {
+        eprintln!("timing forward {name} ({} x {} tokens)...", args.batch, args.seq);
+        model.forward(&batch, &hooks, logits, None)?; // warm-up
+        let mut best = f64::INFINITY;
+        for _ in 0..args.repeats.max(1) {
+            let start = Instant::now();
+            let out = model.forward(&batch, &hooks, logits, None)?;
+            best = best.min(start.elapsed().as_secs_f64());
+            drop(out);
+        }
+        let gflop = config.forward_flops(tokens, layers, context, logits != Logits::None) / 1e9;
+        timings.push(Timing { name, seconds: best, gflop });
+    }
+    let reference = if args.no_reference { Err(anyhow::anyhow!("disabled by --no-reference")) } else { transformers_timings(&args, &model, threads) };
+
+    let rows: Vec<serde_json::Value> = timings
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let tokens_per_s = tokens as f64 / t.seconds;
+            let gflops = t.gflop / t.seconds;
+            let torch = reference.as_ref().ok().and_then(|r| r.get(i).copied());
+            json!({
+                "case": t.name,
+                "seconds": t.seconds,
+                "tokens_per_second": tokens_per_s,
+                "gflops": gflops,
+                "fraction_of_peak": gflops / peak,
+                "transformers_tokens_per_second": torch,
+                "speedup_vs_transformers": torch.map(|r| tokens_per_s / r),
+            })
+        })
+        .collect();
+    let report = json!({
+        "model": model.source(),
+        "threads": threads,
+        "batch": args.batch,
+        "seq": args.seq,
+        "matmul_peak_gflops": peak,
+        "results": rows,
+        "transformers": match &reference { Ok(_) => json!("measured"), Err(e) => json!(format!("skipped: {e:#}")) },
+    });
+    if args.json {
+        return print_json(&report);
+    }
+    println!("forward pass, batch {} x {} tokens, {threads} threads", args.batch, args.seq);
+    println!("f32 matmul peak (candle, 2048^3): {peak:.1} GFLOP/s");
+    println!("{:<22} {:>10} {:>10} {:>9} {:>14} {:>9}", "case", "tokens/s", "GFLOP/s", "of peak", "transformers", "ratio");
+    for row in &rows {
+        let torch = row["transformers_tokens_per_second"].as_f64();
+        println!(
+            "{:<22} {:>10.0} {:>10.1} {:>8.1}% {:>14} {:>9}",
+            row["case"].as_str().unwrap_or_default(),
+            row["tokens_per_second"].as_f64().unwrap_or(0.0),
+            row["gflops"].as_f64().unwrap_or(0.0),
+            100.0 * row["fraction_of_peak"].as_f64().unwrap_or(0.0),
+            torch.map_or("-".into(), |t| format!("{t:.0} tok/s")),
+            row["speedup_vs_transformers"].as_f64().map_or("-".into(), |r| format!("{r:.2}x")),
+        );
+    }
+    if let Err(e) = &reference {
+        println!("transformers comparison skipped: {e:#}");
+    }
+    Ok(())
+}
+
+/// Real text repeated to fill `batch` windows of `seq` tokens (content does not change the
+/// cost, but real tokens keep the activations realistic).
+fn bench_batch(model: &Model, batch: usize, seq: usize) -> anyhow::Result<TokenBatch> {
+    let text = "The history of science is the study of the development of science and scientific knowledge, \
+                including both the natural and social sciences. Mathematics, 1234567890, and code such as \
+                fn main() { println!(\"hello\"); } appear too. ";
+    let ids = model.tokenizer()?.encode(text)?;
+    let windows: Vec<Vec<u32>> =
+        (0..batch).map(|b| (0..seq).map(|i| ids[(b * 7 + i) % ids.len()]).collect()).collect();
+    Ok(TokenBatch::right_padded(&windows, 0)?)
+}
+
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Tokens/s of transformers for the same two cases, from the reference script.
+fn transformers_timings(args: &ForwardArgs, model: &Model, threads: usize) -> anyhow::Result<Vec<f64>> {
+    if !args.reference.exists() {
+        anyhow::bail!("{} not found (run from the repository root)", args.reference.display());
+    }
+    eprintln!("timing transformers with {} ...", args.reference.display());
+    let output = Command::new("python3")
+        .arg(&args.reference)
+        .args(["--model", &model.source().display().to_string()])
+        .args(["--batch", &args.batch.to_string(), "--seq", &args.seq.to_string()])
+        .args(["--layer", &args.layer.to_string(), "--threads", &threads.to_string()])
+        .args(["--repeats", &args.repeats.to_string()])
+        .output()
+        .context("running python3")?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        anyhow::bail!("reference script failed: {}", stderr.lines().last().unwrap_or("no output"));
+    }
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("parsing the reference script's JSON")?;
+    let get = |key: &str| report[key].as_f64().with_context(|| format!("reference output lacks '{key}'"));
+    Ok(vec![get("to_layer_tokens_per_second")?, get("logits_tokens_per_second")?])
+}

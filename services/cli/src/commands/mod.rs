@@ -1,0 +1,4 @@
+pub mod activations;
+pub mod bench;
+pub mod generate;
+pub mod tokenize;

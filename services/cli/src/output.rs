@@ -1,0 +1,46 @@
+//! Small helpers shared by the commands' human and JSON output.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use loupe_engine::Model;
+
+/// `--model` shared by every command that runs the model.
+#[derive(clap::Args, Clone)]
+pub struct ModelArgs {
+    /// GGUF file or Hugging Face folder (config.json + *.safetensors + tokenizer.json).
+    /// Defaults to the embedded SmolLM2-135M-Instruct that scripts/setup.sh installs.
+    #[arg(long, env = "LOUPE_MODEL")]
+    pub model: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> anyhow::Result<Model> {
+        let path = self.model.clone().unwrap_or_else(loupe_engine::model::default_model_path);
+        if !path.exists() {
+            anyhow::bail!(
+                "model not found at {}: run scripts/setup.sh to install the default model, or pass --model",
+                path.display()
+            );
+        }
+        let spinner = spinner(format!("loading {}", path.display()));
+        let model = Model::load(&path).with_context(|| format!("loading model {}", path.display()))?;
+        spinner.finish_and_clear();
+        Ok(model)
+    }
+}
+
+/// A spinner on stderr (hidden when stderr is not a terminal).
+pub fn spinner(message: String) -> ProgressBar {
+    let bar = ProgressBar::new_spinner().with_message(message);
+    bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"));
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+pub fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
