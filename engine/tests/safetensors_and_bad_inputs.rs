@@ -125,3 +125,18 @@ fn bad_token_ids_and_empty_batches_are_rejected() {
     assert!(TokenBatch::right_padded(&[], 0).is_err());
     assert!(TokenBatch::right_padded(&[vec![1], vec![]], 0).unwrap_err().to_string().contains("sequence 1"));
 }
+
+#[test]
+fn every_gguf_tensor_type_dequantizes_like_gguf_py() {
+    // reference/gguf_quant_fixture.py: one tensor per type, and gguf-py's dequantization.
+    let file = loupe_engine::weights::gguf::GgufFile::open(&fixtures().join("quants.gguf")).unwrap();
+    let reference = load_safetensors("quants_reference.safetensors");
+    let mut names: Vec<&String> = reference.keys().collect();
+    names.sort();
+    assert_eq!(names.len(), 13, "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and Q2_K..Q6_K");
+    for name in names {
+        let actual = file.tensor_f32(name).unwrap();
+        let (err, scale) = common::max_abs_error(&actual, &reference[name]);
+        assert!(err <= 1e-6 * scale.max(1.0), "{name}: max abs error {err} (scale {scale})");
+    }
+}

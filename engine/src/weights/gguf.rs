@@ -56,6 +56,12 @@ impl GgufFile {
         Ok(WeightMap::new(&self.path, loaded.into_iter().collect::<HashMap<_, _>>()))
     }
 
+    /// One tensor, dequantized to f32, under its GGUF name.
+    pub fn tensor_f32(&self, name: &str) -> Result<Tensor> {
+        let file = File::open(&self.path).map_err(|e| EngineError::io(&self.path, e))?;
+        self.read_tensor(&mut BufReader::new(file), name)
+    }
+
     fn read_tensor(&self, reader: &mut BufReader<File>, name: &str) -> Result<Tensor> {
         let bad = |reason: String| EngineError::BadTensor { path: self.path.clone(), tensor: name.into(), reason };
         let qtensor = self.content.tensor(reader, name, &Device::Cpu).map_err(|e| bad(e.to_string()))?;
