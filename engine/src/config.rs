@@ -4,6 +4,7 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file;
 use serde::Deserialize;
+use loupe_schema::hook::{BlockSite, HookPoint};
 
 use crate::error::{EngineError, Result};
 
@@ -158,6 +159,17 @@ impl ModelConfig {
             return Err(bad("head_dim", format!("({}) must be even for rotary embeddings", self.head_dim)));
         }
         Ok(())
+    }
+
+    /// Width of the activation at `hook`, or `None` if the model has no such hook.
+    pub fn hook_width(&self, hook: HookPoint) -> Option<usize> {
+        if hook.layer().is_some_and(|layer| layer >= self.n_layers) {
+            return None;
+        }
+        Some(match hook {
+            HookPoint::Block { site: BlockSite::MlpPost, .. } => self.intermediate_size,
+            _ => self.hidden_size,
+        })
     }
 
     /// Floating-point operations of one forward over `tokens` tokens, through `layers` blocks,

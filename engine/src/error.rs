@@ -13,8 +13,8 @@ pub enum EngineError {
     #[error("{path}: not a valid {format} file: {reason}")]
     BadFile { path: PathBuf, format: &'static str, reason: String },
 
-    #[error("{path}: tensor '{tensor}' is missing (needed by the {family} model)")]
-    MissingTensor { path: PathBuf, tensor: String, family: &'static str },
+    #[error("{path}: tensor '{tensor}' is missing (needed by {family})")]
+    MissingTensor { path: PathBuf, tensor: String, family: String },
 
     #[error("{path}: tensor '{tensor}' has shape {actual:?}, expected {expected:?}")]
     WrongShape { path: PathBuf, tensor: String, expected: Vec<usize>, actual: Vec<usize> },
@@ -28,11 +28,17 @@ pub enum EngineError {
     #[error("{path}: unknown architecture '{architecture}' in field '{field}'; supported: {supported}")]
     UnknownArchitecture { path: PathBuf, field: &'static str, architecture: String, supported: &'static str },
 
+    #[error("{path}: {reason}")]
+    DictionaryMismatch { path: PathBuf, reason: String },
+
     #[error(transparent)]
     UnknownHook(#[from] UnknownHook),
 
     #[error("hook '{hook}' does not exist in this model: it has {n_layers} layers (0..={last})", last = n_layers.saturating_sub(1))]
     HookOutOfRange { hook: String, n_layers: usize },
+
+    #[error("interrupted; run the same command again to resume from {checkpoint}")]
+    Interrupted { checkpoint: PathBuf },
 
     #[error("invalid input: {0}")]
     InvalidInput(String),

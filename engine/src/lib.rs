@@ -3,6 +3,8 @@
 
 pub mod chat;
 pub mod config;
+pub mod corpus;
+pub mod dictionary;
 pub mod error;
 pub mod generate;
 pub mod hooks;
@@ -12,6 +14,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::ModelConfig;
+pub use dictionary::{Dictionary, DictionaryInfo, Encoding, SparseActs};
 pub use error::{EngineError, Result};
 pub use hooks::{ForwardContext, Hooks, Intervention};
 pub use loupe_schema::hook::{BlockSite, HookPoint};

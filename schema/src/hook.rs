@@ -128,11 +128,21 @@ impl FromStr for HookPoint {
             "ln_final.hook_normalized" | "model.norm" | "norm" => return Ok(HookPoint::FinalNormalized),
             _ => {}
         }
-        // Hugging Face module paths: the output of decoder layer L.
+        // Hugging Face module paths: `layers.L` is the output of decoder layer L, and the
+        // output of its submodules are the sublayer hooks.
         for prefix in ["model.layers.", "layers.", "model.model.layers."] {
             if let Some(rest) = trimmed.strip_prefix(prefix) {
-                let layer = rest.parse::<usize>().map_err(|_| unknown())?;
-                return Ok(HookPoint::resid_post(layer));
+                let (layer, module) = rest.split_once('.').unwrap_or((rest, ""));
+                let layer = layer.parse::<usize>().map_err(|_| unknown())?;
+                let site = match module {
+                    "" => BlockSite::ResidPost,
+                    "self_attn" => BlockSite::AttnOut,
+                    "post_attention_layernorm" => BlockSite::Ln2Normalized,
+                    "mlp" => BlockSite::MlpOut,
+                    "mlp.act_fn" => BlockSite::MlpPost,
+                    _ => return Err(unknown()),
+                };
+                return Ok(HookPoint::block(layer, site));
             }
         }
         let rest = trimmed.strip_prefix("blocks.").ok_or_else(unknown)?;
@@ -165,6 +175,9 @@ mod tests {
     fn hugging_face_paths_are_layer_outputs() {
         assert_eq!("model.layers.12".parse::<HookPoint>().unwrap(), HookPoint::resid_post(12));
         assert_eq!("layers.3".parse::<HookPoint>().unwrap(), HookPoint::resid_post(3));
+        assert_eq!("layers.3.mlp".parse::<HookPoint>().unwrap(), HookPoint::block(3, BlockSite::MlpOut));
+        assert_eq!("model.layers.4.self_attn".parse::<HookPoint>().unwrap(), HookPoint::block(4, BlockSite::AttnOut));
+        assert!("layers.3.nope".parse::<HookPoint>().is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::error::{EngineError, Result};
 use crate::hooks::{ForwardContext, Hooks};
 use crate::weights::WeightMap;
 
-const FAMILY: &str = "llama";
+const FAMILY: &str = "the llama model";
 
 /// One decoder block. Projections are stored transposed (`[in, out]`, contiguous) and fused
 /// (Q|K|V and gate|up) so that each is one large matmul over all tokens of the batch.

@@ -37,7 +37,7 @@ impl WeightMap {
         let tensor = self.tensors.remove(name).ok_or_else(|| EngineError::MissingTensor {
             path: self.path.clone(),
             tensor: name.into(),
-            family,
+            family: family.into(),
         })?;
         if tensor.dims() != shape {
             return Err(EngineError::WrongShape {

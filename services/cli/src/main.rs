@@ -37,6 +37,11 @@ enum Command {
     Tokenize(commands::tokenize::Args),
     /// Run the model and print the activations at hook points (shapes and norms).
     Activations(commands::activations::Args),
+    /// Inspect and evaluate dictionaries (SAEs, transcoders).
+    #[command(subcommand)]
+    Dict(commands::dict::Dict),
+    /// Train a TopK/BatchTopK SAE on a hook of the model (resumable).
+    Train(commands::train::Args),
     /// Measure performance against this machine's peak.
     #[command(subcommand)]
     Bench(commands::bench::Bench),
@@ -53,6 +58,8 @@ fn main() -> std::process::ExitCode {
         Command::Generate(args) => commands::generate::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Activations(args) => commands::activations::run(args),
+        Command::Dict(command) => commands::dict::run(command),
+        Command::Train(args) => commands::train::run(args),
         Command::Bench(bench) => commands::bench::run(bench),
     };
     match result {

@@ -32,6 +32,16 @@ impl ModelArgs {
     }
 }
 
+/// The demo corpus that scripts/setup.sh assembles.
+pub fn default_corpus() -> PathBuf {
+    loupe_engine::loupe_home().join("corpora").join("demo.jsonl")
+}
+
+/// The held-out part of the demo corpus (for evaluation).
+pub fn default_heldout_corpus() -> PathBuf {
+    loupe_engine::loupe_home().join("corpora").join("demo-heldout.jsonl")
+}
+
 /// A spinner on stderr (hidden when stderr is not a terminal).
 pub fn spinner(message: String) -> ProgressBar {
     let bar = ProgressBar::new_spinner().with_message(message);

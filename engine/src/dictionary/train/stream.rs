@@ -1,0 +1,60 @@
+//! Activations for training, streamed from the model over a corpus through a shuffle buffer.
+//!
+//! The corpus windows are visited in a seeded random order; each buffer runs the model over
+//! the next `buffer_windows` windows, drops the BOS position, shuffles the rows (seeded per
+//! buffer) and is cut into training batches. Nothing carries over between buffers, so a run
+//! can resume at any buffer boundary and reproduce the same batches.
+
+use candle_core::{Device, Tensor};
+use loupe_schema::hook::HookPoint;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::corpus::TokenWindows;
+use crate::error::Result;
+use crate::hooks::Hooks;
+use crate::model::{Logits, Model, TokenBatch};
+
+pub struct ActivationStream<'a> {
+    model: &'a Model,
+    windows: &'a TokenWindows,
+    hook: HookPoint,
+    order: Vec<usize>,
+    buffer_windows: usize,
+    forward_batch: usize,
+    seed: u64,
+}
+
+impl<'a> ActivationStream<'a> {
+    pub fn new(model: &'a Model, windows: &'a TokenWindows, hook: HookPoint, buffer_windows: usize, forward_batch: usize, seed: u64) -> Self {
+        let mut order: Vec<usize> = (0..windows.len()).collect();
+        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+        ActivationStream { model, windows, hook, order, buffer_windows: buffer_windows.max(1), forward_batch: forward_batch.max(1), seed }
+    }
+
+    /// Buffers in one pass over the corpus.
+    pub fn buffers_per_epoch(&self) -> usize {
+        self.order.len().div_ceil(self.buffer_windows)
+    }
+
+    /// Activation rows `[tokens, d]` of buffer `index` (wrapping around the corpus), shuffled.
+    pub fn buffer(&self, index: usize) -> Result<Tensor> {
+        let epoch_index = index % self.buffers_per_epoch();
+        let start = epoch_index * self.buffer_windows;
+        let chosen = &self.order[start..(start + self.buffer_windows).min(self.order.len())];
+        let mut rows: Vec<Tensor> = Vec::new();
+        for group in chosen.chunks(self.forward_batch) {
+            let sequences: Vec<Vec<u32>> = group.iter().map(|&w| self.windows.window(w).to_vec()).collect();
+            let batch = TokenBatch::right_padded(&sequences, 0)?;
+            let output = self.model.forward(&batch, &Hooks::new().capture(self.hook), Logits::None, None)?;
+            let activation = &output.captured[&self.hook];
+            let (b, seq, d) = activation.dims3()?;
+            rows.push(activation.narrow(1, 1, seq - 1)?.contiguous()?.reshape((b * (seq - 1), d))?);
+        }
+        let all = Tensor::cat(&rows, 0)?;
+        let mut permutation: Vec<u32> = (0..all.dim(0)? as u32).collect();
+        permutation.shuffle(&mut rand::rngs::StdRng::seed_from_u64(self.seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        let permutation = Tensor::from_vec(permutation, all.dim(0)?, &Device::Cpu)?;
+        Ok(all.index_select(&permutation, 0)?)
+    }
+}

@@ -1,0 +1,116 @@
+//! `loupe dict info|eval`: what a dictionary is, and how good it is on a corpus.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use loupe_engine::corpus::TokenWindows;
+use loupe_engine::dictionary::eval;
+use loupe_engine::Dictionary;
+use serde_json::json;
+
+use crate::output::{default_heldout_corpus, print_json, spinner, ModelArgs};
+
+#[derive(clap::Subcommand)]
+pub enum Dict {
+    /// Print a dictionary's format, architecture, hooks and sizes.
+    Info(InfoArgs),
+    /// Quality on a corpus: L0, explained variance, MSE, dead latents, CE loss recovered.
+    Eval(EvalArgs),
+}
+
+#[derive(clap::Args)]
+pub struct InfoArgs {
+    /// Dictionary folder (SAELens, sparsify, Gemma Scope 2) or Gemma Scope params.npz.
+    pub dictionary: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    pub dictionary: PathBuf,
+    /// JSONL corpus (default: the held-out part of the demo corpus).
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    /// Tokens to evaluate on.
+    #[arg(long, default_value_t = 32_768)]
+    pub tokens: usize,
+    #[arg(long, default_value_t = 128)]
+    pub context: usize,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+pub fn run(command: Dict) -> anyhow::Result<()> {
+    match command {
+        Dict::Info(args) => info(args),
+        Dict::Eval(args) => evaluate(args),
+    }
+}
+
+fn info(args: InfoArgs) -> anyhow::Result<()> {
+    let dictionary = Dictionary::load(&args.dictionary)?;
+    let info = dictionary.info();
+    if args.json {
+        return print_json(&json!({
+            "format": info.format, "architecture": info.architecture,
+            "hook_in": info.hook_in.to_string(), "hook_out": info.hook_out.to_string(),
+            "d_in": info.d_in, "d_sae": info.d_sae, "d_out": info.d_out,
+            "model_name": info.model_name, "activation": dictionary.activation().name(),
+        }));
+    }
+    println!("{}", args.dictionary.display());
+    println!("  format        {:?}", info.format);
+    println!("  architecture  {}", info.architecture);
+    println!("  reads         {} (d_in {})", info.hook_in, info.d_in);
+    println!("  writes        {} (d_out {})", info.hook_out, info.d_out);
+    println!("  latents       {}", info.d_sae);
+    if let Some(model) = &info.model_name {
+        println!("  model         {model}");
+    }
+    Ok(())
+}
+
+fn evaluate(args: EvalArgs) -> anyhow::Result<()> {
+    let model = args.model.load()?;
+    let dictionary = Arc::new(
+        Dictionary::load_for_model(&args.dictionary, model.config())
+            .with_context(|| format!("loading dictionary {}", args.dictionary.display()))?,
+    );
+    let corpus = args.corpus.clone().unwrap_or_else(default_heldout_corpus);
+    let tokenizing = spinner(format!("tokenizing {}", corpus.display()));
+    let windows = TokenWindows::from_file(&corpus, model.tokenizer()?, args.context, Some(args.tokens))
+        .with_context(|| format!("reading corpus {}", corpus.display()))?;
+    tokenizing.finish_and_clear();
+    let bar = ProgressBar::new(windows.len() as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} windows eta {eta}").expect("valid template"));
+    let report = eval::evaluate(&model, dictionary, &windows, args.batch, |done| bar.inc(done as u64))?;
+    bar.finish_and_clear();
+    let value = serde_json::to_value(&report)?;
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&value)? + "\n").with_context(|| format!("writing {}", out.display()))?;
+    }
+    if args.json {
+        return print_json(&value);
+    }
+    println!("{} on {} tokens of {}", report.dictionary, report.tokens, corpus.display());
+    println!("  L0                   {:.2}", report.l0);
+    println!("  explained variance   {:.4}", report.explained_variance);
+    println!("  MSE                  {:.6}", report.mse);
+    println!("  dead latents         {:.2}%", 100.0 * report.dead_fraction);
+    println!("  CE loss clean        {:.4}", report.ce_loss_clean);
+    println!("  CE loss spliced      {:.4}", report.ce_loss_spliced);
+    println!("  CE loss zero-ablated {:.4}", report.ce_loss_zero_ablated);
+    println!("  CE loss recovered    {:.4}", report.ce_loss_recovered);
+    Ok(())
+}
