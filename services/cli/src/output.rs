@@ -37,6 +37,12 @@ pub fn default_corpus() -> PathBuf {
     loupe_engine::loupe_home().join("corpora").join("demo.jsonl")
 }
 
+/// The embedded default dictionary, shipped in the repository (see dictionaries/README.md).
+pub fn default_dictionary() -> PathBuf {
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../dictionaries/smollm2-135m-instruct/blocks.9.hook_resid_post-topk-4608");
+    std::env::var_os("LOUPE_DICTIONARY").map(PathBuf::from).unwrap_or(shipped)
+}
+
 /// The held-out part of the demo corpus (for evaluation).
 pub fn default_heldout_corpus() -> PathBuf {
     loupe_engine::loupe_home().join("corpora").join("demo-heldout.jsonl")

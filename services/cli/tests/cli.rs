@@ -56,3 +56,70 @@ fn bad_hook_and_missing_model_are_clear_errors() {
     assert!(!ok);
     assert!(err.contains("model not found at /nonexistent/model.gguf"), "{err}");
 }
+
+/// A small JSONL corpus of real English sentences, written for the test.
+fn tiny_corpus(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("corpus.jsonl");
+    let sentences = [
+        "The quick brown fox jumps over the lazy dog while the farmer watches from the hill.",
+        "In 1969, astronauts landed on the Moon and walked on its dusty grey surface.",
+        "def add(a, b):\n    return a + b  # a tiny Python function",
+        "Rain fell all night; by morning the river had risen over the old stone bridge.",
+        "She counted the coins: 3, 14, 15, 92, and 65 cents in total were missing.",
+        "Knowledge is of two kinds: we know a subject ourselves, or we know where to find it.",
+    ];
+    let lines: Vec<String> = (0..40).map(|i| serde_json::json!({ "text": sentences[i % sentences.len()] }).to_string()).collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+#[test]
+fn train_then_info_then_eval_a_dictionary() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = tiny_corpus(dir.path());
+    let out = dir.path().join("sae");
+    let (ok, _, err) = loupe(&[
+        "train", "--hook", "blocks.3.hook_resid_post", "--out", out.to_str().unwrap(), "--corpus", corpus.to_str().unwrap(),
+        "--latents", "256", "--k", "8", "--tokens", "2048", "--batch-tokens", "256", "--context", "32", "--buffer-windows", "16",
+    ]);
+    assert!(ok, "{err}");
+
+    let (ok, info, err) = loupe(&["dict", "info", out.to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["format"], "sae_lens");
+    assert_eq!(info["hook_in"], "blocks.3.hook_resid_post");
+    assert_eq!((info["d_in"].as_u64(), info["d_sae"].as_u64()), (Some(576), Some(256)));
+
+    let report_path = dir.path().join("report.json");
+    let (ok, report, err) = loupe(&[
+        "dict", "eval", out.to_str().unwrap(), "--corpus", corpus.to_str().unwrap(), "--tokens", "256", "--context", "32",
+        "--json", "--out", report_path.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report, serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&report_path).unwrap()).unwrap());
+    assert_eq!(report["tokens"], 8 * 31, "8 windows of 32 tokens without their BOS");
+    let l0 = report["l0"].as_f64().unwrap();
+    assert!(l0 > 0.0 && l0 <= 8.0, "L0 {l0}");
+    let ev = report["explained_variance"].as_f64().unwrap();
+    assert!(ev > 0.0 && ev < 1.0, "explained variance {ev}");
+    let (clean, spliced, zero) = (report["ce_loss_clean"].as_f64().unwrap(), report["ce_loss_spliced"].as_f64().unwrap(), report["ce_loss_zero_ablated"].as_f64().unwrap());
+    assert!(clean < spliced && spliced < zero, "clean {clean} < spliced {spliced} < zero-ablated {zero}");
+}
+
+#[test]
+fn dictionary_errors_name_the_problem() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../engine/tests/fixtures/dictionaries");
+    // A dictionary for a 64-wide model against SmolLM2 (576).
+    let (ok, _, err) = loupe(&["dict", "eval", fixtures.join("saelens_topk").to_str().unwrap(), "--tokens", "64"]);
+    assert!(!ok);
+    assert!(err.contains("d_in is 64") && err.contains("width 576"), "{err}");
+    let (ok, _, err) = loupe(&["dict", "info", "/nonexistent/sae"]);
+    assert!(!ok && err.contains("/nonexistent/sae"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"text\": \"fine\"}\n{\"body\": \"no text field\"}\n").unwrap();
+    let (ok, _, err) = loupe(&["train", "--hook", "blocks.3.hook_resid_post", "--out", dir.path().join("o").to_str().unwrap(), "--corpus", bad.to_str().unwrap()]);
+    assert!(!ok && err.contains("line 2") && err.contains("'text'"), "{err}");
+}

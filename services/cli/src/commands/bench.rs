@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::Context;
-use loupe_engine::{HookPoint, Hooks, Logits, Model, TokenBatch};
+use loupe_engine::{Dictionary, HookPoint, Hooks, Logits, Model, TokenBatch};
 use serde_json::json;
 
 use crate::output::{print_json, ModelArgs};
@@ -15,6 +15,23 @@ use crate::output::{print_json, ModelArgs};
 pub enum Bench {
     /// Forward-pass tokens/s and GFLOP/s vs the matmul peak (to a middle layer and with logits).
     Forward(ForwardArgs),
+    /// Dictionary encode (and sparse decode) tokens/s and GFLOP/s vs the matmul peak.
+    Encode(EncodeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct EncodeArgs {
+    /// Dictionary folder (default: the embedded default dictionary).
+    pub dictionary: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Tokens per encode call (activations of real text from the model).
+    #[arg(long, default_value_t = 4096)]
+    pub tokens: usize,
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args)]
@@ -44,6 +61,7 @@ pub struct ForwardArgs {
 pub fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Forward(args) => forward(args),
+        Bench::Encode(args) => encode(args),
     }
 }
 
@@ -134,6 +152,55 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
     if let Err(e) = &reference {
         println!("transformers comparison skipped: {e:#}");
     }
+    Ok(())
+}
+
+fn encode(args: EncodeArgs) -> anyhow::Result<()> {
+    let model = args.model.load()?;
+    let path = args.dictionary.clone().unwrap_or_else(crate::output::default_dictionary);
+    let dictionary = Dictionary::load_for_model(&path, model.config()).with_context(|| format!("loading dictionary {}", path.display()))?;
+    let info = dictionary.info().clone();
+    let threads = rayon_threads();
+    eprintln!("measuring f32 matmul peak ({threads} threads)...");
+    let peak = loupe_engine::perf::matmul_peak_gflops(2048, 10)?;
+    let seq = 128;
+    let batch = bench_batch(&model, args.tokens.div_ceil(seq).max(1), seq)?;
+    let out = model.forward(&batch, &Hooks::new().capture(info.hook_in), Logits::None, None)?;
+    let x = out.captured[&info.hook_in].reshape(((), info.d_in))?.narrow(0, 0, args.tokens.max(1))?.contiguous()?;
+    let tokens = x.dim(0)?;
+    let time = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
+        f()?; // warm-up
+        let mut best = f64::INFINITY;
+        for _ in 0..args.repeats.max(1) {
+            let start = Instant::now();
+            f()?;
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        Ok(best)
+    };
+    let encode_s = time(&mut || Ok(drop(dictionary.encode(&x)?)))?;
+    let encoding = dictionary.encode(&x)?;
+    let decode_s = time(&mut || Ok(drop(dictionary.decode(&encoding)?)))?;
+    // Encode is one [tokens, d_in] x [d_in, d_sae] matmul; decode touches L0 rows per token.
+    let encode_gflops = 2.0 * (tokens * info.d_in * info.d_sae) as f64 / encode_s / 1e9;
+    let l0 = encoding.features.mean_l0();
+    let report = json!({
+        "dictionary": path,
+        "d_in": info.d_in, "d_sae": info.d_sae, "tokens": tokens, "threads": threads,
+        "matmul_peak_gflops": peak,
+        "encode_tokens_per_second": tokens as f64 / encode_s,
+        "encode_gflops": encode_gflops,
+        "encode_fraction_of_peak": encode_gflops / peak,
+        "decode_tokens_per_second": tokens as f64 / decode_s,
+        "l0": l0,
+    });
+    if args.json {
+        return print_json(&report);
+    }
+    println!("{} ({} -> {} latents, L0 {l0:.1}), {tokens} tokens, {threads} threads", path.display(), info.d_in, info.d_sae);
+    println!("f32 matmul peak (candle, 2048^3): {peak:.1} GFLOP/s");
+    println!("encode  {:>10.0} tokens/s  {encode_gflops:>7.1} GFLOP/s  {:>5.1}% of peak", tokens as f64 / encode_s, 100.0 * encode_gflops / peak);
+    println!("decode  {:>10.0} tokens/s  (sparse, L0 rows per token)", tokens as f64 / decode_s);
     Ok(())
 }
 
