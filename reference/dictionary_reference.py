@@ -13,7 +13,8 @@ Formulas (SAELens v6 sae_lens/saes, Gemma Scope tutorials, EleutherAI sparsify):
   SAELens:   x' = norm_in(x) - b_dec·apply_b_dec_to_input;  h = x'·W_enc + b_enc
              standard f = ReLU(h); jumprelu f = ReLU(h)·1[h > θ]; topk f = ReLU(topk(h))
              gated: f = 1[x'·W_enc + b_gate > 0] · ReLU(x'·(W_enc ⊙ exp(r_mag)) + b_mag)
-             rescale_acts_by_decoder_norm: h ← h·‖W_dec[i]‖ before top-k, f ← f/‖W_dec[i]‖
+             rescale_acts_by_decoder_norm: h ← h·‖W_dec[i]‖ before top-k (f keeps that scale),
+             and decode uses f/‖W_dec[i]‖
              decode: norm_out(f·W_dec + b_dec) (+ x·W_skipᵀ for skip transcoders)
              constant_norm_rescale: c = √d/‖x‖, in x·c, out y/c
              layer_norm: in (x-μ)/(σ+1e-5) (σ unbiased), out y·σ + μ
@@ -154,7 +155,7 @@ def saelens_cfg(architecture, hook="blocks.1.hook_resid_post", **extra):
 
 
 def saelens_case(name, architecture, activation, norm="none", apply_b_dec=True, extra_tensors=None,
-                 transcoder=False, skip=False, **cfg_extra):
+                 transcoder=False, skip=False, decoder_input=lambda acts, W: acts, **cfg_extra):
     w = weights()
     w.update(extra_tensors(w) if extra_tensors else {})
     x = randn(TOKENS, D_IN, scale=2.0) + randn(D_IN, scale=1.0)
@@ -177,7 +178,7 @@ def saelens_case(name, architecture, activation, norm="none", apply_b_dec=True, 
         return activation(xin, W)
 
     def decode(acts, x64):
-        y = Norm(norm, x64).out(acts @ W["W_dec"] + W["b_dec"])
+        y = Norm(norm, x64).out(decoder_input(acts, W) @ W["W_dec"] + W["b_dec"])
         if skip:
             y = y + x64 @ W["W_skip"].T
         return y
@@ -206,9 +207,10 @@ def main():
 
     def rescaled_topk(xin, W):
         norms = np.linalg.norm(W["W_dec"], axis=1)
-        return topk_dense((xin @ W["W_enc"] + W["b_enc"]) * norms, K) / norms
+        return topk_dense((xin @ W["W_enc"] + W["b_enc"]) * norms, K)
 
-    saelens_case("saelens_topk_rescaled", "topk", rescaled_topk, k=K, rescale_acts_by_decoder_norm=True)
+    saelens_case("saelens_topk_rescaled", "topk", rescaled_topk, k=K, rescale_acts_by_decoder_norm=True,
+                 decoder_input=lambda acts, W: acts / np.linalg.norm(W["W_dec"], axis=1))
 
     def gated(xin, W):
         gate = (xin @ W["W_enc"] + W["b_gate"]) > 0

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default, for a fresh machine: setup, build, then run
-# SmolLM2-135M-Instruct with its hook points (chat, tokenizer, activations at a hook).
+# SmolLM2-135M-Instruct with its hook points (chat, tokenizer, activations at a hook) and
+# the embedded default dictionary (its description and quality on held-out text).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -15,6 +16,11 @@ echo; echo "== loupe tokenize \"Call 555-0123 today\""
 "$loupe" tokenize "Call 555-0123 today"
 echo; echo "== loupe activations --hook blocks.9.hook_resid_post \"The cat sat on the mat\""
 "$loupe" activations --hook blocks.9.hook_resid_post "The cat sat on the mat"
+dictionary=dictionaries/smollm2-135m-instruct/blocks.9.hook_resid_post-topk-4608
+echo; echo "== loupe dict info $dictionary"
+"$loupe" dict info "$dictionary"
+echo; echo "== loupe dict eval $dictionary --tokens 4096   (held-out demo text)"
+"$loupe" dict eval "$dictionary" --tokens 4096
 cat <<TXT
 
 Next: try your own prompts with $loupe generate "..." (add --temperature 0.7 --seed 1 to

@@ -101,7 +101,8 @@ pub struct DictionaryParts {
     pub input_norm: InputNorm,
     pub activation: Activation,
     /// TopK SAEs trained with `rescale_acts_by_decoder_norm`: pre-activations are scaled by
-    /// each latent's decoder norm before selection, and divided by it again before decoding.
+    /// each latent's decoder norm before selection (feature activations keep that scale, as
+    /// in SAELens) and divided by it before decoding.
     pub rescale_by_decoder_norm: bool,
     pub skip: Option<Skip>,
 }
@@ -246,12 +247,7 @@ impl Dictionary {
         if let Some(norms) = &self.decoder_norms {
             pre.par_chunks_mut(d_sae).for_each(|row| row.iter_mut().zip(norms).for_each(|(h, n)| *h *= n));
         }
-        let mut features = self.activation.apply(&pre, d_sae);
-        if let Some(norms) = &self.decoder_norms {
-            for (value, &index) in features.values.iter_mut().zip(&features.indices) {
-                *value /= norms[index as usize];
-            }
-        }
+        let features = self.activation.apply(&pre, d_sae);
         let skip = match &self.skip {
             Some(skip) => {
                 let out = x.matmul(&skip.weight)?;
@@ -274,6 +270,10 @@ impl Dictionary {
             row.copy_from_slice(&self.b_dec);
             let (indices, values) = encoding.features.token(t);
             for (&index, &value) in indices.iter().zip(values) {
+                let value = match &self.decoder_norms {
+                    Some(norms) => value / norms[index as usize],
+                    None => value,
+                };
                 for (o, w) in row.iter_mut().zip(self.decoder_row(index as usize)) {
                     *o += value * w;
                 }
