@@ -6,6 +6,11 @@ output for a folder that `loupe train` wrote.
     pip install sae-lens
     python3 reference/saelens_check.py                      # every saelens_* fixture
     python3 reference/saelens_check.py DIR [--inputs X.npy] # one folder, e.g. a trained SAE
+    python3 reference/saelens_check.py --default            # fixture for the default dictionary
+
+--default runs SmolLM2 (transformers, from the GGUF that setup installs) on a few texts,
+encodes its blocks.9.hook_resid_post activations with SAELens and the shipped default
+dictionary, and writes engine/tests/fixtures/default_dictionary_saelens.safetensors.
 
 For a folder without expected.safetensors, prints SAELens' encode of random inputs scaled
 to the folder's d_in as JSON (for comparison with `loupe`), after checking that it loads.
@@ -36,8 +41,45 @@ def check_fixture(folder):
     return type(sae).__name__, rel(acts, expected["acts"]), rel(recon, expected["reconstruction"])
 
 
+DEFAULT_DICTIONARY = Path(__file__).resolve().parent.parent / "dictionaries" / "smollm2-135m-instruct" / "blocks.9.hook_resid_post-topk-4608"
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "In the beginning God created the heaven and the earth.",
+    "fn main() { println!(\"{}\", 40 + 2); }",
+    "A fortune: you will be hungry again in one hour.",
+]
+
+
+def write_default_fixture():
+    import os
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    home = Path(os.environ.get("LOUPE_HOME", Path.home() / ".cache" / "loupe"))
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tok = AutoTokenizer.from_pretrained(home / "models", gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(home / "models", gguf_file=gguf, dtype=torch.float32).eval()
+    rows = []
+    with torch.no_grad():
+        for text in TEXTS:
+            ids = tok(text, return_tensors="pt").input_ids
+            hidden = model(ids, output_hidden_states=True).hidden_states[10][0]  # output of layer 9
+            rows.append(hidden[1:])  # position 0 is the attention sink, left out as in training
+    x = torch.cat(rows)
+    sae = SAE.load_from_disk(str(DEFAULT_DICTIONARY), device="cpu", dtype="float32")
+    with torch.no_grad():
+        acts = sae.encode(x)
+        recon = sae.decode(acts)
+    out = FIXTURES.parent / "default_dictionary_saelens.safetensors"
+    from safetensors.numpy import save_file
+    save_file({"x": x.numpy(), "acts": acts.numpy(), "reconstruction": recon.numpy()}, str(out))
+    print(f"wrote {out}: {x.shape[0]} tokens, L0 {(acts > 0).sum(1).float().mean():.1f}, "
+          f"explained variance {1 - ((recon - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum():.3f}")
+
+
 def main():
     args = sys.argv[1:]
+    if args == ["--default"]:
+        write_default_fixture()
+        return
     if not args:
         worst = 0.0
         for folder in sorted(FIXTURES.glob("saelens_*")):

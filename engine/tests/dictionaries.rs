@@ -329,3 +329,36 @@ fn batchtopk_training_saves_a_jumprelu_with_its_threshold() {
     let threshold: Vec<f32> = weights["threshold"].to_vec1().unwrap();
     assert!(threshold[0] > 0.0 && threshold.iter().all(|t| *t == threshold[0]), "one learned threshold: {}", threshold[0]);
 }
+
+/// The shipped default dictionary (dictionaries/…), on the default model.
+fn default_dictionary_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dictionaries/smollm2-135m-instruct/blocks.9.hook_resid_post-topk-4608")
+}
+
+#[test]
+fn the_default_dictionary_encodes_as_saelens_does() {
+    let dictionary = Dictionary::load_for_model(&default_dictionary_dir(), common::smollm2().config()).unwrap();
+    assert_eq!(dictionary.info().hook_in, HookPoint::resid_post(9));
+    assert!(dictionary.info().d_sae >= 4608);
+    // Written by reference/saelens_check.py: SAELens' own encode of real activations.
+    let reference = common::load_safetensors("default_dictionary_saelens.safetensors");
+    let encoding = dictionary.encode(&reference["x"]).unwrap();
+    let error = relative_error(&encoding.features.to_dense().unwrap(), &reference["acts"]);
+    assert!(error <= 1e-5, "encode differs from SAELens: relative error {error}");
+    let error = relative_error(&dictionary.decode(&encoding).unwrap(), &reference["reconstruction"]);
+    assert!(error <= 1e-5, "reconstruction differs from SAELens: relative error {error}");
+}
+
+#[test]
+fn the_default_dictionary_meets_its_quality_bar_on_held_out_text() {
+    let model = common::smollm2();
+    let dictionary = std::sync::Arc::new(Dictionary::load_for_model(&default_dictionary_dir(), model.config()).unwrap());
+    let heldout = loupe_engine::loupe_home().join("corpora").join("demo-heldout.jsonl");
+    assert!(heldout.exists(), "{} is missing: run scripts/setup.sh", heldout.display());
+    let windows = TokenWindows::from_file(&heldout, model.tokenizer().unwrap(), 128, Some(16 * 128)).unwrap();
+    let report = loupe_engine::dictionary::eval::evaluate(model, dictionary, &windows, 8, |_| {}).unwrap();
+    println!("{report:?}");
+    assert!(report.explained_variance >= 0.7, "explained variance {}", report.explained_variance);
+    assert!(report.ce_loss_recovered >= 0.8, "CE loss recovered {}", report.ce_loss_recovered);
+    assert!((report.l0 - 32.0).abs() < 1e-9, "a TopK-32 dictionary: L0 {}", report.l0);
+}
