@@ -19,6 +19,8 @@ echo; echo "== loupe activations --hook blocks.9.hook_resid_post \"The cat sat o
 dictionary=dictionaries/smollm2-135m-instruct/blocks.9.hook_resid_post-topk-4608
 echo; echo "== loupe dict info $dictionary"
 "$loupe" dict info "$dictionary"
+echo; echo "== loupe dict encode \"The cat sat on the mat\"   (features that fire, per token)"
+"$loupe" dict encode "The cat sat on the mat" --top 4
 echo; echo "== loupe dict eval $dictionary --tokens 4096   (held-out demo text)"
 "$loupe" dict eval "$dictionary" --tokens 4096
 cat <<TXT

@@ -149,13 +149,13 @@ impl ModelConfig {
                 return Err(bad(field, "must be positive".into()));
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(bad(
                 "n_kv_heads",
                 format!("({}) must divide the number of attention heads ({})", self.n_kv_heads, self.n_heads),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(bad("head_dim", format!("({}) must be even for rotary embeddings", self.head_dim)));
         }
         Ok(())

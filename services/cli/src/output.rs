@@ -37,10 +37,19 @@ pub fn default_corpus() -> PathBuf {
     loupe_engine::loupe_home().join("corpora").join("demo.jsonl")
 }
 
-/// The embedded default dictionary, shipped in the repository (see dictionaries/README.md).
+/// The embedded default dictionary, shipped in the repository's `dictionaries/`:
+/// `$LOUPE_DICTIONARY` if set, else the copy under the current directory, else the one in
+/// the checkout this binary was built from.
 pub fn default_dictionary() -> PathBuf {
-    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../dictionaries/smollm2-135m-instruct/blocks.9.hook_resid_post-topk-4608");
-    std::env::var_os("LOUPE_DICTIONARY").map(PathBuf::from).unwrap_or(shipped)
+    const SHIPPED: &str = "dictionaries/smollm2-135m-instruct/blocks.9.hook_resid_post-topk-4608";
+    if let Some(path) = std::env::var_os("LOUPE_DICTIONARY") {
+        return path.into();
+    }
+    let local = PathBuf::from(SHIPPED);
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(SHIPPED)
 }
 
 /// The held-out part of the demo corpus (for evaluation).

@@ -123,3 +123,20 @@ fn dictionary_errors_name_the_problem() {
     let (ok, _, err) = loupe(&["train", "--hook", "blocks.3.hook_resid_post", "--out", dir.path().join("o").to_str().unwrap(), "--corpus", bad.to_str().unwrap()]);
     assert!(!ok && err.contains("line 2") && err.contains("'text'"), "{err}");
 }
+
+#[test]
+fn dict_encode_lists_the_default_dictionarys_features_per_token() {
+    let (ok, out, err) = loupe(&["dict", "encode", "The cat sat on the mat", "--top", "3", "--json"]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["hook"], "blocks.9.hook_resid_post");
+    let tokens = json["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 6);
+    for token in tokens {
+        let features = token["features"].as_array().unwrap();
+        assert_eq!(features.len(), 3, "a TopK-32 SAE has at least 3 active features: {token}");
+        let values: Vec<f64> = features.iter().map(|f| f["activation"].as_f64().unwrap()).collect();
+        assert!(values.windows(2).all(|w| w[0] >= w[1]) && values[2] > 0.0, "strongest first: {values:?}");
+        assert!(features.iter().all(|f| f["feature"].as_u64().unwrap() < 4608));
+    }
+}

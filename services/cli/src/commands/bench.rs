@@ -178,9 +178,9 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
         }
         Ok(best)
     };
-    let encode_s = time(&mut || Ok(drop(dictionary.encode(&x)?)))?;
+    let encode_s = time(&mut || dictionary.encode(&x).map(|_| ()).map_err(Into::into))?;
     let encoding = dictionary.encode(&x)?;
-    let decode_s = time(&mut || Ok(drop(dictionary.decode(&encoding)?)))?;
+    let decode_s = time(&mut || dictionary.decode(&encoding).map(|_| ()).map_err(Into::into))?;
     // Encode is one [tokens, d_in] x [d_in, d_sae] matmul; decode touches L0 rows per token.
     let encode_gflops = 2.0 * (tokens * info.d_in * info.d_sae) as f64 / encode_s / 1e9;
     let l0 = encoding.features.mean_l0();

@@ -7,10 +7,10 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use loupe_engine::corpus::TokenWindows;
 use loupe_engine::dictionary::eval;
-use loupe_engine::Dictionary;
+use loupe_engine::{Dictionary, Hooks, Logits, TokenBatch};
 use serde_json::json;
 
-use crate::output::{default_heldout_corpus, print_json, spinner, ModelArgs};
+use crate::output::{default_dictionary, default_heldout_corpus, print_json, spinner, ModelArgs};
 
 #[derive(clap::Subcommand)]
 pub enum Dict {
@@ -18,6 +18,23 @@ pub enum Dict {
     Info(InfoArgs),
     /// Quality on a corpus: L0, explained variance, MSE, dead latents, CE loss recovered.
     Eval(EvalArgs),
+    /// The features that fire on each token of a text, strongest first.
+    Encode(EncodeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct EncodeArgs {
+    pub text: String,
+    /// Dictionary folder (default: the embedded default dictionary).
+    #[arg(long)]
+    pub dictionary: Option<PathBuf>,
+    /// Features shown per token.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 #[derive(clap::Args)]
@@ -30,7 +47,8 @@ pub struct InfoArgs {
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    pub dictionary: PathBuf,
+    /// Dictionary folder (default: the embedded default dictionary).
+    pub dictionary: Option<PathBuf>,
     /// JSONL corpus (default: the held-out part of the demo corpus).
     #[arg(long)]
     pub corpus: Option<PathBuf>,
@@ -55,11 +73,12 @@ pub fn run(command: Dict) -> anyhow::Result<()> {
     match command {
         Dict::Info(args) => info(args),
         Dict::Eval(args) => evaluate(args),
+        Dict::Encode(args) => encode(args),
     }
 }
 
 fn info(args: InfoArgs) -> anyhow::Result<()> {
-    let dictionary = Dictionary::load(&args.dictionary)?;
+    let dictionary = Dictionary::load(&args.dictionary).with_context(|| format!("loading dictionary {}", args.dictionary.display()))?;
     let info = dictionary.info();
     if args.json {
         return print_json(&json!({
@@ -83,10 +102,9 @@ fn info(args: InfoArgs) -> anyhow::Result<()> {
 
 fn evaluate(args: EvalArgs) -> anyhow::Result<()> {
     let model = args.model.load()?;
-    let dictionary = Arc::new(
-        Dictionary::load_for_model(&args.dictionary, model.config())
-            .with_context(|| format!("loading dictionary {}", args.dictionary.display()))?,
-    );
+    let path = args.dictionary.clone().unwrap_or_else(default_dictionary);
+    let dictionary =
+        Arc::new(Dictionary::load_for_model(&path, model.config()).with_context(|| format!("loading dictionary {}", path.display()))?);
     let corpus = args.corpus.clone().unwrap_or_else(default_heldout_corpus);
     let tokenizing = spinner(format!("tokenizing {}", corpus.display()));
     let windows = TokenWindows::from_file(&corpus, model.tokenizer()?, args.context, Some(args.tokens))
@@ -112,5 +130,43 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<()> {
     println!("  CE loss spliced      {:.4}", report.ce_loss_spliced);
     println!("  CE loss zero-ablated {:.4}", report.ce_loss_zero_ablated);
     println!("  CE loss recovered    {:.4}", report.ce_loss_recovered);
+    Ok(())
+}
+
+fn encode(args: EncodeArgs) -> anyhow::Result<()> {
+    let model = args.model.load()?;
+    let path = args.dictionary.clone().unwrap_or_else(default_dictionary);
+    let dictionary = Dictionary::load_for_model(&path, model.config()).with_context(|| format!("loading dictionary {}", path.display()))?;
+    let tokenizer = model.tokenizer()?;
+    let ids = tokenizer.encode(&args.text)?;
+    if ids.is_empty() {
+        anyhow::bail!("the text has no tokens");
+    }
+    let pieces = tokenizer.token_strings(&ids)?;
+    let hook = dictionary.info().hook_in;
+    let out = model.forward(&TokenBatch::single(&ids)?, &Hooks::new().capture(hook), Logits::None, None)?;
+    let encoding = dictionary.encode(&out.captured[&hook])?;
+    let tokens: Vec<serde_json::Value> = pieces
+        .iter()
+        .enumerate()
+        .map(|(t, piece)| {
+            let (indices, values) = encoding.features.token(t);
+            let mut active: Vec<(u32, f32)> = indices.iter().copied().zip(values.iter().copied()).collect();
+            active.sort_by(|a, b| b.1.total_cmp(&a.1));
+            active.truncate(args.top);
+            json!({ "token": piece, "features": active.iter().map(|(f, v)| json!({ "feature": f, "activation": v })).collect::<Vec<_>>() })
+        })
+        .collect();
+    if args.json {
+        return print_json(&json!({ "dictionary": path, "hook": hook.to_string(), "tokens": tokens }));
+    }
+    println!("{} at {hook}: top {} features per token", path.display(), args.top);
+    for token in &tokens {
+        let features: Vec<String> = token["features"]
+            .as_array()
+            .map(|fs| fs.iter().map(|f| format!("#{}={:.2}", f["feature"], f["activation"].as_f64().unwrap_or(0.0))).collect())
+            .unwrap_or_default();
+        println!("  {:<14} {}", format!("{:?}", token["token"].as_str().unwrap_or_default()), features.join("  "));
+    }
     Ok(())
 }
