@@ -362,3 +362,27 @@ fn the_default_dictionary_meets_its_quality_bar_on_held_out_text() {
     assert!(report.ce_loss_recovered >= 0.8, "CE loss recovered {}", report.ce_loss_recovered);
     assert!((report.l0 - 32.0).abs() < 1e-9, "a TopK-32 dictionary: L0 {}", report.l0);
 }
+
+#[test]
+fn decoding_edited_features_checks_them() {
+    let dictionary = Dictionary::load(&dictionary_fixtures().join("saelens_topk")).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (3, 64), &Device::Cpu).unwrap();
+    let mut encoding = dictionary.encode(&x).unwrap();
+    // Steering: set a feature on one token; the output moves along that feature's decoder row.
+    let before: Vec<Vec<f32>> = dictionary.decode(&encoding).unwrap().to_vec2().unwrap();
+    let (indices, values) = encoding.features.token(1);
+    let old = indices.iter().position(|&i| i == 7).map_or(0.0, |p| values[p]);
+    encoding.features.set(1, 7, 5.0);
+    let after: Vec<Vec<f32>> = dictionary.decode(&encoding).unwrap().to_vec2().unwrap();
+    let row = dictionary.decoder_row(7);
+    for i in 0..64 {
+        assert!((after[1][i] - before[1][i] - (5.0 - old) * row[i]).abs() < 1e-5);
+        assert_eq!(after[0][i], before[0][i]);
+    }
+    encoding.features.set(1, 80, 1.0);
+    let err = dictionary.decode(&encoding).unwrap_err().to_string();
+    assert!(err.contains("feature 80 does not exist") && err.contains("80 latents"), "{err}");
+    encoding.features = SparseActs::from_rows(80, vec![vec![(1, 1.0)]]);
+    let err = dictionary.decode(&encoding).unwrap_err().to_string();
+    assert!(err.contains("1 tokens of features"), "{err}");
+}

@@ -128,6 +128,8 @@ pub struct Dictionary {
 pub struct Encoding {
     /// Editable: decode the edited features to steer.
     pub features: SparseActs,
+    /// Number of tokens encoded (edited features must keep it).
+    tokens: usize,
     /// Per token, how the input was normalised, to undo it on the output.
     token_norm: Option<Vec<TokenNorm>>,
     skip: Option<Tensor>,
@@ -258,13 +260,14 @@ impl Dictionary {
             }
             None => None,
         };
-        Ok(Encoding { features, token_norm, skip })
+        Ok(Encoding { tokens: features.n_tokens(), features, token_norm, skip })
     }
 
     /// Reconstructs `[n, d_out]` from an encoding (possibly with edited features).
     pub fn decode(&self, encoding: &Encoding) -> Result<Tensor> {
         let d_out = self.info.d_out;
         let n = encoding.features.n_tokens();
+        self.check_encoding(encoding)?;
         let mut out = vec![0f32; n * d_out];
         out.par_chunks_mut(d_out).enumerate().for_each(|(t, row)| {
             row.copy_from_slice(&self.b_dec);
@@ -288,6 +291,23 @@ impl Dictionary {
             Some(skip) => (out + skip)?,
             None => out,
         })
+    }
+
+    /// Edited features must stay within this dictionary and the encoded tokens.
+    fn check_encoding(&self, encoding: &Encoding) -> Result<()> {
+        let features = &encoding.features;
+        let n = features.n_tokens();
+        let bad = |reason: String| Err(EngineError::InvalidInput(format!("cannot decode with {}: {reason}", self.info.source.display())));
+        if let Some(&index) = features.indices.iter().find(|&&i| i as usize >= self.info.d_sae) {
+            return bad(format!("feature {index} does not exist (the dictionary has {} latents)", self.info.d_sae));
+        }
+        if features.values.len() != features.indices.len() || features.offsets.last().copied().unwrap_or(0) != features.indices.len() {
+            return bad("the sparse features are inconsistent (offsets, indices and values disagree)".into());
+        }
+        if n != encoding.tokens {
+            return bad(format!("{n} tokens of features for an encoding of {} tokens", encoding.tokens));
+        }
+        Ok(())
     }
 
     /// `decode(encode(x))`, `[n, d_out]`.

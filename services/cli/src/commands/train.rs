@@ -82,11 +82,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let tokenizing = spinner(format!("tokenizing {}", corpus.display()));
     // Enough windows for the run (plus BOS positions), so a small run reads a small prefix.
-    let windows_tokens = args.tokens / (args.context - 1).max(1) * args.context + args.context * args.buffer_windows;
+    let windows_tokens = args.tokens / args.context.saturating_sub(1).max(1) * args.context + args.context * args.buffer_windows;
     let windows = TokenWindows::from_file(&corpus, model.tokenizer()?, args.context, Some(windows_tokens))
         .with_context(|| format!("reading corpus {}", corpus.display()))?;
     tokenizing.finish_and_clear();
-    let passes = args.tokens as f64 / (windows.len() * (args.context - 1)) as f64;
+    let passes = args.tokens as f64 / (windows.len() * args.context.saturating_sub(1)).max(1) as f64;
     if passes > 1.0 {
         eprintln!("note: the corpus has {} windows; training makes {passes:.1} passes over it", windows.len());
     }
