@@ -266,6 +266,10 @@ fn training_writes_a_saelens_folder_that_loads_back_exactly() {
     assert_eq!(cfg["architecture"], "topk");
     assert_eq!(cfg["metadata"]["hook_name"], "blocks.1.hook_resid_post");
     assert_eq!((cfg["d_in"].as_u64(), cfg["d_sae"].as_u64(), cfg["k"].as_u64()), (Some(64), Some(128), Some(8)));
+    // sparsity.safetensors holds log10 firing frequencies per token; they sum to the mean L0.
+    let sparsity = candle_core::safetensors::load(out.path().join("sparsity.safetensors"), &Device::Cpu).unwrap();
+    let mean_l0: f64 = sparsity["sparsity"].to_vec1::<f32>().unwrap().iter().map(|s| 10f64.powf(*s as f64) - 1e-10).sum();
+    assert!(mean_l0 > 4.0 && mean_l0 <= 8.0 + 1e-3, "firing frequencies sum to {mean_l0}, expected the mean L0 (<= k = 8)");
 
     // Loads back, and encodes exactly as the saved weights say: topk((x - b_dec)·W_enc + b_enc).
     let dictionary = Dictionary::load_for_model(out.path(), model.config()).unwrap();

@@ -143,6 +143,7 @@ struct Run {
     sae: TrainableSae,
     state: CheckpointState,
     tokens_since_fired: Vec<u32>,
+    /// Tokens each latent was active on, over the whole run (for sparsity.safetensors).
     fire_counts: Vec<f64>,
 }
 
@@ -159,9 +160,13 @@ pub fn train(model: &Model, windows: &TokenWindows, config: &TrainConfig, out: &
     }
     let stream = ActivationStream::new(model, windows, hook, config.buffer_windows, config.forward_batch, config.seed);
     let checkpoint_dir = out.join("checkpoint");
-    let mut run = match load_checkpoint(&checkpoint_dir, config)? {
-        Some(run) => run,
-        None => start(&stream, config, d_in)?,
+    // A fresh run computes the first buffer to initialise from, then trains on it.
+    let (mut run, mut first_buffer) = match load_checkpoint(&checkpoint_dir, config)? {
+        Some(run) => (run, None),
+        None => {
+            let first = stream.buffer(0)?;
+            (start(&first, config, d_in)?, Some(first))
+        }
     };
     let resumed_at = (run.state.tokens > 0).then_some(run.state.tokens);
     let adam_params = AdamParams::default();
@@ -169,7 +174,11 @@ pub fn train(model: &Model, windows: &TokenWindows, config: &TrainConfig, out: &
 
     while run.state.tokens < config.tokens {
         let started = std::time::Instant::now();
-        let buffer = (stream.buffer(run.state.buffers_done)? * run.state.scale)?;
+        let raw = match first_buffer.take() {
+            Some(first) => first,
+            None => stream.buffer(run.state.buffers_done)?,
+        };
+        let buffer = (raw * run.state.scale)?;
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), rows = buffer.dim(0)?, "activation buffer");
         let started = std::time::Instant::now();
         let rows = buffer.dim(0)?;
@@ -179,13 +188,13 @@ pub fn train(model: &Model, windows: &TokenWindows, config: &TrainConfig, out: &
             let x = buffer.narrow(0, start_row, take)?;
             start_row += take;
             let dead: Vec<bool> = run.tokens_since_fired.iter().map(|&t| t as usize >= config.dead_after_tokens).collect();
-            let mut fired = vec![false; config.d_sae];
+            let mut active_tokens = vec![0u32; config.d_sae];
             let lr = config.lr_at(run.state.step);
-            let stats = run.sae.step(&x, config.sparsity, config.k, &dead, config.aux_k, config.aux_coefficient, lr, &adam_params, run.state.step as u64 + 1, &mut fired)?;
-            for ((since, count), fired) in run.tokens_since_fired.iter_mut().zip(run.fire_counts.iter_mut()).zip(&fired) {
-                if *fired {
+            let stats = run.sae.step(&x, config.sparsity, config.k, &dead, config.aux_k, config.aux_coefficient, lr, &adam_params, run.state.step as u64 + 1, &mut active_tokens)?;
+            for ((since, count), &active) in run.tokens_since_fired.iter_mut().zip(run.fire_counts.iter_mut()).zip(&active_tokens) {
+                if active > 0 {
                     *since = 0;
-                    *count += 1.0;
+                    *count += active as f64;
                 } else {
                     *since = since.saturating_add(take as u32);
                 }
@@ -213,8 +222,8 @@ pub fn train(model: &Model, windows: &TokenWindows, config: &TrainConfig, out: &
         }
     }
 
-    let steps_total = run.state.tokens.max(1) as f64;
-    let frequency: Vec<f64> = run.fire_counts.iter().map(|c| c * config.batch_tokens as f64 / steps_total / config.batch_tokens as f64).collect();
+    let tokens_seen = run.state.tokens.max(1) as f64;
+    let frequency: Vec<f64> = run.fire_counts.iter().map(|count| count / tokens_seen).collect();
     let threshold = if run.state.threshold_count > 0 { run.state.threshold_sum / run.state.threshold_count as f64 } else { 0.0 };
     save::save_saelens(&run.sae, &save::SaveInfo { config, scale: run.state.scale, threshold, frequency: &frequency }, out)?;
     let _ = std::fs::remove_dir_all(&checkpoint_dir);
@@ -222,8 +231,7 @@ pub fn train(model: &Model, windows: &TokenWindows, config: &TrainConfig, out: &
 }
 
 /// A fresh run: input scale and `b_dec` from the first buffer, then a seeded initialisation.
-fn start(stream: &ActivationStream, config: &TrainConfig, d_in: usize) -> Result<Run> {
-    let first = stream.buffer(0)?;
+fn start(first: &Tensor, config: &TrainConfig, d_in: usize) -> Result<Run> {
     let sample = first.narrow(0, 0, first.dim(0)?.min(8192))?;
     let mean_norm = sample.sqr()?.sum(1)?.sqrt()?.mean_all()?.to_scalar::<f32>()? as f64;
     if !(mean_norm > 0.0 && mean_norm.is_finite()) {

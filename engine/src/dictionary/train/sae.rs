@@ -77,8 +77,8 @@ impl TrainableSae {
     }
 
     /// One step on `x: [batch, d_in]`. `dead` marks latents that have not fired for a while;
-    /// the AuxK loss makes the `aux_k` largest of them model the residual error. `fired`
-    /// is set for every latent active in the batch.
+    /// the AuxK loss makes the `aux_k` largest of them model the residual error. Each
+    /// latent's `active_tokens` grows by the number of tokens it was active on.
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
@@ -91,7 +91,7 @@ impl TrainableSae {
         lr: f64,
         adam_params: &AdamParams,
         t: u64,
-        fired: &mut [bool],
+        active_tokens: &mut [u32],
     ) -> Result<StepStats> {
         let (d, n) = (self.d_in, self.d_sae);
         let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
@@ -156,7 +156,7 @@ impl TrainableSae {
         }
         let mut active = 0usize;
         for term in terms.iter().filter(|t| !t.aux) {
-            fired[term.latent as usize] = true;
+            active_tokens[term.latent as usize] += 1;
             active += 1;
         }
 
@@ -362,8 +362,8 @@ mod tests {
         let before = clone(&sae);
         let x_t = Tensor::from_slice(&x, (batch, d), &Device::Cpu).unwrap();
         let mut probe = clone(&sae);
-        let mut fired = vec![false; n];
-        probe.step(&x_t, Sparsity::TopK, k, &dead, 2, 0.5, 0.0, &AdamParams::default(), 1, &mut fired).unwrap();
+        let mut active_tokens = vec![0; n];
+        probe.step(&x_t, Sparsity::TopK, k, &dead, 2, 0.5, 0.0, &AdamParams::default(), 1, &mut active_tokens).unwrap();
         let eps = 1e-3f32;
         for (p, name) in [(0usize, "w_enc"), (1, "b_enc"), (3, "b_dec")] {
             let analytic: Vec<f32> = probe.moments[p].m.iter().map(|m| m / 0.1).collect();
