@@ -1,0 +1,95 @@
+//! Arrow schemas of the store's Lance tables (see DESIGN.md, "Store").
+//!
+//! Every table carries `dictionary_id`, so that re-indexing one dictionary replaces only its
+//! rows, in one new Lance version.
+
+use std::sync::Arc;
+
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+
+pub const DICTIONARIES: &str = "dictionaries";
+pub const FEATURES: &str = "features";
+pub const EXAMPLES: &str = "examples";
+
+/// The kind column of `examples`: the K max-activating windows, or samples of an interval.
+pub const KIND_TOP: &str = "top";
+pub const KIND_INTERVAL: &str = "interval";
+
+fn list_of(item: DataType) -> DataType {
+    DataType::List(Arc::new(Field::new("item", item, true)))
+}
+
+/// One row per indexed dictionary: what it is and how it was indexed.
+pub fn dictionaries() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("dictionary_id", DataType::Utf8, false),
+        Field::new("model_id", DataType::Utf8, false),
+        Field::new("model_checksum", DataType::Utf8, false),
+        Field::new("hook", DataType::Utf8, false),
+        Field::new("hook_out", DataType::Utf8, false),
+        Field::new("layer", DataType::UInt32, true),
+        Field::new("architecture", DataType::Utf8, false),
+        Field::new("d_in", DataType::UInt32, false),
+        Field::new("d_sae", DataType::UInt32, false),
+        Field::new("source_format", DataType::Utf8, false),
+        Field::new("source_checksum", DataType::Utf8, false),
+        // The index run's manifest as JSON: corpus spec, windows, tokens seen, code version.
+        Field::new("manifest", DataType::Utf8, false),
+        Field::new("created_at", DataType::Utf8, false),
+    ]))
+}
+
+/// One row per feature: statistics, logit effects, neighbours, decoder vector.
+pub fn features() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("dictionary_id", DataType::Utf8, false),
+        Field::new("feature", DataType::UInt32, false),
+        Field::new("max_activation", DataType::Float32, false),
+        Field::new("mean_activation", DataType::Float32, false),
+        // Fraction of counted tokens (BOS and padding excluded) where the feature is > 0.
+        Field::new("density", DataType::Float64, false),
+        Field::new("fire_count", DataType::UInt64, false),
+        // Histogram of the non-zero activations: bin i covers [i * width, (i + 1) * width).
+        Field::new("histogram_width", DataType::Float32, false),
+        Field::new("histogram_counts", list_of(DataType::UInt64), false),
+        Field::new("top_logit_ids", list_of(DataType::UInt32), false),
+        Field::new("top_logit_tokens", list_of(DataType::Utf8), false),
+        Field::new("top_logit_values", list_of(DataType::Float32), false),
+        Field::new("bottom_logit_ids", list_of(DataType::UInt32), false),
+        Field::new("bottom_logit_tokens", list_of(DataType::Utf8), false),
+        Field::new("bottom_logit_values", list_of(DataType::Float32), false),
+        Field::new("neighbours", list_of(DataType::UInt32), false),
+        Field::new("neighbour_cosines", list_of(DataType::Float32), false),
+        // The tokens where the top examples peak, most frequent first (searchable).
+        Field::new("top_tokens", list_of(DataType::Utf8), false),
+        // Text around the max token of the best top examples (searchable, shown as snippets).
+        Field::new("top_contexts", list_of(DataType::Utf8), false),
+        Field::new("decoder_norm", DataType::Float32, false),
+        Field::new("decoder", list_of(DataType::Float32), false),
+        Field::new("label", DataType::Utf8, true),
+    ]))
+}
+
+/// One row per stored example window of a feature.
+pub fn examples() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("dictionary_id", DataType::Utf8, false),
+        Field::new("feature", DataType::UInt32, false),
+        Field::new("kind", DataType::Utf8, false),
+        // Interval examples: the interval's index (0 = lowest); top examples: 0.
+        Field::new("interval", DataType::UInt32, false),
+        Field::new("interval_low", DataType::Float32, false),
+        Field::new("interval_high", DataType::Float32, false),
+        // Position in the list: top examples by activation, interval samples by sample order.
+        Field::new("rank", DataType::UInt32, false),
+        Field::new("max_activation", DataType::Float32, false),
+        Field::new("max_position", DataType::UInt32, false),
+        Field::new("window", DataType::UInt64, false),
+        Field::new("token_ids", list_of(DataType::UInt32), false),
+        Field::new("tokens", list_of(DataType::Utf8), false),
+        Field::new("activations", list_of(DataType::Float32), false),
+        // Where the max token comes from: document (ordinal in the corpus) and token offset.
+        Field::new("document_id", DataType::UInt64, false),
+        Field::new("document_offset", DataType::UInt32, false),
+    ]))
+}

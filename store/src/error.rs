@@ -1,0 +1,41 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path} is not a loupe store: {reason}")]
+    NotAStore { path: PathBuf, reason: String },
+    #[error("store {path} has no committed index yet: run `loupe index --store {path}` first")]
+    Empty { path: PathBuf },
+    #[error("store {path} has no generation {generation} (latest is {latest})")]
+    NoSuchGeneration { path: PathBuf, generation: u64, latest: u64 },
+    #[error("another writer holds {path}: wait for it to finish (one indexing job commits at a time)")]
+    Locked { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("lance table {table}: {source}")]
+    Lance { table: String, source: lance::Error },
+    #[error("table {table}, column {column}: {reason}")]
+    Column { table: String, column: String, reason: String },
+    #[error("search index: {0}")]
+    Search(#[from] tantivy::TantivyError),
+    #[error("search query {query:?}: {reason}")]
+    Query { query: String, reason: String },
+    #[error("{0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("invalid record: {0}")]
+    InvalidRecord(String),
+}
+
+impl StoreError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        StoreError::Io { path: path.into(), source }
+    }
+
+    pub fn lance(table: &str, source: lance::Error) -> Self {
+        StoreError::Lance { table: table.to_string(), source }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,20 @@
+//! loupe-store: the feature store. Lance tables (`dictionaries`, `features`, `examples`)
+//! under one root, a tantivy index over the features, and generations that name one Lance
+//! version per table so that every commit is atomic and stays readable.
+
+mod arrow;
+pub mod error;
+pub mod layout;
+pub mod reader;
+pub mod records;
+pub mod search;
+pub mod synthetic;
+mod tables;
+pub mod writer;
+
+pub use error::{Result, StoreError};
+pub use layout::Generation;
+pub use reader::StoreReader;
+pub use records::{DictionaryCommit, DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord, LogitEffect, Neighbour};
+pub use search::{SearchFilter, SearchHit, SearchResults};
+pub use writer::StoreWriter;

@@ -1,0 +1,124 @@
+//! Lance table operations shared by the writer and the reader.
+
+use std::path::Path;
+
+use arrow_array::{RecordBatch, RecordBatchIterator};
+use futures::TryStreamExt;
+use std::sync::Arc;
+
+use lance::dataset::{UpdateBuilder, WriteMode, WriteParams};
+use lance::index::DatasetIndexExt;
+use lance::Dataset;
+use lance_index::scalar::ScalarIndexParams;
+use lance_index::IndexType;
+
+use crate::error::{Result, StoreError};
+use crate::layout::table_path;
+
+/// Rows per Arrow batch handed to Lance.
+const WRITE_BATCH_ROWS: usize = 4096;
+
+fn uri(root: &Path, table: &str) -> String {
+    table_path(root, table).to_string_lossy().into_owned()
+}
+
+/// A SQL string literal for Lance filters.
+pub fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+pub async fn open_at(root: &Path, table: &str, version: u64) -> Result<Dataset> {
+    let dataset = Dataset::open(&uri(root, table)).await.map_err(|e| StoreError::lance(table, e))?;
+    if dataset.version().version == version {
+        return Ok(dataset);
+    }
+    dataset.checkout_version(version).await.map_err(|e| StoreError::lance(table, e))
+}
+
+/// Replaces the rows of some dictionaries in `table` and returns the new Lance version.
+///
+/// `committed` is the version the store's current generation names. Anything written after
+/// it (a run that died before publishing) is rolled back first, so a failed run never leaks
+/// into the next commit.
+pub async fn replace_dictionary_rows(root: &Path, table: &str, committed: Option<u64>, dictionary_ids: &[&str], batch: RecordBatch) -> Result<u64> {
+    let path = table_path(root, table);
+    let lance_err = |e| StoreError::lance(table, e);
+    let batches: Vec<RecordBatch> = (0..batch.num_rows())
+        .step_by(WRITE_BATCH_ROWS)
+        .map(|start| batch.slice(start, WRITE_BATCH_ROWS.min(batch.num_rows() - start)))
+        .collect();
+    let reader = RecordBatchIterator::new(batches.into_iter().map(Ok), batch.schema());
+    let dataset = match (committed, path.exists()) {
+        (Some(version), true) => {
+            let mut dataset = open_for_write(root, table, version).await?;
+            let ids: Vec<String> = dictionary_ids.iter().map(|id| quote(id)).collect();
+            dataset.delete(&format!("dictionary_id IN ({})", ids.join(", "))).await.map_err(lance_err)?;
+            let params = WriteParams { mode: WriteMode::Append, ..Default::default() };
+            Dataset::write(reader, &uri(root, table), Some(params)).await.map_err(lance_err)?
+        }
+        // A first commit, possibly over the debris of a first run that died.
+        _ => {
+            let params = WriteParams { mode: WriteMode::Overwrite, ..Default::default() };
+            Dataset::write(reader, &uri(root, table), Some(params)).await.map_err(lance_err)?
+        }
+    };
+    let mut dataset = dataset;
+    index_feature_column(&mut dataset, table).await?;
+    Ok(dataset.version().version)
+}
+
+/// A B-tree index on `feature`, so that a dashboard reads its rows without a table scan
+/// (GetFeature on a million-feature dictionary).
+async fn index_feature_column(dataset: &mut Dataset, table: &str) -> Result<()> {
+    if dataset.schema().field("feature").is_none() {
+        return Ok(());
+    }
+    dataset
+        .create_index(&["feature"], IndexType::BTree, Some("feature_idx".into()), &ScalarIndexParams::default(), true)
+        .await
+        .map_err(|e| StoreError::lance(table, e))?;
+    Ok(())
+}
+
+/// Rolls `table` back to `committed` if a failed run wrote after it; returns the dataset.
+pub async fn open_for_write(root: &Path, table: &str, committed: u64) -> Result<Dataset> {
+    let lance_err = |e| StoreError::lance(table, e);
+    let mut dataset = Dataset::open(&uri(root, table)).await.map_err(lance_err)?;
+    if dataset.version().version != committed {
+        dataset = dataset.checkout_version(committed).await.map_err(lance_err)?;
+        dataset.restore().await.map_err(lance_err)?;
+    }
+    Ok(dataset)
+}
+
+/// Sets one feature's label (NULL when None); returns the new version.
+pub async fn update_label(dataset: Dataset, dictionary_id: &str, feature: u32, label: Option<&str>) -> Result<(u64, u64)> {
+    let table = loupe_schema::tables::FEATURES;
+    let lance_err = |e| StoreError::lance(table, e);
+    let value = label.map_or_else(|| "NULL".to_string(), quote);
+    let result = UpdateBuilder::new(Arc::new(dataset))
+        .update_where(&format!("dictionary_id = {} AND feature = {feature}", quote(dictionary_id)))
+        .map_err(lance_err)?
+        .set("label", &value)
+        .map_err(lance_err)?
+        .build()
+        .map_err(lance_err)?
+        .execute()
+        .await
+        .map_err(lance_err)?;
+    Ok((result.new_dataset.version().version, result.rows_updated))
+}
+
+/// All rows matching `filter` (all rows if None), with only `columns` if given.
+pub async fn scan(dataset: &Dataset, table: &str, filter: Option<&str>, columns: Option<&[&str]>) -> Result<Vec<RecordBatch>> {
+    let lance_err = |e| StoreError::lance(table, e);
+    let mut scanner = dataset.scan();
+    if let Some(filter) = filter {
+        scanner.filter(filter).map_err(lance_err)?;
+    }
+    if let Some(columns) = columns {
+        scanner.project(columns).map_err(lance_err)?;
+    }
+    let stream = scanner.try_into_stream().await.map_err(lance_err)?;
+    stream.try_collect().await.map_err(lance_err)
+}

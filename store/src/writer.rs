@@ -1,0 +1,136 @@
+//! Committing an indexed dictionary: Lance tables first, then the search index, then the
+//! generation pointer. Until the pointer moves, readers see the previous generation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use loupe_schema::tables::{DICTIONARIES, EXAMPLES, FEATURES};
+
+use crate::arrow::{dictionaries_batch, dictionaries_from_batch, examples_batch, features_batch, features_from_batch};
+use crate::error::{Result, StoreError};
+use crate::layout::{self, Generation, WriterLock};
+use crate::records::{DictionaryCommit, DictionaryRecord, ExampleRecord, FeatureRecord};
+use crate::search::{FeatureSite, IndexBuilder};
+use crate::tables::{open_at, open_for_write, replace_dictionary_rows, scan, update_label};
+
+/// The one writer of a store (holds an exclusive lock while alive).
+pub struct StoreWriter {
+    root: PathBuf,
+    _lock: WriterLock,
+}
+
+impl StoreWriter {
+    /// Opens a store for writing, creating it if `root` is new or empty.
+    pub fn open_or_create(root: &Path) -> Result<Self> {
+        layout::create_or_check(root)?;
+        let root = root.canonicalize().map_err(|e| StoreError::io(root, e))?;
+        let lock = layout::lock_writer(&root)?;
+        Ok(StoreWriter { root, _lock: lock })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Replaces everything stored about the given dictionaries and publishes one new
+    /// generation. Earlier generations stay readable.
+    pub async fn commit(&self, entries: &[DictionaryCommit]) -> Result<Generation> {
+        if entries.is_empty() {
+            return Err(StoreError::InvalidRecord("nothing to commit".into()));
+        }
+        for entry in entries {
+            let id = &entry.dictionary.dictionary_id;
+            let rows = entry.features.iter().map(|f| &f.dictionary_id).chain(entry.examples.iter().map(|e| &e.dictionary_id));
+            if let Some(bad) = rows.into_iter().find(|d| *d != id) {
+                return Err(StoreError::InvalidRecord(format!("row of dictionary {bad:?} in the commit of {id:?}")));
+            }
+        }
+        let ids: Vec<&str> = entries.iter().map(|e| e.dictionary.dictionary_id.as_str()).collect();
+        let dictionaries: Vec<DictionaryRecord> = entries.iter().map(|e| e.dictionary.clone()).collect();
+        let features: Vec<FeatureRecord> = entries.iter().flat_map(|e| e.features.iter().cloned()).collect();
+        let examples: Vec<ExampleRecord> = entries.iter().flat_map(|e| e.examples.iter().cloned()).collect();
+        let current = layout::current(&self.root)?;
+        let committed = |table: &str| current.as_ref().and_then(|g| g.versions.get(table).copied());
+        let mut versions = BTreeMap::new();
+        let writes = [
+            (DICTIONARIES, dictionaries_batch(&dictionaries)?),
+            (FEATURES, features_batch(&features)?),
+            (EXAMPLES, examples_batch(&examples)?),
+        ];
+        for (table, batch) in writes {
+            let version = replace_dictionary_rows(&self.root, table, committed(table), &ids, batch).await?;
+            versions.insert(table.to_string(), version);
+        }
+        let generation = current.as_ref().map_or(1, |g| g.generation + 1);
+        let search = format!("search/g{generation}");
+        let search_dir = self.root.join(&search);
+        if search_dir.exists() {
+            // Debris of a run that died before publishing this generation.
+            std::fs::remove_dir_all(&search_dir).map_err(|e| StoreError::io(&search_dir, e))?;
+        }
+        self.build_search_index(&versions, &search_dir).await?;
+        let message = format!("index {}", ids.join(", "));
+        let generation = Generation { generation, versions, search, committed_at: layout::now_rfc3339(), message };
+        layout::publish(&self.root, &generation)?;
+        Ok(generation)
+    }
+
+    /// Sets (Some) or clears (None) a feature's label, as a new generation whose search
+    /// index finds the feature by its label at once.
+    pub async fn set_label(&self, dictionary_id: &str, feature: u32, label: Option<&str>) -> Result<Generation> {
+        let current = layout::current(&self.root)?.ok_or_else(|| StoreError::Empty { path: self.root.clone() })?;
+        let committed = current.versions.get(FEATURES).copied().ok_or_else(|| StoreError::Corrupt {
+            path: self.root.join("CURRENT"),
+            reason: "no features table".into(),
+        })?;
+        let dataset = open_for_write(&self.root, FEATURES, committed).await?;
+        let (version, updated) = update_label(dataset, dictionary_id, feature, label).await?;
+        if updated != 1 {
+            return Err(StoreError::InvalidRecord(format!("no feature {feature} in dictionary {dictionary_id:?}")));
+        }
+        let mut versions = current.versions.clone();
+        versions.insert(FEATURES.to_string(), version);
+        let features = open_at(&self.root, FEATURES, version).await?;
+        let filter = format!("dictionary_id = {} AND feature = {feature}", crate::tables::quote(dictionary_id));
+        let row = scan(&features, FEATURES, Some(&filter), None).await?;
+        let record = row.iter().map(features_from_batch).collect::<Result<Vec<_>>>()?.into_iter().flatten().next();
+        let record = record.ok_or_else(|| StoreError::InvalidRecord(format!("feature {feature} vanished from {dictionary_id:?}")))?;
+        let dictionaries = open_at(&self.root, DICTIONARIES, versions[DICTIONARIES]).await?;
+        let site = scan(&dictionaries, DICTIONARIES, Some(&format!("dictionary_id = {}", crate::tables::quote(dictionary_id))), None).await?;
+        let site = site.iter().map(dictionaries_from_batch).collect::<Result<Vec<_>>>()?.into_iter().flatten().next();
+        let (hook, layer) = site.map(|d| (d.hook, d.layer)).unwrap_or_default();
+
+        let generation = current.generation + 1;
+        let search = format!("search/g{generation}");
+        let search_dir = self.root.join(&search);
+        if search_dir.exists() {
+            std::fs::remove_dir_all(&search_dir).map_err(|e| StoreError::io(&search_dir, e))?;
+        }
+        let mut index = IndexBuilder::update_copy(&self.root.join(&current.search), &search_dir)?;
+        index.replace(&record, &FeatureSite { hook: &hook, layer })?;
+        index.finish()?;
+        let message = format!("label {dictionary_id}/{feature}");
+        let generation = Generation { generation, versions, search, committed_at: layout::now_rfc3339(), message };
+        layout::publish(&self.root, &generation)?;
+        Ok(generation)
+    }
+
+    async fn build_search_index(&self, versions: &BTreeMap<String, u64>, dir: &Path) -> Result<()> {
+        let dictionaries = open_at(&self.root, DICTIONARIES, versions[DICTIONARIES]).await?;
+        let mut sites = HashMap::new();
+        for batch in scan(&dictionaries, DICTIONARIES, None, None).await? {
+            for d in dictionaries_from_batch(&batch)? {
+                sites.insert(d.dictionary_id.clone(), (d.hook, d.layer));
+            }
+        }
+        let features = open_at(&self.root, FEATURES, versions[FEATURES]).await?;
+        let mut builder = IndexBuilder::create(dir)?;
+        for batch in scan(&features, FEATURES, None, None).await? {
+            for feature in features_from_batch(&batch)? {
+                let (hook, layer) = sites.get(&feature.dictionary_id).map(|(h, l)| (h.as_str(), *l)).unwrap_or(("", None));
+                builder.add(&feature, &FeatureSite { hook, layer })?;
+            }
+        }
+        builder.finish()
+    }
+}

@@ -1,0 +1,205 @@
+//! The store against real Lance datasets and a real tantivy index in temporary folders.
+
+use loupe_store::{DictionaryCommit, DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord, LogitEffect, Neighbour, SearchFilter, StoreReader, StoreWriter};
+
+fn dictionary(id: &str, layer: u32) -> DictionaryRecord {
+    DictionaryRecord {
+        dictionary_id: id.into(),
+        model_id: "tiny".into(),
+        model_checksum: "abc".into(),
+        hook: format!("blocks.{layer}.hook_resid_post"),
+        hook_out: format!("blocks.{layer}.hook_resid_post"),
+        layer: Some(layer),
+        architecture: "topk".into(),
+        d_in: 4,
+        d_sae: 3,
+        source_format: "sae_lens".into(),
+        source_checksum: "def".into(),
+        manifest: serde_json::json!({"tokens_seen": 1000, "corpus": [{"path": "a.jsonl"}]}),
+        created_at: "2026-11-27T00:00:00Z".into(),
+    }
+}
+
+fn feature(id: &str, index: u32, words: &[&str], label: Option<&str>) -> FeatureRecord {
+    FeatureRecord {
+        dictionary_id: id.into(),
+        feature: index,
+        max_activation: 1.5 + index as f32,
+        mean_activation: 0.5,
+        density: 0.001 * f64::from(index + 1),
+        fire_count: 10 * u64::from(index + 1),
+        histogram_width: 0.25,
+        histogram_counts: vec![1, 2, 3],
+        top_logits: vec![LogitEffect { token_id: 7, token: " the".into(), value: 0.5 }],
+        bottom_logits: vec![LogitEffect { token_id: 8, token: "ing".into(), value: -0.5 }],
+        neighbours: vec![Neighbour { feature: (index + 1) % 3, cosine: 0.25 }],
+        top_tokens: words.iter().map(|w| w.to_string()).collect(),
+        top_contexts: vec![format!("a sentence about {}", words.join(" and "))],
+        decoder_norm: 1.0,
+        decoder: vec![0.5, -0.5, 0.5, -0.5],
+        label: label.map(String::from),
+    }
+}
+
+fn example(id: &str, feature: u32, kind: ExampleKind, rank: u32) -> ExampleRecord {
+    ExampleRecord {
+        dictionary_id: id.into(),
+        feature,
+        kind,
+        rank,
+        max_activation: 2.0 - rank as f32 * 0.1,
+        max_position: 2,
+        window: u64::from(rank) * 3,
+        token_ids: vec![1, 50, 60, 70],
+        tokens: vec!["<|im_start|>".into(), "The".into(), " cat".into(), " sat".into()],
+        activations: vec![0.0, 0.0, 2.0, 0.5],
+        document_id: 4,
+        document_offset: 17,
+    }
+}
+
+fn commit_of(id: &str, layer: u32, words: [&[&str]; 3]) -> DictionaryCommit {
+    let features = (0..3).map(|i| feature(id, i, words[i as usize], None)).collect();
+    let mut examples = Vec::new();
+    for f in 0..3 {
+        examples.push(example(id, f, ExampleKind::Top, 0));
+        examples.push(example(id, f, ExampleKind::Top, 1));
+        examples.push(example(id, f, ExampleKind::Interval { index: 2, low: 0.5, high: 0.75 }, 0));
+    }
+    DictionaryCommit { dictionary: dictionary(id, layer), features, examples }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+#[test]
+fn commits_read_back_search_and_stay_readable() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let writer = StoreWriter::open_or_create(&root).unwrap();
+    let first = commit_of("sae-a", 3, [&["cats", "kitten"], &["dogs"], &["rain", "weather"]]);
+    let g1 = rt.block_on(writer.commit(std::slice::from_ref(&first))).unwrap();
+    assert_eq!(g1.generation, 1);
+
+    let reader = rt.block_on(StoreReader::open(&root)).unwrap();
+    assert_eq!(rt.block_on(reader.dictionaries()).unwrap(), vec![first.dictionary.clone()]);
+    assert_eq!(rt.block_on(reader.features("sae-a")).unwrap(), first.features);
+    assert_eq!(rt.block_on(reader.feature("sae-a", 1)).unwrap().as_ref(), Some(&first.features[1]));
+    assert_eq!(rt.block_on(reader.feature("sae-a", 9)).unwrap(), None);
+    let examples = rt.block_on(reader.examples("sae-a", Some(2))).unwrap();
+    assert_eq!(examples, first.examples[6..9].to_vec());
+
+    let hits = reader.search("kitten", &SearchFilter::default(), 0, 10).unwrap();
+    assert_eq!(hits.total, 1);
+    assert_eq!((hits.hits[0].dictionary_id.as_str(), hits.hits[0].feature), ("sae-a", 0));
+    assert!(hits.hits[0].snippet.contains("kitten"), "{:?}", hits.hits[0]);
+    assert!(!hits.hits[0].highlights.is_empty());
+    assert!(reader.search("weath*", &SearchFilter::default(), 0, 10).unwrap().hits.iter().any(|h| h.feature == 2));
+    assert_eq!(reader.search("\"about rain\"", &SearchFilter::default(), 0, 10).unwrap().total, 1);
+    let err = reader.search("cats AND (", &SearchFilter::default(), 0, 10).unwrap_err().to_string();
+    assert!(err.contains("search query"), "{err}");
+
+    // A second dictionary and a re-index of the first: new generations, old ones readable.
+    let second = commit_of("sae-b", 5, [&["cats"], &["music"], &["code"]]);
+    rt.block_on(writer.commit(std::slice::from_ref(&second))).unwrap();
+    let reindexed = commit_of("sae-a", 3, [&["tigers"], &["dogs"], &["rain"]]);
+    let g3 = rt.block_on(writer.commit(std::slice::from_ref(&reindexed))).unwrap();
+    assert_eq!(g3.generation, 3);
+    let latest = rt.block_on(StoreReader::open(&root)).unwrap();
+    assert_eq!(rt.block_on(latest.dictionaries()).unwrap().len(), 2);
+    assert_eq!(rt.block_on(latest.features("sae-a")).unwrap(), reindexed.features);
+    assert_eq!(rt.block_on(latest.features("sae-b")).unwrap(), second.features);
+    assert_eq!(rt.block_on(latest.examples("sae-a", None)).unwrap().len(), 9);
+    let cats = latest.search("cats", &SearchFilter::default(), 0, 10).unwrap();
+    assert_eq!(cats.hits.iter().map(|h| h.dictionary_id.as_str()).collect::<Vec<_>>(), vec!["sae-b"]);
+    let layer5 = SearchFilter { layer: Some(5), ..Default::default() };
+    assert_eq!(latest.search("dogs OR music", &layer5, 0, 10).unwrap().total, 1);
+    let dense = SearchFilter { min_density: Some(0.0025), ..Default::default() };
+    assert!(latest.search("dogs OR music OR rain OR code", &dense, 0, 10).unwrap().hits.iter().all(|h| h.density >= 0.0025));
+
+    let old = rt.block_on(StoreReader::open_generation(&root, 1)).unwrap();
+    assert_eq!(rt.block_on(old.features("sae-a")).unwrap(), first.features);
+    assert_eq!(old.search("kitten", &SearchFilter::default(), 0, 10).unwrap().total, 1);
+    assert!(rt.block_on(StoreReader::open_generation(&root, 9)).is_err());
+}
+
+#[test]
+fn a_failed_write_is_invisible_and_rolled_back() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let writer = StoreWriter::open_or_create(&root).unwrap();
+    let good = commit_of("sae-a", 3, [&["cats"], &["dogs"], &["rain"]]);
+    rt.block_on(writer.commit(std::slice::from_ref(&good))).unwrap();
+    // A writer that dies after writing Lance versions but before publishing: simulated by a
+    // file where generation 2's search index goes, so the commit fails after the Lance writes.
+    std::fs::write(root.join("search").join("g2"), b"not a directory").unwrap();
+    let bad = commit_of("sae-a", 3, [&["broken"], &["broken"], &["broken"]]);
+    assert!(rt.block_on(writer.commit(std::slice::from_ref(&bad))).is_err());
+    let reader = rt.block_on(StoreReader::open(&root)).unwrap();
+    assert_eq!(reader.generation().generation, 1);
+    assert_eq!(rt.block_on(reader.features("sae-a")).unwrap(), good.features);
+    assert_eq!(reader.search("broken", &SearchFilter::default(), 0, 10).unwrap().total, 0);
+    // The next commit starts from the committed versions, not from the debris.
+    std::fs::remove_file(root.join("search").join("g2")).unwrap();
+    let next = commit_of("sae-b", 4, [&["music"], &["code"], &["art"]]);
+    rt.block_on(writer.commit(std::slice::from_ref(&next))).unwrap();
+    let reader = rt.block_on(StoreReader::open(&root)).unwrap();
+    assert_eq!(rt.block_on(reader.features("sae-a")).unwrap(), good.features);
+    assert_eq!(rt.block_on(reader.examples("sae-a", None)).unwrap().len(), 9);
+    assert_eq!(rt.block_on(reader.features("sae-b")).unwrap(), next.features);
+}
+
+#[test]
+fn foreign_and_corrupt_stores_are_clear_errors() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = dir.path().join("photos");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("cat.jpg"), b"\xff\xd8").unwrap();
+    let err = StoreWriter::open_or_create(&foreign).err().unwrap().to_string();
+    assert!(err.contains("not a loupe store") && err.contains("not empty"), "{err}");
+    let err = rt.block_on(StoreReader::open(&foreign)).err().unwrap().to_string();
+    assert!(err.contains("not a loupe store"), "{err}");
+    assert!(foreign.join("cat.jpg").exists());
+
+    let root = dir.path().join("store");
+    let writer = StoreWriter::open_or_create(&root).unwrap();
+    let err = rt.block_on(StoreReader::open(&root)).err().unwrap().to_string();
+    assert!(err.contains("no committed index"), "{err}");
+    assert!(StoreWriter::open_or_create(&root).err().unwrap().to_string().contains("another writer"));
+    rt.block_on(writer.commit(&[commit_of("sae-a", 3, [&["cats"], &["dogs"], &["rain"]])])).unwrap();
+    std::fs::write(root.join("CURRENT"), b"{\"generation\": ").unwrap();
+    let err = rt.block_on(StoreReader::open(&root)).err().unwrap().to_string();
+    assert!(err.contains("CURRENT") && err.contains("not a generation record"), "{err}");
+}
+
+#[test]
+fn labels_are_a_new_searchable_generation() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let writer = StoreWriter::open_or_create(&root).unwrap();
+    rt.block_on(writer.commit(&[commit_of("sae-a", 3, [&["cats"], &["dogs"], &["rain"]])])).unwrap();
+    let g2 = rt.block_on(writer.set_label("sae-a", 1, Some("canine things, it's \"dogs\""))).unwrap();
+    assert_eq!(g2.generation, 2);
+    let reader = rt.block_on(StoreReader::open(&root)).unwrap();
+    let hits = reader.search("canine", &SearchFilter::default(), 0, 10).unwrap();
+    assert_eq!(hits.hits.iter().map(|h| h.feature).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(hits.hits[0].label.as_deref(), Some("canine things, it's \"dogs\""));
+    assert_eq!(reader.search("dogs", &SearchFilter::default(), 0, 10).unwrap().total, 1, "the feature is indexed once");
+    assert_eq!(reader.search("rain", &SearchFilter::default(), 0, 10).unwrap().total, 1);
+    let feature = rt.block_on(reader.feature("sae-a", 1)).unwrap().unwrap();
+    assert_eq!(feature.label.as_deref(), Some("canine things, it's \"dogs\""));
+    let old = rt.block_on(StoreReader::open_generation(&root, 1)).unwrap();
+    assert_eq!(old.search("canine", &SearchFilter::default(), 0, 10).unwrap().total, 0);
+
+    rt.block_on(writer.set_label("sae-a", 1, None)).unwrap();
+    let reader = rt.block_on(StoreReader::open(&root)).unwrap();
+    assert_eq!(reader.search("canine", &SearchFilter::default(), 0, 10).unwrap().total, 0);
+    assert_eq!(rt.block_on(reader.feature("sae-a", 1)).unwrap().unwrap().label, None);
+    assert!(rt.block_on(writer.set_label("sae-a", 99, Some("x"))).is_err());
+    assert!(rt.block_on(writer.set_label("nope", 0, Some("x"))).is_err());
+}
