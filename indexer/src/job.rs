@@ -1,0 +1,434 @@
+//! Index jobs: a TOML config (overridable by flags), resumable by checkpoints, sharded over
+//! workers and merged, or appended to an earlier run.
+//!
+//! A job's working files live in `STORE/jobs/<index key>/`, where the index key covers the
+//! model, the dictionaries and the reducer settings:
+//! - `run-<run key>-<i>-of-<n>.ckpt`: the state of shard i of n of a run over some corpus
+//!   (the run key adds the corpus and where its ids start); complete or resumable;
+//! - `committed.state`: the state behind the last commit, which `--append` extends.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loupe_engine::{Dictionary, Model};
+use loupe_store::{DictionaryCommit, DictionaryRecord, Generation, StoreWriter};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::checksum::{sha256_bytes, sha256_path};
+use crate::corpus::CorpusSource;
+use crate::error::{IndexError, Result};
+use crate::finalize::finalize_dictionary;
+use crate::pipeline::{run_pass, PassHooks, PassPlan, PassTimings, Progress, Shard};
+use crate::reducer::{DictionaryState, ReducerConfig, HISTOGRAM_BINS, INTERVAL_BINS};
+use crate::state::{Checkpoint, IndexState};
+
+/// Bumped when the reducer state or its meaning changes: old checkpoints are not resumed.
+const STATE_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DictionarySpec {
+    pub path: PathBuf,
+    /// Name in the store (default: the dictionary's folder name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+impl DictionarySpec {
+    pub fn id(&self) -> String {
+        if let Some(id) = &self.id {
+            return id.clone();
+        }
+        let named = if self.path.is_file() { self.path.parent() } else { Some(self.path.as_path()) };
+        named.and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dictionary".into())
+    }
+}
+
+/// `loupe index --config job.toml`; every field can be overridden by a flag.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    pub store: PathBuf,
+    /// GGUF file or Hugging Face folder (default: the embedded SmolLM2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<PathBuf>,
+    #[serde(default, rename = "corpus")]
+    pub corpus: Vec<CorpusSource>,
+    #[serde(default, rename = "dictionary")]
+    pub dictionaries: Vec<DictionarySpec>,
+    #[serde(default = "defaults::context")]
+    pub context: usize,
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: usize,
+    #[serde(default = "defaults::top_k")]
+    pub top_k: usize,
+    #[serde(default = "defaults::interval_samples")]
+    pub interval_samples: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// Batches between checkpoints.
+    #[serde(default = "defaults::checkpoint_every")]
+    pub checkpoint_every: usize,
+    /// Index only the first tokens of the corpus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+}
+
+mod defaults {
+    pub fn context() -> usize {
+        128
+    }
+    pub fn batch_size() -> usize {
+        8
+    }
+    pub fn top_k() -> usize {
+        32
+    }
+    pub fn interval_samples() -> usize {
+        5
+    }
+    pub fn checkpoint_every() -> usize {
+        16
+    }
+}
+
+impl JobConfig {
+    pub fn new(store: PathBuf) -> Self {
+        toml::from_str(&format!("store = {}", toml::Value::String(store.to_string_lossy().into_owned()))).expect("defaults parse")
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| IndexError::io(path, e))?;
+        toml::from_str(&text).map_err(|e| IndexError::BadConfig { path: path.into(), reason: e.to_string() })
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |reason: String| Err(IndexError::InvalidJob(reason));
+        if self.corpus.is_empty() {
+            return bad("no corpus: give --corpus FILE (JSONL, Parquet, text or a folder) or [[corpus]] in the config".into());
+        }
+        if self.dictionaries.is_empty() {
+            return bad("no dictionary: give --dictionary DIR or [[dictionary]] in the config".into());
+        }
+        if !(2..=65_535).contains(&self.context) {
+            return bad(format!("context {} is out of range: give 2..=65535 tokens", self.context));
+        }
+        if self.batch_size == 0 || self.top_k == 0 || self.checkpoint_every == 0 {
+            return bad("batch_size, top_k and checkpoint_every must be at least 1".into());
+        }
+        let mut ids: Vec<String> = self.dictionaries.iter().map(DictionarySpec::id).collect();
+        ids.sort();
+        if let Some(pair) = ids.windows(2).find(|p| p[0] == p[1]) {
+            return bad(format!("two dictionaries are named {:?}: give them distinct ids", pair[0]));
+        }
+        Ok(())
+    }
+
+    fn reducer(&self) -> ReducerConfig {
+        ReducerConfig { top_k: self.top_k, interval_samples: self.interval_samples, seed: self.seed }
+    }
+
+    fn max_windows(&self) -> Option<u64> {
+        self.max_tokens.map(|t| t.div_ceil(self.context as u64 - 1))
+    }
+}
+
+/// How this invocation takes part in the job.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    pub shard: Shard,
+    /// Add the corpus to the last committed run instead of replacing it.
+    pub append: bool,
+}
+
+/// Callbacks while a job runs.
+pub struct JobHooks<'a> {
+    /// Called with progress and the corpus size in bytes.
+    pub progress: &'a (dyn Fn(Progress, u64) + Sync),
+    pub interrupted: &'a AtomicBool,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Committed(Generation),
+    /// This shard is done; `loupe index merge` commits when all are.
+    ShardDone { shard: Shard, pending: Vec<u64> },
+    Interrupted,
+}
+
+#[derive(Debug)]
+pub struct RunReport {
+    pub outcome: Outcome,
+    pub tokens: u64,
+    pub windows: u64,
+    pub timings: PassTimings,
+    pub finalize: Duration,
+    pub commit: Duration,
+    pub resumed_from: u64,
+}
+
+/// A job with its model and dictionaries loaded.
+pub struct Job {
+    pub config: JobConfig,
+    model: Model,
+    model_path: PathBuf,
+    model_checksum: String,
+    dictionaries: Vec<Arc<Dictionary>>,
+    dictionary_checksums: Vec<String>,
+    ids: Vec<String>,
+    index_key: String,
+}
+
+impl Job {
+    pub fn prepare(config: JobConfig, model_path: &Path) -> Result<Job> {
+        config.validate()?;
+        loupe_store::layout::create_or_check(&config.store)?;
+        for source in &config.corpus {
+            source.files()?;
+        }
+        let model = Model::load(model_path)?;
+        let mut dictionaries = Vec::new();
+        let mut dictionary_checksums = Vec::new();
+        for spec in &config.dictionaries {
+            dictionaries.push(Arc::new(Dictionary::load_for_model(&spec.path, model.config())?));
+            dictionary_checksums.push(sha256_path(&spec.path)?);
+        }
+        let model_checksum = sha256_path(model_path)?;
+        let ids: Vec<String> = config.dictionaries.iter().map(DictionarySpec::id).collect();
+        let identity = json!({
+            "state_format": STATE_FORMAT,
+            "model": model_checksum,
+            "dictionaries": ids.iter().zip(&dictionary_checksums).collect::<Vec<_>>(),
+            "context": config.context,
+            "reducer": config.reducer(),
+        });
+        let index_key = sha256_bytes(identity.to_string().as_bytes())[..16].to_string();
+        Ok(Job { config, model, model_path: model_path.into(), model_checksum, dictionaries, dictionary_checksums, ids, index_key })
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn dictionaries(&self) -> &[Arc<Dictionary>] {
+        &self.dictionaries
+    }
+
+    pub fn dictionary_ids(&self) -> &[String] {
+        &self.ids
+    }
+
+    fn job_dir(&self) -> PathBuf {
+        self.config.store.join("jobs").join(&self.index_key)
+    }
+
+    fn committed_state_path(&self) -> PathBuf {
+        self.job_dir().join("committed.state")
+    }
+
+    fn committed_state(&self) -> Result<IndexState> {
+        match Checkpoint::load(&self.committed_state_path())? {
+            Some(c) => Ok(c.state),
+            None => Err(IndexError::InvalidJob(format!(
+                "nothing to append to: {} has no committed index of these dictionaries with these settings; run without --append first",
+                self.config.store.display()
+            ))),
+        }
+    }
+
+    /// The run key: the index key plus the corpus and where its ids start.
+    fn run_key(&self, first_ids: (u64, u64)) -> Result<String> {
+        let mut sources = Vec::new();
+        for source in &self.config.corpus {
+            let mut files = Vec::new();
+            for (file, format) in source.files()? {
+                let meta = std::fs::metadata(&file).map_err(|e| IndexError::io(&file, e))?;
+                let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+                let path = file.canonicalize().unwrap_or(file);
+                files.push(json!([path, format, meta.len(), modified.to_string()]));
+            }
+            sources.push(json!({"files": files, "text_field": source.text_field}));
+        }
+        let identity = json!({"index": self.index_key, "sources": sources, "max_windows": self.config.max_windows(), "first_ids": first_ids});
+        Ok(sha256_bytes(identity.to_string().as_bytes())[..16].to_string())
+    }
+
+    fn checkpoint_path(&self, run_key: &str, shard: Shard) -> PathBuf {
+        self.job_dir().join(format!("run-{run_key}-{}-of-{}.ckpt", shard.index, shard.count))
+    }
+
+    fn fresh_state(&self) -> IndexState {
+        IndexState::new(self.dictionaries.iter().map(|d| DictionaryState::new(d.info().d_sae, self.config.reducer())).collect())
+    }
+
+    /// Runs (or resumes) this invocation's part of the job; commits unless it is one shard
+    /// of several.
+    pub fn run(&self, options: RunOptions, hooks: &JobHooks) -> Result<RunReport> {
+        let base = if options.append { Some(self.committed_state()?) } else { None };
+        let first_ids = base.as_ref().map_or((0, 0), IndexState::next_ids);
+        let run_key = self.run_key(first_ids)?;
+        let checkpoint_path = self.checkpoint_path(&run_key, options.shard);
+        std::fs::create_dir_all(self.job_dir()).map_err(|e| IndexError::io(self.job_dir(), e))?;
+        let resumed = Checkpoint::load(&checkpoint_path)?.filter(|c| c.run_key == run_key);
+        let resumed_from = resumed.as_ref().map_or(0, |c| c.next_window);
+        let (state, timings, tokens, windows) = match resumed {
+            Some(c) if c.complete => (c.state, PassTimings::default(), 0, 0),
+            resumed => {
+                let (state, next) = resumed.map_or((self.fresh_state(), first_ids.1), |c| (c.state, c.next_window));
+                let tokens_before: u64 = state.dictionaries.first().map_or(0, |d| d.tokens);
+                let windows_before = state.windows_reduced;
+                let plan = PassPlan {
+                    sources: &self.config.corpus,
+                    first_document: first_ids.0,
+                    first_window: first_ids.1,
+                    context: self.config.context,
+                    batch_size: self.config.batch_size,
+                    shard: options.shard,
+                    max_windows: self.config.max_windows(),
+                    resume_from: next,
+                    checkpoint_every: self.config.checkpoint_every,
+                };
+                let total_bytes: u64 = self.config.corpus.iter().map(|s| s.total_bytes()).sum::<Result<u64>>()?;
+                let save = |next_window: u64, state: &IndexState| -> Result<()> {
+                    // Cloning costs a copy of the state; checkpoints are rare next to batches.
+                    Checkpoint { run_key: run_key.clone(), next_window, complete: false, state: state.clone() }.save(&checkpoint_path)
+                };
+                let progress = |p: Progress| (hooks.progress)(p, total_bytes);
+                let pass_hooks = PassHooks { progress: &progress, checkpoint: &save, interrupted: hooks.interrupted };
+                let outcome = run_pass(&self.model, &self.dictionaries, &plan, state, &pass_hooks)?;
+                let tokens = outcome.state.dictionaries.first().map_or(0, |d| d.tokens) - tokens_before;
+                let windows = outcome.state.windows_reduced - windows_before;
+                if !outcome.complete {
+                    return Ok(RunReport { outcome: Outcome::Interrupted, tokens, windows, timings: outcome.timings, finalize: Duration::ZERO, commit: Duration::ZERO, resumed_from });
+                }
+                let done = Checkpoint { run_key: run_key.clone(), next_window: u64::MAX, complete: true, state: outcome.state };
+                done.save(&checkpoint_path)?;
+                (done.state, outcome.timings, tokens, windows)
+            }
+        };
+        if options.shard.count > 1 {
+            let pending = self.pending_shards(&run_key, options.shard.count)?;
+            return Ok(RunReport { outcome: Outcome::ShardDone { shard: options.shard, pending }, tokens, windows, timings, finalize: Duration::ZERO, commit: Duration::ZERO, resumed_from });
+        }
+        let (generation, finalize, commit) = self.commit(state, base, &run_key)?;
+        Ok(RunReport { outcome: Outcome::Committed(generation), tokens, windows, timings, finalize, commit, resumed_from })
+    }
+
+    fn pending_shards(&self, run_key: &str, count: u64) -> Result<Vec<u64>> {
+        let mut pending = Vec::new();
+        for index in 0..count {
+            let path = self.checkpoint_path(run_key, Shard { index, count });
+            if !Checkpoint::load(&path)?.is_some_and(|c| c.complete && c.run_key == run_key) {
+                pending.push(index);
+            }
+        }
+        Ok(pending)
+    }
+
+    /// Merges the complete states of all `count` shards and commits.
+    pub fn merge(&self, count: u64, append: bool) -> Result<RunReport> {
+        let base = if append { Some(self.committed_state()?) } else { None };
+        let first_ids = base.as_ref().map_or((0, 0), IndexState::next_ids);
+        let run_key = self.run_key(first_ids)?;
+        let pending = self.pending_shards(&run_key, count)?;
+        if !pending.is_empty() {
+            let list: Vec<String> = pending.iter().map(|i| format!("{i}/{count}")).collect();
+            return Err(IndexError::InvalidJob(format!("cannot merge yet: shards {} are not complete (run them with --shard)", list.join(", "))));
+        }
+        let mut merged: Option<IndexState> = None;
+        for index in 0..count {
+            let path = self.checkpoint_path(&run_key, Shard { index, count });
+            let state = Checkpoint::load(&path)?.expect("pending_shards checked it").state;
+            match merged.as_mut() {
+                None => merged = Some(state),
+                Some(m) => m.merge_shard(state)?,
+            }
+        }
+        let state = merged.expect("count >= 1");
+        let (tokens, windows) = (state.dictionaries.first().map_or(0, |d| d.tokens), state.windows_reduced);
+        let (generation, finalize, commit) = self.commit(state, base, &run_key)?;
+        Ok(RunReport { outcome: Outcome::Committed(generation), tokens, windows, timings: PassTimings::default(), finalize, commit, resumed_from: 0 })
+    }
+
+    fn commit(&self, state: IndexState, base: Option<IndexState>, run_key: &str) -> Result<(Generation, Duration, Duration)> {
+        let state = match base {
+            Some(mut base) => {
+                base.append(state);
+                base
+            }
+            None => state,
+        };
+        let t = Instant::now();
+        let entries = self.finalize(&state)?;
+        let finalize = t.elapsed();
+        let t = Instant::now();
+        let writer = StoreWriter::open_or_create(&self.config.store)?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| IndexError::io(&self.config.store, e))?;
+        let generation = runtime.block_on(writer.commit(&entries))?;
+        Checkpoint { run_key: self.index_key.clone(), next_window: u64::MAX, complete: true, state }.save(&self.committed_state_path())?;
+        self.remove_run_checkpoints(run_key)?;
+        Ok((generation, finalize, t.elapsed()))
+    }
+
+    fn remove_run_checkpoints(&self, run_key: &str) -> Result<()> {
+        let dir = self.job_dir();
+        let prefix = format!("run-{run_key}-");
+        for entry in std::fs::read_dir(&dir).map_err(|e| IndexError::io(&dir, e))? {
+            let path = entry.map_err(|e| IndexError::io(&dir, e))?.path();
+            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)) {
+                std::fs::remove_file(&path).map_err(|e| IndexError::io(&path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Store rows for every dictionary of the state.
+    pub fn finalize(&self, state: &IndexState) -> Result<Vec<DictionaryCommit>> {
+        let created_at = loupe_store::layout::now_rfc3339();
+        let tokens = state.dictionaries.first().map_or(0, |d| d.tokens);
+        let mut entries = Vec::new();
+        let absolute = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        let specs = self.dictionaries.iter().zip(&state.dictionaries).zip(&self.ids).zip(&self.dictionary_checksums).zip(&self.config.dictionaries);
+        for ((((dictionary, dictionary_state), id), checksum), spec) in specs {
+            let info = dictionary.info();
+            let finalized = finalize_dictionary(&self.model, dictionary, id, dictionary_state, &state.windows)?;
+            let manifest = json!({
+                "model": {"path": absolute(&self.model_path), "checksum": self.model_checksum},
+                "dictionary": {"path": absolute(&spec.path), "checksum": checksum},
+                "corpus": state.sources,
+                "context": self.config.context,
+                "windows": state.windows_reduced,
+                "tokens_seen": tokens,
+                "reducer": {
+                    "top_k": self.config.top_k,
+                    "interval_samples": self.config.interval_samples,
+                    "interval_bins": INTERVAL_BINS,
+                    "histogram_bins": HISTOGRAM_BINS,
+                    "seed": self.config.seed,
+                },
+                "logit_effects": "W_dec[f] @ W_U, without the final norm (as SAEDashboard)",
+                "code_version": concat!("loupe ", env!("CARGO_PKG_VERSION")),
+            });
+            let record = DictionaryRecord {
+                dictionary_id: id.clone(),
+                model_id: self.model_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+                model_checksum: self.model_checksum.clone(),
+                hook: info.hook_in.to_string(),
+                hook_out: info.hook_out.to_string(),
+                layer: info.hook_in.layer().map(|l| l as u32),
+                architecture: info.architecture.clone(),
+                d_in: info.d_in as u32,
+                d_sae: info.d_sae as u32,
+                source_format: serde_json::to_value(info.format).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                source_checksum: checksum.clone(),
+                manifest,
+                created_at: created_at.clone(),
+            };
+            entries.push(DictionaryCommit { dictionary: record, features: finalized.features, examples: finalized.examples });
+        }
+        Ok(entries)
+    }
+}

@@ -1,0 +1,17 @@
+//! loupe-indexer: runs a model and its dictionaries over a corpus and records, for every
+//! feature, max-activating examples and statistics in the store.
+
+mod bins;
+pub mod checksum;
+pub mod corpus;
+pub mod error;
+pub mod finalize;
+pub mod job;
+pub mod pipeline;
+pub mod reducer;
+pub mod state;
+pub mod windows;
+
+pub use error::{IndexError, Result};
+pub use job::{DictionarySpec, Job, JobConfig, JobHooks, Outcome, RunOptions, RunReport};
+pub use pipeline::{Progress, Shard};

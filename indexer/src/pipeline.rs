@@ -1,0 +1,322 @@
+//! One pass over a corpus: a reader thread tokenizes and packs windows, the calling thread
+//! runs the model (stopped at the deepest hook any dictionary needs) and every dictionary's
+//! encoder, and a reducer thread folds the sparse codes into the per-feature state. Bounded
+//! channels between the three keep memory flat whatever the corpus size, and let model
+//! compute overlap reading and reduction.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use loupe_engine::{Dictionary, Hooks, Logits, Model, SparseActs, TokenBatch};
+
+use crate::corpus::{read_documents, CorpusSource, Document, Skipped};
+use crate::error::{IndexError, Result};
+use crate::state::{IndexState, SourceSummary};
+use crate::windows::{Window, WindowPacker};
+
+/// Which windows this process indexes: those with `index % count == index_of_shard`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Shard {
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    pub fn parse(text: &str) -> Result<Shard> {
+        let bad = || IndexError::InvalidJob(format!("shard {text:?}: expected i/n with 0 <= i < n, e.g. 0/4"));
+        let (i, n) = text.split_once('/').ok_or_else(bad)?;
+        let (index, count): (u64, u64) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+
+    fn owns(&self, window: u64) -> bool {
+        window % self.count == self.index
+    }
+}
+
+/// What to read and how.
+pub struct PassPlan<'a> {
+    pub sources: &'a [CorpusSource],
+    pub first_document: u64,
+    pub first_window: u64,
+    pub context: usize,
+    pub batch_size: usize,
+    pub shard: Shard,
+    /// Stop after this many windows (counted from `first_window`, all shards together).
+    pub max_windows: Option<u64>,
+    /// Windows below this index were reduced before (resume).
+    pub resume_from: u64,
+    pub checkpoint_every: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    pub bytes_read: u64,
+    pub tokens: u64,
+    pub windows: u64,
+}
+
+/// Where the time went (per thread; they overlap).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PassTimings {
+    pub read: Duration,
+    pub forward: Duration,
+    pub encode: Duration,
+    pub reduce: Duration,
+    pub checkpoint: Duration,
+    pub wall: Duration,
+}
+
+/// Callbacks of a pass.
+pub struct PassHooks<'a> {
+    pub progress: &'a (dyn Fn(Progress) + Sync),
+    pub checkpoint: &'a (dyn Fn(u64, &IndexState) -> Result<()> + Sync),
+    pub interrupted: &'a AtomicBool,
+}
+
+enum Read {
+    Batch(Vec<Window>),
+    Done(Vec<SourceSummary>),
+}
+
+enum Encoded {
+    Batch(Vec<Window>, Vec<SparseActs>),
+    Done(Vec<SourceSummary>),
+}
+
+pub struct PassOutcome {
+    pub state: IndexState,
+    pub complete: bool,
+    pub timings: PassTimings,
+}
+
+/// Runs one pass, continuing `state`.
+pub fn run_pass(model: &Model, dictionaries: &[Arc<Dictionary>], plan: &PassPlan, state: IndexState, hooks: &PassHooks) -> Result<PassOutcome> {
+    let start = Instant::now();
+    let bytes_read = AtomicU64::new(0);
+    let (read_tx, read_rx) = bounded::<Read>(4);
+    let (enc_tx, enc_rx) = bounded::<Encoded>(2);
+    let tokenizer = model.tokenizer()?;
+    let (state, complete, read_time, reduce_time, checkpoint_time, forward, encode) = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| read_windows(tokenizer, plan, read_tx, &bytes_read, hooks.interrupted));
+        let reducer = scope.spawn(|| reduce_batches(dictionaries, plan, state, enc_rx, &bytes_read, hooks));
+        let computed = compute(model, dictionaries, read_rx, enc_tx);
+        let read = reader.join().expect("reader thread does not panic");
+        let reduced = reducer.join().expect("reducer thread does not panic");
+        let (forward, encode) = computed?;
+        let read_time = read?;
+        let (state, complete, reduce_time, checkpoint_time) = reduced?;
+        Ok::<_, IndexError>((state, complete, read_time, reduce_time, checkpoint_time, forward, encode))
+    })?;
+    let timings = PassTimings { read: read_time, forward, encode, reduce: reduce_time, checkpoint: checkpoint_time, wall: start.elapsed() };
+    Ok(PassOutcome { state, complete, timings })
+}
+
+fn read_windows(tokenizer: &loupe_engine::Tokenizer, plan: &PassPlan, tx: Sender<Read>, bytes_read: &AtomicU64, interrupted: &AtomicBool) -> Result<Duration> {
+    let start = Instant::now();
+    let bos = tokenizer.bos_token_id().or(tokenizer.eos_token_id()).unwrap_or(0);
+    let separator = tokenizer.eos_token_id().unwrap_or(bos);
+    let limit = plan.max_windows.map(|m| plan.first_window + m);
+    let (mut document, mut window) = (plan.first_document, plan.first_window);
+    let mut summaries = Vec::new();
+    let mut batch = Vec::with_capacity(plan.batch_size);
+    let mut bytes_before = 0u64;
+    let mut stopped = false;
+    // Sends full batches; Err(()) when the consumer has gone (it failed or was interrupted).
+    let keep = |w: Window, batch: &mut Vec<Window>| -> std::result::Result<(), ()> {
+        if w.index >= plan.resume_from && plan.shard.owns(w.index) {
+            batch.push(w);
+            if batch.len() == plan.batch_size {
+                tx.send(Read::Batch(std::mem::take(batch))).map_err(|_| ())?;
+            }
+        }
+        Ok(())
+    };
+    for source in plan.sources {
+        if stopped {
+            break;
+        }
+        let (first_document, first_window) = (document, window);
+        let mut packer = WindowPacker::new(plan.context, bos, separator, window);
+        let mut skipped = Skipped::default();
+        let mut emitted = window;
+        read_documents(source, &mut skipped, |doc, bytes| {
+            bytes_read.store(bytes_before + bytes, Ordering::Relaxed);
+            if interrupted.load(Ordering::Relaxed) {
+                stopped = true;
+                return Ok(false);
+            }
+            if let Document::Text(text) = doc {
+                let ids = tokenizer.encode(&text)?;
+                for w in packer.push_document(document, &ids) {
+                    if limit.is_some_and(|l| w.index >= l) {
+                        stopped = true;
+                        break;
+                    }
+                    emitted = w.index + 1;
+                    if keep(w, &mut batch).is_err() {
+                        stopped = true;
+                    }
+                }
+            }
+            document += 1;
+            Ok(!stopped)
+        })?;
+        bytes_before += source.total_bytes()?;
+        if !stopped {
+            let (last, _) = packer.finish();
+            if let Some(w) = last {
+                if limit.is_none_or(|l| w.index < l) {
+                    emitted = w.index + 1;
+                    if keep(w, &mut batch).is_err() {
+                        stopped = true;
+                    }
+                }
+            }
+        }
+        window = emitted;
+        summaries.push(SourceSummary { source: source.clone(), first_document, documents: document - first_document, first_window, windows: window - first_window, skipped });
+        if limit.is_some_and(|l| window >= l) {
+            break;
+        }
+    }
+    if interrupted.load(Ordering::Relaxed) {
+        // Hand over what was read, but no Done: the run is not complete.
+        if !batch.is_empty() {
+            let _ = tx.send(Read::Batch(batch));
+        }
+        return Ok(start.elapsed());
+    }
+    if !batch.is_empty() && tx.send(Read::Batch(batch)).is_err() {
+        return Ok(start.elapsed());
+    }
+    let _ = tx.send(Read::Done(summaries));
+    Ok(start.elapsed())
+}
+
+fn compute(model: &Model, dictionaries: &[Arc<Dictionary>], rx: Receiver<Read>, tx: Sender<Encoded>) -> Result<(Duration, Duration)> {
+    let (mut forward, mut encode) = (Duration::ZERO, Duration::ZERO);
+    let hooks = Hooks::new().capture_all(dictionaries.iter().map(|d| d.info().hook_in));
+    for message in rx {
+        let windows = match message {
+            Read::Batch(windows) => windows,
+            Read::Done(summaries) => {
+                let _ = tx.send(Encoded::Done(summaries));
+                break;
+            }
+        };
+        let t = Instant::now();
+        let sequences: Vec<Vec<u32>> = windows.iter().map(|w| w.tokens.clone()).collect();
+        let batch = TokenBatch::right_padded(&sequences, model.pad_token_id())?;
+        let output = model.forward(&batch, &hooks, Logits::None, None)?;
+        forward += t.elapsed();
+        let t = Instant::now();
+        let mut codes = Vec::with_capacity(dictionaries.len());
+        for dictionary in dictionaries {
+            let x = real_positions(&output.captured[&dictionary.info().hook_in], &windows)?;
+            codes.push(dictionary.encode(&x)?.features);
+        }
+        encode += t.elapsed();
+        if tx.send(Encoded::Batch(windows, codes)).is_err() {
+            break;
+        }
+    }
+    Ok((forward, encode))
+}
+
+/// The rows of `[batch, seq, d]` activations at real (unpadded) positions, window by window.
+fn real_positions(x: &candle_core::Tensor, windows: &[Window]) -> Result<candle_core::Tensor> {
+    let (batch, seq, d) = x.dims3()?;
+    let flat = x.reshape((batch * seq, d))?;
+    if windows.iter().all(|w| w.tokens.len() == seq) {
+        return Ok(flat);
+    }
+    let rows: Vec<u32> = windows.iter().enumerate().flat_map(|(b, w)| (0..w.tokens.len()).map(move |p| (b * seq + p) as u32)).collect();
+    let index = candle_core::Tensor::from_vec(rows.clone(), rows.len(), x.device())?;
+    Ok(flat.index_select(&index, 0)?)
+}
+
+type Reduced = (IndexState, bool, Duration, Duration);
+
+fn reduce_batches(dictionaries: &[Arc<Dictionary>], plan: &PassPlan, mut state: IndexState, rx: Receiver<Encoded>, bytes_read: &AtomicU64, hooks: &PassHooks) -> Result<Reduced> {
+    let (mut reduce_time, mut checkpoint_time) = (Duration::ZERO, Duration::ZERO);
+    let mut scratch: Vec<Vec<Vec<(u16, f32)>>> = dictionaries.iter().map(|d| vec![Vec::new(); d.info().d_sae]).collect();
+    let mut touched: Vec<u32> = Vec::new();
+    let mut batches_since_checkpoint = 0;
+    let mut next_window = plan.resume_from;
+    let mut live_windows = 0usize;
+    let mut progress = Progress::default();
+    let save = |state: &mut IndexState, next_window: u64, time: &mut Duration| -> Result<()> {
+        let t = Instant::now();
+        state.collect_garbage();
+        (hooks.checkpoint)(next_window, state)?;
+        *time += t.elapsed();
+        Ok(())
+    };
+    for message in rx {
+        let (windows, codes) = match message {
+            Encoded::Batch(windows, codes) => (windows, codes),
+            Encoded::Done(summaries) => {
+                state.sources = summaries;
+                state.collect_garbage();
+                return Ok((state, true, reduce_time, checkpoint_time));
+            }
+        };
+        let t = Instant::now();
+        for (d, acts) in codes.iter().enumerate() {
+            let mut row = 0;
+            for window in &windows {
+                let mut kept = false;
+                for position in 0..window.tokens.len() {
+                    let (indices, values) = acts.token(row + position);
+                    for (&feature, &value) in indices.iter().zip(values) {
+                        let list = &mut scratch[d][feature as usize];
+                        if list.is_empty() {
+                            touched.push(feature);
+                        }
+                        list.push((position as u16, value));
+                    }
+                }
+                row += window.tokens.len();
+                let dictionary = &mut state.dictionaries[d];
+                for &feature in &touched {
+                    let list = &mut scratch[d][feature as usize];
+                    kept |= dictionary.observe(feature, window.index, list);
+                    list.clear();
+                }
+                touched.clear();
+                dictionary.tokens += window.tokens.len() as u64 - 1;
+                if kept && !state.windows.contains_key(&window.index) {
+                    state.windows.insert(window.index, window.clone());
+                }
+            }
+        }
+        state.windows_reduced += windows.len() as u64;
+        next_window = windows.last().map_or(next_window, |w| w.index + 1);
+        progress.tokens += windows.iter().map(|w| w.tokens.len() as u64 - 1).sum::<u64>();
+        progress.windows += windows.len() as u64;
+        progress.bytes_read = bytes_read.load(Ordering::Relaxed);
+        reduce_time += t.elapsed();
+        (hooks.progress)(progress);
+        // Windows evicted from every top-K and sample accumulate; sweep them now and then.
+        if state.windows.len() > 2 * live_windows + 4096 {
+            state.collect_garbage();
+            live_windows = state.windows.len();
+        }
+        batches_since_checkpoint += 1;
+        if batches_since_checkpoint >= plan.checkpoint_every {
+            save(&mut state, next_window, &mut checkpoint_time)?;
+            batches_since_checkpoint = 0;
+        }
+    }
+    // The reader stopped early (interrupt): save where we are.
+    save(&mut state, next_window, &mut checkpoint_time)?;
+    Ok((state, false, reduce_time, checkpoint_time))
+}

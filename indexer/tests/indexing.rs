@@ -1,0 +1,153 @@
+//! The indexer on the real model and the default dictionary, against a brute-force
+//! reference that keeps every activation of a small corpus in memory.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use loupe_engine::corpus::TokenWindows;
+use loupe_engine::{Dictionary, Hooks, Logits, Model, TokenBatch};
+use loupe_indexer::corpus::CorpusSource;
+use loupe_indexer::{DictionarySpec, Job, JobConfig, JobHooks, Outcome, RunOptions, Shard};
+use loupe_store::{ExampleKind, ExampleRecord, StoreReader};
+
+const CONTEXT: usize = 32;
+const BATCH: usize = 4;
+const TOP_K: usize = 4;
+
+fn model_path() -> PathBuf {
+    let path = loupe_engine::model::default_model_path();
+    assert!(path.exists(), "{} is missing: run scripts/setup.sh", path.display());
+    path
+}
+
+fn default_dictionary() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dictionaries/smollm2-135m-instruct/blocks.9.hook_resid_post-topk-4608")
+}
+
+/// The first `lines` documents of the demo corpus.
+fn small_corpus(dir: &Path, lines: usize) -> PathBuf {
+    let demo = loupe_engine::loupe_home().join("corpora").join("demo.jsonl");
+    assert!(demo.exists(), "{} is missing: run scripts/setup.sh", demo.display());
+    let path = dir.join("small.jsonl");
+    let mut out = std::fs::File::create(&path).unwrap();
+    for line in std::io::BufReader::new(std::fs::File::open(&demo).unwrap()).lines().take(lines) {
+        writeln!(out, "{}", line.unwrap()).unwrap();
+    }
+    path
+}
+
+/// One example of the reference: (max activation, window, first max position, dense acts).
+type Reference = (f32, u64, u32, Vec<f32>);
+
+#[test]
+fn top_examples_equal_a_brute_force_reference_and_reencode_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(dir.path(), 160);
+    let model = Model::load(&model_path()).unwrap();
+    let dictionary = Dictionary::load_for_model(&default_dictionary(), model.config()).unwrap();
+
+    // Only full windows: the reference packer (the engine's) drops a partial last window.
+    let windows = TokenWindows::from_file(&corpus, model.tokenizer().unwrap(), CONTEXT, None).unwrap();
+    let n_windows = windows.len() - windows.len() % BATCH;
+    assert!(n_windows >= 64, "corpus too small: {n_windows} windows");
+
+    let mut config = JobConfig::new(dir.path().join("store"));
+    config.corpus = vec![CorpusSource::new(&corpus)];
+    config.dictionaries = vec![DictionarySpec { path: default_dictionary(), id: Some("default".into()) }];
+    config.context = CONTEXT;
+    config.batch_size = BATCH;
+    config.top_k = TOP_K;
+    config.interval_samples = 2;
+    config.max_tokens = Some((n_windows * (CONTEXT - 1)) as u64);
+    let job = Job::prepare(config, &model_path()).unwrap();
+    let interrupted = AtomicBool::new(false);
+    let report = job.run(RunOptions { shard: Shard::WHOLE, append: false }, &JobHooks { progress: &|_, _| {}, interrupted: &interrupted }).unwrap();
+    assert!(matches!(report.outcome, Outcome::Committed(_)), "{report:?}");
+    assert_eq!(report.windows, n_windows as u64);
+
+    // Brute force: every activation of every window, batched as the job batches them (so
+    // the numbers are bit-identical), then sorted per feature.
+    let d_sae = dictionary.info().d_sae;
+    let hook = dictionary.info().hook_in;
+    let mut all: Vec<Vec<Reference>> = vec![Vec::new(); d_sae];
+    let mut fire_count = vec![0u64; d_sae];
+    for start in (0..n_windows).step_by(BATCH) {
+        let sequences: Vec<Vec<u32>> = (start..start + BATCH).map(|i| windows.window(i).to_vec()).collect();
+        let batch = TokenBatch::right_padded(&sequences, 0).unwrap();
+        let out = model.forward(&batch, &Hooks::new().capture(hook), Logits::None, None).unwrap();
+        let x = out.captured[&hook].reshape((BATCH * CONTEXT, dictionary.info().d_in)).unwrap();
+        let dense: Vec<Vec<f32>> = dictionary.encode(&x).unwrap().features.to_dense().unwrap().to_vec2().unwrap();
+        for b in 0..BATCH {
+            let rows = &dense[b * CONTEXT..(b + 1) * CONTEXT];
+            for f in 0..d_sae {
+                let acts: Vec<f32> = rows.iter().map(|r| r[f]).collect();
+                fire_count[f] += acts[1..].iter().filter(|v| **v > 0.0).count() as u64;
+                let mut best: Option<(f32, u32)> = None;
+                for (p, &v) in acts.iter().enumerate().skip(1) {
+                    if v > 0.0 && best.is_none_or(|(m, _)| v > m) {
+                        best = Some((v, p as u32));
+                    }
+                }
+                if let Some((m, p)) = best {
+                    all[f].push((m, (start + b) as u64, p, acts));
+                }
+            }
+        }
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = rt.block_on(StoreReader::open(&job.config.store)).unwrap();
+    let features = rt.block_on(store.features("default")).unwrap();
+    let examples = rt.block_on(store.examples("default", None)).unwrap();
+    let mut by_feature: BTreeMap<u32, Vec<&ExampleRecord>> = BTreeMap::new();
+    for e in &examples {
+        by_feature.entry(e.feature).or_default().push(e);
+    }
+    assert_eq!(features.len(), d_sae);
+    let tokens = (n_windows * (CONTEXT - 1)) as f64;
+    let mut fired = 0;
+    for f in 0..d_sae {
+        let mut expected = all[f].clone();
+        expected.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        expected.truncate(TOP_K);
+        let stored = by_feature.get(&(f as u32)).cloned().unwrap_or_default();
+        let top: Vec<Reference> = stored
+            .iter()
+            .filter(|e| e.kind == ExampleKind::Top)
+            .map(|e| (e.max_activation, e.window, e.max_position, e.activations.clone()))
+            .collect();
+        assert_eq!(top, expected, "feature {f}");
+        let record = &features[f];
+        assert_eq!(record.fire_count, fire_count[f], "feature {f}");
+        assert_eq!(record.density, fire_count[f] as f64 / tokens);
+        assert_eq!(record.histogram_counts.iter().sum::<u64>(), fire_count[f]);
+        assert_eq!(record.max_activation, expected.first().map_or(0.0, |e| e.0));
+        for e in &stored {
+            assert_eq!(e.token_ids, windows.window(e.window as usize), "feature {f} window {}", e.window);
+            if let ExampleKind::Interval { low, high, .. } = e.kind {
+                assert!(e.max_activation >= low && e.max_activation < high, "{e:?}");
+            }
+        }
+        fired += usize::from(!expected.is_empty());
+    }
+    assert!(fired >= 200, "only {fired} features fired");
+
+    // Each stored top example, run through the engine alone, gives back its activations.
+    let sample: Vec<u32> = (0..d_sae as u32).filter(|f| !all[*f as usize].is_empty()).step_by(fired / 200).take(200).collect();
+    assert_eq!(sample.len(), 200);
+    let mut worst = 0f32;
+    for &f in &sample {
+        for e in by_feature[&f].iter().filter(|e| e.kind == ExampleKind::Top) {
+            let batch = TokenBatch::single(&e.token_ids).unwrap();
+            let out = model.forward(&batch, &Hooks::new().capture(hook), Logits::None, None).unwrap();
+            let x = out.captured[&hook].reshape((e.token_ids.len(), dictionary.info().d_in)).unwrap();
+            let dense: Vec<Vec<f32>> = dictionary.encode(&x).unwrap().features.to_dense().unwrap().to_vec2().unwrap();
+            for (p, row) in dense.iter().enumerate() {
+                worst = worst.max((row[f as usize] - e.activations[p]).abs());
+            }
+        }
+    }
+    assert!(worst <= 1e-4, "re-encoded activations differ by {worst}");
+}

@@ -1,0 +1,102 @@
+//! `loupe bench store`: a synthetic store of a million features — time to open it, and the
+//! latency of search queries against its tantivy index.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use loupe_store::{SearchFilter, StoreReader, StoreWriter};
+use serde_json::json;
+
+use crate::output::print_json;
+
+#[derive(clap::Args)]
+pub struct StoreArgs {
+    /// Store directory; generated on the first run and reused after.
+    #[arg(long, default_value = "target/bench-store-1m")]
+    pub store: PathBuf,
+    #[arg(long, default_value_t = 1_000_000)]
+    pub features: usize,
+    /// Decoder width of the synthetic features.
+    #[arg(long, default_value_t = 16)]
+    pub d: usize,
+    /// Queries per kind.
+    #[arg(long, default_value_t = 200)]
+    pub queries: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+pub fn run(args: StoreArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let id = format!("synthetic-{}", args.features);
+    let mut generated = None;
+    let existing = runtime.block_on(StoreReader::open(&args.store)).ok();
+    let has_it = match &existing {
+        Some(reader) => runtime.block_on(reader.dictionaries())?.iter().any(|d| d.dictionary_id == id),
+        None => false,
+    };
+    drop(existing);
+    if !has_it {
+        eprintln!("generating {} synthetic features in {} (once)...", args.features, args.store.display());
+        let t = Instant::now();
+        let commit = loupe_store::synthetic::synthetic_dictionary(&id, args.features, args.d, 1);
+        let writer = StoreWriter::open_or_create(&args.store)?;
+        runtime.block_on(writer.commit(&[commit])).context("writing the synthetic store")?;
+        generated = Some(t.elapsed().as_secs_f64());
+    }
+
+    let t = Instant::now();
+    let reader = runtime.block_on(StoreReader::open(&args.store))?;
+    let open_seconds = t.elapsed().as_secs_f64();
+    let n_docs = reader.search_index().num_features();
+
+    let words = loupe_store::synthetic::query_words(args.queries);
+    let filter = SearchFilter { dictionary_id: Some(id.clone()), ..Default::default() };
+    let dense = SearchFilter { min_density: Some(0.001), ..Default::default() };
+    let kinds: Vec<(&str, Box<dyn Fn(usize) -> (String, SearchFilter)>)> = vec![
+        ("word", Box::new(|i| (words[i].clone(), SearchFilter::default()))),
+        ("two words", Box::new(|i| (format!("{} {}", words[i], words[(i + 1) % words.len()]), SearchFilter::default()))),
+        ("phrase", Box::new(|i| (format!("\"{} {}\"", words[i], words[(i + 7) % words.len()]), SearchFilter::default()))),
+        ("prefix", Box::new(|i| (format!("{}*", &words[i][..4.min(words[i].len())]), SearchFilter::default()))),
+        ("word + dictionary filter", Box::new(|i| (words[i].clone(), filter.clone()))),
+        ("word + density range", Box::new(|i| (words[i].clone(), dense.clone()))),
+    ];
+    let mut rows = Vec::new();
+    for (name, make) in &kinds {
+        let mut latencies = Vec::with_capacity(args.queries);
+        let mut hits = 0;
+        for i in 0..args.queries {
+            let (query, filter) = make(i);
+            let t = Instant::now();
+            let results = reader.search(&query, &filter, 0, 20)?;
+            latencies.push(t.elapsed().as_secs_f64() * 1e3);
+            hits += results.total;
+        }
+        latencies.sort_by(f64::total_cmp);
+        rows.push(json!({"query": name, "p50_ms": percentile(&latencies, 0.5), "p99_ms": percentile(&latencies, 0.99), "mean_hits": hits as f64 / args.queries as f64}));
+    }
+    let t = Instant::now();
+    let feature = runtime.block_on(reader.feature(&id, (args.features / 2) as u32))?;
+    let lookup_ms = t.elapsed().as_secs_f64() * 1e3;
+    anyhow::ensure!(feature.is_some(), "feature lookup found nothing");
+
+    let report = json!({"features": n_docs, "generated_seconds": generated, "open_seconds": open_seconds, "queries": rows, "feature_lookup_ms": lookup_ms});
+    if args.json {
+        return print_json(&report);
+    }
+    if let Some(s) = generated {
+        println!("generated {} features in {s:.1} s", args.features);
+    }
+    println!("store with {n_docs} features opens in {:.3} s (target < 2 s)", open_seconds);
+    println!("{:<26} {:>9} {:>9} {:>10}", "query (20 hits/page)", "p50 ms", "p99 ms", "mean hits");
+    for r in &rows {
+        println!("{:<26} {:>9.2} {:>9.2} {:>10.0}", r["query"].as_str().unwrap_or(""), r["p50_ms"].as_f64().unwrap_or(0.0), r["p99_ms"].as_f64().unwrap_or(0.0), r["mean_hits"].as_f64().unwrap_or(0.0));
+    }
+    println!("one feature row by (dictionary, index), no scalar index: {lookup_ms:.1} ms");
+    Ok(())
+}
