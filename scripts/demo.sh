@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The main job on the embedded default, for a fresh machine: setup, build, then run
-# SmolLM2-135M-Instruct with its hook points (chat, tokenizer, activations at a hook) and
-# the embedded default dictionary (its description and quality on held-out text).
+# The main job on the embedded default, for a fresh machine: setup, build, index the demo
+# corpus with the default dictionary (SmolLM2-135M-Instruct, layer 9 TopK SAE), serve the
+# store over gRPC on loopback, and answer a search and a dashboard query.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -9,23 +9,39 @@ bash scripts/setup.sh
 echo "[demo] building loupe (release; the first build takes a while)" >&2
 cargo build --release --locked -p loupe-cli
 loupe="$CARGO_TARGET_DIR/release/loupe"
+store="${LOUPE_DEMO_STORE:-$LOUPE_HOME/demo-store}"
+tokens="${LOUPE_DEMO_TOKENS:-100000}"
+addr="127.0.0.1:${LOUPE_DEMO_PORT:-50551}"
+export LOUPE_SERVER="http://$addr"
 
-echo; echo "== loupe generate \"What is the capital of France?\""
-"$loupe" generate "What is the capital of France?" --max-tokens 48
-echo; echo "== loupe tokenize \"Call 555-0123 today\""
-"$loupe" tokenize "Call 555-0123 today"
-echo; echo "== loupe activations --hook blocks.9.hook_resid_post \"The cat sat on the mat\""
-"$loupe" activations --hook blocks.9.hook_resid_post "The cat sat on the mat"
-dictionary=dictionaries/smollm2-135m-instruct/blocks.9.hook_resid_post-topk-4608
-echo; echo "== loupe dict info $dictionary"
-"$loupe" dict info "$dictionary"
-echo; echo "== loupe dict encode \"The cat sat on the mat\"   (features that fire, per token)"
-"$loupe" dict encode "The cat sat on the mat" --top 4
-echo; echo "== loupe dict eval $dictionary --tokens 4096   (held-out demo text)"
-"$loupe" dict eval "$dictionary" --tokens 4096
+echo; echo "== loupe index --store $store --max-tokens $tokens   (demo corpus, default dictionary; resumable)"
+"$loupe" index --store "$store" --max-tokens "$tokens"
+
+echo; echo "== loupe serve --store $store --addr $addr   (in the background)"
+"$loupe" serve --store "$store" --addr "$addr" 2> "$LOUPE_HOME/demo-serve.log" &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+for _ in $(seq 1 300); do
+  "$loupe" dictionaries > /dev/null 2>&1 && break
+  kill -0 $server 2>/dev/null || { cat "$LOUPE_HOME/demo-serve.log"; exit 1; }
+  sleep 0.2
+done
+"$loupe" dictionaries
+
+echo; echo "== loupe search \"lord\"   (features whose examples, logits or labels match)"
+"$loupe" search "lord" --limit 5
+feature=$("$loupe" search "lord" --limit 1 --json | python3 -c 'import json,sys; h=json.load(sys.stdin)["hits"][0]; print(f"{h[\"dictionary_id\"]}/{h[\"feature\"]}")')
+
+echo; echo "== loupe show $feature   (the dashboard)"
+"$loupe" show "$feature" --examples 6
+
+echo; echo "== loupe text \"And the LORD said unto Moses\"   (features per token, run on the server)"
+"$loupe" text "And the LORD said unto Moses" --k 2
+
 cat <<TXT
 
-Next: try your own prompts with $loupe generate "..." (add --temperature 0.7 --seed 1 to
-sample), read any hook with --hook (e.g. blocks.20.hook_mlp_out), and measure this machine
-with $loupe bench forward. See README.md for everything else.
+Next: search your own words ($loupe search "war OR battle", "\"thou shalt\"", "sea*"),
+label what you find ($loupe label $feature "..."), index more with
+$loupe index --store $store --max-tokens 1000000 (or --append --corpus YOUR.jsonl), and
+serve it yourself with $loupe serve --store $store. See README.md for everything else.
 TXT

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The test command: one-time setup (idempotent), then every test of the workspace.
+# The test command: one-time setup (idempotent), every test of the workspace, then the
+# Python client's tests against a real `loupe serve` over a store indexed here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 bash scripts/setup.sh
 cargo test --workspace --locked
+bash scripts/test_python_client.sh

@@ -42,6 +42,20 @@ enum Command {
     Dict(commands::dict::Dict),
     /// Train a TopK/BatchTopK SAE on a hook of the model (resumable).
     Train(commands::train::Args),
+    /// Index a corpus: max-activating examples and statistics of every feature, into a store.
+    Index(commands::index::Args),
+    /// Serve a store over gRPC (feature search, dashboards, features of a text).
+    Serve(commands::serve::Args),
+    /// List the dictionaries a server holds.
+    Dictionaries(commands::client::ServerArgs),
+    /// Search features by what they respond to (words in their examples, logit tokens, labels).
+    Search(commands::client::SearchArgs),
+    /// A feature's dashboard: examples coloured by activation, logit effects, histogram.
+    Show(commands::client::ShowArgs),
+    /// The features that fire on each token of a text (runs the model on the server).
+    Text(commands::client::TextArgs),
+    /// Label a feature (searchable at once).
+    Label(commands::client::LabelArgs),
     /// Measure performance against this machine's peak.
     #[command(subcommand)]
     Bench(commands::bench::Bench),
@@ -60,6 +74,13 @@ fn main() -> std::process::ExitCode {
         Command::Activations(args) => commands::activations::run(args),
         Command::Dict(command) => commands::dict::run(command),
         Command::Train(args) => commands::train::run(args),
+        Command::Index(args) => commands::index::run(args),
+        Command::Serve(args) => commands::serve::run(args),
+        Command::Dictionaries(args) => commands::client::dictionaries(args),
+        Command::Search(args) => commands::client::search(args),
+        Command::Show(args) => commands::client::show(args),
+        Command::Text(args) => commands::client::text(args),
+        Command::Label(args) => commands::client::label(args),
         Command::Bench(bench) => commands::bench::run(bench),
     };
     match result {

@@ -17,6 +17,12 @@ pub enum Bench {
     Forward(ForwardArgs),
     /// Dictionary encode (and sparse decode) tokens/s and GFLOP/s vs the matmul peak.
     Encode(EncodeArgs),
+    /// Indexing tokens/s, time shares (forward, encode, reduce, write) and peak memory.
+    Index(super::bench_index::IndexArgs),
+    /// A synthetic 1M-feature store: open time and search latency.
+    Store(super::bench_store::StoreArgs),
+    /// gRPC latency and QPS with concurrent clients on loopback, and search under model load.
+    Serve(super::bench_serve::ServeArgs),
 }
 
 #[derive(clap::Args)]
@@ -62,6 +68,9 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Forward(args) => forward(args),
         Bench::Encode(args) => encode(args),
+        Bench::Index(args) => super::bench_index::run(args),
+        Bench::Store(args) => super::bench_store::run(args),
+        Bench::Serve(args) => super::bench_serve::run(args),
     }
 }
 

@@ -1,6 +1,12 @@
 pub mod activations;
 pub mod bench;
+pub mod bench_index;
+pub mod bench_serve;
+pub mod bench_store;
+pub mod client;
 pub mod dict;
 pub mod generate;
+pub mod serve;
+pub mod index;
 pub mod tokenize;
 pub mod train;

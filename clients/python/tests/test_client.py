@@ -1,0 +1,94 @@
+"""The Python client against a real `loupe serve` (started by scripts/test.sh, address in
+LOUPE_TEST_SERVER) over a store indexed from the demo corpus with the default dictionary."""
+
+import os
+
+import numpy as np
+import pytest
+
+import loupe
+
+ADDRESS = os.environ.get("LOUPE_TEST_SERVER", "127.0.0.1:50561")
+
+
+@pytest.fixture(scope="module")
+def client():
+    with loupe.Client(ADDRESS, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def dictionary(client):
+    dictionaries = client.dictionaries()
+    assert len(dictionaries) == 1
+    return dictionaries[0]
+
+
+def strongest_feature(client, dictionary):
+    """A feature with stored top examples, found through search on a common word."""
+    for word in ["the", "and", "of", "to", "a"]:
+        for hit in client.search(word, dictionary=dictionary.dictionary_id, limit=20):
+            feature = client.feature(hit.dictionary_id, hit.feature)
+            if feature.top_examples:
+                return feature
+    raise AssertionError("no feature with examples")
+
+
+def test_dictionaries(dictionary):
+    assert dictionary.hook == "blocks.9.hook_resid_post"
+    assert dictionary.layer == 9
+    assert dictionary.d_sae == 4608 and dictionary.d_in == 576
+    assert dictionary.loaded
+    assert dictionary.manifest["tokens_seen"] > 0
+
+
+def test_search_and_dashboard(client, dictionary):
+    feature = strongest_feature(client, dictionary)
+    assert feature.histogram.sum() == feature.fire_count
+    assert len(feature.top_logits) == 10 and len(feature.neighbours) == 10
+    example = feature.top_examples[0]
+    assert example.activations.dtype == np.float32
+    assert example.activations[example.max_position] == pytest.approx(example.max_activation)
+    peak = example.tokens[example.max_position].strip()
+    if peak.isalpha():
+        hits = client.search(peak, dictionary=dictionary.dictionary_id, limit=50)
+        assert any(h.feature == feature.feature for h in hits)
+
+
+def test_top_features_reproduce_stored_activations(client, dictionary):
+    feature = strongest_feature(client, dictionary)
+    example = feature.top_examples[0]
+    tokens, text_features = client.top_features(token_ids=example.token_ids, k=32)
+    at_max = tokens[example.max_position]
+    found = [a for a in at_max.features if a.feature == feature.feature]
+    assert found, "the feature fires on its stored max token"
+    assert abs(found[0].activation - example.max_activation) <= 1e-4
+    assert any(a.feature == feature.feature for a in text_features) or len(text_features) == 20
+
+
+def test_activations_are_numpy_arrays(client):
+    tokens = client.tokenize("The cat sat on the mat")
+    acts = client.activations("The cat sat on the mat", ["blocks.9.hook_resid_post", "hook_embed"])
+    assert acts["blocks.9.hook_resid_post"].shape == (len(tokens), 576)
+    assert acts["hook_embed"].dtype == np.float32
+    assert np.isfinite(acts["blocks.9.hook_resid_post"]).all()
+
+
+def test_labels_become_searchable(client, dictionary):
+    generation = client.label(dictionary.dictionary_id, 7, "pythonic marsupial")
+    assert generation >= 2
+    hits = client.search("marsupial")
+    assert [(h.feature, h.label) for h in hits] == [(7, "pythonic marsupial")]
+
+
+def test_errors_carry_status_codes(client, dictionary):
+    with pytest.raises(loupe.LoupeError) as e:
+        client.feature(dictionary.dictionary_id, 10**6)
+    assert e.value.code == "NOT_FOUND" and "out of range" in e.value.message
+    with pytest.raises(loupe.LoupeError) as e:
+        client.search("")
+    assert e.value.code == "INVALID_ARGUMENT"
+    with pytest.raises(loupe.LoupeError) as e:
+        client.activations("hi", ["blocks.9.hook_nothing"])
+    assert e.value.code == "INVALID_ARGUMENT"
+    assert client.dictionaries()  # the server is still up

@@ -1,0 +1,198 @@
+//! `loupe bench serve`: concurrent clients against a real server on loopback — p50/p99
+//! latency and QPS of SearchFeatures and GetFeature, on the demo store and a synthetic
+//! 1M-feature store, and search latency while model calls keep the worker pool busy.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use loupe_query::{Limits, ServerConfig};
+use loupe_schema::proto::v1 as pb;
+use loupe_schema::proto::v1::features_client::FeaturesClient;
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::output::print_json;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// An indexed store (default: the demo store that scripts/demo.sh builds).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// The synthetic store of `loupe bench store` (skipped if absent).
+    #[arg(long, default_value = "target/bench-store-1m")]
+    pub synthetic: PathBuf,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Concurrent clients, comma-separated.
+    #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
+    pub clients: Vec<usize>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct Running {
+    addr: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start(store: &PathBuf, with_model: bool) -> anyhow::Result<Running> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let model = with_model.then(loupe_engine::model::default_model_path);
+    let config = ServerConfig { store: store.clone(), addr, model, dictionaries: vec![], limits: Limits { max_waiting: 1024, ..Limits::default() } };
+    let state = Arc::new(loupe_query::state::AppState::load(&config).await.with_context(|| format!("loading {}", store.display()))?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(loupe_query::serve_state(state, listener, async {
+        let _ = stopped.await;
+    }));
+    Ok(Running { addr: format!("http://{addr}"), _stop: stop })
+}
+
+#[derive(Clone, Copy)]
+enum Call {
+    Search,
+    Feature,
+    Text,
+}
+
+struct Workload {
+    dictionary: String,
+    d_sae: u32,
+    words: Vec<String>,
+}
+
+async fn one_call(client: &mut FeaturesClient<Channel>, call: Call, workload: &Workload, i: usize) -> anyhow::Result<()> {
+    match call {
+        Call::Search => {
+            let query = workload.words[i % workload.words.len()].clone();
+            client.search_features(pb::SearchFeaturesRequest { query, limit: 20, ..Default::default() }).await?;
+        }
+        Call::Feature => {
+            let feature = ((i as u64 * 2_654_435_761) % u64::from(workload.d_sae)) as u32;
+            let request = pb::GetFeatureRequest { feature: Some(pb::FeatureRef { dictionary_id: workload.dictionary.clone(), feature }), max_top_examples: 0, max_interval_examples: 0 };
+            client.get_feature(request).await?;
+        }
+        Call::Text => {
+            let text = format!("The {} of the {} said unto them", workload.words[i % workload.words.len()], workload.words[(i + 3) % workload.words.len()]);
+            client.top_features_for_text(pb::TopFeaturesForTextRequest { text, ..Default::default() }).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `clients` tasks calling `call` in a loop for `seconds`: (p50 ms, p99 ms, QPS).
+async fn measure(addr: &str, call: Call, clients: usize, seconds: f64, workload: &Arc<Workload>) -> anyhow::Result<(f64, f64, f64)> {
+    // A few connections shared by the clients, as a real fleet of callers would use.
+    let mut channels = Vec::new();
+    for _ in 0..clients.clamp(1, 8) {
+        channels.push(Channel::from_shared(addr.to_string())?.connect().await?);
+    }
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut client = FeaturesClient::new(channels[c % channels.len()].clone()).max_decoding_message_size(64 << 20);
+        let workload = workload.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = c * 7919;
+            while Instant::now() < until {
+                let t = Instant::now();
+                one_call(&mut client, call, &workload, i).await?;
+                latencies.push(t.elapsed().as_secs_f64() * 1e3);
+                i += 1;
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let start = Instant::now();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    let elapsed = start.elapsed().as_secs_f64().max(seconds);
+    all.sort_by(f64::total_cmp);
+    let pick = |p: f64| all.get(((all.len().max(1) - 1) as f64 * p).round() as usize).copied().unwrap_or(0.0);
+    Ok((pick(0.5), pick(0.99), all.len() as f64 / elapsed))
+}
+
+async fn workload_of(addr: &str) -> anyhow::Result<Workload> {
+    let mut client = FeaturesClient::new(Channel::from_shared(addr.to_string())?.connect().await?);
+    let list = client.list_dictionaries(pb::ListDictionariesRequest {}).await?.into_inner();
+    let d = list.dictionaries.first().context("the store has no dictionary")?;
+    let mut words = Vec::new();
+    for feature in (0..d.d_sae).step_by((d.d_sae as usize / 50).max(1)).take(50) {
+        let request = pb::GetFeatureRequest { feature: Some(pb::FeatureRef { dictionary_id: d.dictionary_id.clone(), feature }), max_top_examples: 1, max_interval_examples: 0 };
+        let dash = client.get_feature(request).await?.into_inner().dashboard.context("dashboard")?;
+        if let Some(e) = dash.top_examples.first() {
+            let word = e.tokens[e.max_position as usize].trim().to_lowercase();
+            if word.len() >= 2 && word.chars().all(char::is_alphanumeric) {
+                words.push(word);
+            }
+        }
+    }
+    if words.is_empty() {
+        words.push("the".into());
+    }
+    Ok(Workload { dictionary: d.dictionary_id.clone(), d_sae: d.d_sae, words })
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let store = args.store.clone().unwrap_or_else(|| loupe_engine::loupe_home().join("demo-store"));
+    let mut report = Vec::new();
+    runtime.block_on(async {
+        let mut stores = vec![("demo", store.clone(), true)];
+        if args.synthetic.join("CURRENT").exists() {
+            stores.push(("synthetic 1M", args.synthetic.clone(), false));
+        } else {
+            eprintln!("no synthetic store at {}: run `loupe bench store` first to include it", args.synthetic.display());
+        }
+        for (name, path, with_model) in stores {
+            let server = start(&path, with_model).await?;
+            let workload = Arc::new(workload_of(&server.addr).await?);
+            for (call_name, call) in [("SearchFeatures", Call::Search), ("GetFeature", Call::Feature)] {
+                for &clients in &args.clients {
+                    let (p50, p99, qps) = measure(&server.addr, call, clients, args.seconds, &workload).await?;
+                    eprintln!("{name:<13} {call_name:<15} {clients:>3} clients  p50 {p50:>8.2} ms  p99 {p99:>8.2} ms  {qps:>8.0} QPS");
+                    report.push(json!({"store": name, "call": call_name, "clients": clients, "p50_ms": p50, "p99_ms": p99, "qps": qps}));
+                }
+            }
+            if with_model {
+                // Search while TopFeaturesForText calls keep the model workers saturated.
+                let idle = measure(&server.addr, Call::Search, 16, args.seconds, &workload).await?;
+                let loaders: Vec<_> = (0..4)
+                    .map(|_| {
+                        let (addr, workload) = (server.addr.clone(), workload.clone());
+                        tokio::spawn(async move { measure(&addr, Call::Text, 4, args.seconds + 1.0, &workload).await })
+                    })
+                    .collect();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let loaded = measure(&server.addr, Call::Search, 16, args.seconds, &workload).await?;
+                let mut model_qps = 0.0;
+                for l in loaders {
+                    model_qps += l.await??.2;
+                }
+                let ratio = loaded.1 / idle.1.max(1e-9);
+                eprintln!("{name:<13} search p99 idle {:.2} ms, under model load {:.2} ms ({ratio:.2}x; model calls {model_qps:.1}/s)", idle.1, loaded.1);
+                report.push(json!({"store": name, "call": "SearchFeatures under model load", "clients": 16, "p99_idle_ms": idle.1, "p99_loaded_ms": loaded.1, "ratio": ratio, "model_calls_per_s": model_qps}));
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    if args.json {
+        return print_json(&json!(report));
+    }
+    println!("{:<13} {:<32} {:>7} {:>9} {:>9} {:>9}", "store", "call", "clients", "p50 ms", "p99 ms", "QPS");
+    for r in &report {
+        if r.get("ratio").is_some() {
+            println!("{:<13} {:<32} {:>7} idle p99 {:.2} ms, loaded p99 {:.2} ms: {:.2}x (target <= 2x)", r["store"].as_str().unwrap_or(""), r["call"].as_str().unwrap_or(""), r["clients"], r["p99_idle_ms"].as_f64().unwrap_or(0.0), r["p99_loaded_ms"].as_f64().unwrap_or(0.0), r["ratio"].as_f64().unwrap_or(0.0));
+        } else {
+            println!("{:<13} {:<32} {:>7} {:>9.2} {:>9.2} {:>9.0}", r["store"].as_str().unwrap_or(""), r["call"].as_str().unwrap_or(""), r["clients"], r["p50_ms"].as_f64().unwrap_or(0.0), r["p99_ms"].as_f64().unwrap_or(0.0), r["qps"].as_f64().unwrap_or(0.0));
+        }
+    }
+    println!("targets on the 1M store with 64 clients: SearchFeatures p99 <= 10 ms, GetFeature p99 <= 20 ms");
+    Ok(())
+}

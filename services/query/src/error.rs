@@ -1,0 +1,50 @@
+//! The service's errors, and the one place that picks their gRPC status code.
+
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("store: {0}")]
+    Store(#[from] loupe_store::StoreError),
+    #[error("engine: {0}")]
+    Engine(#[from] loupe_engine::EngineError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<candle_core::Error> for ServiceError {
+    fn from(e: candle_core::Error) -> Self {
+        ServiceError::Internal(e.to_string())
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Status {
+        use loupe_engine::EngineError as E;
+        use loupe_store::StoreError as S;
+        let code = match &e {
+            ServiceError::InvalidArgument(_) => Code::InvalidArgument,
+            ServiceError::NotFound(_) => Code::NotFound,
+            ServiceError::ResourceExhausted(_) => Code::ResourceExhausted,
+            ServiceError::Unavailable(_) => Code::Unavailable,
+            ServiceError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ServiceError::Store(S::Query { .. }) | ServiceError::Store(S::InvalidRecord(_)) => Code::InvalidArgument,
+            ServiceError::Store(S::Locked { .. }) => Code::Unavailable,
+            ServiceError::Engine(E::UnknownHook(_)) | ServiceError::Engine(E::HookOutOfRange { .. }) | ServiceError::Engine(E::InvalidInput(_)) => Code::InvalidArgument,
+            ServiceError::Store(_) | ServiceError::Engine(_) | ServiceError::Internal(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;

@@ -1,0 +1,255 @@
+//! The Features service: search, dashboards, similar features, features of a text, labels.
+
+use std::sync::Arc;
+
+use loupe_engine::{Hooks, Logits, TokenBatch};
+use loupe_schema::proto::v1 as pb;
+use loupe_schema::proto::v1::features_server::Features;
+use loupe_store::{SearchFilter, StoreWriter};
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::error::{Result, ServiceError};
+use crate::rpc::{deadline, tokens_of, traced};
+use crate::state::AppState;
+
+pub struct FeaturesService {
+    pub state: Arc<AppState>,
+}
+
+fn feature_of(feature: Option<pb::FeatureRef>) -> Result<pb::FeatureRef> {
+    let f = feature.ok_or_else(|| ServiceError::InvalidArgument("feature is missing: give {dictionary_id, feature}".into()))?;
+    if f.dictionary_id.is_empty() {
+        return Err(ServiceError::InvalidArgument("feature.dictionary_id is empty".into()));
+    }
+    Ok(f)
+}
+
+#[tonic::async_trait]
+impl Features for FeaturesService {
+    async fn list_dictionaries(&self, _request: Request<pb::ListDictionariesRequest>) -> std::result::Result<Response<pb::ListDictionariesResponse>, Status> {
+        let state = self.state.clone();
+        traced("ListDictionaries", state.request_id(), async move {
+            let snapshot = state.snapshot();
+            let loaded = |id: &str| state.engine.as_ref().is_some_and(|e| e.dictionaries.contains_key(id));
+            Ok(pb::ListDictionariesResponse {
+                dictionaries: snapshot.dictionaries.values().map(|d| convert::dictionary(d, loaded(&d.dictionary_id))).collect(),
+                store_generation: snapshot.reader.generation().generation,
+            })
+        })
+        .await
+    }
+
+    async fn search_features(&self, request: Request<pb::SearchFeaturesRequest>) -> std::result::Result<Response<pb::SearchFeaturesResponse>, Status> {
+        let state = self.state.clone();
+        let r = request.into_inner();
+        traced("SearchFeatures", state.request_id(), async move {
+            if r.query.trim().is_empty() {
+                return Err(ServiceError::InvalidArgument("query is empty: give words to search for, e.g. \"king\" or \"united st*\"".into()));
+            }
+            if r.query.len() > state.limits.max_text_bytes {
+                return Err(ServiceError::ResourceExhausted(format!("query is {} bytes; at most {} are accepted", r.query.len(), state.limits.max_text_bytes)));
+            }
+            let max_page = state.limits.max_page;
+            let limit = if r.limit == 0 { 20 } else { r.limit as usize };
+            if limit > max_page {
+                return Err(ServiceError::InvalidArgument(format!("limit {limit} is too large: at most {max_page} hits per page")));
+            }
+            let snapshot = state.snapshot();
+            if let Some(id) = &r.dictionary_id {
+                snapshot.dictionary(id)?;
+            }
+            let filter = SearchFilter { dictionary_id: r.dictionary_id, hook: r.hook, layer: r.layer, min_density: r.min_density, max_density: r.max_density };
+            let offset = r.offset as usize;
+            let results = tokio::task::spawn_blocking(move || snapshot.reader.search(&r.query, &filter, offset, limit))
+                .await
+                .map_err(|e| ServiceError::Internal(e.to_string()))??;
+            Ok(pb::SearchFeaturesResponse {
+                total: results.total as u64,
+                hits: results
+                    .hits
+                    .into_iter()
+                    .map(|h| pb::SearchHit {
+                        feature: convert::feature_ref(&h.dictionary_id, h.feature),
+                        score: h.score,
+                        label: h.label,
+                        max_activation: h.max_activation,
+                        density: h.density,
+                        snippet: h.snippet,
+                        highlights: h.highlights.into_iter().map(|r| pb::Range { start: r.start as u32, end: r.end as u32 }).collect(),
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn get_feature(&self, request: Request<pb::GetFeatureRequest>) -> std::result::Result<Response<pb::GetFeatureResponse>, Status> {
+        let state = self.state.clone();
+        let r = request.into_inner();
+        traced("GetFeature", state.request_id(), async move {
+            let f = feature_of(r.feature)?;
+            let snapshot = state.snapshot();
+            let dictionary = snapshot.check_feature(&f.dictionary_id, f.feature)?;
+            let (feature, examples) = tokio::join!(snapshot.reader.feature(&f.dictionary_id, f.feature), snapshot.reader.examples(&f.dictionary_id, Some(f.feature)));
+            let feature = feature?.ok_or_else(|| ServiceError::NotFound(format!("feature {} of {:?} is not in the store", f.feature, f.dictionary_id)))?;
+            let dashboard = convert::dashboard(&feature, &dictionary.hook, &examples?, r.max_top_examples as usize, r.max_interval_examples as usize);
+            Ok(pb::GetFeatureResponse { dashboard: Some(dashboard) })
+        })
+        .await
+    }
+
+    async fn similar_features(&self, request: Request<pb::SimilarFeaturesRequest>) -> std::result::Result<Response<pb::SimilarFeaturesResponse>, Status> {
+        let state = self.state.clone();
+        let r = request.into_inner();
+        traced("SimilarFeatures", state.request_id(), async move {
+            let f = feature_of(r.feature)?;
+            let snapshot = state.snapshot();
+            let source = snapshot.check_feature(&f.dictionary_id, f.feature)?.clone();
+            let k = if r.k == 0 { 10 } else { r.k as usize };
+            if k > state.limits.max_page {
+                return Err(ServiceError::InvalidArgument(format!("k {k} is too large: at most {}", state.limits.max_page)));
+            }
+            let targets = if r.dictionary_ids.is_empty() { vec![f.dictionary_id.clone()] } else { r.dictionary_ids.clone() };
+            let query = state.decoders(&snapshot, &f.dictionary_id).await?;
+            let width = query.width;
+            let q: Vec<f32> = query.rows[f.feature as usize * width..(f.feature as usize + 1) * width].to_vec();
+            let mut candidates: Vec<(f32, String, u32)> = Vec::new();
+            for target in &targets {
+                let record = snapshot.dictionary(target)?;
+                if record.model_checksum != source.model_checksum || record.d_in != source.d_in {
+                    return Err(ServiceError::InvalidArgument(format!(
+                        "dictionary {target:?} reads another model or width than {:?}; decoder cosines compare only dictionaries of the same model and width",
+                        f.dictionary_id
+                    )));
+                }
+                let decoders = state.decoders(&snapshot, target).await?;
+                if decoders.width != width {
+                    return Err(ServiceError::InvalidArgument(format!("dictionary {target:?} writes a different width ({}) than {width}", decoders.width)));
+                }
+                for (i, row) in decoders.rows.chunks_exact(width).enumerate() {
+                    if *target == f.dictionary_id && i as u32 == f.feature {
+                        continue;
+                    }
+                    candidates.push((row.iter().zip(&q).map(|(a, b)| a * b).sum(), target.clone(), i as u32));
+                }
+            }
+            candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| (&a.1, a.2).cmp(&(&b.1, b.2))));
+            candidates.truncate(k);
+            Ok(pb::SimilarFeaturesResponse {
+                neighbours: candidates.into_iter().map(|(cosine, d, i)| pb::Neighbour { feature: convert::feature_ref(&d, i), cosine }).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn top_features_for_text(&self, request: Request<pb::TopFeaturesForTextRequest>) -> std::result::Result<Response<pb::TopFeaturesForTextResponse>, Status> {
+        let state = self.state.clone();
+        let deadline = deadline(request.metadata());
+        let r = request.into_inner();
+        traced("TopFeaturesForText", state.request_id(), async move {
+            let engine = state.engine()?;
+            let snapshot = state.snapshot();
+            let ids: Vec<String> = if r.dictionary_ids.is_empty() { engine.dictionaries.keys().cloned().collect() } else { r.dictionary_ids.clone() };
+            if ids.is_empty() {
+                return Err(ServiceError::Unavailable("no dictionary of the store can run on this server's model".into()));
+            }
+            for id in &ids {
+                snapshot.dictionary(id)?;
+                if !engine.dictionaries.contains_key(id) {
+                    return Err(ServiceError::Unavailable(format!("dictionary {id:?} is in the store but its files are not loaded on this server (start it with --dictionary {id}=DIR)")));
+                }
+            }
+            let tokens = tokens_of(&r.text, &r.token_ids, engine.model.tokenizer()?, &state.limits, true)?;
+            let (k, k_text) = (if r.k == 0 { 5 } else { r.k as usize }, if r.k_text == 0 { 20 } else { r.k_text as usize });
+            let ignore_bos = r.ignore_bos.unwrap_or(true);
+            let max_density = r.max_density;
+            let work_engine = engine.clone();
+            let work_tokens = tokens.clone();
+            let work_ids = ids.clone();
+            // Per dictionary: the sparse code of every token.
+            let codes = state
+                .workers
+                .run(deadline, move || {
+                    let dictionaries: Vec<_> = work_ids.iter().map(|id| work_engine.dictionaries[id].clone()).collect();
+                    let hooks = Hooks::new().capture_all(dictionaries.iter().map(|d| d.info().hook_in));
+                    let out = work_engine.model.forward(&TokenBatch::single(&work_tokens)?, &hooks, Logits::None, None)?;
+                    let mut codes = Vec::new();
+                    for d in &dictionaries {
+                        let x = out.captured[&d.info().hook_in].reshape((work_tokens.len(), d.info().d_in))?;
+                        codes.push(d.encode(&x)?.features);
+                    }
+                    Ok(codes)
+                })
+                .await?;
+            let tokenizer = engine.model.tokenizer()?;
+            let mut per_token: Vec<Vec<(f32, usize, u32)>> = vec![Vec::new(); tokens.len()];
+            let mut text_max: std::collections::HashMap<(usize, u32), f32> = std::collections::HashMap::new();
+            for (d, code) in codes.iter().enumerate() {
+                let notes = snapshot.feature_notes.get(&ids[d]);
+                for (position, slot) in per_token.iter_mut().enumerate() {
+                    let (indices, values) = code.token(position);
+                    for (&feature, &value) in indices.iter().zip(values) {
+                        let too_dense = max_density.is_some_and(|m| notes.and_then(|n| n.density.get(feature as usize)).is_some_and(|&density| density > m));
+                        if value <= 0.0 || too_dense {
+                            continue;
+                        }
+                        slot.push((value, d, feature));
+                        if !(ignore_bos && position == 0) {
+                            let best = text_max.entry((d, feature)).or_insert(value);
+                            *best = best.max(value);
+                        }
+                    }
+                }
+            }
+            let label = |d: usize, feature: u32| snapshot.feature_notes.get(&ids[d]).and_then(|n| n.labels.get(&feature).cloned());
+            let activation = |value: f32, d: usize, feature: u32| pb::FeatureActivation { feature: convert::feature_ref(&ids[d], feature), activation: value, label: label(d, feature) };
+            let order = |a: &(f32, usize, u32), b: &(f32, usize, u32)| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2)));
+            let mut response_tokens = Vec::new();
+            for (position, mut features) in per_token.into_iter().enumerate() {
+                if ignore_bos && position == 0 && r.token_ids.is_empty() {
+                    continue;
+                }
+                features.sort_by(order);
+                features.truncate(k);
+                response_tokens.push(pb::TokenFeatures {
+                    position: position as u32,
+                    token_id: tokens[position],
+                    token: tokenizer.decode(&[tokens[position]])?,
+                    features: features.into_iter().map(|(v, d, f)| activation(v, d, f)).collect(),
+                });
+            }
+            let mut text: Vec<(f32, usize, u32)> = text_max.into_iter().map(|((d, f), v)| (v, d, f)).collect();
+            text.sort_by(order);
+            text.truncate(k_text);
+            Ok(pb::TopFeaturesForTextResponse { tokens: response_tokens, text_features: text.into_iter().map(|(v, d, f)| activation(v, d, f)).collect() })
+        })
+        .await
+    }
+
+    async fn set_feature_label(&self, request: Request<pb::SetFeatureLabelRequest>) -> std::result::Result<Response<pb::SetFeatureLabelResponse>, Status> {
+        let state = self.state.clone();
+        let r = request.into_inner();
+        traced("SetFeatureLabel", state.request_id(), async move {
+            let f = feature_of(r.feature)?;
+            let snapshot = state.snapshot();
+            snapshot.check_feature(&f.dictionary_id, f.feature)?;
+            if r.label.len() > 1024 {
+                return Err(ServiceError::InvalidArgument(format!("label is {} bytes; keep it under 1024", r.label.len())));
+            }
+            let label = r.label.trim().to_string();
+            let root = state.store_root.clone();
+            let handle = tokio::runtime::Handle::current();
+            // Lance and tantivy writes are heavy: off the async threads.
+            let generation = tokio::task::spawn_blocking(move || {
+                let writer = StoreWriter::open_or_create(&root)?;
+                handle.block_on(writer.set_label(&f.dictionary_id, f.feature, (!label.is_empty()).then_some(label.as_str())))
+            })
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))??;
+            state.reload().await?;
+            Ok(pb::SetFeatureLabelResponse { store_generation: generation.generation })
+        })
+        .await
+    }
+}

@@ -1,0 +1,46 @@
+//! Assembling and running the server: the two services, health and reflection.
+
+use std::sync::Arc;
+
+use loupe_schema::proto::v1::features_server::FeaturesServer;
+use loupe_schema::proto::v1::internals_server::InternalsServer;
+use loupe_schema::proto::v1::FILE_DESCRIPTOR_SET;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::ServerConfig;
+use crate::error::{Result, ServiceError};
+use crate::features::FeaturesService;
+use crate::internals::InternalsService;
+use crate::state::AppState;
+
+/// Largest request message accepted (texts are also limited in bytes and tokens).
+const MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+/// Loads the store (and model) and serves on `listener` until `shutdown` resolves.
+pub async fn serve(config: ServerConfig, listener: TcpListener, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<()> {
+    let state = Arc::new(AppState::load(&config).await?);
+    serve_state(state, listener, shutdown).await
+}
+
+pub async fn serve_state(state: Arc<AppState>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<FeaturesServer<FeaturesService>>().await;
+    health.set_serving::<InternalsServer<InternalsService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServiceError::Internal(format!("reflection: {e}")))?;
+    let features = FeaturesServer::new(FeaturesService { state: state.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let internals = InternalsServer::new(InternalsService { state: state.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    tracing::info!(addr = ?listener.local_addr().ok(), generation = state.snapshot().reader.generation().generation, "serving");
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(features)
+        .add_service(internals)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| ServiceError::Internal(format!("server: {e}")))
+}

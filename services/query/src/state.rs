@@ -1,0 +1,169 @@
+//! What the server holds: the store reader (swapped on a new generation), the model and
+//! dictionaries loaded once, per-dictionary caches, and the model worker pool.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use loupe_engine::{Dictionary, Model};
+use loupe_store::{DictionaryRecord, StoreReader};
+
+use crate::config::{Limits, ServerConfig};
+use crate::error::{Result, ServiceError};
+use crate::workers::ModelWorkers;
+
+/// The model and the dictionaries it can run.
+pub struct Engine {
+    pub model: Model,
+    pub dictionaries: BTreeMap<String, Arc<Dictionary>>,
+}
+
+/// One generation of the store and what the server derives from it.
+pub struct Snapshot {
+    pub reader: StoreReader,
+    pub dictionaries: BTreeMap<String, DictionaryRecord>,
+    /// Density and label of every feature, for dictionaries the engine runs (small).
+    pub feature_notes: HashMap<String, FeatureNotes>,
+}
+
+#[derive(Default)]
+pub struct FeatureNotes {
+    pub density: Vec<f64>,
+    pub labels: HashMap<u32, String>,
+}
+
+pub struct AppState {
+    pub store_root: PathBuf,
+    snapshot: RwLock<Arc<Snapshot>>,
+    pub engine: Option<Arc<Engine>>,
+    pub workers: ModelWorkers,
+    pub limits: Limits,
+    /// Unit-norm decoder rows per dictionary, loaded on first use by SimilarFeatures.
+    decoders: Mutex<HashMap<String, Arc<Decoders>>>,
+    next_request: AtomicU64,
+}
+
+pub struct Decoders {
+    pub width: usize,
+    pub rows: Vec<f32>,
+}
+
+impl AppState {
+    pub async fn load(config: &ServerConfig) -> Result<AppState> {
+        let reader = StoreReader::open(&config.store).await?;
+        let snapshot = Snapshot::build(reader, None).await?;
+        let engine = match &config.model {
+            Some(model) => Some(Arc::new(load_engine(model, &snapshot, &config.dictionaries)?)),
+            None => None,
+        };
+        let snapshot = Snapshot::build(snapshot.reader, engine.as_deref()).await?;
+        Ok(AppState {
+            store_root: config.store.clone(),
+            snapshot: RwLock::new(Arc::new(snapshot)),
+            engine,
+            workers: ModelWorkers::new(config.limits.model_workers, config.limits.max_waiting),
+            limits: config.limits,
+            decoders: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.read().expect("snapshot lock").clone()
+    }
+
+    /// Re-reads the store's latest generation (after this server wrote one).
+    pub async fn reload(&self) -> Result<()> {
+        let reader = StoreReader::open(&self.store_root).await?;
+        let snapshot = Snapshot::build(reader, self.engine.as_deref()).await?;
+        *self.snapshot.write().expect("snapshot lock") = Arc::new(snapshot);
+        Ok(())
+    }
+
+    pub fn request_id(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn engine(&self) -> Result<Arc<Engine>> {
+        self.engine.clone().ok_or_else(|| ServiceError::Unavailable("this server has no model loaded (start it without --no-model)".into()))
+    }
+
+    pub async fn decoders(&self, snapshot: &Snapshot, dictionary_id: &str) -> Result<Arc<Decoders>> {
+        if let Some(d) = self.decoders.lock().expect("decoder cache").get(dictionary_id) {
+            return Ok(d.clone());
+        }
+        let mut rows = Vec::new();
+        let mut width = 0;
+        for feature in snapshot.reader.features(dictionary_id).await? {
+            width = feature.decoder.len();
+            let norm = feature.decoder.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            rows.extend(feature.decoder.iter().map(|v| v / norm));
+        }
+        let decoders = Arc::new(Decoders { width, rows });
+        self.decoders.lock().expect("decoder cache").insert(dictionary_id.to_string(), decoders.clone());
+        Ok(decoders)
+    }
+}
+
+impl Snapshot {
+    async fn build(reader: StoreReader, engine: Option<&Engine>) -> Result<Snapshot> {
+        let dictionaries: BTreeMap<String, DictionaryRecord> = reader.dictionaries().await?.into_iter().map(|d| (d.dictionary_id.clone(), d)).collect();
+        let mut feature_notes = HashMap::new();
+        if let Some(engine) = engine {
+            for id in engine.dictionaries.keys() {
+                let mut notes = FeatureNotes::default();
+                for f in reader.features(id).await? {
+                    notes.density.push(f.density);
+                    if let Some(label) = f.label {
+                        notes.labels.insert(f.feature, label);
+                    }
+                }
+                feature_notes.insert(id.clone(), notes);
+            }
+        }
+        Ok(Snapshot { reader, dictionaries, feature_notes })
+    }
+
+    pub fn dictionary(&self, id: &str) -> Result<&DictionaryRecord> {
+        self.dictionaries.get(id).ok_or_else(|| {
+            let known: Vec<&str> = self.dictionaries.keys().map(String::as_str).collect();
+            ServiceError::NotFound(format!("no dictionary {id:?} in the store; it has: {}", known.join(", ")))
+        })
+    }
+
+    /// Checks that `feature` exists in `dictionary_id`.
+    pub fn check_feature(&self, dictionary_id: &str, feature: u32) -> Result<&DictionaryRecord> {
+        let dictionary = self.dictionary(dictionary_id)?;
+        if feature >= dictionary.d_sae {
+            return Err(ServiceError::NotFound(format!(
+                "feature {feature} is out of range: dictionary {dictionary_id:?} has {} features (0..={})",
+                dictionary.d_sae,
+                dictionary.d_sae.saturating_sub(1)
+            )));
+        }
+        Ok(dictionary)
+    }
+}
+
+/// Loads the model and every dictionary of the store that reads it.
+fn load_engine(model_path: &Path, snapshot: &Snapshot, overrides: &[(String, PathBuf)]) -> Result<Engine> {
+    let model = Model::load(model_path)?;
+    let mut dictionaries = BTreeMap::new();
+    for (id, record) in &snapshot.dictionaries {
+        let path = overrides.iter().find(|(o, _)| o == id).map(|(_, p)| p.clone()).or_else(|| {
+            record.manifest.pointer("/dictionary/path").and_then(|p| p.as_str()).map(PathBuf::from)
+        });
+        let Some(path) = path.filter(|p| p.exists()) else {
+            tracing::warn!(dictionary = %id, "dictionary files not found; serving its index only (give --dictionary {id}=DIR)");
+            continue;
+        };
+        match Dictionary::load_for_model(&path, model.config()) {
+            Ok(dictionary) => {
+                dictionaries.insert(id.clone(), Arc::new(dictionary));
+            }
+            Err(e) => tracing::warn!(dictionary = %id, error = %e, "cannot run this dictionary on the model; serving its index only"),
+        }
+    }
+    Ok(Engine { model, dictionaries })
+}
