@@ -6,9 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 bash scripts/setup.sh
-echo "[demo] building loupe (release; the first build takes a while)" >&2
-cargo build --release --locked -p loupe-cli
-loupe="$CARGO_TARGET_DIR/release/loupe"
+echo "[demo] building loupe (the first build takes a while; tests share it)" >&2
+# The dev profile optimises dependencies and loupe's hot crates (see Cargo.toml) and shares
+# its artifacts with scripts/test.sh; --workspace keeps one set of features for both.
+cargo build --workspace --locked
+loupe="$CARGO_TARGET_DIR/debug/loupe"
 store="${LOUPE_DEMO_STORE:-$LOUPE_HOME/demo-store}"
 tokens="${LOUPE_DEMO_TOKENS:-100000}"
 addr="127.0.0.1:${LOUPE_DEMO_PORT:-50551}"

@@ -64,7 +64,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LOUPE_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LOUPE_LOG").unwrap_or_else(|_| "warn,lance=error".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

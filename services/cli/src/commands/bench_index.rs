@@ -61,6 +61,20 @@ fn single(args: &IndexArgs) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
+/// This command's job flags, without the size flags (which the parent sets per run).
+fn forwarded_args() -> Vec<String> {
+    let mut out = Vec::new();
+    let mut args = std::env::args().skip(3);
+    while let Some(arg) = args.next() {
+        if arg == "--tokens" || arg == "--scale" {
+            args.next();
+        } else if !arg.starts_with("--tokens=") && !arg.starts_with("--scale=") && arg != "--json" {
+            out.push(arg);
+        }
+    }
+    out
+}
+
 pub fn run(args: IndexArgs) -> anyhow::Result<()> {
     if args.single {
         return print_json(&single(&args)?);
@@ -71,7 +85,7 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
         eprintln!("indexing {tokens} tokens...");
         let mut command = Command::new(&exe);
         command.args(["bench", "index", "--single", "--tokens", &tokens.to_string()]);
-        command.args(std::env::args().skip(3).collect::<Vec<_>>().iter().filter(|a| !a.starts_with("--tokens") && !a.starts_with("--scale")));
+        command.args(forwarded_args());
         let out = command.output().context("running a benchmark size")?;
         anyhow::ensure!(out.status.success(), "benchmark run failed: {}", String::from_utf8_lossy(&out.stderr));
         runs.push(serde_json::from_slice::<serde_json::Value>(&out.stdout)?);
