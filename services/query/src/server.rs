@@ -6,7 +6,7 @@ use loupe_schema::proto::v1::features_server::FeaturesServer;
 use loupe_schema::proto::v1::internals_server::InternalsServer;
 use loupe_schema::proto::v1::FILE_DESCRIPTOR_SET;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::ServerConfig;
 use crate::error::{Result, ServiceError};
@@ -35,12 +35,14 @@ pub async fn serve_state(state: Arc<AppState>, listener: TcpListener, shutdown: 
     let features = FeaturesServer::new(FeaturesService { state: state.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let internals = InternalsServer::new(InternalsService { state: state.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES);
     tracing::info!(addr = ?listener.local_addr().ok(), generation = state.snapshot().reader.generation().generation, "serving");
+    // No Nagle: small responses would otherwise wait ~40 ms for delayed ACKs.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(features)
         .add_service(internals)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| ServiceError::Internal(format!("server: {e}")))
 }

@@ -97,6 +97,6 @@ pub fn run(args: StoreArgs) -> anyhow::Result<()> {
     for r in &rows {
         println!("{:<26} {:>9.2} {:>9.2} {:>10.0}", r["query"].as_str().unwrap_or(""), r["p50_ms"].as_f64().unwrap_or(0.0), r["p99_ms"].as_f64().unwrap_or(0.0), r["mean_hits"].as_f64().unwrap_or(0.0));
     }
-    println!("one feature row by (dictionary, index), no scalar index: {lookup_ms:.1} ms");
+    println!("one feature row by (dictionary, index), B-tree on feature, first lookup: {lookup_ms:.1} ms");
     Ok(())
 }
