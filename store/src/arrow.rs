@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{Float32Builder, ListBuilder, StringBuilder, UInt32Builder, UInt64Builder};
+use arrow_array::builder::{ListBuilder, PrimitiveBuilder, StringBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Float64Type, UInt32Type, UInt64Type};
-use arrow_array::{Array, ArrayRef, Float32Array, Float64Array, ListArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, Float32Array, Float64Array, ListArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use loupe_schema::tables;
 
 use crate::error::{Result, StoreError};
@@ -27,31 +27,26 @@ fn f32s(values: impl Iterator<Item = f32>) -> ArrayRef {
     Arc::new(Float32Array::from_iter_values(values))
 }
 
-fn list_u32<'a>(rows: impl Iterator<Item = Vec<u32>>) -> ArrayRef {
-    let mut builder = ListBuilder::new(UInt32Builder::new());
+/// A list column of primitive values, one list per row.
+fn list_of<T: ArrowPrimitiveType>(rows: impl Iterator<Item = Vec<T::Native>>) -> ArrayRef {
+    let mut builder = ListBuilder::new(PrimitiveBuilder::<T>::new());
     for row in rows {
         builder.values().append_slice(&row);
         builder.append(true);
     }
     Arc::new(builder.finish())
+}
+
+fn list_u32(rows: impl Iterator<Item = Vec<u32>>) -> ArrayRef {
+    list_of::<UInt32Type>(rows)
 }
 
 fn list_u64(rows: impl Iterator<Item = Vec<u64>>) -> ArrayRef {
-    let mut builder = ListBuilder::new(UInt64Builder::new());
-    for row in rows {
-        builder.values().append_slice(&row);
-        builder.append(true);
-    }
-    Arc::new(builder.finish())
+    list_of::<UInt64Type>(rows)
 }
 
 fn list_f32(rows: impl Iterator<Item = Vec<f32>>) -> ArrayRef {
-    let mut builder = ListBuilder::new(Float32Builder::new());
-    for row in rows {
-        builder.values().append_slice(&row);
-        builder.append(true);
-    }
-    Arc::new(builder.finish())
+    list_of::<Float32Type>(rows)
 }
 
 fn list_str(rows: impl Iterator<Item = Vec<String>>) -> ArrayRef {
