@@ -45,12 +45,9 @@ impl<'a> TokenNames<'a> {
     }
 }
 
-pub struct Finalized {
-    pub features: Vec<FeatureRecord>,
-    pub examples: Vec<ExampleRecord>,
-}
-
-pub fn finalize_dictionary(model: &Model, dictionary: &Dictionary, dictionary_id: &str, state: &DictionaryState, windows: &BTreeMap<u64, Window>) -> Result<Finalized> {
+/// The store rows of a dictionary's features. Their examples are made separately, a chunk
+/// at a time, by [`example_chunks`].
+pub fn feature_records(model: &Model, dictionary: &Dictionary, dictionary_id: &str, state: &DictionaryState, windows: &BTreeMap<u64, Window>) -> Result<Vec<FeatureRecord>> {
     let tokenizer = model.tokenizer()?;
     let mut names = TokenNames::new(tokenizer);
     let info = dictionary.info();
@@ -58,58 +55,27 @@ pub fn finalize_dictionary(model: &Model, dictionary: &Dictionary, dictionary_id
     let logit_effects = if info.d_out == model.config().hidden_size { logit_effects(model, dictionary, &mut names)? } else { vec![(Vec::new(), Vec::new()); d_sae] };
     let neighbours = neighbours(dictionary)?;
     let mut features = Vec::with_capacity(d_sae);
-    let mut examples = Vec::new();
     for (index, (feature_state, (top_logits, bottom_logits))) in state.features.iter().zip(logit_effects).enumerate() {
         let feature = index as u32;
-        let example_record = |example: &Example, kind: ExampleKind, rank: usize, names: &mut TokenNames| -> Result<ExampleRecord> {
-            let window = windows.get(&example.window).ok_or_else(|| IndexError::InvalidJob(format!("state has no window {} for feature {feature}; the checkpoint is inconsistent", example.window)))?;
-            let mut activations = vec![0f32; window.tokens.len()];
-            for &(position, value) in &example.activations {
-                activations[position as usize] = value;
-            }
-            let (document_id, document_offset) = window.origin(example.position as usize);
-            Ok(ExampleRecord {
-                dictionary_id: dictionary_id.to_string(),
-                feature,
-                kind,
-                rank: rank as u32,
-                max_activation: example.activation,
-                max_position: u32::from(example.position),
-                window: window.index,
-                token_ids: window.tokens.clone(),
-                tokens: window.tokens.iter().map(|&t| names.name(t)).collect::<Result<_>>()?,
-                activations,
-                document_id,
-                document_offset,
-            })
-        };
         let mut top_tokens: Vec<(String, usize)> = Vec::new();
         let mut top_contexts = Vec::new();
         for (rank, example) in feature_state.top.iter().enumerate() {
-            let record = example_record(example, ExampleKind::Top, rank, &mut names)?;
-            let peak = record.tokens[record.max_position as usize].trim().to_string();
+            let window = window_of(windows, example, feature)?;
+            let position = example.position as usize;
+            let peak = names.name(window.tokens[position])?.trim().to_string();
             match top_tokens.iter_mut().find(|(t, _)| *t == peak) {
                 Some((_, count)) => *count += 1,
                 None if !peak.is_empty() => top_tokens.push((peak, 1)),
                 None => {}
             }
             if rank < CONTEXT_EXAMPLES {
-                let position = record.max_position as usize;
                 let from = position.saturating_sub(CONTEXT_BEFORE).max(1);
-                let to = (position + CONTEXT_AFTER + 1).min(record.token_ids.len());
-                top_contexts.push(tokenizer.decode(&record.token_ids[from..to])?);
+                let to = (position + CONTEXT_AFTER + 1).min(window.tokens.len());
+                top_contexts.push(tokenizer.decode(&window.tokens[from..to])?);
             }
-            examples.push(record);
         }
         // Most frequent peak tokens first; ties keep the order of the examples.
         top_tokens.sort_by(|a, b| b.1.cmp(&a.1));
-        let width = feature_state.intervals.width() as f32;
-        for (interval, samples) in feature_state.intervals.bins().iter().enumerate() {
-            let kind = ExampleKind::Interval { index: interval as u32, low: interval as f32 * width, high: (interval + 1) as f32 * width };
-            for (rank, example) in samples.examples.iter().enumerate() {
-                examples.push(example_record(example, kind, rank, &mut names)?);
-            }
-        }
         let decoder = dictionary.decoder_row(index).to_vec();
         features.push(FeatureRecord {
             dictionary_id: dictionary_id.to_string(),
@@ -130,7 +96,71 @@ pub fn finalize_dictionary(model: &Model, dictionary: &Dictionary, dictionary_id
             label: None,
         });
     }
-    Ok(Finalized { features, examples })
+    Ok(features)
+}
+
+fn window_of<'w>(windows: &'w BTreeMap<u64, Window>, example: &Example, feature: u32) -> Result<&'w Window> {
+    windows
+        .get(&example.window)
+        .ok_or_else(|| IndexError::InvalidJob(format!("state has no window {} for feature {feature}; the checkpoint is inconsistent", example.window)))
+}
+
+/// Every example of a dictionary (each feature's top examples, then its interval samples),
+/// handed to `emit` in chunks of about `chunk_rows` rows so that they never all sit in
+/// memory: a window's tokens and activations are repeated in each of its examples. Stops
+/// early, without error, when `emit` returns false (the consumer has gone).
+pub fn example_chunks(
+    tokenizer: &Tokenizer,
+    dictionary_id: &str,
+    state: &DictionaryState,
+    windows: &BTreeMap<u64, Window>,
+    chunk_rows: usize,
+    mut emit: impl FnMut(Vec<ExampleRecord>) -> bool,
+) -> Result<()> {
+    let mut names = TokenNames::new(tokenizer);
+    let mut chunk = Vec::with_capacity(chunk_rows);
+    for (index, feature_state) in state.features.iter().enumerate() {
+        let feature = index as u32;
+        let mut record = |example: &Example, kind: ExampleKind, rank: usize| -> Result<ExampleRecord> {
+            let window = window_of(windows, example, feature)?;
+            let mut activations = vec![0f32; window.tokens.len()];
+            for &(position, value) in &example.activations {
+                activations[position as usize] = value;
+            }
+            let (document_id, document_offset) = window.origin(example.position as usize);
+            Ok(ExampleRecord {
+                dictionary_id: dictionary_id.to_string(),
+                feature,
+                kind,
+                rank: rank as u32,
+                max_activation: example.activation,
+                max_position: u32::from(example.position),
+                window: window.index,
+                token_ids: window.tokens.clone(),
+                tokens: window.tokens.iter().map(|&t| names.name(t)).collect::<Result<_>>()?,
+                activations,
+                document_id,
+                document_offset,
+            })
+        };
+        for (rank, example) in feature_state.top.iter().enumerate() {
+            chunk.push(record(example, ExampleKind::Top, rank)?);
+        }
+        let width = feature_state.intervals.width() as f32;
+        for (interval, samples) in feature_state.intervals.bins().iter().enumerate() {
+            let kind = ExampleKind::Interval { index: interval as u32, low: interval as f32 * width, high: (interval + 1) as f32 * width };
+            for (rank, example) in samples.examples.iter().enumerate() {
+                chunk.push(record(example, kind, rank)?);
+            }
+        }
+        if chunk.len() >= chunk_rows && !emit(std::mem::replace(&mut chunk, Vec::with_capacity(chunk_rows))) {
+            return Ok(());
+        }
+    }
+    if !chunk.is_empty() {
+        emit(chunk);
+    }
+    Ok(())
 }
 
 fn decoder_chunk(dictionary: &Dictionary, from: usize, to: usize, normalize: bool) -> Result<Tensor> {

@@ -13,14 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use loupe_engine::{Dictionary, Model};
-use loupe_store::{DictionaryCommit, DictionaryRecord, Generation, StoreWriter};
+use loupe_store::{DictionaryRecord, FeatureRecord, Generation, StoreError, StoreWriter};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::checksum::{sha256_bytes, sha256_path};
 use crate::corpus::CorpusSource;
 use crate::error::{IndexError, Result};
-use crate::finalize::finalize_dictionary;
+use crate::finalize::{example_chunks, feature_records};
 use crate::pipeline::{run_pass, PassHooks, PassPlan, PassTimings, Progress, Shard};
 use crate::reducer::{DictionaryState, ReducerConfig, HISTOGRAM_BINS, INTERVAL_BINS};
 use crate::state::{Checkpoint, IndexState};
@@ -362,15 +362,44 @@ impl Job {
             None => state,
         };
         let t = Instant::now();
-        let entries = self.finalize(&state)?;
+        let (dictionaries, features) = self.finalize(&state)?;
         let finalize = t.elapsed();
         let t = Instant::now();
         let writer = StoreWriter::open_or_create(&self.config.store)?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| IndexError::io(&self.config.store, e))?;
-        let generation = runtime.block_on(writer.commit(&entries))?;
+        // Examples are made on a second thread while Lance writes the ones before them.
+        let generation = std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(2);
+            let producer = scope.spawn(|| self.send_examples(&state, tx));
+            let written = runtime.block_on(writer.commit_streaming(&dictionaries, &features, rx.into_iter()));
+            producer.join().expect("the example thread does not panic");
+            written
+        })?;
         Checkpoint { run_key: self.index_key.clone(), next_window: u64::MAX, complete: true, state }.save(&self.committed_state_path())?;
         self.remove_run_checkpoints(run_key)?;
         Ok((generation, finalize, t.elapsed()))
+    }
+
+    /// Streams every dictionary's examples to `tx`, in chunks; an error is sent as the last
+    /// item, and a hung-up receiver (the commit failed) ends the stream.
+    fn send_examples(&self, state: &IndexState, tx: std::sync::mpsc::SyncSender<loupe_store::Result<Vec<loupe_store::ExampleRecord>>>) {
+        const CHUNK_ROWS: usize = 4096;
+        let result = self.model.tokenizer().map_err(IndexError::from).and_then(|tokenizer| {
+            for (id, dictionary_state) in self.ids.iter().zip(&state.dictionaries) {
+                let mut open = true;
+                example_chunks(tokenizer, id, dictionary_state, &state.windows, CHUNK_ROWS, |chunk| {
+                    open = tx.send(Ok(chunk)).is_ok();
+                    open
+                })?;
+                if !open {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        if let Err(error) = result {
+            let _ = tx.send(Err(StoreError::ExampleSource(error.to_string())));
+        }
     }
 
     fn remove_run_checkpoints(&self, run_key: &str) -> Result<()> {
@@ -385,16 +414,18 @@ impl Job {
         Ok(())
     }
 
-    /// Store rows for every dictionary of the state.
-    pub fn finalize(&self, state: &IndexState) -> Result<Vec<DictionaryCommit>> {
+    /// The dictionary and feature rows of every dictionary of the state (the examples are
+    /// streamed by `send_examples`).
+    pub fn finalize(&self, state: &IndexState) -> Result<(Vec<DictionaryRecord>, Vec<FeatureRecord>)> {
         let created_at = loupe_store::layout::now_rfc3339();
         let tokens = state.dictionaries.first().map_or(0, |d| d.tokens);
-        let mut entries = Vec::new();
+        let mut dictionaries = Vec::new();
+        let mut features = Vec::new();
         let absolute = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
         let specs = self.dictionaries.iter().zip(&state.dictionaries).zip(&self.ids).zip(&self.dictionary_checksums).zip(&self.config.dictionaries);
         for ((((dictionary, dictionary_state), id), checksum), spec) in specs {
             let info = dictionary.info();
-            let finalized = finalize_dictionary(&self.model, dictionary, id, dictionary_state, &state.windows)?;
+            features.extend(feature_records(&self.model, dictionary, id, dictionary_state, &state.windows)?);
             let manifest = json!({
                 "model": {"path": absolute(&self.model_path), "checksum": self.model_checksum},
                 "dictionary": {"path": absolute(&spec.path), "checksum": checksum},
@@ -427,8 +458,8 @@ impl Job {
                 manifest,
                 created_at: created_at.clone(),
             };
-            entries.push(DictionaryCommit { dictionary: record, features: finalized.features, examples: finalized.examples });
+            dictionaries.push(record);
         }
-        Ok(entries)
+        Ok((dictionaries, features))
     }
 }

@@ -26,6 +26,9 @@ pub enum StoreError {
     Arrow(#[from] arrow_schema::ArrowError),
     #[error("invalid record: {0}")]
     InvalidRecord(String),
+    /// The caller's example stream failed (its message, since its type is the caller's).
+    #[error("preparing examples: {0}")]
+    ExampleSource(String),
 }
 
 impl StoreError {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use arrow_array::{RecordBatch, RecordBatchIterator};
+use arrow_array::{RecordBatch, RecordBatchIterator, RecordBatchReader};
 use futures::TryStreamExt;
 use std::sync::Arc;
 
@@ -35,19 +35,24 @@ pub async fn open_at(root: &Path, table: &str, version: u64) -> Result<Dataset> 
     dataset.checkout_version(version).await.map_err(|e| StoreError::lance(table, e))
 }
 
-/// Replaces the rows of some dictionaries in `table` and returns the new Lance version.
-///
-/// `committed` is the version the store's current generation names. Anything written after
-/// it (a run that died before publishing) is rolled back first, so a failed run never leaks
-/// into the next commit.
-pub async fn replace_dictionary_rows(root: &Path, table: &str, committed: Option<u64>, dictionary_ids: &[&str], batch: RecordBatch) -> Result<u64> {
-    let path = table_path(root, table);
-    let lance_err = |e| StoreError::lance(table, e);
+/// One batch as the stream of moderate batches that Lance writes best.
+pub fn sliced(batch: RecordBatch) -> impl RecordBatchReader + Send + 'static {
     let batches: Vec<RecordBatch> = (0..batch.num_rows())
         .step_by(WRITE_BATCH_ROWS)
         .map(|start| batch.slice(start, WRITE_BATCH_ROWS.min(batch.num_rows() - start)))
         .collect();
-    let reader = RecordBatchIterator::new(batches.into_iter().map(Ok), batch.schema());
+    RecordBatchIterator::new(batches.into_iter().map(Ok), batch.schema())
+}
+
+/// Replaces the rows of some dictionaries in `table` and returns the new Lance version.
+/// The rows arrive as a stream, so a table larger than memory can be written.
+///
+/// `committed` is the version the store's current generation names. Anything written after
+/// it (a run that died before publishing) is rolled back first, so a failed run never leaks
+/// into the next commit.
+pub async fn replace_dictionary_rows(root: &Path, table: &str, committed: Option<u64>, dictionary_ids: &[&str], reader: impl RecordBatchReader + Send + 'static) -> Result<u64> {
+    let path = table_path(root, table);
+    let lance_err = |e| StoreError::lance(table, e);
     let dataset = match (committed, path.exists()) {
         (Some(version), true) => {
             let mut dataset = open_for_write(root, table, version).await?;

@@ -3,6 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arrow_array::{RecordBatchIterator, RecordBatchReader};
+use arrow_schema::ArrowError;
 
 use loupe_schema::tables::{DICTIONARIES, EXAMPLES, FEATURES};
 
@@ -11,7 +15,7 @@ use crate::error::{Result, StoreError};
 use crate::layout::{self, Generation, WriterLock};
 use crate::records::{DictionaryCommit, DictionaryRecord, ExampleRecord, FeatureRecord};
 use crate::search::{FeatureSite, IndexBuilder};
-use crate::tables::{open_at, open_for_write, replace_dictionary_rows, scan, update_label};
+use crate::tables::{open_at, open_for_write, replace_dictionary_rows, scan, sliced, update_label};
 
 /// The one writer of a store (holds an exclusive lock while alive).
 pub struct StoreWriter {
@@ -35,32 +39,42 @@ impl StoreWriter {
     /// Replaces everything stored about the given dictionaries and publishes one new
     /// generation. Earlier generations stay readable.
     pub async fn commit(&self, entries: &[DictionaryCommit]) -> Result<Generation> {
-        if entries.is_empty() {
-            return Err(StoreError::InvalidRecord("nothing to commit".into()));
-        }
-        for entry in entries {
-            let id = &entry.dictionary.dictionary_id;
-            let rows = entry.features.iter().map(|f| &f.dictionary_id).chain(entry.examples.iter().map(|e| &e.dictionary_id));
-            if let Some(bad) = rows.into_iter().find(|d| *d != id) {
-                return Err(StoreError::InvalidRecord(format!("row of dictionary {bad:?} in the commit of {id:?}")));
-            }
-        }
-        let ids: Vec<&str> = entries.iter().map(|e| e.dictionary.dictionary_id.as_str()).collect();
         let dictionaries: Vec<DictionaryRecord> = entries.iter().map(|e| e.dictionary.clone()).collect();
         let features: Vec<FeatureRecord> = entries.iter().flat_map(|e| e.features.iter().cloned()).collect();
         let examples: Vec<ExampleRecord> = entries.iter().flat_map(|e| e.examples.iter().cloned()).collect();
+        self.commit_streaming(&dictionaries, &features, std::iter::once(Ok(examples))).await
+    }
+
+    /// [`commit`](Self::commit) with the examples arriving in chunks (a few thousand rows
+    /// each is best), so that neither the caller nor the writer holds all of them at once:
+    /// the examples are what grows with the corpus. An `Err` chunk aborts the commit with
+    /// that error and the store keeps its last generation.
+    pub async fn commit_streaming(
+        &self,
+        dictionaries: &[DictionaryRecord],
+        features: &[FeatureRecord],
+        examples: impl Iterator<Item = Result<Vec<ExampleRecord>>> + Send + 'static,
+    ) -> Result<Generation> {
+        if dictionaries.is_empty() {
+            return Err(StoreError::InvalidRecord("nothing to commit".into()));
+        }
+        let ids: Vec<String> = dictionaries.iter().map(|d| d.dictionary_id.clone()).collect();
+        check_dictionary_ids(&ids, features.iter().map(|f| &f.dictionary_id))?;
+        let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         let current = layout::current(&self.root)?;
         let committed = |table: &str| current.as_ref().and_then(|g| g.versions.get(table).copied());
         let mut versions = BTreeMap::new();
-        let writes = [
-            (DICTIONARIES, dictionaries_batch(&dictionaries)?),
-            (FEATURES, features_batch(&features)?),
-            (EXAMPLES, examples_batch(&examples)?),
-        ];
-        for (table, batch) in writes {
-            let version = replace_dictionary_rows(&self.root, table, committed(table), &ids, batch).await?;
+        for (table, batch) in [(DICTIONARIES, dictionaries_batch(dictionaries)?), (FEATURES, features_batch(features)?)] {
+            let version = replace_dictionary_rows(&self.root, table, committed(table), &id_refs, sliced(batch)).await?;
             versions.insert(table.to_string(), version);
         }
+        let (batches, failure) = example_batches(ids.clone(), examples);
+        let written = replace_dictionary_rows(&self.root, EXAMPLES, committed(EXAMPLES), &id_refs, batches).await;
+        // The chunk's own error says more than Lance's wrapping of it.
+        if let Some(error) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(error);
+        }
+        versions.insert(EXAMPLES.to_string(), written?);
         let generation = current.as_ref().map_or(1, |g| g.generation + 1);
         let search = format!("search/g{generation}");
         let search_dir = self.root.join(&search);
@@ -133,4 +147,31 @@ impl StoreWriter {
         }
         builder.finish()
     }
+}
+
+fn check_dictionary_ids<'a>(ids: &[String], rows: impl IntoIterator<Item = &'a String>) -> Result<()> {
+    match rows.into_iter().find(|d| !ids.contains(d)) {
+        Some(bad) => Err(StoreError::InvalidRecord(format!("row of dictionary {bad:?} in a commit of {ids:?}"))),
+        None => Ok(()),
+    }
+}
+
+type FailureSlot = Arc<Mutex<Option<StoreError>>>;
+
+/// Example chunks as Arrow batches for Lance, keeping the first error for the caller.
+fn example_batches(ids: Vec<String>, chunks: impl Iterator<Item = Result<Vec<ExampleRecord>>> + Send + 'static) -> (impl RecordBatchReader + Send + 'static, FailureSlot) {
+    let failure = FailureSlot::default();
+    let slot = failure.clone();
+    let batches = chunks.map(move |chunk| {
+        let batch = chunk.and_then(|rows| {
+            check_dictionary_ids(&ids, rows.iter().map(|r| &r.dictionary_id))?;
+            examples_batch(&rows)
+        });
+        batch.map_err(|error| {
+            let message = error.to_string();
+            slot.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(error);
+            ArrowError::ExternalError(message.into())
+        })
+    });
+    (RecordBatchIterator::new(batches, loupe_schema::tables::examples()), failure)
 }
