@@ -5,6 +5,7 @@
 mod arrow;
 pub mod error;
 pub mod layout;
+mod locator;
 pub mod reader;
 pub mod records;
 pub mod search;

@@ -41,7 +41,7 @@ fn vocabulary(size: usize) -> Vec<String> {
 }
 
 /// A dictionary of `n_features` features with `d`-dimensional decoders, random statistics,
-/// searchable words, and one top example per feature.
+/// searchable words, and two examples per feature (a top one and an interval sample).
 pub fn synthetic_dictionary(id: &str, n_features: usize, d: usize, seed: u64) -> DictionaryCommit {
     let words = vocabulary(20_000);
     let mut rng = Rng(seed);
@@ -51,7 +51,7 @@ pub fn synthetic_dictionary(id: &str, n_features: usize, d: usize, seed: u64) ->
         words[((u * u) * words.len() as f32) as usize % words.len()].clone()
     };
     let mut features = Vec::with_capacity(n_features);
-    let mut examples = Vec::with_capacity(n_features);
+    let mut examples = Vec::with_capacity(2 * n_features);
     for f in 0..n_features as u32 {
         let top_tokens: Vec<String> = (0..4).map(|_| word(&mut rng)).collect();
         let context: Vec<String> = (0..14).map(|_| word(&mut rng)).collect();
@@ -80,20 +80,28 @@ pub fn synthetic_dictionary(id: &str, n_features: usize, d: usize, seed: u64) ->
             label: (f % 10 == 0).then(|| format!("{} {}", word(&mut rng), word(&mut rng))),
         });
         let tokens: Vec<String> = context.iter().map(|w| format!(" {w}")).collect();
-        examples.push(ExampleRecord {
-            dictionary_id: id.into(),
-            feature: f,
-            kind: ExampleKind::Top,
-            rank: 0,
-            max_activation: max,
-            max_position: 7,
-            window: u64::from(f),
-            token_ids: (0..tokens.len()).map(|_| rng.below(49_152) as u32).collect(),
-            activations: (0..tokens.len()).map(|i| if i == 7 { max } else { 0.0 }).collect(),
-            tokens,
-            document_id: u64::from(f),
-            document_offset: 0,
-        });
+        // A top example and an interval sample, with the variety of real rows (ranks,
+        // positions, documents), so that the table encodes like a real one.
+        let interval = rng.below(10) as u32;
+        let width = max / 10.0;
+        let kinds = [(ExampleKind::Top, max), (ExampleKind::Interval { index: interval, low: interval as f32 * width, high: (interval + 1) as f32 * width }, (interval as f32 + 0.5) * width)];
+        for (kind, peak) in kinds {
+            let position = 1 + rng.below(tokens.len() - 1);
+            examples.push(ExampleRecord {
+                dictionary_id: id.into(),
+                feature: f,
+                kind,
+                rank: rng.below(4) as u32,
+                max_activation: peak,
+                max_position: position as u32,
+                window: rng.below(1 << 40) as u64,
+                token_ids: (0..tokens.len()).map(|_| rng.below(49_152) as u32).collect(),
+                activations: (0..tokens.len()).map(|i| if i == position { peak } else { 0.0 }).collect(),
+                tokens: tokens.clone(),
+                document_id: rng.below(1 << 30) as u64,
+                document_offset: rng.below(4096) as u32,
+            });
+        }
     }
     let dictionary = DictionaryRecord {
         dictionary_id: id.into(),

@@ -108,6 +108,7 @@ impl AppState {
 
 impl Snapshot {
     async fn build(reader: StoreReader, engine: Option<&Engine>) -> Result<Snapshot> {
+        reader.warm().await?;
         let dictionaries: BTreeMap<String, DictionaryRecord> = reader.dictionaries().await?.into_iter().map(|d| (d.dictionary_id.clone(), d)).collect();
         let mut feature_notes = HashMap::new();
         if let Some(engine) = engine {

@@ -157,7 +157,8 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
                 "{}/{}  score {:.2}  max {:.2}  density {:.2e}{}\n    {}",
                 f.dictionary_id, f.feature, h.score, h.max_activation, h.density,
                 h.label.as_ref().map(|l| format!("  \"{l}\"")).unwrap_or_default(),
-                snippet.replace('\n', " ")
+                // The snippet may span several top examples' contexts, one per line.
+                snippet.replace('\n', " … ")
             );
         }
         Ok(())
