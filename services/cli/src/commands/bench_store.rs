@@ -94,19 +94,6 @@ pub fn run(args: StoreArgs) -> anyhow::Result<()> {
         anyhow::ensure!(examples?.iter().all(|e| e.feature == feature), "examples of feature {feature} are wrong");
     }
     lookups.sort_by(f64::total_cmp);
-    if std::env::var("LOUPE_DEBUG_TAKE").is_ok() {
-        for i in 0..20u64 {
-            let feature = ((i * 7_919_993) % args.features as u64) as u32;
-            let t = Instant::now();
-            runtime.block_on(reader.feature(&id, feature))?;
-            let a = t.elapsed().as_secs_f64() * 1e3;
-            let t = Instant::now();
-            runtime.block_on(reader.examples(&id, Some(feature)))?;
-            let b = t.elapsed().as_secs_f64() * 1e3;
-            eprintln!("feature {feature}: {a:.2} ms, examples {b:.2} ms");
-
-        }
-    }
     let lookup = json!({"warm_ms": warm_ms, "p50_ms": percentile(&lookups, 0.5), "p99_ms": percentile(&lookups, 0.99)});
 
     let report = json!({"features": n_docs, "generated_seconds": generated, "open_seconds": open_seconds, "queries": rows, "dashboard_reads": lookup});
