@@ -24,6 +24,8 @@ pub enum StoreError {
     Query { query: String, reason: String },
     #[error("{0}")]
     Arrow(#[from] arrow_schema::ArrowError),
+    #[error("store {path} holds no decoder vectors of width {width}; a store written before loupe stored them needs `loupe index` again")]
+    NoVectors { path: PathBuf, width: usize },
     #[error("invalid record: {0}")]
     InvalidRecord(String),
     /// The caller's example stream failed (its message, since its type is the caller's).

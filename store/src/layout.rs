@@ -5,6 +5,7 @@
 //! ROOT/CURRENT                the last committed generation (written by atomic rename)
 //! ROOT/generations/N.json     every committed generation, for reading old versions
 //! ROOT/{dictionaries,features,examples}.lance
+//! ROOT/decoders_{width}.lance unit decoder vectors (IVF index when large), for SimilarFeatures
 //! ROOT/search/gN/             the tantivy index of generation N
 //! ROOT/writer.lock            held (flock) by the one writer that commits
 //! ```

@@ -1,6 +1,7 @@
-//! loupe-store: the feature store. Lance tables (`dictionaries`, `features`, `examples`)
-//! under one root, a tantivy index over the features, and generations that name one Lance
-//! version per table so that every commit is atomic and stays readable.
+//! loupe-store: the feature store. Lance tables (`dictionaries`, `features`, `examples`,
+//! and `decoders_{width}` for vector search) under one root, a tantivy index over the
+//! features, and generations that name one Lance version per table so that every commit is
+//! atomic and stays readable.
 
 mod arrow;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod records;
 pub mod search;
 pub mod synthetic;
 mod tables;
+pub mod vectors;
 pub mod writer;
 
 pub use error::{Result, StoreError};
@@ -18,4 +20,5 @@ pub use layout::Generation;
 pub use reader::StoreReader;
 pub use records::{DictionaryCommit, DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord, LogitEffect, Neighbour};
 pub use search::{SearchFilter, SearchHit, SearchResults};
+pub use vectors::SimilarFeature;
 pub use writer::StoreWriter;

@@ -1,5 +1,6 @@
 //! Reading one committed generation of a store.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use crate::locator::RowLocator;
 use crate::records::{DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord};
 use crate::search::{SearchFilter, SearchIndex, SearchResults};
 use crate::tables::{open_at, quote, scan};
+use crate::vectors::{self, SimilarFeature};
 
 pub struct StoreReader {
     root: PathBuf,
@@ -23,6 +25,8 @@ pub struct StoreReader {
     features: Dataset,
     examples: Dataset,
     search: SearchIndex,
+    /// Decoder vector tables by width, each with the dictionaries it holds (read once).
+    decoders: BTreeMap<usize, (Dataset, OnceCell<BTreeSet<String>>)>,
     /// Row addresses per feature, read on the first point lookup (or by `warm`).
     feature_rows: OnceCell<RowLocator>,
     example_rows: OnceCell<RowLocator>,
@@ -54,8 +58,14 @@ impl StoreReader {
         let dictionaries = open_at(&root, DICTIONARIES, version(DICTIONARIES)?).await?;
         let features = open_at(&root, FEATURES, version(FEATURES)?).await?;
         let examples = open_at(&root, EXAMPLES, version(EXAMPLES)?).await?;
+        let mut decoders = BTreeMap::new();
+        for (table, &version) in &generation.versions {
+            if let Some(width) = vectors::width_of(table) {
+                decoders.insert(width, (open_at(&root, table, version).await?, OnceCell::new()));
+            }
+        }
         let search = SearchIndex::open(&root.join(&generation.search))?;
-        Ok(StoreReader { root, generation, dictionaries, features, examples, search, feature_rows: OnceCell::new(), example_rows: OnceCell::new() })
+        Ok(StoreReader { root, generation, dictionaries, features, examples, search, decoders, feature_rows: OnceCell::new(), example_rows: OnceCell::new() })
     }
 
     pub fn root(&self) -> &Path {
@@ -133,6 +143,27 @@ impl StoreReader {
         };
         out.sort_by_key(order);
         Ok(out)
+    }
+
+    /// The features of `dictionary_ids` whose decoder directions are nearest to `direction`
+    /// by cosine, most similar first: through the vector index where the decoder table has
+    /// one, exactly otherwise (or when `search` asks for it).
+    pub async fn similar(&self, direction: &[f32], dictionary_ids: &[&str], k: usize, search: vectors::Search) -> Result<Vec<SimilarFeature>> {
+        let width = direction.len();
+        let table = vectors::table_name(width);
+        let (dataset, held) = self.decoders.get(&width).ok_or_else(|| StoreError::NoVectors { path: self.root.clone(), width })?;
+        let held = held.get_or_try_init(|| vectors::dictionaries_in(dataset, &table)).await?;
+        // Asking for every dictionary of the table (the usual case) needs no filter.
+        let only = (!held.iter().all(|id| dictionary_ids.contains(&id.as_str()))).then_some(dictionary_ids);
+        vectors::nearest(dataset, &table, direction, only, k, search).await
+    }
+
+    /// Whether the decoder vectors of this width have a vector index.
+    pub async fn similar_is_indexed(&self, width: usize) -> Result<bool> {
+        match self.decoders.get(&width) {
+            Some((dataset, _)) => vectors::is_indexed(dataset, &vectors::table_name(width)).await,
+            None => Ok(false),
+        }
     }
 
     pub fn search(&self, query: &str, filter: &SearchFilter, offset: usize, limit: usize) -> Result<SearchResults> {

@@ -44,37 +44,40 @@ pub fn sliced(batch: RecordBatch) -> impl RecordBatchReader + Send + 'static {
     RecordBatchIterator::new(batches.into_iter().map(Ok), batch.schema())
 }
 
-/// Replaces the rows of some dictionaries in `table` and returns the new Lance version.
+/// Replaces the rows of some dictionaries in `table` and returns the new version.
 /// The rows arrive as a stream, so a table larger than memory can be written.
 ///
 /// `committed` is the version the store's current generation names. Anything written after
 /// it (a run that died before publishing) is rolled back first, so a failed run never leaks
 /// into the next commit.
-pub async fn replace_dictionary_rows(root: &Path, table: &str, committed: Option<u64>, dictionary_ids: &[&str], reader: impl RecordBatchReader + Send + 'static) -> Result<u64> {
+pub async fn replace_dictionary_rows(root: &Path, table: &str, committed: Option<u64>, dictionary_ids: &[&str], reader: impl RecordBatchReader + Send + 'static) -> Result<Dataset> {
     let path = table_path(root, table);
     let lance_err = |e| StoreError::lance(table, e);
-    let dataset = match (committed, path.exists()) {
+    match (committed, path.exists()) {
         (Some(version), true) => {
             let mut dataset = open_for_write(root, table, version).await?;
-            let ids: Vec<String> = dictionary_ids.iter().map(|id| quote(id)).collect();
-            dataset.delete(&format!("dictionary_id IN ({})", ids.join(", "))).await.map_err(lance_err)?;
+            delete_dictionaries(&mut dataset, table, dictionary_ids).await?;
             let params = WriteParams { mode: WriteMode::Append, ..Default::default() };
-            Dataset::write(reader, &uri(root, table), Some(params)).await.map_err(lance_err)?
+            Dataset::write(reader, &uri(root, table), Some(params)).await.map_err(lance_err)
         }
         // A first commit, possibly over the debris of a first run that died.
         _ => {
             let params = WriteParams { mode: WriteMode::Overwrite, ..Default::default() };
-            Dataset::write(reader, &uri(root, table), Some(params)).await.map_err(lance_err)?
+            Dataset::write(reader, &uri(root, table), Some(params)).await.map_err(lance_err)
         }
-    };
-    let mut dataset = dataset;
-    index_feature_column(&mut dataset, table).await?;
-    Ok(dataset.version().version)
+    }
 }
 
-/// A B-tree index on `feature`, so that a dashboard reads its rows without a table scan
-/// (GetFeature on a million-feature dictionary).
-async fn index_feature_column(dataset: &mut Dataset, table: &str) -> Result<()> {
+/// Deletes every row of these dictionaries (a new version).
+pub async fn delete_dictionaries(dataset: &mut Dataset, table: &str, dictionary_ids: &[&str]) -> Result<()> {
+    let ids: Vec<String> = dictionary_ids.iter().map(|id| quote(id)).collect();
+    dataset.delete(&format!("dictionary_id IN ({})", ids.join(", "))).await.map_err(|e| StoreError::lance(table, e))?;
+    Ok(())
+}
+
+/// A B-tree index on `feature`, so that filtered reads of one feature (labels) do not scan
+/// the table.
+pub async fn index_feature_column(dataset: &mut Dataset, table: &str) -> Result<()> {
     if dataset.schema().field("feature").is_none() {
         return Ok(());
     }

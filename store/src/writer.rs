@@ -15,12 +15,14 @@ use crate::error::{Result, StoreError};
 use crate::layout::{self, Generation, WriterLock};
 use crate::records::{DictionaryCommit, DictionaryRecord, ExampleRecord, FeatureRecord};
 use crate::search::{FeatureSite, IndexBuilder};
-use crate::tables::{open_at, open_for_write, replace_dictionary_rows, scan, sliced, update_label};
+use crate::tables::{delete_dictionaries, index_feature_column, open_at, open_for_write, replace_dictionary_rows, scan, sliced, update_label};
+use crate::vectors;
 
 /// The one writer of a store (holds an exclusive lock while alive).
 pub struct StoreWriter {
     root: PathBuf,
     _lock: WriterLock,
+    vector_index_min_rows: usize,
 }
 
 impl StoreWriter {
@@ -29,11 +31,17 @@ impl StoreWriter {
         layout::create_or_check(root)?;
         let root = root.canonicalize().map_err(|e| StoreError::io(root, e))?;
         let lock = layout::lock_writer(&root)?;
-        Ok(StoreWriter { root, _lock: lock })
+        Ok(StoreWriter { root, _lock: lock, vector_index_min_rows: vectors::DEFAULT_INDEX_MIN_ROWS })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Decoder tables of at least this many rows get a vector index when a commit writes
+    /// them (default [`vectors::DEFAULT_INDEX_MIN_ROWS`]).
+    pub fn set_vector_index_min_rows(&mut self, rows: usize) {
+        self.vector_index_min_rows = rows;
     }
 
     /// Replaces everything stored about the given dictionaries and publishes one new
@@ -65,16 +73,20 @@ impl StoreWriter {
         let committed = |table: &str| current.as_ref().and_then(|g| g.versions.get(table).copied());
         let mut versions = BTreeMap::new();
         for (table, batch) in [(DICTIONARIES, dictionaries_batch(dictionaries)?), (FEATURES, features_batch(features)?)] {
-            let version = replace_dictionary_rows(&self.root, table, committed(table), &id_refs, sliced(batch)).await?;
-            versions.insert(table.to_string(), version);
+            let mut dataset = replace_dictionary_rows(&self.root, table, committed(table), &id_refs, sliced(batch)).await?;
+            index_feature_column(&mut dataset, table).await?;
+            versions.insert(table.to_string(), dataset.version().version);
         }
+        versions.extend(self.write_decoders(current.as_ref(), &id_refs, features).await?);
         let (batches, failure) = example_batches(ids.clone(), examples);
         let written = replace_dictionary_rows(&self.root, EXAMPLES, committed(EXAMPLES), &id_refs, batches).await;
         // The chunk's own error says more than Lance's wrapping of it.
         if let Some(error) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Err(error);
         }
-        versions.insert(EXAMPLES.to_string(), written?);
+        let mut examples = written?;
+        index_feature_column(&mut examples, EXAMPLES).await?;
+        versions.insert(EXAMPLES.to_string(), examples.version().version);
         let generation = current.as_ref().map_or(1, |g| g.generation + 1);
         let search = format!("search/g{generation}");
         let search_dir = self.root.join(&search);
@@ -127,6 +139,35 @@ impl StoreWriter {
         let generation = Generation { generation, versions, search, committed_at: layout::now_rfc3339(), message };
         layout::publish(&self.root, &generation)?;
         Ok(generation)
+    }
+
+    /// Replaces these dictionaries' rows in the decoder tables: the widths they write now,
+    /// and any width they wrote before (a re-index may change it). Returns the new versions.
+    async fn write_decoders(&self, current: Option<&Generation>, ids: &[&str], features: &[FeatureRecord]) -> Result<BTreeMap<String, u64>> {
+        let mut by_table: BTreeMap<String, Vec<&FeatureRecord>> = BTreeMap::new();
+        for feature in features.iter().filter(|f| !f.decoder.is_empty()) {
+            by_table.entry(vectors::table_name(feature.decoder.len())).or_default().push(feature);
+        }
+        for table in current.into_iter().flat_map(|g| g.versions.keys()).filter(|t| vectors::width_of(t).is_some()) {
+            by_table.entry(table.clone()).or_default();
+        }
+        let mut versions = BTreeMap::new();
+        for (table, rows) in by_table {
+            let width = vectors::width_of(&table).expect("a decoder table name");
+            let committed = current.and_then(|g| g.versions.get(&table).copied());
+            let mut dataset = if rows.is_empty() {
+                // These dictionaries no longer write this width: only their old rows go.
+                let Some(version) = committed else { continue };
+                let mut dataset = open_for_write(&self.root, &table, version).await?;
+                delete_dictionaries(&mut dataset, &table, ids).await?;
+                dataset
+            } else {
+                replace_dictionary_rows(&self.root, &table, committed, ids, sliced(vectors::batch(&rows, width)?)).await?
+            };
+            vectors::index_if_large(&mut dataset, &table, self.vector_index_min_rows).await?;
+            versions.insert(table, dataset.version().version);
+        }
+        Ok(versions)
     }
 
     async fn build_search_index(&self, versions: &BTreeMap<String, u64>, dir: &Path) -> Result<()> {

@@ -218,3 +218,75 @@ fn labels_are_a_new_searchable_generation() {
     assert!(rt.block_on(writer.set_label("sae-a", 99, Some("x"))).is_err());
     assert!(rt.block_on(writer.set_label("nope", 0, Some("x"))).is_err());
 }
+
+/// Nearest decoders by the definition: cos(a, b) = a·b / (|a| |b|), over every row.
+fn brute_force_similar(query: &[f32], commits: &[&DictionaryCommit], k: usize) -> Vec<(String, u32, f32)> {
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
+    let mut all: Vec<(String, u32, f32)> = Vec::new();
+    for commit in commits {
+        for f in &commit.features {
+            let dot: f64 = f.decoder.iter().zip(query).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+            all.push((f.dictionary_id.clone(), f.feature, (dot / (norm(&f.decoder) * norm(query))) as f32));
+        }
+    }
+    all.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| (&a.0, a.1).cmp(&(&b.0, b.1))));
+    all.truncate(k);
+    all
+}
+
+fn assert_same_neighbours(found: &[loupe_store::SimilarFeature], expected: &[(String, u32, f32)]) {
+    let ids: Vec<(&str, u32)> = found.iter().map(|n| (n.dictionary_id.as_str(), n.feature)).collect();
+    let expected_ids: Vec<(&str, u32)> = expected.iter().map(|(d, f, _)| (d.as_str(), *f)).collect();
+    assert_eq!(ids, expected_ids);
+    for (n, (_, _, cosine)) in found.iter().zip(expected) {
+        assert!((n.cosine - cosine).abs() <= 1e-5, "{} vs {cosine}", n.cosine);
+    }
+}
+
+#[test]
+fn similar_features_by_decoder_cosine_indexed_or_exact() {
+    use loupe_store::synthetic::synthetic_dictionary;
+    use loupe_store::vectors::Search;
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let mut writer = StoreWriter::open_or_create(&root).unwrap();
+    // 1,000 vectors of width 8 pass the threshold: an IVF index of 31 partitions, all of
+    // which a query probes, so indexed answers must equal exact ones.
+    writer.set_vector_index_min_rows(1000);
+    let a = synthetic_dictionary("a", 600, 8, 1);
+    let b = synthetic_dictionary("b", 400, 8, 2);
+    let narrow = synthetic_dictionary("narrow", 50, 4, 3);
+    rt.block_on(writer.commit(&[a.clone(), b.clone(), narrow.clone()])).unwrap();
+    let reader = rt.block_on(StoreReader::open(&root)).unwrap();
+    assert!(rt.block_on(reader.similar_is_indexed(8)).unwrap());
+    assert!(!rt.block_on(reader.similar_is_indexed(4)).unwrap(), "50 rows stay unindexed");
+
+    for query in [0usize, 17, 333, 599] {
+        let decoder = &a.features[query].decoder;
+        let expected = brute_force_similar(decoder, &[&a, &b], 10);
+        assert_eq!((expected[0].0.as_str(), expected[0].1), ("a", query as u32), "a decoder is its own nearest");
+        for search in [Search::Indexed, Search::Exact] {
+            assert_same_neighbours(&rt.block_on(reader.similar(decoder, &["a", "b"], 10, search)).unwrap(), &expected);
+        }
+        let only_b = brute_force_similar(decoder, &[&b], 5);
+        assert_same_neighbours(&rt.block_on(reader.similar(decoder, &["b"], 5, Search::Indexed)).unwrap(), &only_b);
+    }
+    let decoder = &narrow.features[7].decoder;
+    assert_same_neighbours(&rt.block_on(reader.similar(decoder, &["narrow"], 3, Search::Indexed)).unwrap(), &brute_force_similar(decoder, &[&narrow], 3));
+    let err = rt.block_on(reader.similar(&[1.0; 5], &["a"], 3, Search::Indexed)).unwrap_err().to_string();
+    assert!(err.contains("no decoder vectors of width 5"), "{err}");
+
+    // Re-indexing `a` at another width moves its vectors out of the width-8 table.
+    let a4 = synthetic_dictionary("a", 300, 4, 4);
+    rt.block_on(writer.commit(std::slice::from_ref(&a4))).unwrap();
+    let latest = rt.block_on(StoreReader::open(&root)).unwrap();
+    let query = &b.features[5].decoder;
+    assert_same_neighbours(&rt.block_on(latest.similar(query, &["a", "b"], 10, Search::Exact)).unwrap(), &brute_force_similar(query, &[&b], 10));
+    let query = &a4.features[9].decoder;
+    assert_same_neighbours(&rt.block_on(latest.similar(query, &["a", "narrow"], 10, Search::Indexed)).unwrap(), &brute_force_similar(query, &[&a4, &narrow], 10));
+    // The first generation still answers with its own vectors.
+    let old = rt.block_on(StoreReader::open_generation(&root, 1)).unwrap();
+    let query = &a.features[42].decoder;
+    assert_same_neighbours(&rt.block_on(old.similar(query, &["a"], 10, Search::Indexed)).unwrap(), &brute_force_similar(query, &[&a], 10));
+}

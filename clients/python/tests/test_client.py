@@ -55,6 +55,14 @@ def test_search_and_dashboard(client, dictionary):
         assert any(h.feature == feature.feature for h in hits)
 
 
+def test_similar_features_are_the_stored_neighbours(client, dictionary):
+    feature = strongest_feature(client, dictionary)
+    similar = client.similar(dictionary.dictionary_id, feature.feature, k=10)
+    assert [f for _, f, _ in similar] == [f for f, _ in feature.neighbours]
+    assert all(d == dictionary.dictionary_id for d, _, _ in similar)
+    assert [c for _, _, c in similar] == pytest.approx([c for _, c in feature.neighbours], abs=1e-5)
+
+
 def test_top_features_reproduce_stored_activations(client, dictionary):
     feature = strongest_feature(client, dictionary)
     example = feature.top_examples[0]

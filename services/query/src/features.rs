@@ -5,6 +5,7 @@ use std::sync::Arc;
 use loupe_engine::{Hooks, Logits, TokenBatch};
 use loupe_schema::proto::v1 as pb;
 use loupe_schema::proto::v1::features_server::Features;
+use loupe_store::vectors::Search;
 use loupe_store::{SearchFilter, StoreWriter};
 use tonic::{Request, Response, Status};
 
@@ -111,10 +112,6 @@ impl Features for FeaturesService {
                 return Err(ServiceError::InvalidArgument(format!("k {k} is too large: at most {}", state.limits.max_page)));
             }
             let targets = if r.dictionary_ids.is_empty() { vec![f.dictionary_id.clone()] } else { r.dictionary_ids.clone() };
-            let query = state.decoders(&snapshot, &f.dictionary_id).await?;
-            let width = query.width;
-            let q: Vec<f32> = query.rows[f.feature as usize * width..(f.feature as usize + 1) * width].to_vec();
-            let mut candidates: Vec<(f32, String, u32)> = Vec::new();
             for target in &targets {
                 let record = snapshot.dictionary(target)?;
                 if record.model_checksum != source.model_checksum || record.d_in != source.d_in {
@@ -123,21 +120,16 @@ impl Features for FeaturesService {
                         f.dictionary_id
                     )));
                 }
-                let decoders = state.decoders(&snapshot, target).await?;
-                if decoders.width != width {
-                    return Err(ServiceError::InvalidArgument(format!("dictionary {target:?} writes a different width ({}) than {width}", decoders.width)));
-                }
-                for (i, row) in decoders.rows.chunks_exact(width).enumerate() {
-                    if *target == f.dictionary_id && i as u32 == f.feature {
-                        continue;
-                    }
-                    candidates.push((row.iter().zip(&q).map(|(a, b)| a * b).sum(), target.clone(), i as u32));
-                }
             }
-            candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| (&a.1, a.2).cmp(&(&b.1, b.2))));
-            candidates.truncate(k);
+            let feature = snapshot.reader.feature(&f.dictionary_id, f.feature).await?;
+            let feature = feature.ok_or_else(|| ServiceError::NotFound(format!("feature {} of {:?} is not in the store", f.feature, f.dictionary_id)))?;
+            let target_refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+            // One more than asked: the feature itself is its own nearest neighbour.
+            let mut found = snapshot.reader.similar(&feature.decoder, &target_refs, k + 1, Search::Indexed).await?;
+            found.retain(|n| !(n.dictionary_id == f.dictionary_id && n.feature == f.feature));
+            found.truncate(k);
             Ok(pb::SimilarFeaturesResponse {
-                neighbours: candidates.into_iter().map(|(cosine, d, i)| pb::Neighbour { feature: convert::feature_ref(&d, i), cosine }).collect(),
+                neighbours: found.into_iter().map(|n| pb::Neighbour { feature: convert::feature_ref(&n.dictionary_id, n.feature), cosine: n.cosine }).collect(),
             })
         })
         .await

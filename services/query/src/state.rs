@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use loupe_engine::{Dictionary, Model};
 use loupe_store::{DictionaryRecord, StoreReader};
@@ -39,14 +39,7 @@ pub struct AppState {
     pub engine: Option<Arc<Engine>>,
     pub workers: ModelWorkers,
     pub limits: Limits,
-    /// Unit-norm decoder rows per dictionary, loaded on first use by SimilarFeatures.
-    decoders: Mutex<HashMap<String, Arc<Decoders>>>,
     next_request: AtomicU64,
-}
-
-pub struct Decoders {
-    pub width: usize,
-    pub rows: Vec<f32>,
 }
 
 impl AppState {
@@ -64,7 +57,6 @@ impl AppState {
             engine,
             workers: ModelWorkers::new(config.limits.model_workers, config.limits.max_waiting),
             limits: config.limits,
-            decoders: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
         })
     }
@@ -87,22 +79,6 @@ impl AppState {
 
     pub fn engine(&self) -> Result<Arc<Engine>> {
         self.engine.clone().ok_or_else(|| ServiceError::Unavailable("this server has no model loaded (start it without --no-model)".into()))
-    }
-
-    pub async fn decoders(&self, snapshot: &Snapshot, dictionary_id: &str) -> Result<Arc<Decoders>> {
-        if let Some(d) = self.decoders.lock().expect("decoder cache").get(dictionary_id) {
-            return Ok(d.clone());
-        }
-        let mut rows = Vec::new();
-        let mut width = 0;
-        for feature in snapshot.reader.features(dictionary_id).await? {
-            width = feature.decoder.len();
-            let norm = feature.decoder.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-            rows.extend(feature.decoder.iter().map(|v| v / norm));
-        }
-        let decoders = Arc::new(Decoders { width, rows });
-        self.decoders.lock().expect("decoder cache").insert(dictionary_id.to_string(), decoders.clone());
-        Ok(decoders)
     }
 }
 

@@ -1,10 +1,12 @@
 //! `loupe bench store`: a synthetic store of a million features — time to open it, and the
-//! latency of search queries against its tantivy index.
+//! latency of search queries against its tantivy index, of dashboard reads, and of
+//! SimilarFeatures through the vector index against an exact scan.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
+use loupe_store::vectors::Search;
 use loupe_store::{SearchFilter, StoreReader, StoreWriter};
 use serde_json::json;
 
@@ -37,7 +39,8 @@ pub fn run(args: StoreArgs) -> anyhow::Result<()> {
     let mut generated = None;
     let existing = runtime.block_on(StoreReader::open(&args.store)).ok();
     let has_it = match &existing {
-        Some(reader) => runtime.block_on(reader.dictionaries())?.iter().any(|d| d.dictionary_id == id),
+        // A store from before decoder vectors were stored is generated again.
+        Some(reader) => reader.generation().versions.contains_key(&loupe_store::vectors::table_name(args.d)) && runtime.block_on(reader.dictionaries())?.iter().any(|d| d.dictionary_id == id),
         None => false,
     };
     drop(existing);
@@ -96,7 +99,9 @@ pub fn run(args: StoreArgs) -> anyhow::Result<()> {
     lookups.sort_by(f64::total_cmp);
     let lookup = json!({"warm_ms": warm_ms, "p50_ms": percentile(&lookups, 0.5), "p99_ms": percentile(&lookups, 0.99)});
 
-    let report = json!({"features": n_docs, "generated_seconds": generated, "open_seconds": open_seconds, "queries": rows, "dashboard_reads": lookup});
+    let similar = similar_features(&runtime, &reader, &id, &args)?;
+
+    let report = json!({"features": n_docs, "generated_seconds": generated, "open_seconds": open_seconds, "queries": rows, "dashboard_reads": lookup, "similar_features": similar});
     if args.json {
         return print_json(&report);
     }
@@ -114,5 +119,43 @@ pub fn run(args: StoreArgs) -> anyhow::Result<()> {
         lookup["p99_ms"].as_f64().unwrap_or(0.0),
         warm_ms
     );
+    println!(
+        "similar features (k=10, decoder cosine): vector index p50 {:.2} ms p99 {:.2} ms; exact scan p50 {:.2} ms p99 {:.2} ms; {:.1}x faster, recall@10 {:.3}{}",
+        similar["indexed"]["p50_ms"].as_f64().unwrap_or(0.0),
+        similar["indexed"]["p99_ms"].as_f64().unwrap_or(0.0),
+        similar["exact"]["p50_ms"].as_f64().unwrap_or(0.0),
+        similar["exact"]["p99_ms"].as_f64().unwrap_or(0.0),
+        similar["speedup_p50"].as_f64().unwrap_or(0.0),
+        similar["recall_at_10"].as_f64().unwrap_or(0.0),
+        if similar["indexed"]["has_index"].as_bool() == Some(true) { "" } else { " (no index: the table is below the indexing threshold)" }
+    );
     Ok(())
+}
+
+/// SimilarFeatures through the vector index against the exact scan on the same queries:
+/// latency of each, and how many of the exact top 10 the index finds.
+fn similar_features(runtime: &tokio::runtime::Runtime, reader: &StoreReader, id: &str, args: &StoreArgs) -> anyhow::Result<serde_json::Value> {
+    let queries = args.queries.min(50);
+    let has_index = runtime.block_on(reader.similar_is_indexed(args.d))?;
+    let (mut indexed, mut exact) = (Vec::with_capacity(queries), Vec::with_capacity(queries));
+    let mut found = 0;
+    for i in 0..queries {
+        let feature = ((i as u64 * 104_729) % args.features as u64) as u32;
+        let row = runtime.block_on(reader.feature(id, feature))?.with_context(|| format!("feature {feature} is missing"))?;
+        let t = Instant::now();
+        let approximate = runtime.block_on(reader.similar(&row.decoder, &[id], 10, Search::Indexed))?;
+        indexed.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let truth = runtime.block_on(reader.similar(&row.decoder, &[id], 10, Search::Exact))?;
+        exact.push(t.elapsed().as_secs_f64() * 1e3);
+        found += approximate.iter().filter(|n| truth.iter().any(|t| t.feature == n.feature)).count();
+    }
+    indexed.sort_by(f64::total_cmp);
+    exact.sort_by(f64::total_cmp);
+    Ok(json!({
+        "indexed": {"has_index": has_index, "p50_ms": percentile(&indexed, 0.5), "p99_ms": percentile(&indexed, 0.99)},
+        "exact": {"p50_ms": percentile(&exact, 0.5), "p99_ms": percentile(&exact, 0.99)},
+        "speedup_p50": percentile(&exact, 0.5) / percentile(&indexed, 0.5),
+        "recall_at_10": found as f64 / (queries * 10) as f64,
+    }))
 }
