@@ -68,10 +68,15 @@ pub async fn replace_dictionary_rows(root: &Path, table: &str, committed: Option
     }
 }
 
+/// A Lance filter for the rows of these dictionaries.
+pub fn of_dictionaries(dictionary_ids: &[&str]) -> String {
+    let ids: Vec<String> = dictionary_ids.iter().map(|id| quote(id)).collect();
+    format!("dictionary_id IN ({})", ids.join(", "))
+}
+
 /// Deletes every row of these dictionaries (a new version).
 pub async fn delete_dictionaries(dataset: &mut Dataset, table: &str, dictionary_ids: &[&str]) -> Result<()> {
-    let ids: Vec<String> = dictionary_ids.iter().map(|id| quote(id)).collect();
-    dataset.delete(&format!("dictionary_id IN ({})", ids.join(", "))).await.map_err(|e| StoreError::lance(table, e))?;
+    dataset.delete(&of_dictionaries(dictionary_ids)).await.map_err(|e| StoreError::lance(table, e))?;
     Ok(())
 }
 

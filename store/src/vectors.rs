@@ -3,8 +3,8 @@
 //! A vector index needs a fixed-size-list column, and dictionaries of different models or
 //! hooks write directions of different widths, so there is one table per width:
 //! `decoders_{width}` (dictionary_id, feature, unit-norm decoder). A table gets an IVF index
-//! (cosine) once it holds `index_min_rows` rows; below that an exact scan takes a few
-//! milliseconds and Lance answers the same `nearest` query by brute force.
+//! (cosine) once it holds the writer's minimum of rows (default 65,536); below that Lance
+//! answers the same `nearest` query by an exact scan.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use lance_linalg::distance::DistanceType;
 
 use crate::error::{Result, StoreError};
 use crate::records::FeatureRecord;
-use crate::tables::{quote, scan};
+use crate::tables::{of_dictionaries, scan};
 
 const PREFIX: &str = "decoders_";
 const COLUMN: &str = "decoder";
@@ -141,9 +141,8 @@ pub async fn nearest(dataset: &Dataset, table: &str, direction: &[f32], only: Op
     let mut scanner = dataset.scan();
     scanner.project(&["dictionary_id", "feature"]).map_err(lance_err)?;
     if let Some(ids) = only {
-        let ids: Vec<String> = ids.iter().map(|id| quote(id)).collect();
         scanner.prefilter(true);
-        scanner.filter(&format!("dictionary_id IN ({})", ids.join(", "))).map_err(lance_err)?;
+        scanner.filter(&of_dictionaries(ids)).map_err(lance_err)?;
     }
     scanner.nearest(COLUMN, &query, k).map_err(lance_err)?;
     scanner.distance_metric(DistanceType::Cosine);

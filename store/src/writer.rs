@@ -15,7 +15,7 @@ use crate::error::{Result, StoreError};
 use crate::layout::{self, Generation, WriterLock};
 use crate::records::{DictionaryCommit, DictionaryRecord, ExampleRecord, FeatureRecord};
 use crate::search::{FeatureSite, IndexBuilder};
-use crate::tables::{delete_dictionaries, index_feature_column, open_at, open_for_write, replace_dictionary_rows, scan, sliced, update_label};
+use crate::tables::{delete_dictionaries, index_feature_column, of_dictionaries, open_at, open_for_write, replace_dictionary_rows, scan, sliced, update_label};
 use crate::vectors;
 
 /// The one writer of a store (holds an exclusive lock while alive).
@@ -156,9 +156,14 @@ impl StoreWriter {
             let width = vectors::width_of(&table).expect("a decoder table name");
             let committed = current.and_then(|g| g.versions.get(&table).copied());
             let mut dataset = if rows.is_empty() {
-                // These dictionaries no longer write this width: only their old rows go.
                 let Some(version) = committed else { continue };
                 let mut dataset = open_for_write(&self.root, &table, version).await?;
+                if !has_rows_of(&dataset, &table, ids).await? {
+                    // Another width's table, untouched: no new version, no index rebuild.
+                    versions.insert(table, dataset.version().version);
+                    continue;
+                }
+                // These dictionaries no longer write this width: only their old rows go.
                 delete_dictionaries(&mut dataset, &table, ids).await?;
                 dataset
             } else {
@@ -188,6 +193,12 @@ impl StoreWriter {
         }
         builder.finish()
     }
+}
+
+/// Whether `dataset` holds any row of these dictionaries.
+async fn has_rows_of(dataset: &lance::Dataset, table: &str, ids: &[&str]) -> Result<bool> {
+    let rows = dataset.count_rows(Some(of_dictionaries(ids))).await.map_err(|e| StoreError::lance(table, e))?;
+    Ok(rows > 0)
 }
 
 fn check_dictionary_ids<'a>(ids: &[String], rows: impl IntoIterator<Item = &'a String>) -> Result<()> {

@@ -285,6 +285,12 @@ fn similar_features_by_decoder_cosine_indexed_or_exact() {
     assert_same_neighbours(&rt.block_on(latest.similar(query, &["a", "b"], 10, Search::Exact)).unwrap(), &brute_force_similar(query, &[&b], 10));
     let query = &a4.features[9].decoder;
     assert_same_neighbours(&rt.block_on(latest.similar(query, &["a", "narrow"], 10, Search::Indexed)).unwrap(), &brute_force_similar(query, &[&a4, &narrow], 10));
+    // A commit that writes only width 4 leaves the width-8 table (and its index) as it was.
+    let g = rt.block_on(writer.commit(std::slice::from_ref(&narrow))).unwrap();
+    assert_eq!(g.versions["decoders_8"], latest.generation().versions["decoders_8"]);
+    let query = &b.features[5].decoder;
+    let reread = rt.block_on(StoreReader::open(&root)).unwrap();
+    assert_same_neighbours(&rt.block_on(reread.similar(query, &["b"], 10, Search::Indexed)).unwrap(), &brute_force_similar(query, &[&b], 10));
     // The first generation still answers with its own vectors.
     let old = rt.block_on(StoreReader::open_generation(&root, 1)).unwrap();
     let query = &a.features[42].decoder;
