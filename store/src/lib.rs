@@ -12,6 +12,7 @@ pub mod records;
 pub mod search;
 pub mod synthetic;
 mod tables;
+mod taker;
 pub mod vectors;
 pub mod writer;
 

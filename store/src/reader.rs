@@ -16,6 +16,7 @@ use crate::locator::RowLocator;
 use crate::records::{DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord};
 use crate::search::{SearchFilter, SearchIndex, SearchResults};
 use crate::tables::{open_at, quote, scan};
+use crate::taker::RowTaker;
 use crate::vectors::{self, SimilarFeature};
 
 pub struct StoreReader {
@@ -30,6 +31,40 @@ pub struct StoreReader {
     /// Row addresses per feature, read on the first point lookup (or by `warm`).
     feature_rows: OnceCell<RowLocator>,
     example_rows: OnceCell<RowLocator>,
+    /// Point reads of every column but `dictionary_id` (see `PointReads`).
+    feature_taker: PointReads,
+    example_taker: PointReads,
+}
+
+/// Point reads of one table: every column but `dictionary_id`, which is filled in. Lance
+/// stores a column with one value per file as a constant page, and taking a row from one
+/// costs time linear in the row's position (~3 ms at row 800k), more than all the other
+/// columns together.
+struct PointReads {
+    full: arrow_schema::SchemaRef,
+    taker: RowTaker,
+}
+
+impl PointReads {
+    fn new(dataset: &Dataset, table: &str) -> Result<Self> {
+        let full: arrow_schema::SchemaRef = Arc::new(dataset.schema().into());
+        let columns: Vec<&str> = full.fields().iter().map(|f| f.name().as_str()).filter(|&name| name != "dictionary_id").collect();
+        Ok(PointReads { taker: RowTaker::new(dataset, table, &columns)?, full })
+    }
+
+    /// The rows of one dictionary at `addresses`, all columns.
+    async fn take(&self, dictionary_id: &str, addresses: &[u64]) -> Result<RecordBatch> {
+        if addresses.is_empty() {
+            return Ok(RecordBatch::new_empty(self.full.clone()));
+        }
+        let rows = self.taker.take(addresses).await?;
+        let ids: arrow_array::ArrayRef = Arc::new(arrow_array::StringArray::from(vec![dictionary_id; rows.num_rows()]));
+        let arrays = self.full.fields().iter().map(|field| match field.name().as_str() {
+            "dictionary_id" => Ok(ids.clone()),
+            name => rows.column_by_name(name).cloned().ok_or_else(|| StoreError::Column { table: self.taker.table().into(), column: name.into(), reason: "missing from a take".into() }),
+        });
+        Ok(RecordBatch::try_new(self.full.clone(), arrays.collect::<Result<Vec<_>>>()?)?)
+    }
 }
 
 impl StoreReader {
@@ -65,7 +100,9 @@ impl StoreReader {
             }
         }
         let search = SearchIndex::open(&root.join(&generation.search))?;
-        Ok(StoreReader { root, generation, dictionaries, features, examples, search, decoders, feature_rows: OnceCell::new(), example_rows: OnceCell::new() })
+        let feature_taker = PointReads::new(&features, FEATURES)?;
+        let example_taker = PointReads::new(&examples, EXAMPLES)?;
+        Ok(StoreReader { root, generation, dictionaries, features, examples, search, decoders, feature_rows: OnceCell::new(), example_rows: OnceCell::new(), feature_taker, example_taker })
     }
 
     pub fn root(&self) -> &Path {
@@ -96,12 +133,13 @@ impl StoreReader {
         Ok(out)
     }
 
-    /// Reads where every feature's rows are, so that the first dashboard is as fast as the
-    /// rest (a server calls this once at start).
+    /// Reads where every feature's rows are and opens the tables' files for point reads,
+    /// so that the first dashboard is as fast as the rest (a server calls this once at start).
     pub async fn warm(&self) -> Result<()> {
         self.feature_locator().await?;
         self.example_locator().await?;
-        Ok(())
+        self.feature_taker.taker.open_all().await?;
+        self.example_taker.taker.open_all().await
     }
 
     async fn feature_locator(&self) -> Result<&RowLocator> {
@@ -114,7 +152,7 @@ impl StoreReader {
 
     pub async fn feature(&self, dictionary_id: &str, feature: u32) -> Result<Option<FeatureRecord>> {
         let addresses = self.feature_locator().await?.addresses(dictionary_id, feature);
-        let batch = take(&self.features, FEATURES, dictionary_id, &addresses).await?;
+        let batch = self.feature_taker.take(dictionary_id, &addresses).await?;
         Ok(features_from_batch(&batch)?.into_iter().next())
     }
 
@@ -125,7 +163,7 @@ impl StoreReader {
         match feature {
             Some(feature) => {
                 let addresses = self.example_locator().await?.addresses(dictionary_id, feature);
-                out.extend(examples_from_batch(&take(&self.examples, EXAMPLES, dictionary_id, &addresses).await?)?);
+                out.extend(examples_from_batch(&self.example_taker.take(dictionary_id, &addresses).await?)?);
             }
             None => {
                 let filter = format!("dictionary_id = {}", quote(dictionary_id));
@@ -173,26 +211,4 @@ impl StoreReader {
     pub fn search_index(&self) -> &SearchIndex {
         &self.search
     }
-}
-
-/// The rows of one dictionary at `addresses`, all columns.
-///
-/// `dictionary_id` is not read but filled in: Lance stores a column with one value per file
-/// as a constant page, and taking a row from one costs time linear in the row's position
-/// (~3 ms at row 800k), more than all the other columns together.
-async fn take(dataset: &Dataset, table: &str, dictionary_id: &str, addresses: &[u64]) -> Result<RecordBatch> {
-    let lance_err = |e| StoreError::lance(table, e);
-    let full: arrow_schema::SchemaRef = Arc::new(dataset.schema().into());
-    if addresses.is_empty() {
-        return Ok(RecordBatch::new_empty(full));
-    }
-    let columns: Vec<&str> = full.fields().iter().map(|f| f.name().as_str()).filter(|&name| name != "dictionary_id").collect();
-    let projection = dataset.schema().project(&columns).map_err(lance_err)?;
-    let rows = dataset.take_rows(addresses, projection).await.map_err(lance_err)?;
-    let ids: arrow_array::ArrayRef = Arc::new(arrow_array::StringArray::from(vec![dictionary_id; rows.num_rows()]));
-    let arrays = full.fields().iter().map(|field| match field.name().as_str() {
-        "dictionary_id" => Ok(ids.clone()),
-        name => rows.column_by_name(name).cloned().ok_or_else(|| StoreError::Column { table: table.into(), column: name.into(), reason: "missing from a take".into() }),
-    });
-    Ok(RecordBatch::try_new(full.clone(), arrays.collect::<Result<Vec<_>>>()?)?)
 }
