@@ -11,7 +11,7 @@ use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, RangeQuery, RegexQuery, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT};
 use tantivy::snippet::SnippetGenerator;
-use tantivy::{doc, Index, IndexReader, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{doc, Index, IndexReader, IndexSettings, ReloadPolicy, TantivyDocument, Term};
 
 use crate::error::{Result, StoreError};
 use crate::records::FeatureRecord;
@@ -32,6 +32,9 @@ struct Fields {
     logits: Field,
     label: Field,
 }
+
+/// Doc-store block size of new indexes (see `IndexBuilder::create`).
+const DOCSTORE_BLOCK_BYTES: usize = 4096;
 
 /// `layer` of hooks without one (`hook_embed`), so that layer filters never match them.
 const NO_LAYER: u64 = u64::MAX;
@@ -93,7 +96,10 @@ impl IndexBuilder {
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
         let (schema, fields) = schema();
-        let index = Index::create_in_dir(dir, schema)?;
+        // A hit's stored fields are read by decompressing the whole doc-store block around
+        // it: 4 KiB blocks instead of tantivy's 16 KiB make that ~4x less work per hit.
+        let settings = IndexSettings { docstore_blocksize: DOCSTORE_BLOCK_BYTES, ..IndexSettings::default() };
+        let index = Index::builder().schema(schema).settings(settings).create_in_dir(dir)?;
         // tantivy needs >= 15 MB per indexing thread; two threads fit the 2-core machines.
         let writer = index.writer_with_num_threads(2, 128 << 20)?;
         Ok(IndexBuilder { index, writer, fields })
