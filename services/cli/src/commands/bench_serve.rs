@@ -1,6 +1,11 @@
 //! `loupe bench serve`: concurrent clients against a real server on loopback — p50/p99
 //! latency and QPS of SearchFeatures and GetFeature, on the demo store and a synthetic
 //! 1M-feature store, and search latency while model calls keep the worker pool busy.
+//!
+//! Every figure comes with the machine's floor, measured in the same run: the same clients
+//! calling the gRPC health check, which does no work. Its QPS is what loopback gRPC alone
+//! allows here, and by Little's law (latency = clients / QPS) no call can average less
+//! than clients / floor QPS.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,6 +17,8 @@ use loupe_schema::proto::v1 as pb;
 use loupe_schema::proto::v1::features_client::FeaturesClient;
 use serde_json::json;
 use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 use crate::output::print_json;
 
@@ -29,6 +36,13 @@ pub struct ServeArgs {
     /// Concurrent clients, comma-separated.
     #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
     pub clients: Vec<usize>,
+    /// Which calls to measure, comma-separated: search, feature (and the model-load check,
+    /// `load`, on the demo store).
+    #[arg(long, default_value = "search,feature,load", value_delimiter = ',')]
+    pub calls: Vec<String>,
+    /// Skip the demo store (measure only the synthetic one).
+    #[arg(long)]
+    pub synthetic_only: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -53,6 +67,8 @@ async fn start(store: &PathBuf, with_model: bool) -> anyhow::Result<Running> {
 
 #[derive(Clone, Copy)]
 enum Call {
+    /// The gRPC health check: no work, the floor of every other call.
+    Health,
     Search,
     Feature,
     Text,
@@ -64,8 +80,17 @@ struct Workload {
     words: Vec<String>,
 }
 
-async fn one_call(client: &mut FeaturesClient<Channel>, call: Call, workload: &Workload, i: usize) -> anyhow::Result<()> {
+struct Clients {
+    features: FeaturesClient<Channel>,
+    health: HealthClient<Channel>,
+}
+
+async fn one_call(clients: &mut Clients, call: Call, workload: &Workload, i: usize) -> anyhow::Result<()> {
+    let client = &mut clients.features;
     match call {
+        Call::Health => {
+            clients.health.check(HealthCheckRequest { service: String::new() }).await?;
+        }
         Call::Search => {
             let query = workload.words[i % workload.words.len()].clone();
             client.search_features(pb::SearchFeaturesRequest { query, limit: 20, ..Default::default() }).await?;
@@ -93,7 +118,8 @@ async fn measure(addr: &str, call: Call, clients: usize, seconds: f64, workload:
     let until = Instant::now() + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let mut client = FeaturesClient::new(channels[c % channels.len()].clone()).max_decoding_message_size(64 << 20);
+        let channel = channels[c % channels.len()].clone();
+        let mut client = Clients { features: FeaturesClient::new(channel.clone()).max_decoding_message_size(64 << 20), health: HealthClient::new(channel) };
         let workload = workload.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -144,7 +170,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = args.store.clone().unwrap_or_else(|| loupe_engine::loupe_home().join("demo-store"));
     let mut report = Vec::new();
     runtime.block_on(async {
-        let mut stores = vec![("demo", store.clone(), true)];
+        let mut stores = if args.synthetic_only { vec![] } else { vec![("demo", store.clone(), true)] };
         if args.synthetic.join("CURRENT").exists() {
             stores.push(("synthetic 1M", args.synthetic.clone(), false));
         } else {
@@ -153,14 +179,28 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         for (name, path, with_model) in stores {
             let server = start(&path, with_model).await?;
             let workload = Arc::new(workload_of(&server.addr).await?);
-            for (call_name, call) in [("SearchFeatures", Call::Search), ("GetFeature", Call::Feature)] {
+            let wanted = |call: &str| args.calls.iter().any(|c| c == call);
+            let mut floor_qps = std::collections::HashMap::new();
+            for &clients in &args.clients {
+                let (p50, p99, qps) = measure(&server.addr, Call::Health, clients, args.seconds.min(2.0), &workload).await?;
+                eprintln!("{name:<13} {:<15} {clients:>3} clients  p50 {p50:>8.2} ms  p99 {p99:>8.2} ms  {qps:>8.0} QPS (floor: no work)", "health check");
+                report.push(json!({"store": name, "call": "health check (floor)", "clients": clients, "p50_ms": p50, "p99_ms": p99, "qps": qps}));
+                floor_qps.insert(clients, qps);
+            }
+            for (call_name, call, key) in [("SearchFeatures", Call::Search, "search"), ("GetFeature", Call::Feature, "feature")] {
+                if !wanted(key) {
+                    continue;
+                }
                 for &clients in &args.clients {
                     let (p50, p99, qps) = measure(&server.addr, call, clients, args.seconds, &workload).await?;
-                    eprintln!("{name:<13} {call_name:<15} {clients:>3} clients  p50 {p50:>8.2} ms  p99 {p99:>8.2} ms  {qps:>8.0} QPS");
-                    report.push(json!({"store": name, "call": call_name, "clients": clients, "p50_ms": p50, "p99_ms": p99, "qps": qps}));
+                    let floor = floor_qps[&clients];
+                    // Little's law: with `clients` always waiting, the mean latency is clients / QPS.
+                    let bound_ms = clients as f64 / floor * 1e3;
+                    eprintln!("{name:<13} {call_name:<15} {clients:>3} clients  p50 {p50:>8.2} ms  p99 {p99:>8.2} ms  {qps:>8.0} QPS ({:.0}% of the floor; mean latency >= {bound_ms:.2} ms here)", 100.0 * qps / floor);
+                    report.push(json!({"store": name, "call": call_name, "clients": clients, "p50_ms": p50, "p99_ms": p99, "qps": qps, "fraction_of_floor_qps": qps / floor, "floor_mean_latency_ms": bound_ms}));
                 }
             }
-            if with_model {
+            if with_model && wanted("load") {
                 // Search while TopFeaturesForText calls keep the model workers saturated.
                 let idle = measure(&server.addr, Call::Search, 16, args.seconds, &workload).await?;
                 let loaders: Vec<_> = (0..4)
@@ -190,9 +230,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         if r.get("ratio").is_some() {
             println!("{:<13} {:<32} {:>7} idle p99 {:.2} ms, loaded p99 {:.2} ms: {:.2}x (target <= 2x)", r["store"].as_str().unwrap_or(""), r["call"].as_str().unwrap_or(""), r["clients"], r["p99_idle_ms"].as_f64().unwrap_or(0.0), r["p99_loaded_ms"].as_f64().unwrap_or(0.0), r["ratio"].as_f64().unwrap_or(0.0));
         } else {
-            println!("{:<13} {:<32} {:>7} {:>9.2} {:>9.2} {:>9.0}", r["store"].as_str().unwrap_or(""), r["call"].as_str().unwrap_or(""), r["clients"], r["p50_ms"].as_f64().unwrap_or(0.0), r["p99_ms"].as_f64().unwrap_or(0.0), r["qps"].as_f64().unwrap_or(0.0));
+            let of_floor = r["fraction_of_floor_qps"].as_f64().map_or(String::new(), |f| format!("  {:>5.1}% of floor QPS", 100.0 * f));
+            println!("{:<13} {:<32} {:>7} {:>9.2} {:>9.2} {:>9.0}{of_floor}", r["store"].as_str().unwrap_or(""), r["call"].as_str().unwrap_or(""), r["clients"], r["p50_ms"].as_f64().unwrap_or(0.0), r["p99_ms"].as_f64().unwrap_or(0.0), r["qps"].as_f64().unwrap_or(0.0));
         }
     }
     println!("targets on the 1M store with 64 clients: SearchFeatures p99 <= 10 ms, GetFeature p99 <= 20 ms");
+    println!("floor: the health check, which does no work, on the same server and clients; by Little's law no call averages below clients / floor QPS");
     Ok(())
 }
