@@ -32,8 +32,8 @@ pub struct StoreReader {
     feature_rows: OnceCell<RowLocator>,
     example_rows: OnceCell<RowLocator>,
     /// Point reads of every column but `dictionary_id` (see `PointReads`).
-    feature_taker: PointReads,
-    example_taker: PointReads,
+    feature_reads: PointReads,
+    example_reads: PointReads,
 }
 
 /// Point reads of one table: every column but `dictionary_id`, which is filled in. Lance
@@ -50,6 +50,11 @@ impl PointReads {
         let full: arrow_schema::SchemaRef = Arc::new(dataset.schema().into());
         let columns: Vec<&str> = full.fields().iter().map(|f| f.name().as_str()).filter(|&name| name != "dictionary_id").collect();
         Ok(PointReads { taker: RowTaker::new(dataset, table, &columns)?, full })
+    }
+
+    /// Opens the table's files now, so that no request pays for it.
+    async fn open_all(&self) -> Result<()> {
+        self.taker.open_all().await
     }
 
     /// The rows of one dictionary at `addresses`, all columns.
@@ -100,9 +105,9 @@ impl StoreReader {
             }
         }
         let search = SearchIndex::open(&root.join(&generation.search))?;
-        let feature_taker = PointReads::new(&features, FEATURES)?;
-        let example_taker = PointReads::new(&examples, EXAMPLES)?;
-        Ok(StoreReader { root, generation, dictionaries, features, examples, search, decoders, feature_rows: OnceCell::new(), example_rows: OnceCell::new(), feature_taker, example_taker })
+        let feature_reads = PointReads::new(&features, FEATURES)?;
+        let example_reads = PointReads::new(&examples, EXAMPLES)?;
+        Ok(StoreReader { root, generation, dictionaries, features, examples, search, decoders, feature_rows: OnceCell::new(), example_rows: OnceCell::new(), feature_reads, example_reads })
     }
 
     pub fn root(&self) -> &Path {
@@ -138,8 +143,8 @@ impl StoreReader {
     pub async fn warm(&self) -> Result<()> {
         self.feature_locator().await?;
         self.example_locator().await?;
-        self.feature_taker.taker.open_all().await?;
-        self.example_taker.taker.open_all().await
+        self.feature_reads.open_all().await?;
+        self.example_reads.open_all().await
     }
 
     async fn feature_locator(&self) -> Result<&RowLocator> {
@@ -152,7 +157,7 @@ impl StoreReader {
 
     pub async fn feature(&self, dictionary_id: &str, feature: u32) -> Result<Option<FeatureRecord>> {
         let addresses = self.feature_locator().await?.addresses(dictionary_id, feature);
-        let batch = self.feature_taker.take(dictionary_id, &addresses).await?;
+        let batch = self.feature_reads.take(dictionary_id, &addresses).await?;
         Ok(features_from_batch(&batch)?.into_iter().next())
     }
 
@@ -163,7 +168,7 @@ impl StoreReader {
         match feature {
             Some(feature) => {
                 let addresses = self.example_locator().await?.addresses(dictionary_id, feature);
-                out.extend(examples_from_batch(&self.example_taker.take(dictionary_id, &addresses).await?)?);
+                out.extend(examples_from_batch(&self.example_reads.take(dictionary_id, &addresses).await?)?);
             }
             None => {
                 let filter = format!("dictionary_id = {}", quote(dictionary_id));
