@@ -30,13 +30,14 @@ fn logits(effects: &[LogitEffect]) -> Vec<pb::LogitEffect> {
     effects.iter().map(|l| pb::LogitEffect { token_id: l.token_id, token: l.token.clone(), value: l.value }).collect()
 }
 
-fn example(e: &ExampleRecord) -> pb::Example {
+/// Moves the example's token lists into the message instead of copying them.
+fn example(e: ExampleRecord) -> pb::Example {
     pb::Example {
         max_activation: e.max_activation,
         max_position: e.max_position,
-        token_ids: e.token_ids.clone(),
-        tokens: e.tokens.clone(),
-        activations: e.activations.clone(),
+        token_ids: e.token_ids,
+        tokens: e.tokens,
+        activations: e.activations,
         document_id: e.document_id,
         document_offset: e.document_offset,
         window: e.window,
@@ -45,7 +46,7 @@ fn example(e: &ExampleRecord) -> pb::Example {
 
 /// The dashboard: statistics, logit effects, neighbours and (at most `max_top` /
 /// `max_interval` per interval, 0 = all) examples.
-pub fn dashboard(feature: &FeatureRecord, hook: &str, examples: &[ExampleRecord], max_top: usize, max_interval: usize) -> pb::FeatureDashboard {
+pub fn dashboard(feature: &FeatureRecord, hook: &str, examples: Vec<ExampleRecord>, max_top: usize, max_interval: usize) -> pb::FeatureDashboard {
     let mut top_examples = Vec::new();
     let mut interval_examples: Vec<pb::IntervalExamples> = Vec::new();
     for e in examples {

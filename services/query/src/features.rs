@@ -94,7 +94,7 @@ impl Features for FeaturesService {
             let dictionary = snapshot.check_feature(&f.dictionary_id, f.feature)?;
             let (feature, examples) = tokio::join!(snapshot.reader.feature(&f.dictionary_id, f.feature), snapshot.reader.examples(&f.dictionary_id, Some(f.feature)));
             let feature = feature?.ok_or_else(|| ServiceError::NotFound(format!("feature {} of {:?} is not in the store", f.feature, f.dictionary_id)))?;
-            let dashboard = convert::dashboard(&feature, &dictionary.hook, &examples?, r.max_top_examples as usize, r.max_interval_examples as usize);
+            let dashboard = convert::dashboard(&feature, &dictionary.hook, examples?, r.max_top_examples as usize, r.max_interval_examples as usize);
             Ok(pb::GetFeatureResponse { dashboard: Some(dashboard) })
         })
         .await
