@@ -5,7 +5,9 @@
 //! model, the dictionaries and the reducer settings:
 //! - `run-<run key>-<i>-of-<n>.ckpt`: the state of shard i of n of a run over some corpus
 //!   (the run key adds the corpus and where its ids start); complete or resumable;
-//! - `committed.state`: the state behind the last commit, which `--append` extends.
+//! - `committed.state`: the state behind the last commit, which `--append` extends;
+//! - `committed.run`: the run key and generation of the last commit, so that running the
+//!   same job over the same, unchanged corpus again finds it done instead of redoing it.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -142,6 +144,15 @@ pub struct RunOptions {
     pub shard: Shard,
     /// Add the corpus to the last committed run instead of replacing it.
     pub append: bool,
+    /// Index even if this exact run is already the store's last commit.
+    pub force: bool,
+}
+
+/// `committed.run`: which run the last commit was.
+#[derive(Serialize, Deserialize)]
+struct CommittedRun {
+    run_key: String,
+    generation: u64,
 }
 
 /// Callbacks while a job runs.
@@ -154,6 +165,9 @@ pub struct JobHooks<'a> {
 #[derive(Debug)]
 pub enum Outcome {
     Committed(Generation),
+    /// This exact run (model, dictionaries, settings, corpus files unchanged) is already the
+    /// store's last commit, this generation; nothing was done.
+    UpToDate(Generation),
     /// This shard is done; `loupe index merge` commits when all are.
     ShardDone { shard: Shard, pending: Vec<u64> },
     Interrupted,
@@ -229,6 +243,21 @@ impl Job {
         self.job_dir().join("committed.state")
     }
 
+    fn committed_run_path(&self) -> PathBuf {
+        self.job_dir().join("committed.run")
+    }
+
+    /// The store's current generation if the last commit was `run_key` and nothing was
+    /// committed since.
+    fn up_to_date(&self, run_key: &str) -> Result<Option<Generation>> {
+        // A missing or unreadable record only means the run is done again.
+        let Some(record) = std::fs::read(self.committed_run_path()).ok().and_then(|bytes| serde_json::from_slice::<CommittedRun>(&bytes).ok()) else {
+            return Ok(None);
+        };
+        let current = loupe_store::layout::current(&self.config.store)?;
+        Ok(current.filter(|g| record.run_key == run_key && g.generation == record.generation))
+    }
+
     fn committed_state(&self) -> Result<IndexState> {
         match Checkpoint::load(&self.committed_state_path())? {
             Some(c) => Ok(c.state),
@@ -270,6 +299,11 @@ impl Job {
         let base = if options.append { Some(self.committed_state()?) } else { None };
         let first_ids = base.as_ref().map_or((0, 0), IndexState::next_ids);
         let run_key = self.run_key(first_ids)?;
+        if !options.append && !options.force && options.shard == Shard::WHOLE {
+            if let Some(generation) = self.up_to_date(&run_key)? {
+                return Ok(RunReport { outcome: Outcome::UpToDate(generation), tokens: 0, windows: 0, timings: PassTimings::default(), finalize: Duration::ZERO, commit: Duration::ZERO, resumed_from: 0 });
+            }
+        }
         let checkpoint_path = self.checkpoint_path(&run_key, options.shard);
         std::fs::create_dir_all(self.job_dir()).map_err(|e| IndexError::io(self.job_dir(), e))?;
         let resumed = Checkpoint::load(&checkpoint_path)?.filter(|c| c.run_key == run_key);
@@ -376,6 +410,8 @@ impl Job {
             written
         })?;
         Checkpoint { run_key: self.index_key.clone(), next_window: u64::MAX, complete: true, state }.save(&self.committed_state_path())?;
+        let record = serde_json::to_vec(&CommittedRun { run_key: run_key.into(), generation: generation.generation }).expect("a run record serializes");
+        std::fs::write(self.committed_run_path(), record).map_err(|e| IndexError::io(self.committed_run_path(), e))?;
         self.remove_run_checkpoints(run_key)?;
         Ok((generation, finalize, t.elapsed()))
     }

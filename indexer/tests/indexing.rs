@@ -63,9 +63,14 @@ fn top_examples_equal_a_brute_force_reference_and_reencode_alone() {
     config.max_tokens = Some((n_windows * (CONTEXT - 1)) as u64);
     let job = Job::prepare(config, &model_path()).unwrap();
     let interrupted = AtomicBool::new(false);
-    let report = job.run(RunOptions { shard: Shard::WHOLE, append: false }, &JobHooks { progress: &|_, _| {}, interrupted: &interrupted }).unwrap();
-    assert!(matches!(report.outcome, Outcome::Committed(_)), "{report:?}");
+    let report = job.run(RunOptions { shard: Shard::WHOLE, append: false, force: false }, &JobHooks { progress: &|_, _| {}, interrupted: &interrupted }).unwrap();
+    let Outcome::Committed(committed) = &report.outcome else { panic!("{report:?}") };
     assert_eq!(report.windows, n_windows as u64);
+    // The same job over the same, unchanged corpus is already done: no pass, no commit.
+    let again = job.run(RunOptions { shard: Shard::WHOLE, append: false, force: false }, &JobHooks { progress: &|_, _| {}, interrupted: &interrupted }).unwrap();
+    let Outcome::UpToDate(current) = &again.outcome else { panic!("{again:?}") };
+    assert_eq!((current.generation, again.windows), (committed.generation, 0));
+    assert_eq!(loupe_store::layout::current(&dir.path().join("store")).unwrap().unwrap().generation, committed.generation);
 
     // Brute force: every activation of every window, batched as the job batches them (so
     // the numbers are bit-identical), then sorted per feature.

@@ -38,7 +38,7 @@ fn build_store(dir: &Path) -> PathBuf {
     config.top_k = 8;
     let job = Job::prepare(config, &loupe_engine::model::default_model_path()).unwrap();
     let interrupted = AtomicBool::new(false);
-    job.run(RunOptions { shard: Shard::WHOLE, append: false }, &JobHooks { progress: &|_, _| {}, interrupted: &interrupted }).unwrap();
+    job.run(RunOptions { shard: Shard::WHOLE, append: false, force: false }, &JobHooks { progress: &|_, _| {}, interrupted: &interrupted }).unwrap();
     dir.join("store")
 }
 

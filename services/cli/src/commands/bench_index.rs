@@ -45,7 +45,7 @@ fn single(args: &IndexArgs) -> anyhow::Result<serde_json::Value> {
     let model_path = config.model.clone().unwrap_or_else(loupe_engine::model::default_model_path);
     let job = loupe_indexer::Job::prepare(config, &model_path)?;
     let interrupted = AtomicBool::new(false);
-    let report = job.run(RunOptions { shard: Shard::WHOLE, append: false }, &JobHooks { progress: &|_, _| {}, interrupted: &interrupted })?;
+    let report = job.run(RunOptions { shard: Shard::WHOLE, append: false, force: true }, &JobHooks { progress: &|_, _| {}, interrupted: &interrupted })?;
     anyhow::ensure!(matches!(report.outcome, Outcome::Committed(_)), "the benchmark run did not commit");
     let t = report.timings;
     let engine = (t.forward + t.encode).as_secs_f64();

@@ -82,6 +82,10 @@ pub struct JobArgs {
     /// Add this corpus to the last committed run (same dictionaries and settings).
     #[arg(long)]
     pub append: bool,
+    /// Index again even if this exact run (same model, dictionaries, settings and corpus
+    /// files) is already the store's last commit.
+    #[arg(long)]
+    pub force: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -176,7 +180,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bar.set_message(format!("{} tokens, {rate:.0} tok/s", p.tokens));
     };
     let hooks = JobHooks { progress: &progress, interrupted: &interrupted };
-    let report = job.run(RunOptions { shard, append: args.job.append }, &hooks);
+    let report = job.run(RunOptions { shard, append: args.job.append, force: args.job.force }, &hooks);
     bar.finish_and_clear();
     let report = report?;
     print_report(&job, &report, args.job.json)
@@ -186,6 +190,7 @@ fn print_report(job: &Job, report: &RunReport, as_json: bool) -> anyhow::Result<
     let store = job.config.store.display();
     let (status, detail) = match &report.outcome {
         Outcome::Committed(g) => ("committed", json!({"generation": g.generation, "versions": g.versions})),
+        Outcome::UpToDate(g) => ("up_to_date", json!({"generation": g.generation, "versions": g.versions})),
         Outcome::ShardDone { shard, pending } => ("shard_done", json!({"shard": format!("{}/{}", shard.index, shard.count), "pending": pending})),
         Outcome::Interrupted => ("interrupted", json!({})),
     };
@@ -209,6 +214,10 @@ fn print_report(job: &Job, report: &RunReport, as_json: bool) -> anyhow::Result<
         Outcome::Committed(g) => {
             println!("indexed {} tokens ({} windows) at {rate:.0} tok/s into {store}, generation {}", report.tokens, report.windows, g.generation);
             println!("dictionaries: {}", job.dictionary_ids().join(", "));
+            println!("next: `loupe serve --store {store}`, then `loupe search WORD` or `loupe show DICTIONARY/FEATURE`");
+        }
+        Outcome::UpToDate(g) => {
+            println!("already indexed: generation {} of {store} is this exact run (same model, dictionaries, settings and corpus files); nothing to do (--force indexes again)", g.generation);
             println!("next: `loupe serve --store {store}`, then `loupe search WORD` or `loupe show DICTIONARY/FEATURE`");
         }
         Outcome::ShardDone { shard, pending } if pending.is_empty() => {
