@@ -22,3 +22,13 @@ for _ in $(seq 1 300); do
 done
 python3 -m pip install -q --disable-pip-version-check "./clients/python[test]"
 LOUPE_TEST_SERVER="127.0.0.1:$port" python3 -m pytest -q clients/python/tests
+# `loupe bench serve --server` against the same running server: every call measured, with its floor.
+"$loupe" bench serve --server "$LOUPE_SERVER" --seconds 0.3 --clients 1,4 --calls search,feature --json > "$work/bench.json"
+python3 - "$work/bench.json" <<'PY'
+import json, sys
+rows = json.load(open(sys.argv[1]))
+calls = {(r["call"], r["clients"]) for r in rows if r.get("qps", 0) > 0 and r["p99_ms"] >= r["p50_ms"] > 0}
+want = {(c, n) for c in ("health check (floor)", "SearchFeatures", "GetFeature") for n in (1, 4)}
+assert want <= calls, f"bench serve --server measured {sorted(calls)}, expected {sorted(want)}"
+print(f"bench serve --server: {len(rows)} measurements")
+PY

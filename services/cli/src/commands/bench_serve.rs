@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// Skip the demo store (measure only the synthetic one).
     #[arg(long)]
     pub synthetic_only: bool,
+    /// Measure a server that is already running (e.g. on another host, so that the clients
+    /// do not share its cores) instead of starting the demo and synthetic ones here.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -63,6 +67,23 @@ async fn start(store: &PathBuf, with_model: bool) -> anyhow::Result<Running> {
         let _ = stopped.await;
     }));
     Ok(Running { addr: format!("http://{addr}"), _stop: stop })
+}
+
+/// A server to measure: one started here (kept running while `_running` lives) or one
+/// given by `--server`.
+struct Target {
+    name: String,
+    addr: String,
+    /// Whether it runs a model, so that the search-under-model-load check applies.
+    with_model: bool,
+    _running: Option<Running>,
+}
+
+/// Whether the server at `url` has a dictionary loaded with its model (TopFeaturesForText works).
+async fn has_model(url: &str) -> anyhow::Result<bool> {
+    let channel = Channel::from_shared(url.to_string())?.connect().await.with_context(|| format!("connecting to {url}"))?;
+    let list = FeaturesClient::new(channel).list_dictionaries(pb::ListDictionariesRequest {}).await?.into_inner();
+    Ok(list.dictionaries.iter().any(|d| d.loaded))
 }
 
 #[derive(Clone, Copy)]
@@ -170,19 +191,29 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = args.store.clone().unwrap_or_else(|| loupe_engine::loupe_home().join("demo-store"));
     let mut report = Vec::new();
     runtime.block_on(async {
-        let mut stores = if args.synthetic_only { vec![] } else { vec![("demo", store.clone(), true)] };
-        if args.synthetic.join("CURRENT").exists() {
-            stores.push(("synthetic 1M", args.synthetic.clone(), false));
-        } else {
-            eprintln!("no synthetic store at {}: run `loupe bench store` first to include it", args.synthetic.display());
+        let mut targets = Vec::new();
+        match &args.server {
+            Some(url) => targets.push(Target { name: "server".into(), addr: url.clone(), with_model: has_model(url).await?, _running: None }),
+            None => {
+                let mut stores = if args.synthetic_only { vec![] } else { vec![("demo", store.clone(), true)] };
+                if args.synthetic.join("CURRENT").exists() {
+                    stores.push(("synthetic 1M", args.synthetic.clone(), false));
+                } else {
+                    eprintln!("no synthetic store at {}: run `loupe bench store` first to include it", args.synthetic.display());
+                }
+                for (name, path, with_model) in stores {
+                    let running = start(&path, with_model).await?;
+                    targets.push(Target { name: name.into(), addr: running.addr.clone(), with_model, _running: Some(running) });
+                }
+            }
         }
-        for (name, path, with_model) in stores {
-            let server = start(&path, with_model).await?;
-            let workload = Arc::new(workload_of(&server.addr).await?);
+        for target in &targets {
+            let (name, with_model) = (target.name.as_str(), target.with_model);
+            let workload = Arc::new(workload_of(&target.addr).await?);
             let wanted = |call: &str| args.calls.iter().any(|c| c == call);
             let mut floor_qps = std::collections::HashMap::new();
             for &clients in &args.clients {
-                let (p50, p99, qps) = measure(&server.addr, Call::Health, clients, args.seconds.min(2.0), &workload).await?;
+                let (p50, p99, qps) = measure(&target.addr, Call::Health, clients, args.seconds.min(2.0), &workload).await?;
                 eprintln!("{name:<13} {:<15} {clients:>3} clients  p50 {p50:>8.2} ms  p99 {p99:>8.2} ms  {qps:>8.0} QPS (floor: no work)", "health check");
                 report.push(json!({"store": name, "call": "health check (floor)", "clients": clients, "p50_ms": p50, "p99_ms": p99, "qps": qps}));
                 floor_qps.insert(clients, qps);
@@ -192,7 +223,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     continue;
                 }
                 for &clients in &args.clients {
-                    let (p50, p99, qps) = measure(&server.addr, call, clients, args.seconds, &workload).await?;
+                    let (p50, p99, qps) = measure(&target.addr, call, clients, args.seconds, &workload).await?;
                     let floor = floor_qps[&clients];
                     // Little's law: with `clients` always waiting, the mean latency is clients / QPS.
                     let bound_ms = clients as f64 / floor * 1e3;
@@ -202,15 +233,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
             if with_model && wanted("load") {
                 // Search while TopFeaturesForText calls keep the model workers saturated.
-                let idle = measure(&server.addr, Call::Search, 16, args.seconds, &workload).await?;
+                let idle = measure(&target.addr, Call::Search, 16, args.seconds, &workload).await?;
                 let loaders: Vec<_> = (0..4)
                     .map(|_| {
-                        let (addr, workload) = (server.addr.clone(), workload.clone());
+                        let (addr, workload) = (target.addr.clone(), workload.clone());
                         tokio::spawn(async move { measure(&addr, Call::Text, 4, args.seconds + 1.0, &workload).await })
                     })
                     .collect();
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                let loaded = measure(&server.addr, Call::Search, 16, args.seconds, &workload).await?;
+                let loaded = measure(&target.addr, Call::Search, 16, args.seconds, &workload).await?;
                 let mut model_qps = 0.0;
                 for l in loaders {
                     model_qps += l.await??.2;
