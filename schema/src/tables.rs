@@ -5,11 +5,13 @@
 
 use std::sync::Arc;
 
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 pub const DICTIONARIES: &str = "dictionaries";
 pub const FEATURES: &str = "features";
 pub const EXAMPLES: &str = "examples";
+/// Append-only, outside generations: every label ever set (the latest per feature wins).
+pub const LABELS: &str = "labels";
 
 /// The kind column of `examples`: the K max-activating windows, or samples of an interval.
 pub const KIND_TOP: &str = "top";
@@ -91,5 +93,18 @@ pub fn examples() -> SchemaRef {
         // Where the max token comes from: document (ordinal in the corpus) and token offset.
         Field::new("document_id", DataType::UInt64, false),
         Field::new("document_offset", DataType::UInt32, false),
+    ]))
+}
+
+/// One row per label write (append-only: history is kept, the last committed row of a
+/// feature is its label). A null `label` clears it.
+pub fn labels() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("dictionary_id", DataType::Utf8, false),
+        Field::new("feature", DataType::UInt32, false),
+        Field::new("label", DataType::Utf8, true),
+        // Who wrote it (the caller's identity once the server authenticates callers).
+        Field::new("author", DataType::Utf8, false),
+        Field::new("created_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
     ]))
 }

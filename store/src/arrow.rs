@@ -4,12 +4,12 @@ use std::sync::Arc;
 
 use arrow_array::builder::{ListBuilder, PrimitiveBuilder, StringBuilder};
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float32Type, Float64Type, UInt32Type, UInt64Type};
-use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, Float32Array, Float64Array, ListArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow_array::types::{Float32Type, Float64Type, TimestampMicrosecondType, UInt32Type, UInt64Type};
+use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, Float32Array, Float64Array, ListArray, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array, UInt64Array};
 use loupe_schema::tables;
 
 use crate::error::{Result, StoreError};
-use crate::records::{DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord, LogitEffect, Neighbour};
+use crate::records::{DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord, LabelRecord, LogitEffect, Neighbour};
 
 fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(values))
@@ -172,6 +172,10 @@ impl<'a> Columns<'a> {
         self.column(name)?.as_primitive_opt::<UInt64Type>().ok_or_else(|| self.error(name, "expected uint64"))
     }
 
+    pub fn timestamp_us(&self, name: &str) -> Result<&'a TimestampMicrosecondArray> {
+        self.column(name)?.as_primitive_opt::<TimestampMicrosecondType>().ok_or_else(|| self.error(name, "expected timestamp[us]"))
+    }
+
     pub fn f32(&self, name: &str) -> Result<&'a Float32Array> {
         self.column(name)?.as_primitive_opt::<Float32Type>().ok_or_else(|| self.error(name, "expected float32"))
     }
@@ -301,6 +305,34 @@ pub fn examples_from_batch(batch: &RecordBatch) -> Result<Vec<ExampleRecord>> {
                 activations: c.list_f32("activations", i)?,
                 document_id: c.u64("document_id")?.value(i),
                 document_offset: c.u32("document_offset")?.value(i),
+            })
+        })
+        .collect()
+}
+
+pub fn labels_batch(rows: &[LabelRecord]) -> Result<RecordBatch> {
+    let columns: Vec<ArrayRef> = vec![
+        strings(rows.iter().map(|r| r.dictionary_id.as_str())),
+        u32s(rows.iter().map(|r| r.feature)),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.label.as_deref()))),
+        strings(rows.iter().map(|r| r.author.as_str())),
+        Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.created_at_us)).with_timezone("UTC")),
+    ];
+    Ok(RecordBatch::try_new(tables::labels(), columns)?)
+}
+
+pub fn labels_from_batch(batch: &RecordBatch) -> Result<Vec<LabelRecord>> {
+    let c = Columns::new(tables::LABELS, batch);
+    let (ids, features, authors) = (c.str("dictionary_id")?, c.u32("feature")?, c.str("author")?);
+    let created = c.timestamp_us("created_at")?;
+    (0..batch.num_rows())
+        .map(|i| {
+            Ok(LabelRecord {
+                dictionary_id: ids.value(i).into(),
+                feature: features.value(i),
+                label: c.opt_str("label", i)?,
+                author: authors.value(i).into(),
+                created_at_us: created.value(i),
             })
         })
         .collect()

@@ -1,10 +1,12 @@
 //! loupe-store: the feature store. Lance tables (`dictionaries`, `features`, `examples`,
 //! and `decoders_{width}` for vector search) under one root, a tantivy index over the
 //! features, and generations that name one Lance version per table so that every commit is
-//! atomic and stays readable.
+//! atomic and stays readable; and append-only tables outside generations (`labels`) for
+//! the many small writes that clients make.
 
 mod arrow;
 pub mod error;
+pub mod labels;
 pub mod layout;
 mod locator;
 pub mod reader;
@@ -19,7 +21,8 @@ pub mod writer;
 pub use error::{Result, StoreError};
 pub use layout::Generation;
 pub use reader::StoreReader;
-pub use records::{DictionaryCommit, DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord, LogitEffect, Neighbour};
+pub use labels::{append_labels, label_history};
+pub use records::{DictionaryCommit, DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord, LabelRecord, LogitEffect, Neighbour};
 pub use search::{SearchFilter, SearchHit, SearchResults};
 pub use vectors::SimilarFeature;
 pub use writer::StoreWriter;

@@ -1,8 +1,8 @@
 //! Reading one committed generation of a store.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use arrow_array::RecordBatch;
 use lance::Dataset;
@@ -14,7 +14,8 @@ use crate::error::{Result, StoreError};
 use crate::layout::{self, Generation};
 use crate::locator::RowLocator;
 use crate::records::{DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord};
-use crate::search::{SearchFilter, SearchIndex, SearchResults};
+use crate::labels::LabelCursor;
+use crate::search::{FeatureSite, SearchFilter, SearchIndex, SearchResults};
 use crate::tables::{open_at, quote, scan};
 use crate::taker::RowTaker;
 use crate::vectors::{self, SimilarFeature};
@@ -34,6 +35,11 @@ pub struct StoreReader {
     /// Point reads of every column but `dictionary_id` (see `PointReads`).
     feature_reads: PointReads,
     example_reads: PointReads,
+    /// Follows the append-only `labels` table (refreshed by `refresh_labels`).
+    label_cursor: tokio::sync::Mutex<LabelCursor>,
+    /// The current label of every feature labelled through the table (None: cleared),
+    /// which overrides the label its generation was built with.
+    labels: RwLock<HashMap<(String, u32), Option<String>>>,
 }
 
 /// Point reads of one table: every column but `dictionary_id`, which is filled in. Lance
@@ -107,7 +113,24 @@ impl StoreReader {
         let search = SearchIndex::open(&root.join(&generation.search))?;
         let feature_reads = PointReads::new(&features, FEATURES)?;
         let example_reads = PointReads::new(&examples, EXAMPLES)?;
-        Ok(StoreReader { root, generation, dictionaries, features, examples, search, decoders, feature_rows: OnceCell::new(), example_rows: OnceCell::new(), feature_reads, example_reads })
+        let label_cursor = tokio::sync::Mutex::new(LabelCursor::new(&root));
+        let reader = StoreReader {
+            root,
+            generation,
+            dictionaries,
+            features,
+            examples,
+            search,
+            decoders,
+            feature_rows: OnceCell::new(),
+            example_rows: OnceCell::new(),
+            feature_reads,
+            example_reads,
+            label_cursor,
+            labels: RwLock::new(HashMap::new()),
+        };
+        reader.refresh_labels().await?;
+        Ok(reader)
     }
 
     pub fn root(&self) -> &Path {
@@ -127,8 +150,15 @@ impl StoreReader {
         Ok(out)
     }
 
-    /// Every feature of a dictionary, by index.
+    /// Every feature of a dictionary, by index, with its current label.
     pub async fn features(&self, dictionary_id: &str) -> Result<Vec<FeatureRecord>> {
+        let mut out = self.features_as_built(dictionary_id).await?;
+        out.iter_mut().for_each(|f| self.apply_label(f));
+        Ok(out)
+    }
+
+    /// Every feature of a dictionary, by index, as its generation stored them.
+    pub async fn features_as_built(&self, dictionary_id: &str) -> Result<Vec<FeatureRecord>> {
         let filter = format!("dictionary_id = {}", quote(dictionary_id));
         let mut out = Vec::new();
         for batch in scan(&self.features, FEATURES, Some(&filter), None).await? {
@@ -155,10 +185,66 @@ impl StoreReader {
         self.example_rows.get_or_try_init(|| RowLocator::build(&self.examples, EXAMPLES)).await
     }
 
+    /// One feature, with its current label.
     pub async fn feature(&self, dictionary_id: &str, feature: u32) -> Result<Option<FeatureRecord>> {
+        let record = self.feature_as_built(dictionary_id, feature).await?;
+        Ok(record.map(|mut r| {
+            self.apply_label(&mut r);
+            r
+        }))
+    }
+
+    /// One feature as its generation stored it (with the label it was built with).
+    async fn feature_as_built(&self, dictionary_id: &str, feature: u32) -> Result<Option<FeatureRecord>> {
         let addresses = self.feature_locator().await?.addresses(dictionary_id, feature);
         let batch = self.feature_reads.take(dictionary_id, &addresses).await?;
         Ok(features_from_batch(&batch)?.into_iter().next())
+    }
+
+    fn apply_label(&self, record: &mut FeatureRecord) {
+        if let Some(label) = self.label_override(&record.dictionary_id, record.feature) {
+            record.label = label;
+        }
+    }
+
+    /// A feature's label from the `labels` table, if it was ever written there (Some(None):
+    /// cleared); None means the label of the generation stands.
+    pub fn label_override(&self, dictionary_id: &str, feature: u32) -> Option<Option<String>> {
+        self.labels.read().unwrap_or_else(|p| p.into_inner()).get(&(dictionary_id.to_string(), feature)).cloned()
+    }
+
+    /// Reads label writes appended since the last refresh (by any writer) and makes them
+    /// visible to dashboards and search. Returns how many features changed.
+    pub async fn refresh_labels(&self) -> Result<usize> {
+        let mut cursor = self.label_cursor.lock().await;
+        let changed = cursor.refresh().await?;
+        if changed.is_empty() {
+            return Ok(0);
+        }
+        let sites: HashMap<String, (String, Option<u32>)> = self.dictionaries().await?.into_iter().map(|d| (d.dictionary_id, (d.hook, d.layer))).collect();
+        let mut documents = Vec::new();
+        let mut updates = Vec::with_capacity(changed.len());
+        for (dictionary_id, feature) in changed {
+            let label = cursor.get(&dictionary_id, feature).and_then(|r| r.label.clone());
+            if sites.contains_key(&dictionary_id) {
+                if let Some(mut record) = self.feature_as_built(&dictionary_id, feature).await? {
+                    record.label = label.clone();
+                    documents.push(record);
+                }
+            }
+            updates.push(((dictionary_id, feature), label));
+        }
+        let with_sites: Vec<(FeatureRecord, FeatureSite)> = documents
+            .iter()
+            .map(|r| {
+                let (hook, layer) = &sites[&r.dictionary_id];
+                (r.clone(), FeatureSite { hook: hook.as_str(), layer: *layer })
+            })
+            .collect();
+        self.search.overlay(&with_sites)?;
+        let count = updates.len();
+        self.labels.write().unwrap_or_else(|p| p.into_inner()).extend(updates);
+        Ok(count)
     }
 
     /// Examples of one feature (or of every feature when None): top examples by rank, then

@@ -90,3 +90,22 @@ pub struct DictionaryCommit {
     pub features: Vec<FeatureRecord>,
     pub examples: Vec<ExampleRecord>,
 }
+
+/// One write to the `labels` table: a feature's label from then on (None clears it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelRecord {
+    pub dictionary_id: String,
+    pub feature: u32,
+    pub label: Option<String>,
+    pub author: String,
+    /// Microseconds since the Unix epoch, UTC.
+    pub created_at_us: i64,
+}
+
+impl LabelRecord {
+    /// A label written now.
+    pub fn now(dictionary_id: &str, feature: u32, label: Option<String>, author: &str) -> Self {
+        let created_at_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+        LabelRecord { dictionary_id: dictionary_id.into(), feature, label, author: author.into(), created_at_us }
+    }
+}

@@ -6,9 +6,10 @@
 
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
 
 use tantivy::collector::{Count, TopDocs};
-use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, RangeQuery, RegexQuery, TermQuery};
+use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, RangeQuery, RegexQuery, TermQuery, TermSetQuery};
 use tantivy::schema::{Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT};
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{doc, Index, IndexReader, IndexSettings, ReloadPolicy, TantivyDocument, Term};
@@ -79,6 +80,24 @@ fn regex_escape(text: &str) -> String {
     text.chars().flat_map(|c| if c.is_alphanumeric() { vec![c] } else { vec!['\\', c] }).collect()
 }
 
+/// The document of one feature.
+fn feature_doc(f: &Fields, feature: &FeatureRecord, site: &FeatureSite) -> TantivyDocument {
+    let logits: Vec<&str> = feature.top_logits.iter().map(|l| l.token.as_str()).collect();
+    doc!(
+        f.key => feature_key(&feature.dictionary_id, feature.feature),
+        f.dictionary_id => feature.dictionary_id.as_str(),
+        f.feature => u64::from(feature.feature),
+        f.hook => site.hook,
+        f.layer => site.layer.map_or(NO_LAYER, u64::from),
+        f.density => feature.density,
+        f.max_activation => f64::from(feature.max_activation),
+        f.tokens => feature.top_tokens.join(" "),
+        f.context => feature.top_contexts.join("\n"),
+        f.logits => logits.join(" "),
+        f.label => feature.label.clone().unwrap_or_default(),
+    )
+}
+
 /// Where a feature lives: what the index needs beyond the feature row.
 pub struct FeatureSite<'a> {
     pub hook: &'a str,
@@ -106,47 +125,8 @@ impl IndexBuilder {
     }
 
     pub fn add(&mut self, feature: &FeatureRecord, site: &FeatureSite) -> Result<()> {
-        let f = self.fields;
-        let logits: Vec<&str> = feature.top_logits.iter().map(|l| l.token.as_str()).collect();
-        self.writer.add_document(doc!(
-            f.key => feature_key(&feature.dictionary_id, feature.feature),
-            f.dictionary_id => feature.dictionary_id.as_str(),
-            f.feature => u64::from(feature.feature),
-            f.hook => site.hook,
-            f.layer => site.layer.map_or(NO_LAYER, u64::from),
-            f.density => feature.density,
-            f.max_activation => f64::from(feature.max_activation),
-            f.tokens => feature.top_tokens.join(" "),
-            f.context => feature.top_contexts.join("\n"),
-            f.logits => logits.join(" "),
-            f.label => feature.label.clone().unwrap_or_default(),
-        ))?;
+        self.writer.add_document(feature_doc(&self.fields, feature, site))?;
         Ok(())
-    }
-
-    /// Opens a copy of the index in `from` at `dir` (hard links: segments are immutable) to
-    /// replace some features' documents.
-    pub fn update_copy(from: &Path, dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-        for entry in std::fs::read_dir(from).map_err(|e| StoreError::io(from, e))? {
-            let path = entry.map_err(|e| StoreError::io(from, e))?.path();
-            let name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-            // The lock files belong to the old index's writer.
-            if path.is_file() && !name.to_string_lossy().ends_with(".lock") {
-                let target = dir.join(&name);
-                std::fs::hard_link(&path, &target).or_else(|_| std::fs::copy(&path, &target).map(|_| ())).map_err(|e| StoreError::io(&target, e))?;
-            }
-        }
-        let index = Index::open_in_dir(dir)?;
-        let (_, fields) = schema();
-        let writer = index.writer_with_num_threads(1, 32 << 20)?;
-        Ok(IndexBuilder { index, writer, fields })
-    }
-
-    /// Adds `feature`, replacing its previous document if there was one.
-    pub fn replace(&mut self, feature: &FeatureRecord, site: &FeatureSite) -> Result<()> {
-        self.writer.delete_term(Term::from_field_text(self.fields.key, &feature_key(&feature.dictionary_id, feature.feature)));
-        self.add(feature, site)
     }
 
     pub fn finish(mut self) -> Result<()> {
@@ -186,11 +166,46 @@ pub struct SearchResults {
     pub hits: Vec<SearchHit>,
 }
 
-/// An open, read-only feature index.
+/// An open feature index: one generation's index (read-only) plus an overlay of the
+/// features labelled since it was built.
+///
+/// Labels live outside generations (see `labels.rs`), so a generation's documents carry
+/// the labels of when it was built. Every feature with a later label write gets a fresh
+/// document in a small in-memory overlay index and is masked out of the generation's index;
+/// a search runs on both, scoring the overlay with the generation's BM25 statistics so the
+/// two lists merge by score.
 pub struct SearchIndex {
     reader: IndexReader,
     parser: QueryParser,
     fields: Fields,
+    overlay: Overlay,
+}
+
+/// tantivy's smallest indexing budget (15 MB; it refuses less).
+const OVERLAY_WRITER_BYTES: usize = 15_000_000;
+
+struct Overlay {
+    writer: Mutex<tantivy::IndexWriter>,
+    reader: IndexReader,
+    /// Keys of the features it holds, masked out of the generation's index.
+    keys: RwLock<Arc<Vec<Term>>>,
+}
+
+impl Overlay {
+    fn new() -> Result<Self> {
+        let (schema, _) = schema();
+        let index = Index::create_in_ram(schema);
+        let writer = index.writer_with_num_threads(1, OVERLAY_WRITER_BYTES)?;
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        Ok(Overlay { writer: Mutex::new(writer), reader, keys: RwLock::new(Arc::new(Vec::new())) })
+    }
+}
+
+/// Where a hit was found.
+#[derive(Clone, Copy)]
+enum Source {
+    Generation,
+    Overlay,
 }
 
 impl SearchIndex {
@@ -202,11 +217,34 @@ impl SearchIndex {
         let mut parser = QueryParser::for_index(&index, vec![fields.tokens, fields.context, fields.logits, fields.label]);
         parser.set_field_boost(fields.label, 3.0);
         parser.set_field_boost(fields.tokens, 2.0);
-        Ok(SearchIndex { reader, parser, fields })
+        Ok(SearchIndex { reader, parser, fields, overlay: Overlay::new()? })
     }
 
     pub fn num_features(&self) -> u64 {
         self.reader.searcher().num_docs()
+    }
+
+    /// Puts these features' documents (with their current labels) in the overlay,
+    /// replacing any earlier overlay document of theirs; searchable when this returns.
+    pub fn overlay(&self, features: &[(FeatureRecord, FeatureSite)]) -> Result<()> {
+        if features.is_empty() {
+            return Ok(());
+        }
+        let f = self.fields;
+        let mut writer = self.overlay.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut keys: Vec<Term> = self.overlay.keys.read().unwrap_or_else(|p| p.into_inner()).as_ref().clone();
+        for (feature, site) in features {
+            let key = Term::from_field_text(f.key, &feature_key(&feature.dictionary_id, feature.feature));
+            writer.delete_term(key.clone());
+            writer.add_document(feature_doc(&f, feature, site))?;
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        writer.commit()?;
+        self.overlay.reader.reload()?;
+        *self.overlay.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        Ok(())
     }
 
     /// BM25 search with tantivy's query syntax: words, "phrases", prefix*, AND/OR/-, field:.
@@ -243,13 +281,35 @@ impl SearchIndex {
             let bound = |v: Option<f64>| v.map_or(Bound::Unbounded, |v| Bound::Included(Term::from_field_f64(f.density, v)));
             clauses.push((Occur::Must, Box::new(RangeQuery::new(bound(filter.min_density), bound(filter.max_density)))));
         }
-        let query = BooleanQuery::new(clauses);
+        let overlaid = self.overlay.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
         let searcher = self.reader.searcher();
-        let (top, total) = searcher.search(&query, &(TopDocs::with_limit(limit.max(1)).and_offset(offset).order_by_score(), Count))?;
+        let wanted = offset.saturating_add(limit.max(1));
+        let (mut ranked, total): (Vec<(f32, Source, tantivy::DocAddress)>, usize) = if overlaid.is_empty() {
+            let query = BooleanQuery::new(clauses);
+            let (top, total) = searcher.search(&query, &(TopDocs::with_limit(limit.max(1)).and_offset(offset).order_by_score(), Count))?;
+            (top.into_iter().map(|(score, address)| (score, Source::Generation, address)).collect(), total)
+        } else {
+            let in_overlay = BooleanQuery::new(clauses.iter().map(|(occur, q)| (*occur, q.box_clone())).collect());
+            clauses.push((Occur::MustNot, Box::new(TermSetQuery::new(overlaid.iter().cloned()))));
+            let in_generation = BooleanQuery::new(clauses);
+            let collector = (TopDocs::with_limit(wanted).order_by_score(), Count);
+            let (top, total) = searcher.search(&in_generation, &collector)?;
+            // The overlay scored with the generation's statistics, so the scores compare.
+            let (overlay_top, overlay_total) = self.overlay.reader.searcher().search_with_statistics_provider(&in_overlay, &collector, &searcher)?;
+            let mut ranked: Vec<_> = top.into_iter().map(|(score, address)| (score, Source::Generation, address)).collect();
+            ranked.extend(overlay_top.into_iter().map(|(score, address)| (score, Source::Overlay, address)));
+            ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+            (ranked.into_iter().skip(offset).collect(), total + overlay_total)
+        };
+        ranked.truncate(limit);
+        let overlay_searcher = self.overlay.reader.searcher();
         let snippets = SnippetGenerator::create(&searcher, &*text_query, f.context)?;
-        let mut hits = Vec::with_capacity(top.len());
-        for (score, address) in top.into_iter().take(limit) {
-            let doc: TantivyDocument = searcher.doc(address)?;
+        let mut hits = Vec::with_capacity(ranked.len());
+        for (score, source, address) in ranked {
+            let doc: TantivyDocument = match source {
+                Source::Generation => searcher.doc(address)?,
+                Source::Overlay => overlay_searcher.doc(address)?,
+            };
             let text = |field: Field| doc.get_first(field).and_then(|v| v.as_str()).unwrap_or_default().to_string();
             let number = |field: Field| doc.get_first(field).and_then(|v| v.as_f64()).unwrap_or_default();
             let snippet = snippets.snippet_from_doc(&doc);

@@ -4,9 +4,8 @@ use std::path::Path;
 
 use arrow_array::{RecordBatch, RecordBatchIterator, RecordBatchReader};
 use futures::TryStreamExt;
-use std::sync::Arc;
 
-use lance::dataset::{UpdateBuilder, WriteMode, WriteParams};
+use lance::dataset::{WriteMode, WriteParams};
 use lance::index::DatasetIndexExt;
 use lance::Dataset;
 use lance_index::scalar::ScalarIndexParams;
@@ -102,24 +101,6 @@ pub async fn open_for_write(root: &Path, table: &str, committed: u64) -> Result<
         dataset.restore().await.map_err(lance_err)?;
     }
     Ok(dataset)
-}
-
-/// Sets one feature's label (NULL when None); returns the new version.
-pub async fn update_label(dataset: Dataset, dictionary_id: &str, feature: u32, label: Option<&str>) -> Result<(u64, u64)> {
-    let table = loupe_schema::tables::FEATURES;
-    let lance_err = |e| StoreError::lance(table, e);
-    let value = label.map_or_else(|| "NULL".to_string(), quote);
-    let result = UpdateBuilder::new(Arc::new(dataset))
-        .update_where(&format!("dictionary_id = {} AND feature = {feature}", quote(dictionary_id)))
-        .map_err(lance_err)?
-        .set("label", &value)
-        .map_err(lance_err)?
-        .build()
-        .map_err(lance_err)?
-        .execute()
-        .await
-        .map_err(lance_err)?;
-    Ok((result.new_dataset.version().version, result.rows_updated))
 }
 
 /// All rows matching `filter` (all rows if None), with only `columns` if given.

@@ -15,7 +15,7 @@ use crate::error::{Result, StoreError};
 use crate::layout::{self, Generation, WriterLock};
 use crate::records::{DictionaryCommit, DictionaryRecord, ExampleRecord, FeatureRecord};
 use crate::search::{FeatureSite, IndexBuilder};
-use crate::tables::{delete_dictionaries, index_feature_column, of_dictionaries, open_at, open_for_write, replace_dictionary_rows, scan, sliced, update_label};
+use crate::tables::{delete_dictionaries, index_feature_column, of_dictionaries, open_at, open_for_write, replace_dictionary_rows, scan, sliced};
 use crate::vectors;
 
 /// The one writer of a store (holds an exclusive lock while alive).
@@ -96,46 +96,6 @@ impl StoreWriter {
         }
         self.build_search_index(&versions, &search_dir).await?;
         let message = format!("index {}", ids.join(", "));
-        let generation = Generation { generation, versions, search, committed_at: layout::now_rfc3339(), message };
-        layout::publish(&self.root, &generation)?;
-        Ok(generation)
-    }
-
-    /// Sets (Some) or clears (None) a feature's label, as a new generation whose search
-    /// index finds the feature by its label at once.
-    pub async fn set_label(&self, dictionary_id: &str, feature: u32, label: Option<&str>) -> Result<Generation> {
-        let current = layout::current(&self.root)?.ok_or_else(|| StoreError::Empty { path: self.root.clone() })?;
-        let committed = current.versions.get(FEATURES).copied().ok_or_else(|| StoreError::Corrupt {
-            path: self.root.join("CURRENT"),
-            reason: "no features table".into(),
-        })?;
-        let dataset = open_for_write(&self.root, FEATURES, committed).await?;
-        let (version, updated) = update_label(dataset, dictionary_id, feature, label).await?;
-        if updated != 1 {
-            return Err(StoreError::InvalidRecord(format!("no feature {feature} in dictionary {dictionary_id:?}")));
-        }
-        let mut versions = current.versions.clone();
-        versions.insert(FEATURES.to_string(), version);
-        let features = open_at(&self.root, FEATURES, version).await?;
-        let filter = format!("dictionary_id = {} AND feature = {feature}", crate::tables::quote(dictionary_id));
-        let row = scan(&features, FEATURES, Some(&filter), None).await?;
-        let record = row.iter().map(features_from_batch).collect::<Result<Vec<_>>>()?.into_iter().flatten().next();
-        let record = record.ok_or_else(|| StoreError::InvalidRecord(format!("feature {feature} vanished from {dictionary_id:?}")))?;
-        let dictionaries = open_at(&self.root, DICTIONARIES, versions[DICTIONARIES]).await?;
-        let site = scan(&dictionaries, DICTIONARIES, Some(&format!("dictionary_id = {}", crate::tables::quote(dictionary_id))), None).await?;
-        let site = site.iter().map(dictionaries_from_batch).collect::<Result<Vec<_>>>()?.into_iter().flatten().next();
-        let (hook, layer) = site.map(|d| (d.hook, d.layer)).unwrap_or_default();
-
-        let generation = current.generation + 1;
-        let search = format!("search/g{generation}");
-        let search_dir = self.root.join(&search);
-        if search_dir.exists() {
-            std::fs::remove_dir_all(&search_dir).map_err(|e| StoreError::io(&search_dir, e))?;
-        }
-        let mut index = IndexBuilder::update_copy(&self.root.join(&current.search), &search_dir)?;
-        index.replace(&record, &FeatureSite { hook: &hook, layer })?;
-        index.finish()?;
-        let message = format!("label {dictionary_id}/{feature}");
         let generation = Generation { generation, versions, search, committed_at: layout::now_rfc3339(), message };
         layout::publish(&self.root, &generation)?;
         Ok(generation)

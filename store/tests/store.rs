@@ -1,6 +1,6 @@
 //! The store against real Lance datasets and a real tantivy index in temporary folders.
 
-use loupe_store::{DictionaryCommit, DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord, LogitEffect, Neighbour, SearchFilter, StoreReader, StoreWriter};
+use loupe_store::{append_labels, label_history, DictionaryCommit, DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord, LabelRecord, LogitEffect, Neighbour, SearchFilter, StoreReader, StoreWriter};
 
 fn dictionary(id: &str, layer: u32) -> DictionaryRecord {
     DictionaryRecord {
@@ -186,37 +186,101 @@ fn foreign_and_corrupt_stores_are_clear_errors() {
     assert!(err.contains("CURRENT") && err.contains("not a generation record"), "{err}");
 }
 
+fn label(id: &str, feature: u32, text: Option<&str>, author: &str) -> LabelRecord {
+    LabelRecord::now(id, feature, text.map(String::from), author)
+}
+
+fn hits_of(reader: &StoreReader, query: &str, filter: &SearchFilter) -> Vec<(u32, Option<String>)> {
+    reader.search(query, filter, 0, 10).unwrap().hits.into_iter().map(|h| (h.feature, h.label)).collect()
+}
+
 #[test]
-fn labels_are_a_new_searchable_generation() {
+fn labels_are_appended_outside_generations_and_searchable_at_once() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
     let writer = StoreWriter::open_or_create(&root).unwrap();
     rt.block_on(writer.commit(&[commit_of("sae-a", 3, [&["cats"], &["dogs"], &["rain"]])])).unwrap();
-    let g2 = rt.block_on(writer.set_label("sae-a", 1, Some("canine things, it's \"dogs\""))).unwrap();
-    assert_eq!(g2.generation, 2);
     let reader = rt.block_on(StoreReader::open(&root)).unwrap();
-    let hits = reader.search("canine", &SearchFilter::default(), 0, 10).unwrap();
-    assert_eq!(hits.hits.iter().map(|h| h.feature).collect::<Vec<_>>(), vec![1]);
-    assert_eq!(hits.hits[0].label.as_deref(), Some("canine things, it's \"dogs\""));
-    assert_eq!(reader.search("dogs", &SearchFilter::default(), 0, 10).unwrap().total, 1, "the feature is indexed once");
-    assert_eq!(reader.search("rain", &SearchFilter::default(), 0, 10).unwrap().total, 1);
-    let feature = rt.block_on(reader.feature("sae-a", 1)).unwrap().unwrap();
-    assert_eq!(feature.label.as_deref(), Some("canine things, it's \"dogs\""));
-    // The labelled row moved to a new fragment; its neighbours did not.
-    for f in [0u32, 2] {
-        let other = rt.block_on(reader.feature("sae-a", f)).unwrap().unwrap();
-        assert_eq!((other.feature, other.label), (f, None));
-    }
-    let old = rt.block_on(StoreReader::open_generation(&root, 1)).unwrap();
-    assert_eq!(old.search("canine", &SearchFilter::default(), 0, 10).unwrap().total, 0);
+    assert_eq!(rt.block_on(reader.refresh_labels()).unwrap(), 0, "no labels table yet");
 
-    rt.block_on(writer.set_label("sae-a", 1, None)).unwrap();
+    // A label write while the index writer holds its lock: no lock, no new generation.
+    let canine = "canine things, it's \"dogs\"";
+    rt.block_on(append_labels(&root, &[label("sae-a", 1, Some(canine), "ann")])).unwrap();
+    assert_eq!(hits_of(&reader, "canine", &SearchFilter::default()), vec![], "not visible before a refresh");
+    assert_eq!(rt.block_on(reader.refresh_labels()).unwrap(), 1);
+    assert_eq!(hits_of(&reader, "canine", &SearchFilter::default()), vec![(1, Some(canine.to_string()))]);
+    assert_eq!(reader.search("dogs", &SearchFilter::default(), 0, 10).unwrap().total, 1, "the feature is found once, not in both indexes");
+    assert_eq!(hits_of(&reader, "dogs OR cats", &SearchFilter::default()).len(), 2);
+    assert_eq!(rt.block_on(reader.feature("sae-a", 1)).unwrap().unwrap().label.as_deref(), Some(canine));
+    assert_eq!(rt.block_on(reader.feature("sae-a", 0)).unwrap().unwrap().label, None);
+    assert_eq!(loupe_store::layout::current(&root).unwrap().unwrap().generation, 1);
+    // Filters apply to relabelled features as to the rest.
+    let only = |dictionary: &str| SearchFilter { dictionary_id: Some(dictionary.into()), ..SearchFilter::default() };
+    assert_eq!(hits_of(&reader, "canine", &only("sae-b")), vec![]);
+    assert_eq!(hits_of(&reader, "canine", &SearchFilter { layer: Some(3), ..SearchFilter::default() }).len(), 1);
+    assert_eq!(hits_of(&reader, "canine", &SearchFilter { layer: Some(4), ..SearchFilter::default() }), vec![]);
+
+    // The latest write wins; clearing is a write; the history keeps all of them in order.
+    rt.block_on(append_labels(&root, &[label("sae-a", 1, Some("hounds"), "bob")])).unwrap();
+    rt.block_on(reader.refresh_labels()).unwrap();
+    assert_eq!(hits_of(&reader, "canine", &SearchFilter::default()), vec![]);
+    assert_eq!(hits_of(&reader, "hounds", &SearchFilter::default()), vec![(1, Some("hounds".to_string()))]);
+    rt.block_on(append_labels(&root, &[label("sae-a", 1, None, "cy")])).unwrap();
+    rt.block_on(reader.refresh_labels()).unwrap();
+    assert_eq!(hits_of(&reader, "hounds", &SearchFilter::default()), vec![]);
+    assert_eq!(hits_of(&reader, "dogs", &SearchFilter::default()), vec![(1, None)]);
+    let history = rt.block_on(label_history(&root, "sae-a", 1)).unwrap();
+    let history: Vec<(Option<&str>, &str)> = history.iter().map(|r| (r.label.as_deref(), r.author.as_str())).collect();
+    assert_eq!(history, vec![(Some(canine), "ann"), (Some("hounds"), "bob"), (None, "cy")]);
+
+    // Labels survive a re-index of their dictionary (a new generation) and a fresh reader.
+    rt.block_on(append_labels(&root, &[label("sae-a", 2, Some("weather"), "ann")])).unwrap();
+    rt.block_on(writer.commit(&[commit_of("sae-a", 3, [&["cats"], &["dogs"], &["rain"]])])).unwrap();
     let reader = rt.block_on(StoreReader::open(&root)).unwrap();
-    assert_eq!(reader.search("canine", &SearchFilter::default(), 0, 10).unwrap().total, 0);
-    assert_eq!(rt.block_on(reader.feature("sae-a", 1)).unwrap().unwrap().label, None);
-    assert!(rt.block_on(writer.set_label("sae-a", 99, Some("x"))).is_err());
-    assert!(rt.block_on(writer.set_label("nope", 0, Some("x"))).is_err());
+    assert_eq!(reader.generation().generation, 2);
+    assert_eq!(hits_of(&reader, "weather", &SearchFilter::default()), vec![(2, Some("weather".to_string()))]);
+    assert_eq!(rt.block_on(reader.features("sae-a")).unwrap().iter().map(|f| f.label.clone()).collect::<Vec<_>>(), vec![None, None, Some("weather".into())]);
+}
+
+#[test]
+fn concurrent_label_appends_are_all_kept() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let writer = StoreWriter::open_or_create(&root).unwrap();
+    rt.block_on(writer.commit(&[commit_of("sae-a", 3, [&["cats"], &["dogs"], &["rain"]])])).unwrap();
+    // 24 writers at once, the first of them racing to create the table.
+    let writes: Vec<_> = (0..24u32)
+        .map(|i| {
+            let root = root.clone();
+            rt.spawn(async move { append_labels(&root, &[label(&format!("d{}", i % 4), i, Some(&format!("label {i}")), "w")]).await })
+        })
+        .collect();
+    for write in writes {
+        rt.block_on(write).unwrap().unwrap();
+    }
+    let mut cursor = loupe_store::labels::LabelCursor::new(&root);
+    assert_eq!(rt.block_on(cursor.refresh()).unwrap().len(), 24);
+    for i in 0..24u32 {
+        assert_eq!(cursor.get(&format!("d{}", i % 4), i).and_then(|r| r.label.clone()), Some(format!("label {i}")));
+    }
+}
+
+#[test]
+fn labels_must_be_printable_single_lines() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let writer = StoreWriter::open_or_create(&root).unwrap();
+    rt.block_on(writer.commit(&[commit_of("sae-a", 3, [&["cats"], &["dogs"], &["rain"]])])).unwrap();
+    for bad in ["a\x00b", "red \x1b[31m", "two\nlines"] {
+        let err = rt.block_on(append_labels(&root, &[label("sae-a", 0, Some(bad), "x")])).unwrap_err().to_string();
+        assert!(err.contains("control character"), "{err}");
+    }
+    let err = rt.block_on(append_labels(&root, &[label("sae-a", 0, Some(&"x".repeat(2000)), "x")])).unwrap_err().to_string();
+    assert!(err.contains("at most 1024"), "{err}");
+    assert!(rt.block_on(label_history(&root, "sae-a", 0)).unwrap().is_empty(), "nothing was written");
 }
 
 /// Nearest decoders by the definition: cos(a, b) = a·b / (|a| |b|), over every row.
@@ -295,4 +359,56 @@ fn similar_features_by_decoder_cosine_indexed_or_exact() {
     let old = rt.block_on(StoreReader::open_generation(&root, 1)).unwrap();
     let query = &a.features[42].decoder;
     assert_same_neighbours(&rt.block_on(old.similar(query, &["a"], 10, Search::Indexed)).unwrap(), &brute_force_similar(query, &[&a], 10));
+}
+
+/// A commit of `n` features whose words all say `word`, with two examples each.
+fn wide_commit(id: &str, n: u32, word: &str) -> DictionaryCommit {
+    let mut commit = commit_of(id, 3, [&[word], &[word], &[word]]);
+    commit.dictionary.d_sae = n;
+    commit.features = (0..n).map(|i| feature(id, i, &[word], None)).collect();
+    commit.examples = (0..n).flat_map(|f| [example(id, f, ExampleKind::Top, 0), example(id, f, ExampleKind::Top, 1)]).collect();
+    commit
+}
+
+#[test]
+fn readers_see_one_whole_generation_while_another_is_written() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let writer = StoreWriter::open_or_create(&root).unwrap();
+    const N: u32 = 3000;
+    rt.block_on(writer.commit(&[wide_commit("sae-a", N, "cats")])).unwrap();
+    // Generation 2 rewrites every row (features, examples, decoders, search) in another thread.
+    let committing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let write = {
+        let committing = committing.clone();
+        let handle = rt.handle().clone();
+        std::thread::spawn(move || {
+            let result = handle.block_on(writer.commit(&[wide_commit("sae-a", N, "lions")]));
+            committing.store(false, std::sync::atomic::Ordering::SeqCst);
+            result.map(|g| g.generation)
+        })
+    };
+    let mut reads_during = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        let done = !committing.load(std::sync::atomic::Ordering::SeqCst);
+        let reader = rt.block_on(StoreReader::open(&root)).unwrap();
+        let generation = reader.generation().generation;
+        let (word, other) = if generation == 1 { ("cats", "lions") } else { ("lions", "cats") };
+        // Everything read agrees with the generation opened: no half-written state.
+        assert_eq!(reader.search(word, &SearchFilter::default(), 0, 10).unwrap().total, N as usize, "generation {generation}");
+        assert_eq!(reader.search(other, &SearchFilter::default(), 0, 10).unwrap().total, 0, "generation {generation}");
+        let feature = rt.block_on(reader.feature("sae-a", N - 1)).unwrap().unwrap();
+        assert_eq!(feature.top_tokens, vec![word.to_string()]);
+        assert_eq!(rt.block_on(reader.examples("sae-a", Some(N - 1))).unwrap().len(), 2);
+        seen.insert(generation);
+        if done {
+            break;
+        }
+        reads_during += 1;
+    }
+    assert_eq!(write.join().unwrap().unwrap(), 2);
+    assert!(reads_during > 0, "no read overlapped the commit");
+    assert!(seen.contains(&2), "the last read sees the new generation");
 }
