@@ -40,6 +40,9 @@ pub enum EngineError {
     #[error("interrupted; run the same command again to resume from {checkpoint}")]
     Interrupted { checkpoint: PathBuf },
 
+    #[error("the model call was cancelled (its caller went away or its deadline passed)")]
+    Cancelled,
+
     #[error("invalid input: {0}")]
     InvalidInput(String),
 

@@ -5,6 +5,7 @@
 //! Edits run before capture, so a captured activation is the one the model went on with.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use candle_core::Tensor;
@@ -39,6 +40,9 @@ where
 pub struct Hooks {
     capture: BTreeSet<HookPoint>,
     edits: BTreeMap<HookPoint, Vec<Arc<dyn Intervention>>>,
+    /// Raised by someone else to stop the pass at the next layer (a caller gone, a deadline
+    /// passed), so that the thread running it is free again within one layer.
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Hooks {
@@ -61,6 +65,25 @@ impl Hooks {
     pub fn edit(mut self, hook: HookPoint, intervention: impl Intervention + 'static) -> Self {
         self.edits.entry(hook).or_default().push(Arc::new(intervention));
         self
+    }
+
+    /// Stops the pass with [`EngineError::Cancelled`] at the next layer once `flag` is set.
+    pub fn cancel_when(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.cancel = Some(flag);
+        self
+    }
+
+    /// Fails with [`EngineError::Cancelled`] if the pass was cancelled (checked between layers).
+    pub fn check_cancelled(&self) -> Result<()> {
+        match &self.cancel {
+            Some(flag) if flag.load(Ordering::Relaxed) => Err(EngineError::Cancelled),
+            _ => Ok(()),
+        }
+    }
+
+    /// The hooks captured, in execution order.
+    pub fn captures(&self) -> impl Iterator<Item = HookPoint> + '_ {
+        self.capture.iter().copied()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use loupe_engine::{Dictionary, Model};
+use loupe_engine::{Dictionary, FeatureLens, Model};
 use loupe_store::{DictionaryRecord, FeatureRecord, Generation, StoreError, StoreWriter};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -187,10 +187,10 @@ pub struct RunReport {
 /// A job with its model and dictionaries loaded.
 pub struct Job {
     pub config: JobConfig,
-    model: Model,
+    /// The model and the dictionaries, in the order of `config.dictionaries` (and `ids`).
+    lens: FeatureLens,
     model_path: PathBuf,
     model_checksum: String,
-    dictionaries: Vec<Arc<Dictionary>>,
     dictionary_checksums: Vec<String>,
     ids: Vec<String>,
     index_key: String,
@@ -204,14 +204,15 @@ impl Job {
             source.files()?;
         }
         let model = Model::load(model_path)?;
+        let ids: Vec<String> = config.dictionaries.iter().map(DictionarySpec::id).collect();
         let mut dictionaries = Vec::new();
         let mut dictionary_checksums = Vec::new();
-        for spec in &config.dictionaries {
-            dictionaries.push(Arc::new(Dictionary::load_for_model(&spec.path, model.config())?));
+        for (spec, id) in config.dictionaries.iter().zip(&ids) {
+            dictionaries.push((id.clone(), Arc::new(Dictionary::load_for_model(&spec.path, model.config())?)));
             dictionary_checksums.push(sha256_path(&spec.path)?);
         }
+        let lens = FeatureLens::new(model, dictionaries)?;
         let model_checksum = sha256_path(model_path)?;
-        let ids: Vec<String> = config.dictionaries.iter().map(DictionarySpec::id).collect();
         let identity = json!({
             "state_format": STATE_FORMAT,
             "model": model_checksum,
@@ -220,15 +221,12 @@ impl Job {
             "reducer": config.reducer(),
         });
         let index_key = sha256_bytes(identity.to_string().as_bytes())[..16].to_string();
-        Ok(Job { config, model, model_path: model_path.into(), model_checksum, dictionaries, dictionary_checksums, ids, index_key })
+        Ok(Job { config, lens, model_path: model_path.into(), model_checksum, dictionary_checksums, ids, index_key })
     }
 
-    pub fn model(&self) -> &Model {
-        &self.model
-    }
-
-    pub fn dictionaries(&self) -> &[Arc<Dictionary>] {
-        &self.dictionaries
+    /// The model and the dictionaries this job indexes.
+    pub fn lens(&self) -> &FeatureLens {
+        &self.lens
     }
 
     pub fn dictionary_ids(&self) -> &[String] {
@@ -290,7 +288,7 @@ impl Job {
     }
 
     fn fresh_state(&self) -> IndexState {
-        IndexState::new(self.dictionaries.iter().map(|d| DictionaryState::new(d.info().d_sae, self.config.reducer())).collect())
+        IndexState::new(self.lens.dictionaries().iter().map(|d| DictionaryState::new(d.dictionary.info().d_sae, self.config.reducer())).collect())
     }
 
     /// Runs (or resumes) this invocation's part of the job; commits unless it is one shard
@@ -332,7 +330,7 @@ impl Job {
                 };
                 let progress = |p: Progress| (hooks.progress)(p, total_bytes);
                 let pass_hooks = PassHooks { progress: &progress, checkpoint: &save, interrupted: hooks.interrupted };
-                let outcome = run_pass(&self.model, &self.dictionaries, &plan, state, &pass_hooks)?;
+                let outcome = run_pass(&self.lens, &plan, state, &pass_hooks)?;
                 let tokens = outcome.state.dictionaries.first().map_or(0, |d| d.tokens) - tokens_before;
                 let windows = outcome.state.windows_reduced - windows_before;
                 if !outcome.complete {
@@ -364,6 +362,9 @@ impl Job {
 
     /// Merges the complete states of all `count` shards and commits.
     pub fn merge(&self, count: u64, append: bool) -> Result<RunReport> {
+        if count == 0 {
+            return Err(IndexError::InvalidJob("--shards 0: give the number of shards the run was split into (at least 1)".into()));
+        }
         let base = if append { Some(self.committed_state()?) } else { None };
         let first_ids = base.as_ref().map_or((0, 0), IndexState::next_ids);
         let run_key = self.run_key(first_ids)?;
@@ -375,13 +376,15 @@ impl Job {
         let mut merged: Option<IndexState> = None;
         for index in 0..count {
             let path = self.checkpoint_path(&run_key, Shard { index, count });
-            let state = Checkpoint::load(&path)?.expect("pending_shards checked it").state;
+            let state = Checkpoint::load(&path)?
+                .ok_or_else(|| IndexError::InvalidJob(format!("shard {index}/{count}'s checkpoint {} vanished during the merge; run the shard again", path.display())))?
+                .state;
             match merged.as_mut() {
                 None => merged = Some(state),
                 Some(m) => m.merge_shard(state)?,
             }
         }
-        let state = merged.expect("count >= 1");
+        let state = merged.ok_or_else(|| IndexError::InvalidJob("no shard to merge".into()))?;
         let (tokens, windows) = (state.dictionaries.first().map_or(0, |d| d.tokens), state.windows_reduced);
         let (generation, finalize, commit) = self.commit(state, base, &run_key)?;
         Ok(RunReport { outcome: Outcome::Committed(generation), tokens, windows, timings: PassTimings::default(), finalize, commit, resumed_from: 0 })
@@ -420,7 +423,7 @@ impl Job {
     /// item, and a hung-up receiver (the commit failed) ends the stream.
     fn send_examples(&self, state: &IndexState, tx: std::sync::mpsc::SyncSender<loupe_store::Result<Vec<loupe_store::ExampleRecord>>>) {
         const CHUNK_ROWS: usize = 4096;
-        let result = self.model.tokenizer().map_err(IndexError::from).and_then(|tokenizer| {
+        let result = self.lens.model().tokenizer().map_err(IndexError::from).and_then(|tokenizer| {
             for (id, dictionary_state) in self.ids.iter().zip(&state.dictionaries) {
                 let mut open = true;
                 example_chunks(tokenizer, id, dictionary_state, &state.windows, CHUNK_ROWS, |chunk| {
@@ -458,10 +461,10 @@ impl Job {
         let mut dictionaries = Vec::new();
         let mut features = Vec::new();
         let absolute = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
-        let specs = self.dictionaries.iter().zip(&state.dictionaries).zip(&self.ids).zip(&self.dictionary_checksums).zip(&self.config.dictionaries);
+        let specs = self.lens.dictionaries().iter().map(|d| &d.dictionary).zip(&state.dictionaries).zip(&self.ids).zip(&self.dictionary_checksums).zip(&self.config.dictionaries);
         for ((((dictionary, dictionary_state), id), checksum), spec) in specs {
             let info = dictionary.info();
-            features.extend(feature_records(&self.model, dictionary, id, dictionary_state, &state.windows)?);
+            features.extend(feature_records(self.lens.model(), dictionary, id, dictionary_state, &state.windows)?);
             let manifest = json!({
                 "model": {"path": absolute(&self.model_path), "checksum": self.model_checksum},
                 "dictionary": {"path": absolute(&spec.path), "checksum": checksum},

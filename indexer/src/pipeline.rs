@@ -5,11 +5,11 @@
 //! compute overlap reading and reduction.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use loupe_engine::{Dictionary, Hooks, Logits, Model, SparseActs, TokenBatch};
+use loupe_engine::lens::{self, Rows};
+use loupe_engine::{FeatureLens, SparseActs, TokenBatch};
 
 use crate::corpus::{read_documents, CorpusSource, Document, Skipped};
 use crate::error::{IndexError, Result};
@@ -98,16 +98,17 @@ pub struct PassOutcome {
 }
 
 /// Runs one pass, continuing `state`.
-pub fn run_pass(model: &Model, dictionaries: &[Arc<Dictionary>], plan: &PassPlan, state: IndexState, hooks: &PassHooks) -> Result<PassOutcome> {
+pub fn run_pass(lens: &FeatureLens, plan: &PassPlan, state: IndexState, hooks: &PassHooks) -> Result<PassOutcome> {
     let start = Instant::now();
     let bytes_read = AtomicU64::new(0);
     let (read_tx, read_rx) = bounded::<Read>(4);
     let (enc_tx, enc_rx) = bounded::<Encoded>(2);
-    let tokenizer = model.tokenizer()?;
+    let tokenizer = lens.model().tokenizer()?;
+    let widths: Vec<usize> = lens.dictionaries().iter().map(|d| d.dictionary.info().d_sae).collect();
     let (state, complete, read_time, reduce_time, checkpoint_time, forward, encode) = std::thread::scope(|scope| {
         let reader = scope.spawn(|| read_windows(tokenizer, plan, read_tx, &bytes_read, hooks.interrupted));
-        let reducer = scope.spawn(|| reduce_batches(dictionaries, plan, state, enc_rx, &bytes_read, hooks));
-        let computed = compute(model, dictionaries, read_rx, enc_tx);
+        let reducer = scope.spawn(|| reduce_batches(&widths, plan, state, enc_rx, &bytes_read, hooks));
+        let computed = compute(lens, read_rx, enc_tx);
         let read = reader.join().expect("reader thread does not panic");
         let reduced = reducer.join().expect("reducer thread does not panic");
         let (forward, encode) = computed?;
@@ -201,9 +202,10 @@ fn read_windows(tokenizer: &loupe_engine::Tokenizer, plan: &PassPlan, tx: Sender
     Ok(start.elapsed())
 }
 
-fn compute(model: &Model, dictionaries: &[Arc<Dictionary>], rx: Receiver<Read>, tx: Sender<Encoded>) -> Result<(Duration, Duration)> {
+fn compute(lens: &FeatureLens, rx: Receiver<Read>, tx: Sender<Encoded>) -> Result<(Duration, Duration)> {
     let (mut forward, mut encode) = (Duration::ZERO, Duration::ZERO);
-    let hooks = Hooks::new().capture_all(dictionaries.iter().map(|d| d.info().hook_in));
+    // Every dictionary, at every real position (BOS included: the reducer skips it).
+    let read = lens::Read::all(lens, Rows::Real);
     for message in rx {
         let windows = match message {
             Read::Batch(windows) => windows,
@@ -212,18 +214,12 @@ fn compute(model: &Model, dictionaries: &[Arc<Dictionary>], rx: Receiver<Read>, 
                 break;
             }
         };
-        let t = Instant::now();
         let sequences: Vec<Vec<u32>> = windows.iter().map(|w| w.tokens.clone()).collect();
-        let batch = TokenBatch::right_padded(&sequences, model.pad_token_id())?;
-        let output = model.forward(&batch, &hooks, Logits::None, None)?;
-        forward += t.elapsed();
-        let t = Instant::now();
-        let mut codes = Vec::with_capacity(dictionaries.len());
-        for dictionary in dictionaries {
-            let x = real_positions(&output.captured[&dictionary.info().hook_in], &windows)?;
-            codes.push(dictionary.encode(&x)?.features);
-        }
-        encode += t.elapsed();
+        let batch = TokenBatch::right_padded(&sequences, lens.model().pad_token_id())?;
+        let output = lens.run(&batch, &read)?;
+        forward += output.forward_time;
+        encode += output.encode_time;
+        let codes = output.codes.into_iter().map(|e| e.features).collect();
         if tx.send(Encoded::Batch(windows, codes)).is_err() {
             break;
         }
@@ -231,23 +227,11 @@ fn compute(model: &Model, dictionaries: &[Arc<Dictionary>], rx: Receiver<Read>, 
     Ok((forward, encode))
 }
 
-/// The rows of `[batch, seq, d]` activations at real (unpadded) positions, window by window.
-fn real_positions(x: &candle_core::Tensor, windows: &[Window]) -> Result<candle_core::Tensor> {
-    let (batch, seq, d) = x.dims3()?;
-    let flat = x.reshape((batch * seq, d))?;
-    if windows.iter().all(|w| w.tokens.len() == seq) {
-        return Ok(flat);
-    }
-    let rows: Vec<u32> = windows.iter().enumerate().flat_map(|(b, w)| (0..w.tokens.len()).map(move |p| (b * seq + p) as u32)).collect();
-    let index = candle_core::Tensor::from_vec(rows.clone(), rows.len(), x.device())?;
-    Ok(flat.index_select(&index, 0)?)
-}
-
 type Reduced = (IndexState, bool, Duration, Duration);
 
-fn reduce_batches(dictionaries: &[Arc<Dictionary>], plan: &PassPlan, mut state: IndexState, rx: Receiver<Encoded>, bytes_read: &AtomicU64, hooks: &PassHooks) -> Result<Reduced> {
+fn reduce_batches(widths: &[usize], plan: &PassPlan, mut state: IndexState, rx: Receiver<Encoded>, bytes_read: &AtomicU64, hooks: &PassHooks) -> Result<Reduced> {
     let (mut reduce_time, mut checkpoint_time) = (Duration::ZERO, Duration::ZERO);
-    let mut scratch: Vec<Vec<Vec<(u16, f32)>>> = dictionaries.iter().map(|d| vec![Vec::new(); d.info().d_sae]).collect();
+    let mut scratch: Vec<Vec<Vec<(u16, f32)>>> = widths.iter().map(|&d_sae| vec![Vec::new(); d_sae]).collect();
     let mut touched: Vec<u32> = Vec::new();
     let mut batches_since_checkpoint = 0;
     let mut next_window = plan.resume_from;

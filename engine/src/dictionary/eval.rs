@@ -13,6 +13,7 @@ use super::Dictionary;
 use crate::corpus::TokenWindows;
 use crate::error::Result;
 use crate::hooks::{ForwardContext, Hooks};
+use crate::lens::{run_parts, Read, Rows};
 use crate::model::{Logits, Model, TokenBatch};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -71,13 +72,10 @@ pub fn evaluate(
         let sequences: Vec<Vec<u32>> = (start..end).map(|i| windows.window(i).to_vec()).collect();
         let batch = TokenBatch::right_padded(&sequences, 0)?;
 
-        let capture = Hooks::new().capture(info.hook_in).capture(info.hook_out);
-        let clean = model.forward(&batch, &capture, Logits::All, None)?;
-        let x_in = without_bos(&clean.captured[&info.hook_in])?;
-        let x_out = without_bos(&clean.captured[&info.hook_out])?;
-        let encoding = dictionary.encode(&x_in)?;
-        let reconstruction = dictionary.decode(&encoding)?;
-        accumulate(&mut sums, &x_out, &reconstruction, &encoding.features)?;
+        // Codes and reconstruction errors at the counted positions, and the clean logits.
+        let read = Read { errors: true, logits: Logits::All, ..Read::only(vec![0], Rows::RealAfterFirst) };
+        let clean = run_parts(model, &[dictionary.as_ref()], &batch, &read)?;
+        accumulate(&mut sums, &clean.targets[0], &clean.errors[0], &clean.codes[0].features)?;
 
         let spliced = model.forward(&batch, &splice_hooks(&dictionary), Logits::All, None)?;
         let zero = model.forward(&batch, &zero_hooks(info.hook_out), Logits::All, None)?;
@@ -110,20 +108,15 @@ pub fn evaluate(
     })
 }
 
-/// `[batch, seq, d]` -> `[batch * (seq - 1), d]`, dropping position 0.
-fn without_bos(activation: &Tensor) -> Result<Tensor> {
-    let (batch, seq, d) = activation.dims3()?;
-    Ok(activation.narrow(1, 1, seq - 1)?.contiguous()?.reshape((batch * (seq - 1), d))?)
-}
-
-fn accumulate(sums: &mut Sums, x: &Tensor, reconstruction: &Tensor, features: &super::SparseActs) -> Result<()> {
+/// Adds one batch: the target rows `x`, the reconstruction error `x - x̂` and the codes.
+fn accumulate(sums: &mut Sums, x: &Tensor, error: &Tensor, features: &super::SparseActs) -> Result<()> {
     let d = sums.sum.len();
     let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    let reconstruction: Vec<f32> = reconstruction.flatten_all()?.to_vec1()?;
-    for (row, recon) in x.chunks(d).zip(reconstruction.chunks(d)) {
-        for (i, (&v, &r)) in row.iter().zip(recon).enumerate() {
-            let (v, r) = (v as f64, r as f64);
-            sums.squared_error += (v - r) * (v - r);
+    let error: Vec<f32> = error.flatten_all()?.to_vec1()?;
+    for (row, row_error) in x.chunks(d).zip(error.chunks(d)) {
+        for (i, (&v, &e)) in row.iter().zip(row_error).enumerate() {
+            let (v, e) = (v as f64, e as f64);
+            sums.squared_error += e * e;
             sums.sum[i] += v;
             sums.sum_squares[i] += v * v;
         }

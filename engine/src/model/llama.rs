@@ -233,6 +233,7 @@ impl LanguageModel for Llama {
         let mut x = pass.hook(HookPoint::Embed, x)?;
         if let Some(last) = last_block {
             for layer in 0..=last {
+                hooks.check_cancelled()?;
                 x = self.block(layer, x, &mut pass, cache.as_deref_mut())?;
             }
         }

@@ -41,8 +41,20 @@ pub fn max_abs_error(actual: &Tensor, expected: &Tensor) -> (f32, f32) {
     (err, scale)
 }
 
-/// Asserts the published tolerance: max abs error <= 1e-3 x the reference's max abs value.
+/// Relative tolerance per position: max abs error <= this x the position's L2 norm.
+pub const POSITION_TOLERANCE: f32 = 1e-4;
+
+/// Compares `[seq, d]` hidden states position by position: at each position the max abs
+/// error must be <= `POSITION_TOLERANCE` x that position's L2 norm in the reference. A bound
+/// relative to the whole tensor would be set by the BOS attention sink (norm ~22,000 at
+/// layer 20, against ~10-100 elsewhere) and exceed the other positions' signal.
 pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor) {
-    let (err, scale) = max_abs_error(actual, expected);
-    assert!(err <= 1e-3 * scale, "{what}: max abs error {err} > 1e-3 x {scale}");
+    assert_eq!(actual.dims(), expected.dims(), "{what}: shapes differ");
+    let actual = actual.to_vec2::<f32>().unwrap();
+    let expected = expected.to_vec2::<f32>().unwrap();
+    for (position, (a, e)) in actual.iter().zip(&expected).enumerate() {
+        let norm = e.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let err = a.iter().zip(e).map(|(a, e)| (a - e).abs()).fold(0f32, f32::max);
+        assert!(err <= POSITION_TOLERANCE * norm, "{what}, position {position}: max abs error {err} > {POSITION_TOLERANCE} x the position's norm {norm}");
+    }
 }

@@ -375,6 +375,32 @@ mod tests {
                 assert!((numeric - analytic[i] as f64).abs() < 2e-2 * (1.0 + numeric.abs()), "{name}[{i}]: numeric {numeric}, analytic {}", analytic[i]);
             }
         }
+        // W_dec's rows stay unit-norm, so its gradient is the loss gradient with each row's
+        // component along the row removed. Check both halves: no parallel component left,
+        // and the derivative along random directions tangent to each row (where the
+        // constraint does not act) equals the finite difference.
+        let analytic: Vec<f32> = probe.moments[2].m.iter().map(|m| m / 0.1).collect();
+        let mut directions = rand::rngs::StdRng::seed_from_u64(11);
+        for row in 0..n {
+            let w = &before.w_dec[row * d..(row + 1) * d];
+            let g = &analytic[row * d..(row + 1) * d];
+            let norm = w.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-5, "decoder row {row} has norm {norm}");
+            let parallel: f32 = g.iter().zip(w).map(|(g, w)| g * w).sum();
+            let size = g.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!(parallel.abs() <= 1e-5 * (1.0 + size), "w_dec row {row}: gradient keeps a component {parallel} along the row");
+            let v: Vec<f32> = (0..d).map(|_| StandardNormal.sample(&mut directions)).collect();
+            let along: f32 = v.iter().zip(w).map(|(v, w)| v * w).sum();
+            let tangent: Vec<f32> = v.iter().zip(w).map(|(v, w)| v - along * w).collect();
+            let (mut plus, mut minus) = (clone(&before), clone(&before));
+            for (i, t) in tangent.iter().enumerate() {
+                plus.w_dec[row * d + i] += eps * t;
+                minus.w_dec[row * d + i] -= eps * t;
+            }
+            let numeric = (loss(&plus) - loss(&minus)) / (2.0 * eps as f64);
+            let predicted: f64 = g.iter().zip(&tangent).map(|(g, t)| (*g as f64) * (*t as f64)).sum();
+            assert!((numeric - predicted).abs() < 2e-2 * (1.0 + numeric.abs()), "w_dec row {row} along a tangent: numeric {numeric}, analytic {predicted}");
+        }
     }
 
     fn param_mut(sae: &mut TrainableSae, p: usize) -> &mut Vec<f32> {

@@ -13,7 +13,8 @@ use rand::SeedableRng;
 use crate::corpus::TokenWindows;
 use crate::error::Result;
 use crate::hooks::Hooks;
-use crate::model::{Logits, Model, TokenBatch};
+use crate::lens::{run_parts, Read, Rows};
+use crate::model::{Model, TokenBatch};
 
 pub struct ActivationStream<'a> {
     model: &'a Model,
@@ -46,10 +47,10 @@ impl<'a> ActivationStream<'a> {
         for group in chosen.chunks(self.forward_batch) {
             let sequences: Vec<Vec<u32>> = group.iter().map(|&w| self.windows.window(w).to_vec()).collect();
             let batch = TokenBatch::right_padded(&sequences, 0)?;
-            let output = self.model.forward(&batch, &Hooks::new().capture(self.hook), Logits::None, None)?;
-            let activation = &output.captured[&self.hook];
-            let (b, seq, d) = activation.dims3()?;
-            rows.push(activation.narrow(1, 1, seq - 1)?.contiguous()?.reshape((b * (seq - 1), d))?);
+            // No dictionary: the lens returns the hook's rows, BOS left out.
+            let read = Read { hooks: Hooks::new().capture(self.hook), ..Read::only(Vec::new(), Rows::RealAfterFirst) };
+            let mut output = run_parts(self.model, &[], &batch, &read)?;
+            rows.extend(output.captured.remove(&self.hook));
         }
         let all = Tensor::cat(&rows, 0)?;
         let mut permutation: Vec<u32> = (0..all.dim(0)? as u32).collect();
