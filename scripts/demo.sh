@@ -32,7 +32,7 @@ done
 
 echo; echo "== loupe search \"lord\"   (features whose examples, logits or labels match)"
 "$loupe" search "lord" --limit 5
-feature=$("$loupe" search "lord" --limit 1 --json | python3 -c 'import json,sys; h=json.load(sys.stdin)["hits"][0]; print("%s/%s" % (h["dictionary_id"], h["feature"]))')
+feature=$("$loupe" search "lord" --limit 1 --json | python3 -c 'import json,sys; f=json.load(sys.stdin)["hits"][0]["feature"]; print("%s/%s" % (f["dictionary_id"], f["feature"]))')
 
 echo; echo "== loupe show $feature   (the dashboard)"
 "$loupe" show "$feature" --examples 6

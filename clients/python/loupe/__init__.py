@@ -19,8 +19,13 @@ from typing import Dict, List, Optional, Sequence
 import grpc
 import numpy as np
 
-from .v1 import features_pb2 as pb
-from .v1 import features_pb2_grpc as rpc
+from types import SimpleNamespace
+
+from .v1 import common_pb2, features_pb2, internals_pb2
+from .v1 import features_pb2_grpc, internals_pb2_grpc
+
+# Every message of package loupe.v1, whichever .proto file declares it.
+pb = SimpleNamespace(**{name: getattr(module, name) for module in (common_pb2, features_pb2, internals_pb2) for name in module.DESCRIPTOR.message_types_by_name})
 
 __all__ = ["Client", "LoupeError", "Dictionary", "Hit", "Example", "Feature", "TokenFeatures", "FeatureActivation"]
 
@@ -118,8 +123,8 @@ class Client:
     def __init__(self, address: str = "127.0.0.1:50051", timeout: Optional[float] = 60.0):
         address = address.removeprefix("http://")
         self._channel = grpc.insecure_channel(address)
-        self._features = rpc.FeaturesStub(self._channel)
-        self._internals = rpc.InternalsStub(self._channel)
+        self._features = features_pb2_grpc.FeaturesStub(self._channel)
+        self._internals = internals_pb2_grpc.InternalsStub(self._channel)
         self.timeout = timeout
 
     def close(self) -> None:
@@ -195,9 +200,10 @@ class Client:
         tokens = [TokenFeatures(t.position, t.token_id, t.token, [_activation(a) for a in t.features]) for t in r.tokens]
         return tokens, [_activation(a) for a in r.text_features]
 
-    def label(self, dictionary: str, feature: int, label: str) -> int:
-        """Sets a feature's label (empty clears it); returns the new store generation."""
-        request = pb.SetFeatureLabelRequest(feature=pb.FeatureRef(dictionary_id=dictionary, feature=feature), label=label)
+    def label(self, dictionary: str, feature: int, label: str, author: Optional[str] = None) -> int:
+        """Sets a feature's label (empty clears it), searchable when this returns; returns
+        the store generation being served (labels do not create one)."""
+        request = pb.SetFeatureLabelRequest(feature=pb.FeatureRef(dictionary_id=dictionary, feature=feature), label=label, author=author)
         return self._call(self._features.SetFeatureLabel, request).store_generation
 
     def tokenize(self, text: str, add_bos: bool = True) -> List[tuple]:

@@ -65,7 +65,8 @@ pub fn spinner(message: String) -> ProgressBar {
     bar
 }
 
-pub fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+/// `--json` output: any serializable value (the gRPC responses derive it), pretty-printed.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

@@ -140,3 +140,13 @@ fn dict_encode_lists_the_default_dictionarys_features_per_token() {
         assert!(features.iter().all(|f| f["feature"].as_u64().unwrap() < 4608));
     }
 }
+
+#[test]
+fn index_merge_of_zero_shards_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (ok, _, err) = loupe(&["index", "merge", "--shards", "0", "--store", store.to_str().unwrap()]);
+    assert!(!ok, "merging 0 shards cannot succeed");
+    assert!(err.contains("--shards 0") && err.contains("at least 1"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

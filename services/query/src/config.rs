@@ -28,10 +28,13 @@ pub struct Limits {
     pub max_hooks: usize,
     /// Largest page of search hits.
     pub max_page: usize,
+    /// How often the server reads label writes made by others (other servers on the same
+    /// store); its own are visible when the call returns.
+    pub label_poll_ms: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { model_workers: 1, max_waiting: 32, max_text_bytes: 16 * 1024, max_tokens: 1024, max_hooks: 16, max_page: 100 }
+        Limits { model_workers: 1, max_waiting: 32, max_text_bytes: 16 * 1024, max_tokens: 1024, max_hooks: 16, max_page: 100, label_poll_ms: 250 }
     }
 }

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use loupe_engine::{Hooks, Logits, TokenBatch};
+use loupe_engine::{Hooks, Read, Rows, SparseActs, TokenBatch};
 use loupe_schema::proto::v1 as pb;
 use loupe_schema::proto::v1::features_server::Features;
 use loupe_store::vectors::Search;
-use loupe_store::{SearchFilter, StoreWriter};
+use loupe_store::{LabelRecord, SearchFilter};
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -32,7 +32,7 @@ impl Features for FeaturesService {
         let state = self.state.clone();
         traced("ListDictionaries", state.request_id(), async move {
             let snapshot = state.snapshot();
-            let loaded = |id: &str| state.engine.as_ref().is_some_and(|e| e.dictionaries.contains_key(id));
+            let loaded = |id: &str| state.engine.as_ref().is_some_and(|e| e.position(id).is_some());
             Ok(pb::ListDictionariesResponse {
                 dictionaries: snapshot.dictionaries.values().map(|d| convert::dictionary(d, loaded(&d.dictionary_id))).collect(),
                 store_generation: snapshot.reader.generation().generation,
@@ -142,39 +142,33 @@ impl Features for FeaturesService {
         traced("TopFeaturesForText", state.request_id(), async move {
             let engine = state.engine()?;
             let snapshot = state.snapshot();
-            let ids: Vec<String> = if r.dictionary_ids.is_empty() { engine.dictionaries.keys().cloned().collect() } else { r.dictionary_ids.clone() };
+            let ids: Vec<String> = if r.dictionary_ids.is_empty() { engine.dictionaries().iter().map(|d| d.id.clone()).collect() } else { r.dictionary_ids.clone() };
             if ids.is_empty() {
                 return Err(ServiceError::Unavailable("no dictionary of the store can run on this server's model".into()));
             }
             for id in &ids {
                 snapshot.dictionary(id)?;
-                if !engine.dictionaries.contains_key(id) {
+                if engine.position(id).is_none() {
                     return Err(ServiceError::Unavailable(format!("dictionary {id:?} is in the store but its files are not loaded on this server (start it with --dictionary {id}=DIR)")));
                 }
             }
-            let tokens = tokens_of(&r.text, &r.token_ids, engine.model.tokenizer()?, &state.limits, true)?;
+            let tokens = tokens_of(&r.text, &r.token_ids, engine.model().tokenizer()?, &state.limits, true)?;
             let (k, k_text) = (if r.k == 0 { 5 } else { r.k as usize }, if r.k_text == 0 { 20 } else { r.k_text as usize });
             let ignore_bos = r.ignore_bos.unwrap_or(true);
             let max_density = r.max_density;
             let work_engine = engine.clone();
             let work_tokens = tokens.clone();
-            let work_ids = ids.clone();
+            let read = Read::only(ids.iter().filter_map(|id| engine.position(id)).collect(), Rows::All);
             // Per dictionary: the sparse code of every token.
-            let codes = state
+            let codes: Vec<SparseActs> = state
                 .workers
-                .run(deadline, move || {
-                    let dictionaries: Vec<_> = work_ids.iter().map(|id| work_engine.dictionaries[id].clone()).collect();
-                    let hooks = Hooks::new().capture_all(dictionaries.iter().map(|d| d.info().hook_in));
-                    let out = work_engine.model.forward(&TokenBatch::single(&work_tokens)?, &hooks, Logits::None, None)?;
-                    let mut codes = Vec::new();
-                    for d in &dictionaries {
-                        let x = out.captured[&d.info().hook_in].reshape((work_tokens.len(), d.info().d_in))?;
-                        codes.push(d.encode(&x)?.features);
-                    }
-                    Ok(codes)
+                .run(deadline, move |cancel| {
+                    let read = Read { hooks: Hooks::new().cancel_when(cancel), ..read };
+                    let out = work_engine.run(&TokenBatch::single(&work_tokens)?, &read)?;
+                    Ok(out.codes.into_iter().map(|e| e.features).collect())
                 })
                 .await?;
-            let tokenizer = engine.model.tokenizer()?;
+            let tokenizer = engine.model().tokenizer()?;
             let mut per_token: Vec<Vec<(f32, usize, u32)>> = vec![Vec::new(); tokens.len()];
             let mut text_max: std::collections::HashMap<(usize, u32), f32> = std::collections::HashMap::new();
             for (d, code) in codes.iter().enumerate() {
@@ -194,7 +188,7 @@ impl Features for FeaturesService {
                     }
                 }
             }
-            let label = |d: usize, feature: u32| snapshot.feature_notes.get(&ids[d]).and_then(|n| n.labels.get(&feature).cloned());
+            let label = |d: usize, feature: u32| snapshot.label(&ids[d], feature);
             let activation = |value: f32, d: usize, feature: u32| pb::FeatureActivation { feature: convert::feature_ref(&ids[d], feature), activation: value, label: label(d, feature) };
             let order = |a: &(f32, usize, u32), b: &(f32, usize, u32)| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2)));
             let mut response_tokens = Vec::new();
@@ -226,21 +220,15 @@ impl Features for FeaturesService {
             let f = feature_of(r.feature)?;
             let snapshot = state.snapshot();
             snapshot.check_feature(&f.dictionary_id, f.feature)?;
-            if r.label.len() > 1024 {
-                return Err(ServiceError::InvalidArgument(format!("label is {} bytes; keep it under 1024", r.label.len())));
-            }
-            let label = r.label.trim().to_string();
-            let root = state.store_root.clone();
-            let handle = tokio::runtime::Handle::current();
-            // Lance and tantivy writes are heavy: off the async threads.
-            let generation = tokio::task::spawn_blocking(move || {
-                let writer = StoreWriter::open_or_create(&root)?;
-                handle.block_on(writer.set_label(&f.dictionary_id, f.feature, (!label.is_empty()).then_some(label.as_str())))
-            })
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))??;
-            state.reload().await?;
-            Ok(pb::SetFeatureLabelResponse { store_generation: generation.generation })
+            let label = r.label.trim();
+            loupe_store::labels::check_label(label)?;
+            let author = r.author.as_deref().map(str::trim).filter(|a| !a.is_empty()).unwrap_or("anonymous");
+            loupe_store::labels::check_label(author).map_err(|e| ServiceError::InvalidArgument(format!("author: {e}")))?;
+            let record = LabelRecord::now(&f.dictionary_id, f.feature, (!label.is_empty()).then(|| label.to_string()), author);
+            state.labels.write(record).await?;
+            // Read this server's own write before answering (others see it within a poll).
+            snapshot.reader.refresh_labels().await?;
+            Ok(pb::SetFeatureLabelResponse { store_generation: snapshot.reader.generation().generation })
         })
         .await
     }

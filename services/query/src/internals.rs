@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use loupe_engine::{HookPoint, Hooks, Logits, TokenBatch};
+use loupe_engine::{HookPoint, Hooks, Read, Rows, TokenBatch};
 use loupe_schema::proto::v1 as pb;
 use loupe_schema::proto::v1::internals_server::Internals;
 use tonic::{Request, Response, Status};
@@ -22,7 +22,7 @@ impl Internals for InternalsService {
         let r = request.into_inner();
         traced("Tokenize", state.request_id(), async move {
             let engine = state.engine()?;
-            let tokenizer = engine.model.tokenizer()?;
+            let tokenizer = engine.model().tokenizer()?;
             let token_ids = tokens_of(&r.text, &[], tokenizer, &state.limits, r.add_bos.unwrap_or(true))?;
             let tokens = tokenizer.token_strings(&token_ids)?;
             Ok(pb::TokenizeResponse { token_ids, tokens })
@@ -44,16 +44,17 @@ impl Internals for InternalsService {
             }
             let hooks: Vec<HookPoint> = r.hooks.iter().map(|h| h.parse::<HookPoint>()).collect::<Result<_, _>>().map_err(loupe_engine::EngineError::from)?;
             let capture = Hooks::new().capture_all(hooks.iter().copied());
-            capture.validate(engine.model.config().n_layers)?;
-            let tokens = tokens_of(&r.text, &r.token_ids, engine.model.tokenizer()?, &state.limits, true)?;
+            capture.validate(engine.model().config().n_layers)?;
+            let tokens = tokens_of(&r.text, &r.token_ids, engine.model().tokenizer()?, &state.limits, true)?;
             let work_tokens = tokens.clone();
             let tensors = state
                 .workers
-                .run(deadline, move || {
-                    let out = engine.model.forward(&TokenBatch::single(&work_tokens)?, &capture, Logits::None, None)?;
+                .run(deadline, move |cancel| {
+                    let read = Read { hooks: capture.cancel_when(cancel), ..Read::only(Vec::new(), Rows::All) };
+                    let out = engine.run(&TokenBatch::single(&work_tokens)?, &read)?;
                     let mut tensors = Vec::new();
                     for (hook, name) in hooks.iter().zip(&r.hooks) {
-                        let x = out.captured[hook].squeeze(0)?;
+                        let x = &out.captured[hook];
                         let shape: Vec<u64> = x.dims().iter().map(|&d| d as u64).collect();
                         let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
                         let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();

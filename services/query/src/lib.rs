@@ -5,6 +5,7 @@ mod convert;
 pub mod error;
 mod features;
 mod internals;
+pub mod labels;
 mod rpc;
 pub mod server;
 pub mod state;

@@ -1,6 +1,8 @@
-//! Assembling and running the server: the two services, health and reflection.
+//! Assembling and running the server: the two services, health, reflection, and the task
+//! that follows label writes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use loupe_schema::proto::v1::features_server::FeaturesServer;
 use loupe_schema::proto::v1::internals_server::InternalsServer;
@@ -12,6 +14,7 @@ use crate::config::ServerConfig;
 use crate::error::{Result, ServiceError};
 use crate::features::FeaturesService;
 use crate::internals::InternalsService;
+use crate::labels::follow_labels;
 use crate::state::AppState;
 
 /// Largest request message accepted (texts are also limited in bytes and tokens).
@@ -27,22 +30,30 @@ pub async fn serve_state(state: Arc<AppState>, listener: TcpListener, shutdown: 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<FeaturesServer<FeaturesService>>().await;
     health.set_serving::<InternalsServer<InternalsService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServiceError::Internal(format!("reflection: {e}")))?;
+    // Reflection in both protocol versions: grpcurl speaks v1, while Python's
+    // grpcio-reflection and several GUI clients speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error = |e: tonic_reflection::server::Error| ServiceError::Internal(format!("reflection: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
     let features = FeaturesServer::new(FeaturesService { state: state.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let internals = InternalsServer::new(InternalsService { state: state.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES);
     tracing::info!(addr = ?listener.local_addr().ok(), generation = state.snapshot().reader.generation().generation, "serving");
     // No Nagle: small responses would otherwise wait ~40 ms for delayed ACKs.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let follower = follow_labels(state.clone(), Duration::from_millis(state.limits.label_poll_ms.max(1)));
+    let served = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(features)
         .add_service(internals)
         .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| ServiceError::Internal(format!("server: {e}")))
+        .await;
+    follower.abort();
+    served.map_err(|e| ServiceError::Internal(format!("server: {e}")))
 }

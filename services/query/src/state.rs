@@ -6,18 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use loupe_engine::{Dictionary, Model};
+use loupe_engine::{Dictionary, FeatureLens, Model};
 use loupe_store::{DictionaryRecord, StoreReader};
 
 use crate::config::{Limits, ServerConfig};
 use crate::error::{Result, ServiceError};
+use crate::labels::LabelWriter;
 use crate::workers::ModelWorkers;
-
-/// The model and the dictionaries it can run.
-pub struct Engine {
-    pub model: Model,
-    pub dictionaries: BTreeMap<String, Arc<Dictionary>>,
-}
 
 /// One generation of the store and what the server derives from it.
 pub struct Snapshot {
@@ -30,15 +25,19 @@ pub struct Snapshot {
 #[derive(Default)]
 pub struct FeatureNotes {
     pub density: Vec<f64>,
+    /// Labels the generation was built with; `StoreReader::label_override` has later ones.
     pub labels: HashMap<u32, String>,
 }
 
 pub struct AppState {
     pub store_root: PathBuf,
     snapshot: RwLock<Arc<Snapshot>>,
-    pub engine: Option<Arc<Engine>>,
+    /// The model and the store's dictionaries it can run (None: started without a model).
+    pub engine: Option<Arc<FeatureLens>>,
     pub workers: ModelWorkers,
     pub limits: Limits,
+    /// Appends label writes to the store (group commits).
+    pub labels: LabelWriter,
     next_request: AtomicU64,
 }
 
@@ -57,19 +56,20 @@ impl AppState {
             engine,
             workers: ModelWorkers::new(config.limits.model_workers, config.limits.max_waiting),
             limits: config.limits,
+            labels: LabelWriter::start(config.store.clone()),
             next_request: AtomicU64::new(1),
         })
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.read().expect("snapshot lock").clone()
+        self.snapshot.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Re-reads the store's latest generation (after this server wrote one).
+    /// Re-reads the store's latest generation (after an index job committed one).
     pub async fn reload(&self) -> Result<()> {
         let reader = StoreReader::open(&self.store_root).await?;
         let snapshot = Snapshot::build(reader, self.engine.as_deref()).await?;
-        *self.snapshot.write().expect("snapshot lock") = Arc::new(snapshot);
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
         Ok(())
     }
 
@@ -77,20 +77,20 @@ impl AppState {
         self.next_request.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub fn engine(&self) -> Result<Arc<Engine>> {
+    pub fn engine(&self) -> Result<Arc<FeatureLens>> {
         self.engine.clone().ok_or_else(|| ServiceError::Unavailable("this server has no model loaded (start it without --no-model)".into()))
     }
 }
 
 impl Snapshot {
-    async fn build(reader: StoreReader, engine: Option<&Engine>) -> Result<Snapshot> {
+    async fn build(reader: StoreReader, engine: Option<&FeatureLens>) -> Result<Snapshot> {
         reader.warm().await?;
         let dictionaries: BTreeMap<String, DictionaryRecord> = reader.dictionaries().await?.into_iter().map(|d| (d.dictionary_id.clone(), d)).collect();
         let mut feature_notes = HashMap::new();
         if let Some(engine) = engine {
-            for id in engine.dictionaries.keys() {
+            for id in engine.dictionaries().iter().map(|d| &d.id) {
                 let mut notes = FeatureNotes::default();
-                for f in reader.features(id).await? {
+                for f in reader.features_as_built(id).await? {
                     notes.density.push(f.density);
                     if let Some(label) = f.label {
                         notes.labels.insert(f.feature, label);
@@ -109,6 +109,14 @@ impl Snapshot {
         })
     }
 
+    /// A feature's current label: the latest label write, else the generation's.
+    pub fn label(&self, dictionary_id: &str, feature: u32) -> Option<String> {
+        match self.reader.label_override(dictionary_id, feature) {
+            Some(label) => label,
+            None => self.feature_notes.get(dictionary_id).and_then(|n| n.labels.get(&feature).cloned()),
+        }
+    }
+
     /// Checks that `feature` exists in `dictionary_id`.
     pub fn check_feature(&self, dictionary_id: &str, feature: u32) -> Result<&DictionaryRecord> {
         let dictionary = self.dictionary(dictionary_id)?;
@@ -124,9 +132,9 @@ impl Snapshot {
 }
 
 /// Loads the model and every dictionary of the store that reads it.
-fn load_engine(model_path: &Path, snapshot: &Snapshot, overrides: &[(String, PathBuf)]) -> Result<Engine> {
+fn load_engine(model_path: &Path, snapshot: &Snapshot, overrides: &[(String, PathBuf)]) -> Result<FeatureLens> {
     let model = Model::load(model_path)?;
-    let mut dictionaries = BTreeMap::new();
+    let mut dictionaries = Vec::new();
     for (id, record) in &snapshot.dictionaries {
         let path = overrides.iter().find(|(o, _)| o == id).map(|(_, p)| p.clone()).or_else(|| {
             record.manifest.pointer("/dictionary/path").and_then(|p| p.as_str()).map(PathBuf::from)
@@ -137,10 +145,10 @@ fn load_engine(model_path: &Path, snapshot: &Snapshot, overrides: &[(String, Pat
         };
         match Dictionary::load_for_model(&path, model.config()) {
             Ok(dictionary) => {
-                dictionaries.insert(id.clone(), Arc::new(dictionary));
+                dictionaries.push((id.clone(), Arc::new(dictionary)));
             }
             Err(e) => tracing::warn!(dictionary = %id, error = %e, "cannot run this dictionary on the model; serving its index only"),
         }
     }
-    Ok(Engine { model, dictionaries })
+    Ok(FeatureLens::new(model, dictionaries)?)
 }

@@ -1,7 +1,7 @@
 //! The bounded pool that runs model-bound work (forward passes) off the async runtime, so
 //! that search and dashboard calls never wait behind the model.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,11 @@ impl ModelWorkers {
 
     /// Runs `work` on a blocking thread once a worker is free; refuses at once when the
     /// queue is full, and gives up when `deadline` passes first.
-    pub async fn run<T: Send + 'static>(&self, deadline: Option<Duration>, work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    ///
+    /// `work` gets a flag that is raised when its caller stops waiting (the deadline passed
+    /// or the call was dropped because the client went away): model work passes it to
+    /// `Hooks::cancel_when`, so the worker is free again within one layer.
+    pub async fn run<T: Send + 'static>(&self, deadline: Option<Duration>, work: impl FnOnce(Arc<AtomicBool>) -> Result<T> + Send + 'static) -> Result<T> {
         let queued = self.in_flight.fetch_add(1, Ordering::SeqCst);
         let _guard = InFlight(&self.in_flight);
         if queued >= self.workers + self.max_waiting {
@@ -34,11 +38,13 @@ impl ModelWorkers {
                 self.workers + self.max_waiting
             )));
         }
+        let cancel = Arc::new(AtomicBool::new(false));
+        let _cancel_on_drop = CancelOnDrop(cancel.clone());
         let job = async {
             let permit = self.permits.clone().acquire_owned().await.map_err(|_| ServiceError::Unavailable("the server is shutting down".into()))?;
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                work()
+                work(cancel)
             })
             .await
             .map_err(|e| ServiceError::Internal(format!("model worker failed: {e}")))?
@@ -52,10 +58,70 @@ impl ModelWorkers {
     }
 }
 
+/// Raises the work's cancel flag when the caller's future ends, however it ends; harmless
+/// when the work is already done.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 struct InFlight<'a>(&'a AtomicUsize);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// Work that runs until it is cancelled (or 20 s pass), and says which.
+    fn until_cancelled(saw: Arc<AtomicBool>) -> impl FnOnce(Arc<AtomicBool>) -> Result<()> + Send + 'static {
+        move |cancel| {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(20) {
+                if cancel.load(Ordering::Relaxed) {
+                    saw.store(true, Ordering::SeqCst);
+                    return Err(ServiceError::Internal("cancelled".into()));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_passed_deadline_cancels_the_work_and_frees_the_worker() {
+        let workers = ModelWorkers::new(1, 0);
+        let saw = Arc::new(AtomicBool::new(false));
+        let err = workers.run(Some(Duration::from_millis(30)), until_cancelled(saw.clone())).await.unwrap_err();
+        assert!(matches!(err, ServiceError::DeadlineExceeded(_)), "{err}");
+        // The one worker frees itself: the next call gets it (and is not refused as busy).
+        let value = workers.run(None, |_| Ok(7)).await.unwrap();
+        assert_eq!(value, 7);
+        assert!(saw.load(Ordering::SeqCst), "the work saw its cancel flag");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_call_cancels_its_work() {
+        let workers = Arc::new(ModelWorkers::new(1, 0));
+        let saw = Arc::new(AtomicBool::new(false));
+        let call = tokio::spawn({
+            let (workers, saw) = (workers.clone(), saw.clone());
+            async move { workers.run(None, until_cancelled(saw)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A full queue answers RESOURCE_EXHAUSTED while the work runs.
+        assert!(matches!(workers.run(None, |_| Ok(())).await, Err(ServiceError::ResourceExhausted(_))));
+        call.abort(); // what tonic does when the client goes away
+        let _ = call.await;
+        assert_eq!(workers.run(None, |_| Ok(1)).await.unwrap(), 1);
+        assert!(saw.load(Ordering::SeqCst));
     }
 }

@@ -22,75 +22,58 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from . import common_pb2 as loupe_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17loupe/v1/features.proto\x12\x08loupe.v1\"4\n\nFeatureRef\x12\x15\n\rdictionary_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\r\"\xa9\x02\n\nDictionary\x12\x15\n\rdictionary_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x16\n\x0emodel_checksum\x18\x03 \x01(\t\x12\x0c\n\x04hook\x18\x04 \x01(\t\x12\x10\n\x08hook_out\x18\x05 \x01(\t\x12\x12\n\x05layer\x18\x06 \x01(\rH\x00\x88\x01\x01\x12\x14\n\x0c\x61rchitecture\x18\x07 \x01(\t\x12\x0c\n\x04\x64_in\x18\x08 \x01(\r\x12\r\n\x05\x64_sae\x18\t \x01(\r\x12\x15\n\rsource_format\x18\n \x01(\t\x12\x17\n\x0fsource_checksum\x18\x0b \x01(\t\x12\x15\n\rmanifest_json\x18\x0c \x01(\t\x12\x12\n\ncreated_at\x18\r \x01(\t\x12\x0e\n\x06loaded\x18\x0e \x01(\x08\x42\x08\n\x06_layer\"\x19\n\x17ListDictionariesRequest\"`\n\x18ListDictionariesResponse\x12*\n\x0c\x64ictionaries\x18\x01 \x03(\x0b\x32\x14.loupe.v1.Dictionary\x12\x18\n\x10store_generation\x18\x02 \x01(\x04\"\x81\x02\n\x15SearchFeaturesRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x1a\n\rdictionary_id\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x11\n\x04hook\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x12\n\x05layer\x18\x04 \x01(\rH\x02\x88\x01\x01\x12\x18\n\x0bmin_density\x18\x05 \x01(\x01H\x03\x88\x01\x01\x12\x18\n\x0bmax_density\x18\x06 \x01(\x01H\x04\x88\x01\x01\x12\x0e\n\x06offset\x18\x07 \x01(\r\x12\r\n\x05limit\x18\x08 \x01(\rB\x10\n\x0e_dictionary_idB\x07\n\x05_hookB\x08\n\x06_layerB\x0e\n\x0c_min_densityB\x0e\n\x0c_max_density\"\xbe\x01\n\tSearchHit\x12%\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x14.loupe.v1.FeatureRef\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x12\n\x05label\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x16\n\x0emax_activation\x18\x04 \x01(\x02\x12\x0f\n\x07\x64\x65nsity\x18\x05 \x01(\x01\x12\x0f\n\x07snippet\x18\x06 \x01(\t\x12#\n\nhighlights\x18\x07 \x03(\x0b\x32\x0f.loupe.v1.RangeB\x08\n\x06_label\"#\n\x05Range\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\"J\n\x16SearchFeaturesResponse\x12\r\n\x05total\x18\x01 \x01(\x04\x12!\n\x04hits\x18\x02 \x03(\x0b\x32\x13.loupe.v1.SearchHit\"s\n\x11GetFeatureRequest\x12%\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x14.loupe.v1.FeatureRef\x12\x18\n\x10max_top_examples\x18\x02 \x01(\r\x12\x1d\n\x15max_interval_examples\x18\x03 \x01(\r\"=\n\x0bLogitEffect\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x02\"B\n\tNeighbour\x12%\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x14.loupe.v1.FeatureRef\x12\x0e\n\x06\x63osine\x18\x02 \x01(\x02\".\n\tHistogram\x12\x11\n\tbin_width\x18\x01 \x01(\x02\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x04\"\xad\x01\n\x07\x45xample\x12\x16\n\x0emax_activation\x18\x01 \x01(\x02\x12\x14\n\x0cmax_position\x18\x02 \x01(\r\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x0e\n\x06tokens\x18\x04 \x03(\t\x12\x13\n\x0b\x61\x63tivations\x18\x05 \x03(\x02\x12\x13\n\x0b\x64ocument_id\x18\x06 \x01(\x04\x12\x17\n\x0f\x64ocument_offset\x18\x07 \x01(\r\x12\x0e\n\x06window\x18\x08 \x01(\x04\"R\n\x10IntervalExamples\x12\x0b\n\x03low\x18\x01 \x01(\x02\x12\x0c\n\x04high\x18\x02 \x01(\x02\x12#\n\x08\x65xamples\x18\x03 \x03(\x0b\x32\x11.loupe.v1.Example\"\xdb\x03\n\x10\x46\x65\x61tureDashboard\x12%\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x14.loupe.v1.FeatureRef\x12\x12\n\x05label\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x16\n\x0emax_activation\x18\x03 \x01(\x02\x12\x17\n\x0fmean_activation\x18\x04 \x01(\x02\x12\x0f\n\x07\x64\x65nsity\x18\x05 \x01(\x01\x12\x12\n\nfire_count\x18\x06 \x01(\x04\x12&\n\thistogram\x18\x07 \x01(\x0b\x32\x13.loupe.v1.Histogram\x12)\n\ntop_logits\x18\x08 \x03(\x0b\x32\x15.loupe.v1.LogitEffect\x12,\n\rbottom_logits\x18\t \x03(\x0b\x32\x15.loupe.v1.LogitEffect\x12\'\n\nneighbours\x18\n \x03(\x0b\x32\x13.loupe.v1.Neighbour\x12\x14\n\x0c\x64\x65\x63oder_norm\x18\x0b \x01(\x02\x12\'\n\x0ctop_examples\x18\x0c \x03(\x0b\x32\x11.loupe.v1.Example\x12\x35\n\x11interval_examples\x18\r \x03(\x0b\x32\x1a.loupe.v1.IntervalExamples\x12\x0c\n\x04hook\x18\x0e \x01(\tB\x08\n\x06_label\"C\n\x12GetFeatureResponse\x12-\n\tdashboard\x18\x01 \x01(\x0b\x32\x1a.loupe.v1.FeatureDashboard\"b\n\x16SimilarFeaturesRequest\x12%\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x14.loupe.v1.FeatureRef\x12\x16\n\x0e\x64ictionary_ids\x18\x02 \x03(\t\x12\t\n\x01k\x18\x03 \x01(\r\"B\n\x17SimilarFeaturesResponse\x12\'\n\nneighbours\x18\x01 \x03(\x0b\x32\x13.loupe.v1.Neighbour\"\xc1\x01\n\x19TopFeaturesForTextRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x07 \x03(\r\x12\x16\n\x0e\x64ictionary_ids\x18\x02 \x03(\t\x12\t\n\x01k\x18\x03 \x01(\r\x12\x0e\n\x06k_text\x18\x04 \x01(\r\x12\x17\n\nignore_bos\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x0bmax_density\x18\x06 \x01(\x01H\x01\x88\x01\x01\x42\r\n\x0b_ignore_bosB\x0e\n\x0c_max_density\"l\n\x11\x46\x65\x61tureActivation\x12%\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x14.loupe.v1.FeatureRef\x12\x12\n\nactivation\x18\x02 \x01(\x02\x12\x12\n\x05label\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_label\"q\n\rTokenFeatures\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x10\n\x08token_id\x18\x02 \x01(\r\x12\r\n\x05token\x18\x03 \x01(\t\x12-\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x1b.loupe.v1.FeatureActivation\"y\n\x1aTopFeaturesForTextResponse\x12\'\n\x06tokens\x18\x01 \x03(\x0b\x32\x17.loupe.v1.TokenFeatures\x12\x32\n\rtext_features\x18\x02 \x03(\x0b\x32\x1b.loupe.v1.FeatureActivation\"N\n\x16SetFeatureLabelRequest\x12%\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x14.loupe.v1.FeatureRef\x12\r\n\x05label\x18\x02 \x01(\t\"3\n\x17SetFeatureLabelResponse\x12\x18\n\x10store_generation\x18\x01 \x01(\x04\"A\n\x0fTokenizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x14\n\x07\x61\x64\x64_bos\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\n\n\x08_add_bos\"5\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0e\n\x06tokens\x18\x02 \x03(\t\"G\n\x15GetActivationsRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\r\n\x05hooks\x18\x03 \x03(\t\"3\n\x06Tensor\x12\x0c\n\x04hook\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"N\n\x16GetActivationsResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12!\n\x07tensors\x18\x02 \x03(\x0b\x32\x10.loupe.v1.Tensor2\x94\x04\n\x08\x46\x65\x61tures\x12Y\n\x10ListDictionaries\x12!.loupe.v1.ListDictionariesRequest\x1a\".loupe.v1.ListDictionariesResponse\x12S\n\x0eSearchFeatures\x12\x1f.loupe.v1.SearchFeaturesRequest\x1a .loupe.v1.SearchFeaturesResponse\x12G\n\nGetFeature\x12\x1b.loupe.v1.GetFeatureRequest\x1a\x1c.loupe.v1.GetFeatureResponse\x12V\n\x0fSimilarFeatures\x12 .loupe.v1.SimilarFeaturesRequest\x1a!.loupe.v1.SimilarFeaturesResponse\x12_\n\x12TopFeaturesForText\x12#.loupe.v1.TopFeaturesForTextRequest\x1a$.loupe.v1.TopFeaturesForTextResponse\x12V\n\x0fSetFeatureLabel\x12 .loupe.v1.SetFeatureLabelRequest\x1a!.loupe.v1.SetFeatureLabelResponse2\xa3\x01\n\tInternals\x12\x41\n\x08Tokenize\x12\x19.loupe.v1.TokenizeRequest\x1a\x1a.loupe.v1.TokenizeResponse\x12S\n\x0eGetActivations\x12\x1f.loupe.v1.GetActivationsRequest\x1a .loupe.v1.GetActivationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17loupe/v1/features.proto\x12\x08loupe.v1\x1a\x15loupe/v1/common.proto\"\xa9\x02\n\nDictionary\x12\x15\n\rdictionary_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x16\n\x0emodel_checksum\x18\x03 \x01(\t\x12\x0c\n\x04hook\x18\x04 \x01(\t\x12\x10\n\x08hook_out\x18\x05 \x01(\t\x12\x12\n\x05layer\x18\x06 \x01(\rH\x00\x88\x01\x01\x12\x14\n\x0c\x61rchitecture\x18\x07 \x01(\t\x12\x0c\n\x04\x64_in\x18\x08 \x01(\r\x12\r\n\x05\x64_sae\x18\t \x01(\r\x12\x15\n\rsource_format\x18\n \x01(\t\x12\x17\n\x0fsource_checksum\x18\x0b \x01(\t\x12\x15\n\rmanifest_json\x18\x0c \x01(\t\x12\x12\n\ncreated_at\x18\r \x01(\t\x12\x0e\n\x06loaded\x18\x0e \x01(\x08\x42\x08\n\x06_layer\"\x19\n\x17ListDictionariesRequest\"`\n\x18ListDictionariesResponse\x12*\n\x0c\x64ictionaries\x18\x01 \x03(\x0b\x32\x14.loupe.v1.Dictionary\x12\x18\n\x10store_generation\x18\x02 \x01(\x04\"\x81\x02\n\x15SearchFeaturesRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x1a\n\rdictionary_id\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x11\n\x04hook\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x12\n\x05layer\x18\x04 \x01(\rH\x02\x88\x01\x01\x12\x18\n\x0bmin_density\x18\x05 \x01(\x01H\x03\x88\x01\x01\x12\x18\n\x0bmax_density\x18\x06 \x01(\x01H\x04\x88\x01\x01\x12\x0e\n\x06offset\x18\x07 \x01(\r\x12\r\n\x05limit\x18\x08 \x01(\rB\x10\n\x0e_dictionary_idB\x07\n\x05_hookB\x08\n\x06_layerB\x0e\n\x0c_min_densityB\x0e\n\x0c_max_density\"\xbe\x01\n\tSearchHit\x12%\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x14.loupe.v1.FeatureRef\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x12\n\x05label\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x16\n\x0emax_activation\x18\x04 \x01(\x02\x12\x0f\n\x07\x64\x65nsity\x18\x05 \x01(\x01\x12\x0f\n\x07snippet\x18\x06 \x01(\t\x12#\n\nhighlights\x18\x07 \x03(\x0b\x32\x0f.loupe.v1.RangeB\x08\n\x06_label\"J\n\x16SearchFeaturesResponse\x12\r\n\x05total\x18\x01 \x01(\x04\x12!\n\x04hits\x18\x02 \x03(\x0b\x32\x13.loupe.v1.SearchHit\"s\n\x11GetFeatureRequest\x12%\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x14.loupe.v1.FeatureRef\x12\x18\n\x10max_top_examples\x18\x02 \x01(\r\x12\x1d\n\x15max_interval_examples\x18\x03 \x01(\r\"=\n\x0bLogitEffect\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x02\"B\n\tNeighbour\x12%\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x14.loupe.v1.FeatureRef\x12\x0e\n\x06\x63osine\x18\x02 \x01(\x02\".\n\tHistogram\x12\x11\n\tbin_width\x18\x01 \x01(\x02\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x04\"\xad\x01\n\x07\x45xample\x12\x16\n\x0emax_activation\x18\x01 \x01(\x02\x12\x14\n\x0cmax_position\x18\x02 \x01(\r\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x0e\n\x06tokens\x18\x04 \x03(\t\x12\x13\n\x0b\x61\x63tivations\x18\x05 \x03(\x02\x12\x13\n\x0b\x64ocument_id\x18\x06 \x01(\x04\x12\x17\n\x0f\x64ocument_offset\x18\x07 \x01(\r\x12\x0e\n\x06window\x18\x08 \x01(\x04\"R\n\x10IntervalExamples\x12\x0b\n\x03low\x18\x01 \x01(\x02\x12\x0c\n\x04high\x18\x02 \x01(\x02\x12#\n\x08\x65xamples\x18\x03 \x03(\x0b\x32\x11.loupe.v1.Example\"\xdb\x03\n\x10\x46\x65\x61tureDashboard\x12%\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x14.loupe.v1.FeatureRef\x12\x12\n\x05label\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x16\n\x0emax_activation\x18\x03 \x01(\x02\x12\x17\n\x0fmean_activation\x18\x04 \x01(\x02\x12\x0f\n\x07\x64\x65nsity\x18\x05 \x01(\x01\x12\x12\n\nfire_count\x18\x06 \x01(\x04\x12&\n\thistogram\x18\x07 \x01(\x0b\x32\x13.loupe.v1.Histogram\x12)\n\ntop_logits\x18\x08 \x03(\x0b\x32\x15.loupe.v1.LogitEffect\x12,\n\rbottom_logits\x18\t \x03(\x0b\x32\x15.loupe.v1.LogitEffect\x12\'\n\nneighbours\x18\n \x03(\x0b\x32\x13.loupe.v1.Neighbour\x12\x14\n\x0c\x64\x65\x63oder_norm\x18\x0b \x01(\x02\x12\'\n\x0ctop_examples\x18\x0c \x03(\x0b\x32\x11.loupe.v1.Example\x12\x35\n\x11interval_examples\x18\r \x03(\x0b\x32\x1a.loupe.v1.IntervalExamples\x12\x0c\n\x04hook\x18\x0e \x01(\tB\x08\n\x06_label\"C\n\x12GetFeatureResponse\x12-\n\tdashboard\x18\x01 \x01(\x0b\x32\x1a.loupe.v1.FeatureDashboard\"b\n\x16SimilarFeaturesRequest\x12%\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x14.loupe.v1.FeatureRef\x12\x16\n\x0e\x64ictionary_ids\x18\x02 \x03(\t\x12\t\n\x01k\x18\x03 \x01(\r\"B\n\x17SimilarFeaturesResponse\x12\'\n\nneighbours\x18\x01 \x03(\x0b\x32\x13.loupe.v1.Neighbour\"\xc1\x01\n\x19TopFeaturesForTextRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x07 \x03(\r\x12\x16\n\x0e\x64ictionary_ids\x18\x02 \x03(\t\x12\t\n\x01k\x18\x03 \x01(\r\x12\x0e\n\x06k_text\x18\x04 \x01(\r\x12\x17\n\nignore_bos\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x0bmax_density\x18\x06 \x01(\x01H\x01\x88\x01\x01\x42\r\n\x0b_ignore_bosB\x0e\n\x0c_max_density\"q\n\rTokenFeatures\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x10\n\x08token_id\x18\x02 \x01(\r\x12\r\n\x05token\x18\x03 \x01(\t\x12-\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x1b.loupe.v1.FeatureActivation\"y\n\x1aTopFeaturesForTextResponse\x12\'\n\x06tokens\x18\x01 \x03(\x0b\x32\x17.loupe.v1.TokenFeatures\x12\x32\n\rtext_features\x18\x02 \x03(\x0b\x32\x1b.loupe.v1.FeatureActivation\"n\n\x16SetFeatureLabelRequest\x12%\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x14.loupe.v1.FeatureRef\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x06\x61uthor\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\t\n\x07_author\"3\n\x17SetFeatureLabelResponse\x12\x18\n\x10store_generation\x18\x01 \x01(\x04\x32\x94\x04\n\x08\x46\x65\x61tures\x12Y\n\x10ListDictionaries\x12!.loupe.v1.ListDictionariesRequest\x1a\".loupe.v1.ListDictionariesResponse\x12S\n\x0eSearchFeatures\x12\x1f.loupe.v1.SearchFeaturesRequest\x1a .loupe.v1.SearchFeaturesResponse\x12G\n\nGetFeature\x12\x1b.loupe.v1.GetFeatureRequest\x1a\x1c.loupe.v1.GetFeatureResponse\x12V\n\x0fSimilarFeatures\x12 .loupe.v1.SimilarFeaturesRequest\x1a!.loupe.v1.SimilarFeaturesResponse\x12_\n\x12TopFeaturesForText\x12#.loupe.v1.TopFeaturesForTextRequest\x1a$.loupe.v1.TopFeaturesForTextResponse\x12V\n\x0fSetFeatureLabel\x12 .loupe.v1.SetFeatureLabelRequest\x1a!.loupe.v1.SetFeatureLabelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loupe.v1.features_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FEATUREREF']._serialized_start=37
-  _globals['_FEATUREREF']._serialized_end=89
-  _globals['_DICTIONARY']._serialized_start=92
-  _globals['_DICTIONARY']._serialized_end=389
-  _globals['_LISTDICTIONARIESREQUEST']._serialized_start=391
-  _globals['_LISTDICTIONARIESREQUEST']._serialized_end=416
-  _globals['_LISTDICTIONARIESRESPONSE']._serialized_start=418
-  _globals['_LISTDICTIONARIESRESPONSE']._serialized_end=514
-  _globals['_SEARCHFEATURESREQUEST']._serialized_start=517
-  _globals['_SEARCHFEATURESREQUEST']._serialized_end=774
-  _globals['_SEARCHHIT']._serialized_start=777
-  _globals['_SEARCHHIT']._serialized_end=967
-  _globals['_RANGE']._serialized_start=969
-  _globals['_RANGE']._serialized_end=1004
-  _globals['_SEARCHFEATURESRESPONSE']._serialized_start=1006
-  _globals['_SEARCHFEATURESRESPONSE']._serialized_end=1080
-  _globals['_GETFEATUREREQUEST']._serialized_start=1082
-  _globals['_GETFEATUREREQUEST']._serialized_end=1197
-  _globals['_LOGITEFFECT']._serialized_start=1199
-  _globals['_LOGITEFFECT']._serialized_end=1260
-  _globals['_NEIGHBOUR']._serialized_start=1262
-  _globals['_NEIGHBOUR']._serialized_end=1328
-  _globals['_HISTOGRAM']._serialized_start=1330
-  _globals['_HISTOGRAM']._serialized_end=1376
-  _globals['_EXAMPLE']._serialized_start=1379
-  _globals['_EXAMPLE']._serialized_end=1552
-  _globals['_INTERVALEXAMPLES']._serialized_start=1554
-  _globals['_INTERVALEXAMPLES']._serialized_end=1636
-  _globals['_FEATUREDASHBOARD']._serialized_start=1639
-  _globals['_FEATUREDASHBOARD']._serialized_end=2114
-  _globals['_GETFEATURERESPONSE']._serialized_start=2116
-  _globals['_GETFEATURERESPONSE']._serialized_end=2183
-  _globals['_SIMILARFEATURESREQUEST']._serialized_start=2185
-  _globals['_SIMILARFEATURESREQUEST']._serialized_end=2283
-  _globals['_SIMILARFEATURESRESPONSE']._serialized_start=2285
-  _globals['_SIMILARFEATURESRESPONSE']._serialized_end=2351
-  _globals['_TOPFEATURESFORTEXTREQUEST']._serialized_start=2354
-  _globals['_TOPFEATURESFORTEXTREQUEST']._serialized_end=2547
-  _globals['_FEATUREACTIVATION']._serialized_start=2549
-  _globals['_FEATUREACTIVATION']._serialized_end=2657
-  _globals['_TOKENFEATURES']._serialized_start=2659
-  _globals['_TOKENFEATURES']._serialized_end=2772
-  _globals['_TOPFEATURESFORTEXTRESPONSE']._serialized_start=2774
-  _globals['_TOPFEATURESFORTEXTRESPONSE']._serialized_end=2895
-  _globals['_SETFEATURELABELREQUEST']._serialized_start=2897
-  _globals['_SETFEATURELABELREQUEST']._serialized_end=2975
-  _globals['_SETFEATURELABELRESPONSE']._serialized_start=2977
-  _globals['_SETFEATURELABELRESPONSE']._serialized_end=3028
-  _globals['_TOKENIZEREQUEST']._serialized_start=3030
-  _globals['_TOKENIZEREQUEST']._serialized_end=3095
-  _globals['_TOKENIZERESPONSE']._serialized_start=3097
-  _globals['_TOKENIZERESPONSE']._serialized_end=3150
-  _globals['_GETACTIVATIONSREQUEST']._serialized_start=3152
-  _globals['_GETACTIVATIONSREQUEST']._serialized_end=3223
-  _globals['_TENSOR']._serialized_start=3225
-  _globals['_TENSOR']._serialized_end=3276
-  _globals['_GETACTIVATIONSRESPONSE']._serialized_start=3278
-  _globals['_GETACTIVATIONSRESPONSE']._serialized_end=3356
-  _globals['_FEATURES']._serialized_start=3359
-  _globals['_FEATURES']._serialized_end=3891
-  _globals['_INTERNALS']._serialized_start=3894
-  _globals['_INTERNALS']._serialized_end=4057
+  _globals['_DICTIONARY']._serialized_start=61
+  _globals['_DICTIONARY']._serialized_end=358
+  _globals['_LISTDICTIONARIESREQUEST']._serialized_start=360
+  _globals['_LISTDICTIONARIESREQUEST']._serialized_end=385
+  _globals['_LISTDICTIONARIESRESPONSE']._serialized_start=387
+  _globals['_LISTDICTIONARIESRESPONSE']._serialized_end=483
+  _globals['_SEARCHFEATURESREQUEST']._serialized_start=486
+  _globals['_SEARCHFEATURESREQUEST']._serialized_end=743
+  _globals['_SEARCHHIT']._serialized_start=746
+  _globals['_SEARCHHIT']._serialized_end=936
+  _globals['_SEARCHFEATURESRESPONSE']._serialized_start=938
+  _globals['_SEARCHFEATURESRESPONSE']._serialized_end=1012
+  _globals['_GETFEATUREREQUEST']._serialized_start=1014
+  _globals['_GETFEATUREREQUEST']._serialized_end=1129
+  _globals['_LOGITEFFECT']._serialized_start=1131
+  _globals['_LOGITEFFECT']._serialized_end=1192
+  _globals['_NEIGHBOUR']._serialized_start=1194
+  _globals['_NEIGHBOUR']._serialized_end=1260
+  _globals['_HISTOGRAM']._serialized_start=1262
+  _globals['_HISTOGRAM']._serialized_end=1308
+  _globals['_EXAMPLE']._serialized_start=1311
+  _globals['_EXAMPLE']._serialized_end=1484
+  _globals['_INTERVALEXAMPLES']._serialized_start=1486
+  _globals['_INTERVALEXAMPLES']._serialized_end=1568
+  _globals['_FEATUREDASHBOARD']._serialized_start=1571
+  _globals['_FEATUREDASHBOARD']._serialized_end=2046
+  _globals['_GETFEATURERESPONSE']._serialized_start=2048
+  _globals['_GETFEATURERESPONSE']._serialized_end=2115
+  _globals['_SIMILARFEATURESREQUEST']._serialized_start=2117
+  _globals['_SIMILARFEATURESREQUEST']._serialized_end=2215
+  _globals['_SIMILARFEATURESRESPONSE']._serialized_start=2217
+  _globals['_SIMILARFEATURESRESPONSE']._serialized_end=2283
+  _globals['_TOPFEATURESFORTEXTREQUEST']._serialized_start=2286
+  _globals['_TOPFEATURESFORTEXTREQUEST']._serialized_end=2479
+  _globals['_TOKENFEATURES']._serialized_start=2481
+  _globals['_TOKENFEATURES']._serialized_end=2594
+  _globals['_TOPFEATURESFORTEXTRESPONSE']._serialized_start=2596
+  _globals['_TOPFEATURESFORTEXTRESPONSE']._serialized_end=2717
+  _globals['_SETFEATURELABELREQUEST']._serialized_start=2719
+  _globals['_SETFEATURELABELREQUEST']._serialized_end=2829
+  _globals['_SETFEATURELABELRESPONSE']._serialized_start=2831
+  _globals['_SETFEATURELABELRESPONSE']._serialized_end=2882
+  _globals['_FEATURES']._serialized_start=2885
+  _globals['_FEATURES']._serialized_end=3417
 # @@protoc_insertion_point(module_scope)

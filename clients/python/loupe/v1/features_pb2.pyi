@@ -1,3 +1,4 @@
+from . import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -5,14 +6,6 @@ from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-class FeatureRef(_message.Message):
-    __slots__ = ("dictionary_id", "feature")
-    DICTIONARY_ID_FIELD_NUMBER: _ClassVar[int]
-    FEATURE_FIELD_NUMBER: _ClassVar[int]
-    dictionary_id: str
-    feature: int
-    def __init__(self, dictionary_id: _Optional[str] = ..., feature: _Optional[int] = ...) -> None: ...
 
 class Dictionary(_message.Message):
     __slots__ = ("dictionary_id", "model_id", "model_checksum", "hook", "hook_out", "layer", "architecture", "d_in", "d_sae", "source_format", "source_checksum", "manifest_json", "created_at", "loaded")
@@ -87,22 +80,14 @@ class SearchHit(_message.Message):
     DENSITY_FIELD_NUMBER: _ClassVar[int]
     SNIPPET_FIELD_NUMBER: _ClassVar[int]
     HIGHLIGHTS_FIELD_NUMBER: _ClassVar[int]
-    feature: FeatureRef
+    feature: _common_pb2.FeatureRef
     score: float
     label: str
     max_activation: float
     density: float
     snippet: str
-    highlights: _containers.RepeatedCompositeFieldContainer[Range]
-    def __init__(self, feature: _Optional[_Union[FeatureRef, _Mapping]] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., max_activation: _Optional[float] = ..., density: _Optional[float] = ..., snippet: _Optional[str] = ..., highlights: _Optional[_Iterable[_Union[Range, _Mapping]]] = ...) -> None: ...
-
-class Range(_message.Message):
-    __slots__ = ("start", "end")
-    START_FIELD_NUMBER: _ClassVar[int]
-    END_FIELD_NUMBER: _ClassVar[int]
-    start: int
-    end: int
-    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
+    highlights: _containers.RepeatedCompositeFieldContainer[_common_pb2.Range]
+    def __init__(self, feature: _Optional[_Union[_common_pb2.FeatureRef, _Mapping]] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., max_activation: _Optional[float] = ..., density: _Optional[float] = ..., snippet: _Optional[str] = ..., highlights: _Optional[_Iterable[_Union[_common_pb2.Range, _Mapping]]] = ...) -> None: ...
 
 class SearchFeaturesResponse(_message.Message):
     __slots__ = ("total", "hits")
@@ -117,10 +102,10 @@ class GetFeatureRequest(_message.Message):
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     MAX_TOP_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     MAX_INTERVAL_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
-    feature: FeatureRef
+    feature: _common_pb2.FeatureRef
     max_top_examples: int
     max_interval_examples: int
-    def __init__(self, feature: _Optional[_Union[FeatureRef, _Mapping]] = ..., max_top_examples: _Optional[int] = ..., max_interval_examples: _Optional[int] = ...) -> None: ...
+    def __init__(self, feature: _Optional[_Union[_common_pb2.FeatureRef, _Mapping]] = ..., max_top_examples: _Optional[int] = ..., max_interval_examples: _Optional[int] = ...) -> None: ...
 
 class LogitEffect(_message.Message):
     __slots__ = ("token_id", "token", "value")
@@ -136,9 +121,9 @@ class Neighbour(_message.Message):
     __slots__ = ("feature", "cosine")
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     COSINE_FIELD_NUMBER: _ClassVar[int]
-    feature: FeatureRef
+    feature: _common_pb2.FeatureRef
     cosine: float
-    def __init__(self, feature: _Optional[_Union[FeatureRef, _Mapping]] = ..., cosine: _Optional[float] = ...) -> None: ...
+    def __init__(self, feature: _Optional[_Union[_common_pb2.FeatureRef, _Mapping]] = ..., cosine: _Optional[float] = ...) -> None: ...
 
 class Histogram(_message.Message):
     __slots__ = ("bin_width", "counts")
@@ -194,7 +179,7 @@ class FeatureDashboard(_message.Message):
     TOP_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     HOOK_FIELD_NUMBER: _ClassVar[int]
-    feature: FeatureRef
+    feature: _common_pb2.FeatureRef
     label: str
     max_activation: float
     mean_activation: float
@@ -208,7 +193,7 @@ class FeatureDashboard(_message.Message):
     top_examples: _containers.RepeatedCompositeFieldContainer[Example]
     interval_examples: _containers.RepeatedCompositeFieldContainer[IntervalExamples]
     hook: str
-    def __init__(self, feature: _Optional[_Union[FeatureRef, _Mapping]] = ..., label: _Optional[str] = ..., max_activation: _Optional[float] = ..., mean_activation: _Optional[float] = ..., density: _Optional[float] = ..., fire_count: _Optional[int] = ..., histogram: _Optional[_Union[Histogram, _Mapping]] = ..., top_logits: _Optional[_Iterable[_Union[LogitEffect, _Mapping]]] = ..., bottom_logits: _Optional[_Iterable[_Union[LogitEffect, _Mapping]]] = ..., neighbours: _Optional[_Iterable[_Union[Neighbour, _Mapping]]] = ..., decoder_norm: _Optional[float] = ..., top_examples: _Optional[_Iterable[_Union[Example, _Mapping]]] = ..., interval_examples: _Optional[_Iterable[_Union[IntervalExamples, _Mapping]]] = ..., hook: _Optional[str] = ...) -> None: ...
+    def __init__(self, feature: _Optional[_Union[_common_pb2.FeatureRef, _Mapping]] = ..., label: _Optional[str] = ..., max_activation: _Optional[float] = ..., mean_activation: _Optional[float] = ..., density: _Optional[float] = ..., fire_count: _Optional[int] = ..., histogram: _Optional[_Union[Histogram, _Mapping]] = ..., top_logits: _Optional[_Iterable[_Union[LogitEffect, _Mapping]]] = ..., bottom_logits: _Optional[_Iterable[_Union[LogitEffect, _Mapping]]] = ..., neighbours: _Optional[_Iterable[_Union[Neighbour, _Mapping]]] = ..., decoder_norm: _Optional[float] = ..., top_examples: _Optional[_Iterable[_Union[Example, _Mapping]]] = ..., interval_examples: _Optional[_Iterable[_Union[IntervalExamples, _Mapping]]] = ..., hook: _Optional[str] = ...) -> None: ...
 
 class GetFeatureResponse(_message.Message):
     __slots__ = ("dashboard",)
@@ -221,10 +206,10 @@ class SimilarFeaturesRequest(_message.Message):
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     DICTIONARY_IDS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
-    feature: FeatureRef
+    feature: _common_pb2.FeatureRef
     dictionary_ids: _containers.RepeatedScalarFieldContainer[str]
     k: int
-    def __init__(self, feature: _Optional[_Union[FeatureRef, _Mapping]] = ..., dictionary_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ...) -> None: ...
+    def __init__(self, feature: _Optional[_Union[_common_pb2.FeatureRef, _Mapping]] = ..., dictionary_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ...) -> None: ...
 
 class SimilarFeaturesResponse(_message.Message):
     __slots__ = ("neighbours",)
@@ -250,16 +235,6 @@ class TopFeaturesForTextRequest(_message.Message):
     max_density: float
     def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., dictionary_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., k_text: _Optional[int] = ..., ignore_bos: _Optional[bool] = ..., max_density: _Optional[float] = ...) -> None: ...
 
-class FeatureActivation(_message.Message):
-    __slots__ = ("feature", "activation", "label")
-    FEATURE_FIELD_NUMBER: _ClassVar[int]
-    ACTIVATION_FIELD_NUMBER: _ClassVar[int]
-    LABEL_FIELD_NUMBER: _ClassVar[int]
-    feature: FeatureRef
-    activation: float
-    label: str
-    def __init__(self, feature: _Optional[_Union[FeatureRef, _Mapping]] = ..., activation: _Optional[float] = ..., label: _Optional[str] = ...) -> None: ...
-
 class TokenFeatures(_message.Message):
     __slots__ = ("position", "token_id", "token", "features")
     POSITION_FIELD_NUMBER: _ClassVar[int]
@@ -269,71 +244,29 @@ class TokenFeatures(_message.Message):
     position: int
     token_id: int
     token: str
-    features: _containers.RepeatedCompositeFieldContainer[FeatureActivation]
-    def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ..., token: _Optional[str] = ..., features: _Optional[_Iterable[_Union[FeatureActivation, _Mapping]]] = ...) -> None: ...
+    features: _containers.RepeatedCompositeFieldContainer[_common_pb2.FeatureActivation]
+    def __init__(self, position: _Optional[int] = ..., token_id: _Optional[int] = ..., token: _Optional[str] = ..., features: _Optional[_Iterable[_Union[_common_pb2.FeatureActivation, _Mapping]]] = ...) -> None: ...
 
 class TopFeaturesForTextResponse(_message.Message):
     __slots__ = ("tokens", "text_features")
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FEATURES_FIELD_NUMBER: _ClassVar[int]
     tokens: _containers.RepeatedCompositeFieldContainer[TokenFeatures]
-    text_features: _containers.RepeatedCompositeFieldContainer[FeatureActivation]
-    def __init__(self, tokens: _Optional[_Iterable[_Union[TokenFeatures, _Mapping]]] = ..., text_features: _Optional[_Iterable[_Union[FeatureActivation, _Mapping]]] = ...) -> None: ...
+    text_features: _containers.RepeatedCompositeFieldContainer[_common_pb2.FeatureActivation]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[TokenFeatures, _Mapping]]] = ..., text_features: _Optional[_Iterable[_Union[_common_pb2.FeatureActivation, _Mapping]]] = ...) -> None: ...
 
 class SetFeatureLabelRequest(_message.Message):
-    __slots__ = ("feature", "label")
+    __slots__ = ("feature", "label", "author")
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
-    feature: FeatureRef
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    feature: _common_pb2.FeatureRef
     label: str
-    def __init__(self, feature: _Optional[_Union[FeatureRef, _Mapping]] = ..., label: _Optional[str] = ...) -> None: ...
+    author: str
+    def __init__(self, feature: _Optional[_Union[_common_pb2.FeatureRef, _Mapping]] = ..., label: _Optional[str] = ..., author: _Optional[str] = ...) -> None: ...
 
 class SetFeatureLabelResponse(_message.Message):
     __slots__ = ("store_generation",)
     STORE_GENERATION_FIELD_NUMBER: _ClassVar[int]
     store_generation: int
     def __init__(self, store_generation: _Optional[int] = ...) -> None: ...
-
-class TokenizeRequest(_message.Message):
-    __slots__ = ("text", "add_bos")
-    TEXT_FIELD_NUMBER: _ClassVar[int]
-    ADD_BOS_FIELD_NUMBER: _ClassVar[int]
-    text: str
-    add_bos: bool
-    def __init__(self, text: _Optional[str] = ..., add_bos: _Optional[bool] = ...) -> None: ...
-
-class TokenizeResponse(_message.Message):
-    __slots__ = ("token_ids", "tokens")
-    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
-    TOKENS_FIELD_NUMBER: _ClassVar[int]
-    token_ids: _containers.RepeatedScalarFieldContainer[int]
-    tokens: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ...) -> None: ...
-
-class GetActivationsRequest(_message.Message):
-    __slots__ = ("text", "token_ids", "hooks")
-    TEXT_FIELD_NUMBER: _ClassVar[int]
-    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
-    HOOKS_FIELD_NUMBER: _ClassVar[int]
-    text: str
-    token_ids: _containers.RepeatedScalarFieldContainer[int]
-    hooks: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., hooks: _Optional[_Iterable[str]] = ...) -> None: ...
-
-class Tensor(_message.Message):
-    __slots__ = ("hook", "shape", "data")
-    HOOK_FIELD_NUMBER: _ClassVar[int]
-    SHAPE_FIELD_NUMBER: _ClassVar[int]
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    hook: str
-    shape: _containers.RepeatedScalarFieldContainer[int]
-    data: bytes
-    def __init__(self, hook: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
-
-class GetActivationsResponse(_message.Message):
-    __slots__ = ("token_ids", "tensors")
-    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
-    TENSORS_FIELD_NUMBER: _ClassVar[int]
-    token_ids: _containers.RepeatedScalarFieldContainer[int]
-    tensors: _containers.RepeatedCompositeFieldContainer[Tensor]
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...

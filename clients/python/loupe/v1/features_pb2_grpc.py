@@ -108,7 +108,9 @@ class FeaturesServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetFeatureLabel(self, request, context):
-        """Sets (or clears) a feature's label; a new store generation, searchable at once.
+        """Sets (or clears) a feature's label: appended to the store's labels table (history
+        kept, the latest wins), searchable on this server when the call returns and on other
+        servers of the same store within a second. No new store generation.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -311,125 +313,6 @@ class Features:
             '/loupe.v1.Features/SetFeatureLabel',
             loupe_dot_v1_dot_features__pb2.SetFeatureLabelRequest.SerializeToString,
             loupe_dot_v1_dot_features__pb2.SetFeatureLabelResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-
-class InternalsStub:
-    """Reading the model's internals (Garcon-like).
-    """
-
-    def __init__(self, channel):
-        """Constructor.
-
-        Args:
-            channel: A grpc.Channel.
-        """
-        self.Tokenize = channel.unary_unary(
-                '/loupe.v1.Internals/Tokenize',
-                request_serializer=loupe_dot_v1_dot_features__pb2.TokenizeRequest.SerializeToString,
-                response_deserializer=loupe_dot_v1_dot_features__pb2.TokenizeResponse.FromString,
-                _registered_method=True)
-        self.GetActivations = channel.unary_unary(
-                '/loupe.v1.Internals/GetActivations',
-                request_serializer=loupe_dot_v1_dot_features__pb2.GetActivationsRequest.SerializeToString,
-                response_deserializer=loupe_dot_v1_dot_features__pb2.GetActivationsResponse.FromString,
-                _registered_method=True)
-
-
-class InternalsServicer:
-    """Reading the model's internals (Garcon-like).
-    """
-
-    def Tokenize(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def GetActivations(self, request, context):
-        """Activations at named hook points, as little-endian float32 tensors with shapes.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-
-def add_InternalsServicer_to_server(servicer, server):
-    rpc_method_handlers = {
-            'Tokenize': grpc.unary_unary_rpc_method_handler(
-                    servicer.Tokenize,
-                    request_deserializer=loupe_dot_v1_dot_features__pb2.TokenizeRequest.FromString,
-                    response_serializer=loupe_dot_v1_dot_features__pb2.TokenizeResponse.SerializeToString,
-            ),
-            'GetActivations': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetActivations,
-                    request_deserializer=loupe_dot_v1_dot_features__pb2.GetActivationsRequest.FromString,
-                    response_serializer=loupe_dot_v1_dot_features__pb2.GetActivationsResponse.SerializeToString,
-            ),
-    }
-    generic_handler = grpc.method_handlers_generic_handler(
-            'loupe.v1.Internals', rpc_method_handlers)
-    server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('loupe.v1.Internals', rpc_method_handlers)
-
-
- # This class is part of an EXPERIMENTAL API.
-class Internals:
-    """Reading the model's internals (Garcon-like).
-    """
-
-    @staticmethod
-    def Tokenize(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/loupe.v1.Internals/Tokenize',
-            loupe_dot_v1_dot_features__pb2.TokenizeRequest.SerializeToString,
-            loupe_dot_v1_dot_features__pb2.TokenizeResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetActivations(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/loupe.v1.Internals/GetActivations',
-            loupe_dot_v1_dot_features__pb2.GetActivationsRequest.SerializeToString,
-            loupe_dot_v1_dot_features__pb2.GetActivationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

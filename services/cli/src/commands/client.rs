@@ -5,7 +5,6 @@ use std::io::IsTerminal;
 use anyhow::Context;
 use loupe_schema::proto::v1 as pb;
 use loupe_schema::proto::v1::features_client::FeaturesClient;
-use serde_json::json;
 use tonic::transport::Channel;
 
 use crate::output::print_json;
@@ -72,6 +71,9 @@ pub struct LabelArgs {
     pub feature: String,
     /// The label (empty clears it).
     pub label: String,
+    /// Who labels, recorded with the label (default: $USER).
+    #[arg(long, env = "USER")]
+    pub author: Option<String>,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -100,11 +102,7 @@ pub fn dictionaries(args: ServerArgs) -> anyhow::Result<()> {
         let mut client = connect(&args.server).await?;
         let r = client.list_dictionaries(pb::ListDictionariesRequest {}).await.map_err(status)?.into_inner();
         if args.json {
-            let list: Vec<_> = r.dictionaries.iter().map(|d| json!({
-                "dictionary_id": d.dictionary_id, "model_id": d.model_id, "hook": d.hook, "layer": d.layer, "architecture": d.architecture,
-                "d_in": d.d_in, "d_sae": d.d_sae, "loaded": d.loaded, "manifest": serde_json::from_str::<serde_json::Value>(&d.manifest_json).ok(),
-            })).collect();
-            return print_json(&json!({"store_generation": r.store_generation, "dictionaries": list}));
+            return print_json(&r);
         }
         println!("store generation {}", r.store_generation);
         for d in &r.dictionaries {
@@ -130,11 +128,7 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
         };
         let r = client.search_features(request).await.map_err(status)?.into_inner();
         if args.server.json {
-            let hits: Vec<_> = r.hits.iter().map(|h| {
-                let f = h.feature.clone().unwrap_or_default();
-                json!({"dictionary_id": f.dictionary_id, "feature": f.feature, "score": h.score, "label": h.label, "max_activation": h.max_activation, "density": h.density, "snippet": h.snippet})
-            }).collect();
-            return print_json(&json!({"total": r.total, "hits": hits}));
+            return print_json(&r);
         }
         println!("{} features match {:?}", r.total, args.query);
         let color = std::io::stdout().is_terminal();
@@ -186,15 +180,7 @@ pub fn show(args: ShowArgs) -> anyhow::Result<()> {
         let request = pb::GetFeatureRequest { feature: Some(feature), max_top_examples: args.examples, max_interval_examples: 2 };
         let d = client.get_feature(request).await.map_err(status)?.into_inner().dashboard.context("empty dashboard")?;
         if args.server.json {
-            let examples: Vec<_> = d.top_examples.iter().map(|e| json!({"max_activation": e.max_activation, "max_position": e.max_position, "tokens": e.tokens, "activations": e.activations, "document_id": e.document_id})).collect();
-            let logits = |l: &[pb::LogitEffect]| l.iter().map(|l| json!({"token": l.token, "value": l.value})).collect::<Vec<_>>();
-            return print_json(&json!({
-                "feature": args.feature, "label": d.label, "hook": d.hook, "max_activation": d.max_activation, "mean_activation": d.mean_activation,
-                "density": d.density, "fire_count": d.fire_count, "histogram": d.histogram.as_ref().map(|h| json!({"bin_width": h.bin_width, "counts": h.counts})),
-                "top_logits": logits(&d.top_logits), "bottom_logits": logits(&d.bottom_logits),
-                "neighbours": d.neighbours.iter().map(|n| json!({"feature": n.feature.as_ref().map(|f| f.feature), "cosine": n.cosine})).collect::<Vec<_>>(),
-                "top_examples": examples, "intervals": d.interval_examples.len(),
-            }));
+            return print_json(&d);
         }
         let color = std::io::stdout().is_terminal();
         println!("{}  ({}){}", args.feature, d.hook, d.label.as_ref().map(|l| format!("  \"{l}\"")).unwrap_or_default());
@@ -246,9 +232,7 @@ pub fn text(args: TextArgs) -> anyhow::Result<()> {
             format!("{}/{}", feature.dictionary_id, feature.feature)
         };
         if args.server.json {
-            let tokens: Vec<_> = r.tokens.iter().map(|t| json!({"position": t.position, "token": t.token, "features": t.features.iter().map(|f| json!({"feature": name(f), "activation": f.activation, "label": f.label})).collect::<Vec<_>>()})).collect();
-            let text: Vec<_> = r.text_features.iter().map(|f| json!({"feature": name(f), "activation": f.activation, "label": f.label})).collect();
-            return print_json(&json!({"tokens": tokens, "text_features": text}));
+            return print_json(&r);
         }
         for t in &r.tokens {
             let features: Vec<String> = t.features.iter().map(|f| format!("{} {:.2}{}", name(f), f.activation, f.label.as_ref().map(|l| format!(" \"{l}\"")).unwrap_or_default())).collect();
@@ -266,11 +250,12 @@ pub fn label(args: LabelArgs) -> anyhow::Result<()> {
     let feature = parse_feature(&args.feature)?;
     runtime()?.block_on(async {
         let mut client = connect(&args.server.server).await?;
-        let r = client.set_feature_label(pb::SetFeatureLabelRequest { feature: Some(feature), label: args.label.clone() }).await.map_err(status)?.into_inner();
+        let request = pb::SetFeatureLabelRequest { feature: Some(feature), label: args.label.clone(), author: args.author.clone() };
+        let r = client.set_feature_label(request).await.map_err(status)?.into_inner();
         if args.server.json {
-            return print_json(&json!({"store_generation": r.store_generation}));
+            return print_json(&r);
         }
-        println!("labelled {} {:?} (store generation {})", args.feature, args.label, r.store_generation);
+        println!("labelled {} {:?} (searchable now; store generation {} unchanged)", args.feature, args.label, r.store_generation);
         Ok(())
     })
 }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use loupe_engine::corpus::TokenWindows;
 use loupe_engine::dictionary::eval;
-use loupe_engine::{Dictionary, Hooks, Logits, TokenBatch};
+use loupe_engine::{Dictionary, FeatureLens, Read, Rows, TokenBatch};
 use serde_json::json;
 
 use crate::output::{default_dictionary, default_heldout_corpus, print_json, spinner, ModelArgs};
@@ -137,15 +137,16 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
     let model = args.model.load()?;
     let path = args.dictionary.clone().unwrap_or_else(default_dictionary);
     let dictionary = Dictionary::load_for_model(&path, model.config()).with_context(|| format!("loading dictionary {}", path.display()))?;
-    let tokenizer = model.tokenizer()?;
+    let hook = dictionary.info().hook_in;
+    let lens = FeatureLens::new(model, vec![("dictionary".into(), Arc::new(dictionary))])?;
+    let tokenizer = lens.model().tokenizer()?;
     let ids = tokenizer.encode(&args.text)?;
     if ids.is_empty() {
         anyhow::bail!("the text has no tokens");
     }
     let pieces = tokenizer.token_strings(&ids)?;
-    let hook = dictionary.info().hook_in;
-    let out = model.forward(&TokenBatch::single(&ids)?, &Hooks::new().capture(hook), Logits::None, None)?;
-    let encoding = dictionary.encode(&out.captured[&hook])?;
+    let out = lens.run(&TokenBatch::single(&ids)?, &Read::all(&lens, Rows::All))?;
+    let encoding = &out.codes[0];
     let tokens: Vec<serde_json::Value> = pieces
         .iter()
         .enumerate()

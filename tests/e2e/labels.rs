@@ -1,0 +1,168 @@
+//! Label writes through the API: many at once on one server, two servers on one store, and
+//! label writes while an index job commits a new generation. None may be lost, none may
+//! fail, and none creates a generation.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use loupe_query::Limits;
+use loupe_schema::proto::v1 as pb;
+use loupe_schema::proto::v1::features_client::FeaturesClient;
+use loupe_store::{label_history, StoreReader};
+use loupe_tests::{clients, copy_of_fixture_store, corpus_head, fref, index_job, run_job, start_server, DICTIONARY};
+use tonic::transport::Channel;
+
+async fn private_store(dir: &std::path::Path) -> std::path::PathBuf {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || copy_of_fixture_store(&dir)).await.unwrap()
+}
+
+fn label_request(feature: u32, label: &str, author: &str) -> pb::SetFeatureLabelRequest {
+    pb::SetFeatureLabelRequest { feature: fref(feature), label: label.into(), author: Some(author.into()) }
+}
+
+/// A word no corpus holds, unique to feature `f`.
+fn marker(f: u32) -> String {
+    format!("qzx{f}marker")
+}
+
+async fn label_of(client: &mut FeaturesClient<Channel>, feature: u32) -> Option<String> {
+    let dashboard = client.get_feature(pb::GetFeatureRequest { feature: fref(feature), max_top_examples: 0, max_interval_examples: 0 }).await.unwrap().into_inner();
+    dashboard.dashboard.unwrap().label
+}
+
+async fn search_hits(client: &mut FeaturesClient<Channel>, query: &str) -> Vec<(u32, Option<String>)> {
+    let found = client.search_features(pb::SearchFeaturesRequest { query: query.into(), limit: 100, ..Default::default() }).await.unwrap().into_inner();
+    found.hits.into_iter().map(|h| (h.feature.unwrap().feature, h.label)).collect()
+}
+
+/// Polls `client`'s search until `query` finds exactly `expected`, for at most `within`.
+async fn searchable_within(client: &mut FeaturesClient<Channel>, query: &str, expected: &[(u32, Option<String>)], within: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        if search_hits(client, query).await == expected {
+            return true;
+        }
+        if start.elapsed() > within {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_label_calls_on_one_server_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = private_store(dir.path()).await;
+    let server = start_server(&store, Limits::default(), false).await;
+    let (client, _) = clients(&server.addr).await;
+    let generation = server.state.snapshot().reader.generation().generation;
+
+    // 32 calls sent at the same moment, each labelling its own feature.
+    let calls = (0..32u32).map(|f| {
+        let mut client = client.clone();
+        async move { client.set_feature_label(label_request(f, &format!("{} feature", marker(f)), "one-server")).await }
+    });
+    for answer in join_all(calls).await {
+        assert_eq!(answer.expect("every label call succeeds").into_inner().store_generation, generation, "labels create no generation");
+    }
+    let mut client = client;
+    for f in 0..32u32 {
+        let expected = format!("{} feature", marker(f));
+        assert_eq!(label_of(&mut client, f).await.as_deref(), Some(expected.as_str()));
+        assert_eq!(search_hits(&mut client, &marker(f)).await, vec![(f, Some(expected))]);
+    }
+
+    // 32 calls at once on one feature: all succeed, all are kept in the history, and the
+    // label is the last one committed.
+    let calls = (0..32u32).map(|i| {
+        let mut client = client.clone();
+        async move { client.set_feature_label(label_request(40, &format!("take {i}"), "same-feature")).await }
+    });
+    assert!(join_all(calls).await.iter().all(|answer| answer.is_ok()));
+    let history = label_history(&store, DICTIONARY, 40).await.unwrap();
+    assert_eq!(history.len(), 32);
+    assert_eq!(label_of(&mut client, 40).await, history.last().unwrap().label);
+    assert_eq!(loupe_store::layout::current(&store).unwrap().unwrap().generation, generation);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_store_keep_both_writers_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = private_store(dir.path()).await;
+    let limits = Limits::default();
+    let (a, b) = (start_server(&store, limits, false).await, start_server(&store, limits, false).await);
+    let (client_a, _) = clients(&a.addr).await;
+    let (client_b, _) = clients(&b.addr).await;
+
+    // Both servers take 16 label writes each, all at the same time.
+    let calls = (100..132u32).map(|f| {
+        let mut client = if f % 2 == 0 { client_a.clone() } else { client_b.clone() };
+        async move { client.set_feature_label(label_request(f, &marker(f), if f % 2 == 0 { "server-a" } else { "server-b" })).await }
+    });
+    for answer in join_all(calls).await {
+        answer.expect("every label call succeeds");
+    }
+    // Each server's own writes are searchable when the call returns; the other server's
+    // within a second (it follows the labels table every 250 ms).
+    let (mut client_a, mut client_b) = (client_a, client_b);
+    for f in 100..132u32 {
+        let expected = vec![(f, Some(marker(f)))];
+        let (own, other) = if f % 2 == 0 { (&mut client_a, &mut client_b) } else { (&mut client_b, &mut client_a) };
+        assert_eq!(search_hits(own, &marker(f)).await, expected, "feature {f} on the server that wrote it");
+        assert!(searchable_within(other, &marker(f), &expected, Duration::from_secs(1)).await, "feature {f}'s label did not reach the other server within 1 s");
+    }
+    // And a server started afterwards reads them all from the store.
+    let c = start_server(&store, limits, false).await;
+    let (mut client_c, _) = clients(&c.addr).await;
+    for f in 100..132u32 {
+        assert_eq!(label_of(&mut client_c, f).await, Some(marker(f)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_writes_and_an_index_commit_do_not_block_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = private_store(dir.path()).await;
+    let server = start_server(&store, Limits::default(), false).await;
+    let (client, _) = clients(&server.addr).await;
+    let before = loupe_store::layout::current(&store).unwrap().unwrap().generation;
+
+    // Re-index the store (a new generation) on a blocking thread...
+    let indexing = Arc::new(AtomicBool::new(true));
+    let job = {
+        let (store, dir, indexing) = (store.clone(), dir.path().to_path_buf(), indexing.clone());
+        tokio::task::spawn_blocking(move || {
+            let corpus = corpus_head(&dir, 20);
+            run_job(&index_job(&store, &corpus), true);
+            indexing.store(false, Ordering::SeqCst);
+        })
+    };
+    // ...while labels are written through the server until the job is done.
+    let during = Arc::new(AtomicUsize::new(0));
+    let mut written = Vec::new();
+    let mut client = client;
+    for f in 200u32..400 {
+        if !indexing.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        client.set_feature_label(label_request(f, &marker(f), "while-indexing")).await.expect("a label write while the job runs");
+        if indexing.load(Ordering::SeqCst) {
+            during.fetch_add(1, Ordering::SeqCst);
+        }
+        written.push(f);
+    }
+    job.await.expect("the index job succeeds while labels are written");
+    assert!(during.load(Ordering::SeqCst) > 0, "no label write overlapped the job");
+
+    // The job committed its generation; every label is there, in the new generation too.
+    let after = StoreReader::open(&store).await.unwrap();
+    assert_eq!(after.generation().generation, before + 1);
+    for &f in &written {
+        assert_eq!(after.feature(DICTIONARY, f).await.unwrap().unwrap().label, Some(marker(f)), "feature {f}");
+        assert_eq!(label_of(&mut client, f).await, Some(marker(f)));
+    }
+}

@@ -1,0 +1,8 @@
+//! End-to-end scenarios across crates (one test binary, as lance's integration tests):
+//! real stores, real servers on loopback ports, real gRPC clients. Shared fixtures are in
+//! the `loupe_tests` library (`tests/src/lib.rs`). They need the default model and the demo
+//! corpus: `scripts/setup.sh` fetches both (CI always runs it).
+
+mod labels;
+mod reflection;
+mod service;
