@@ -37,9 +37,6 @@ pub enum EngineError {
     #[error("hook '{hook}' does not exist in this model: it has {n_layers} layers (0..={last})", last = n_layers.saturating_sub(1))]
     HookOutOfRange { hook: String, n_layers: usize },
 
-    #[error("interrupted; run the same command again to resume from {checkpoint}")]
-    Interrupted { checkpoint: PathBuf },
-
     #[error("the model call was cancelled (its caller went away or its deadline passed)")]
     Cancelled,
 

@@ -1,9 +1,10 @@
 //! loupe-engine: tokenizer, model families with hook points, weight loading (GGUF,
-//! safetensors) and generation. Nothing here knows about storage or gRPC.
+//! safetensors), generation, dictionary formats with encode/decode, and the feature lens
+//! (model + dictionaries: one call from tokens to sparse codes). Nothing here knows about
+//! corpora, storage or gRPC.
 
 pub mod chat;
 pub mod config;
-pub mod corpus;
 pub mod dictionary;
 pub mod error;
 pub mod generate;

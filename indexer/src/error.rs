@@ -6,6 +6,8 @@ pub enum IndexError {
     Engine(#[from] loupe_engine::EngineError),
     #[error(transparent)]
     Store(#[from] loupe_store::StoreError),
+    #[error(transparent)]
+    Corpus(#[from] loupe_corpus::CorpusError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {reason}")]

@@ -13,7 +13,7 @@ use loupe_store::{ExampleKind, ExampleRecord, FeatureRecord, LogitEffect, Neighb
 
 use crate::error::{IndexError, Result};
 use crate::reducer::{DictionaryState, Example};
-use crate::windows::Window;
+use loupe_corpus::Window;
 
 pub const LOGIT_EFFECTS: usize = 10;
 pub const NEIGHBOURS: usize = 10;

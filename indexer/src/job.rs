@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::checksum::{sha256_bytes, sha256_path};
-use crate::corpus::CorpusSource;
+use loupe_corpus::CorpusSource;
 use crate::error::{IndexError, Result};
 use crate::finalize::{example_chunks, feature_records};
 use crate::pipeline::{run_pass, PassHooks, PassPlan, PassTimings, Progress, Shard};
@@ -323,7 +323,7 @@ impl Job {
                     resume_from: next,
                     checkpoint_every: self.config.checkpoint_every,
                 };
-                let total_bytes: u64 = self.config.corpus.iter().map(|s| s.total_bytes()).sum::<Result<u64>>()?;
+                let total_bytes: u64 = self.config.corpus.iter().map(|s| s.total_bytes()).sum::<Result<u64, _>>()?;
                 let save = |next_window: u64, state: &IndexState| -> Result<()> {
                     // Cloning costs a copy of the state; checkpoints are rare next to batches.
                     Checkpoint { run_key: run_key.clone(), next_window, complete: false, state: state.clone() }.save(&checkpoint_path)

@@ -3,14 +3,12 @@
 
 mod bins;
 pub mod checksum;
-pub mod corpus;
 pub mod error;
 pub mod finalize;
 pub mod job;
 pub mod pipeline;
 pub mod reducer;
 pub mod state;
-pub mod windows;
 
 pub use error::{IndexError, Result};
 pub use job::{DictionarySpec, Job, JobConfig, JobHooks, Outcome, RunOptions, RunReport};

@@ -11,10 +11,10 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use loupe_engine::lens::{self, Rows};
 use loupe_engine::{FeatureLens, SparseActs, TokenBatch};
 
-use crate::corpus::{read_documents, CorpusSource, Document, Skipped};
+use loupe_corpus::{read_documents, CorpusSource, Document, Skipped};
 use crate::error::{IndexError, Result};
 use crate::state::{IndexState, SourceSummary};
-use crate::windows::{Window, WindowPacker};
+use loupe_corpus::{Window, WindowPacker};
 
 /// Which windows this process indexes: those with `index % count == index_of_shard`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +168,7 @@ fn read_windows(tokenizer: &loupe_engine::Tokenizer, plan: &PassPlan, tx: Sender
                 }
             }
             document += 1;
-            Ok(!stopped)
+            Ok::<_, IndexError>(!stopped)
         })?;
         bytes_before += source.total_bytes()?;
         if !stopped {

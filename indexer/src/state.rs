@@ -5,10 +5,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::corpus::{CorpusSource, Skipped};
+use loupe_corpus::{CorpusSource, Skipped};
 use crate::error::{IndexError, Result};
 use crate::reducer::DictionaryState;
-use crate::windows::Window;
+use loupe_corpus::Window;
 
 /// What one corpus source contributed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

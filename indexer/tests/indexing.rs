@@ -6,9 +6,9 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use loupe_engine::corpus::TokenWindows;
+use loupe_corpus::TokenWindows;
 use loupe_engine::{Dictionary, Hooks, Logits, Model, TokenBatch};
-use loupe_indexer::corpus::CorpusSource;
+use loupe_corpus::CorpusSource;
 use loupe_indexer::reducer::{priority, HISTOGRAM_BINS, INTERVAL_BINS};
 use loupe_indexer::{DictionarySpec, Job, JobConfig, JobHooks, Outcome, RunOptions, Shard};
 use loupe_store::{ExampleKind, ExampleRecord, StoreReader};

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use loupe_indexer::corpus::CorpusSource;
+use loupe_corpus::CorpusSource;
 use loupe_indexer::{DictionarySpec, Job, JobConfig, JobHooks, RunOptions, Shard};
 use loupe_query::{Limits, ServerConfig};
 use loupe_schema::proto::v1 as pb;

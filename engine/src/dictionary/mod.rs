@@ -1,16 +1,14 @@
 //! Dictionaries (sparse autoencoders and transcoders): loading every public format into one
 //! representation, encoding hook activations into sparse feature activations, decoding them
-//! back, measuring their quality and training new ones.
+//! back. Training and evaluating them is loupe-train's job.
 //!
 //! All formats become: `f = act((norm(x) - input_bias) · W_enc + b_enc)` and
 //! `x̂ = denorm(f · W_dec + b_dec) + skip(x)`, with `W_enc: [d_in, d_sae]` and
 //! `W_dec: [d_sae, d_out]` (`d_out = d_in` except for transcoders).
 
 pub mod activation;
-pub mod eval;
 pub mod formats;
 pub mod sparse;
-pub mod train;
 
 use std::path::{Path, PathBuf};
 

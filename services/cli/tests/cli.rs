@@ -121,7 +121,8 @@ fn dictionary_errors_name_the_problem() {
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"text\": \"fine\"}\n{\"body\": \"no text field\"}\n").unwrap();
     let (ok, _, err) = loupe(&["train", "--hook", "blocks.3.hook_resid_post", "--out", dir.path().join("o").to_str().unwrap(), "--corpus", bad.to_str().unwrap()]);
-    assert!(!ok && err.contains("line 2") && err.contains("'text'"), "{err}");
+    assert!(!ok && err.contains("line 2") && err.contains("\"text\""), "{err}");
+    assert_eq!(err.matches(bad.to_str().unwrap()).count(), 1, "the path once: {err}");
 }
 
 #[test]

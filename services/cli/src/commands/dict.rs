@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use loupe_engine::corpus::TokenWindows;
-use loupe_engine::dictionary::eval;
+use loupe_corpus::TokenWindows;
+use loupe_train::eval;
 use loupe_engine::{Dictionary, FeatureLens, Read, Rows, TokenBatch};
 use serde_json::json;
 
@@ -49,7 +49,7 @@ pub struct InfoArgs {
 pub struct EvalArgs {
     /// Dictionary folder (default: the embedded default dictionary).
     pub dictionary: Option<PathBuf>,
-    /// JSONL corpus (default: the held-out part of the demo corpus).
+    /// Corpus: JSONL, Parquet, plain text or a folder (default: the held-out demo corpus).
     #[arg(long)]
     pub corpus: Option<PathBuf>,
     /// Tokens to evaluate on.
@@ -108,7 +108,7 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<()> {
     let corpus = args.corpus.clone().unwrap_or_else(default_heldout_corpus);
     let tokenizing = spinner(format!("tokenizing {}", corpus.display()));
     let windows = TokenWindows::from_file(&corpus, model.tokenizer()?, args.context, Some(args.tokens))
-        .with_context(|| format!("reading corpus {}", corpus.display()))?;
+        .context("reading the corpus")?;
     tokenizing.finish_and_clear();
     let bar = ProgressBar::new(windows.len() as u64);
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} windows eta {eta}").expect("valid template"));

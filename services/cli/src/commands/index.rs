@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use loupe_indexer::corpus::CorpusSource;
+use loupe_corpus::CorpusSource;
 use loupe_indexer::{DictionarySpec, Job, JobConfig, JobHooks, Outcome, RunOptions, RunReport, Shard};
 use serde_json::json;
 

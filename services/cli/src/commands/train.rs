@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use loupe_engine::corpus::TokenWindows;
-use loupe_engine::dictionary::train::{self, SaveDType, Sparsity, TrainConfig};
+use loupe_corpus::TokenWindows;
+use loupe_train::{self as train, SaveDType, Sparsity, TrainConfig};
 use loupe_engine::HookPoint;
 
 use crate::output::{default_corpus, spinner, ModelArgs};
@@ -21,7 +21,8 @@ pub struct Args {
     /// Output folder (SAELens v6 layout); a checkpoint inside it is resumed.
     #[arg(long)]
     pub out: PathBuf,
-    /// JSONL corpus with a "text" field per line (default: the demo corpus from setup).
+    /// Corpus: JSONL ("text" field), Parquet, plain text (blank lines separate documents) or a
+    /// folder of these (default: the demo corpus from setup).
     #[arg(long)]
     pub corpus: Option<PathBuf>,
     #[arg(long, default_value_t = 4608)]
@@ -84,7 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Enough windows for the run (plus BOS positions), so a small run reads a small prefix.
     let windows_tokens = args.tokens / args.context.saturating_sub(1).max(1) * args.context + args.context * args.buffer_windows;
     let windows = TokenWindows::from_file(&corpus, model.tokenizer()?, args.context, Some(windows_tokens))
-        .with_context(|| format!("reading corpus {}", corpus.display()))?;
+        .context("reading the corpus")?;
     tokenizing.finish_and_clear();
     let passes = args.tokens as f64 / (windows.len() * args.context.saturating_sub(1)).max(1) as f64;
     if passes > 1.0 {

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::sae::{Sparsity, TrainableSae};
 use super::TrainConfig;
-use crate::error::{EngineError, Result};
+use crate::error::{Result, TrainError};
 
 /// Everything besides the parameters that goes into the saved folder.
 pub struct SaveInfo<'a> {
@@ -78,17 +78,17 @@ pub fn save_saelens(sae: &TrainableSae, info: &SaveInfo, out: &Path) -> Result<(
 
     let tmp = out.with_extension("saving");
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
-    let write_err = |path: &Path, e: candle_core::Error| EngineError::BadFile { path: path.into(), format: "safetensors", reason: format!("cannot write: {e}") };
+    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    let write_err = |path: &Path, e: candle_core::Error| TrainError::BadFile { path: path.into(), format: "safetensors", reason: format!("cannot write: {e}") };
     let weights_path = tmp.join("sae_weights.safetensors");
     candle_core::safetensors::save(&tensors, &weights_path).map_err(|e| write_err(&weights_path, e))?;
     let sparsity_path = tmp.join("sparsity.safetensors");
     candle_core::safetensors::save(&sparsity, &sparsity_path).map_err(|e| write_err(&sparsity_path, e))?;
     let cfg_path = tmp.join("cfg.json");
-    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap_or_default()).map_err(|e| EngineError::io(&cfg_path, e))?;
-    std::fs::create_dir_all(out).map_err(|e| EngineError::io(out, e))?;
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap_or_default()).map_err(|e| TrainError::io(&cfg_path, e))?;
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     for name in ["sae_weights.safetensors", "sparsity.safetensors", "cfg.json"] {
-        std::fs::rename(tmp.join(name), out.join(name)).map_err(|e| EngineError::io(out.join(name), e))?;
+        std::fs::rename(tmp.join(name), out.join(name)).map_err(|e| TrainError::io(out.join(name), e))?;
     }
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())

@@ -10,11 +10,11 @@ use loupe_schema::hook::HookPoint;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use crate::corpus::TokenWindows;
+use loupe_corpus::TokenWindows;
 use crate::error::Result;
-use crate::hooks::Hooks;
-use crate::lens::{run_parts, Read, Rows};
-use crate::model::{Model, TokenBatch};
+use loupe_engine::Hooks;
+use loupe_engine::lens::{run_parts, Read, Rows};
+use loupe_engine::{Model, TokenBatch};
 
 pub struct ActivationStream<'a> {
     model: &'a Model,

@@ -1,6 +1,8 @@
 //! Corpus readers: JSONL, Parquet (Hugging Face dataset exports) and plain text, file or
-//! folder, streamed document by document. Invalid UTF-8 and empty documents are counted and
-//! skipped; malformed JSON or a missing text column is an error naming the file and line.
+//! folder, streamed document by document. Plain text has one rule everywhere (indexing,
+//! training, evaluation): paragraphs separated by blank lines are documents. Invalid UTF-8
+//! and empty documents are counted and skipped; malformed JSON or a missing text column is
+//! an error naming the file and line.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -11,7 +13,7 @@ use arrow_array::{Array, RecordBatch};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{IndexError, Result};
+use crate::error::{CorpusError, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -48,13 +50,13 @@ impl CorpusSource {
 
     /// The files of this source in reading order, with their formats.
     pub fn files(&self) -> Result<Vec<(PathBuf, CorpusFormat)>> {
-        let meta = std::fs::metadata(&self.path).map_err(|e| IndexError::io(&self.path, e))?;
+        let meta = std::fs::metadata(&self.path).map_err(|e| CorpusError::io(&self.path, e))?;
         let mut files = Vec::new();
         if meta.is_dir() {
             collect_files(&self.path, &mut files)?;
             files.sort();
             if files.is_empty() {
-                return Err(IndexError::BadCorpus { path: self.path.clone(), reason: "the folder has no files".into() });
+                return Err(CorpusError::BadCorpus { path: self.path.clone(), reason: "the folder has no files".into() });
             }
         } else {
             files.push(self.path.clone());
@@ -66,15 +68,15 @@ impl CorpusSource {
     pub fn total_bytes(&self) -> Result<u64> {
         let mut total = 0;
         for (file, _) in self.files()? {
-            total += std::fs::metadata(&file).map_err(|e| IndexError::io(&file, e))?.len();
+            total += std::fs::metadata(&file).map_err(|e| CorpusError::io(&file, e))?.len();
         }
         Ok(total)
     }
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).map_err(|e| IndexError::io(dir, e))? {
-        let path = entry.map_err(|e| IndexError::io(dir, e))?.path();
+    for entry in std::fs::read_dir(dir).map_err(|e| CorpusError::io(dir, e))? {
+        let path = entry.map_err(|e| CorpusError::io(dir, e))?.path();
         let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
         if hidden {
             continue;
@@ -112,10 +114,12 @@ pub enum Document {
 
 /// Reads every document of `source`, calling `visit` with each and the bytes read so far.
 /// `visit` returns false to stop early.
-pub fn read_documents(source: &CorpusSource, skipped: &mut Skipped, mut visit: impl FnMut(Document, u64) -> Result<bool>) -> Result<()> {
+/// `visit` may fail with its own error type (the caller's: tokenizing, sending), into which
+/// the readers' errors convert.
+pub fn read_documents<E: From<CorpusError>>(source: &CorpusSource, skipped: &mut Skipped, mut visit: impl FnMut(Document, u64) -> Result<bool, E>) -> Result<(), E> {
     let mut bytes_before = 0;
     for (file, format) in source.files()? {
-        let size = std::fs::metadata(&file).map_err(|e| IndexError::io(&file, e))?.len();
+        let size = std::fs::metadata(&file).map_err(|e| CorpusError::io(&file, e))?.len();
         let mut visit_file = |doc: Document, bytes: u64| visit(doc, bytes_before + bytes);
         let go_on = match format {
             CorpusFormat::Jsonl => read_jsonl(&file, &source.text_field, skipped, &mut visit_file)?,
@@ -130,7 +134,7 @@ pub fn read_documents(source: &CorpusSource, skipped: &mut Skipped, mut visit: i
     Ok(())
 }
 
-type Visit<'a> = dyn FnMut(Document, u64) -> Result<bool> + 'a;
+type Visit<'a, E> = dyn FnMut(Document, u64) -> Result<bool, E> + 'a;
 
 fn classify(text: String, skipped: &mut Skipped) -> Document {
     if text.trim().is_empty() {
@@ -149,12 +153,12 @@ fn invalid(skipped: &mut Skipped, file: &Path, where_: String) -> Document {
     Document::Skipped
 }
 
-fn read_jsonl(file: &Path, field: &str, skipped: &mut Skipped, visit: &mut Visit) -> Result<bool> {
-    let mut reader = BufReader::with_capacity(1 << 20, File::open(file).map_err(|e| IndexError::io(file, e))?);
+fn read_jsonl<E: From<CorpusError>>(file: &Path, field: &str, skipped: &mut Skipped, visit: &mut Visit<E>) -> Result<bool, E> {
+    let mut reader = BufReader::with_capacity(1 << 20, File::open(file).map_err(|e| CorpusError::io(file, e))?);
     let (mut line, mut line_no, mut bytes) = (Vec::new(), 0u64, 0u64);
     loop {
         line.clear();
-        let n = reader.read_until(b'\n', &mut line).map_err(|e| IndexError::io(file, e))?;
+        let n = reader.read_until(b'\n', &mut line).map_err(|e| CorpusError::io(file, e))?;
         if n == 0 {
             return Ok(true);
         }
@@ -172,7 +176,7 @@ fn read_jsonl(file: &Path, field: &str, skipped: &mut Skipped, visit: &mut Visit
 }
 
 fn json_text(file: &Path, line_no: u64, line: &str, field: &str) -> Result<String> {
-    let bad = |reason: String| IndexError::BadCorpus { path: file.into(), reason: format!("line {line_no}: {reason}") };
+    let bad = |reason: String| CorpusError::BadCorpus { path: file.into(), reason: format!("line {line_no}: {reason}") };
     let value: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(format!("not valid JSON: {e}")))?;
     match value.get(field) {
         Some(serde_json::Value::String(text)) => Ok(text.clone()),
@@ -194,10 +198,10 @@ fn kind_of(value: &serde_json::Value) -> &'static str {
 }
 
 /// Plain text: paragraphs (separated by blank lines) are documents.
-fn read_text(file: &Path, skipped: &mut Skipped, visit: &mut Visit) -> Result<bool> {
-    let mut reader = BufReader::with_capacity(1 << 20, File::open(file).map_err(|e| IndexError::io(file, e))?);
+fn read_text<E: From<CorpusError>>(file: &Path, skipped: &mut Skipped, visit: &mut Visit<E>) -> Result<bool, E> {
+    let mut reader = BufReader::with_capacity(1 << 20, File::open(file).map_err(|e| CorpusError::io(file, e))?);
     let (mut line, mut paragraph, mut bytes, mut line_no) = (Vec::new(), Vec::new(), 0u64, 0u64);
-    let mut flush = |paragraph: &mut Vec<u8>, skipped: &mut Skipped, bytes: u64, line_no: u64| -> Result<bool> {
+    let mut flush = |paragraph: &mut Vec<u8>, skipped: &mut Skipped, bytes: u64, line_no: u64| -> Result<bool, E> {
         if paragraph.is_empty() {
             return Ok(true);
         }
@@ -209,7 +213,7 @@ fn read_text(file: &Path, skipped: &mut Skipped, visit: &mut Visit) -> Result<bo
     };
     loop {
         line.clear();
-        let n = reader.read_until(b'\n', &mut line).map_err(|e| IndexError::io(file, e))?;
+        let n = reader.read_until(b'\n', &mut line).map_err(|e| CorpusError::io(file, e))?;
         if n == 0 {
             return flush(&mut paragraph, skipped, bytes, line_no);
         }
@@ -225,12 +229,12 @@ fn read_text(file: &Path, skipped: &mut Skipped, visit: &mut Visit) -> Result<bo
     }
 }
 
-fn read_parquet(file: &Path, column: &str, skipped: &mut Skipped, visit: &mut Visit) -> Result<bool> {
-    let bad = |reason: String| IndexError::BadCorpus { path: file.into(), reason };
-    let handle = File::open(file).map_err(|e| IndexError::io(file, e))?;
+fn read_parquet<E: From<CorpusError>>(file: &Path, column: &str, skipped: &mut Skipped, visit: &mut Visit<E>) -> Result<bool, E> {
+    let bad = |reason: String| CorpusError::BadCorpus { path: file.into(), reason };
+    let handle = File::open(file).map_err(|e| CorpusError::io(file, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(handle).map_err(|e| bad(format!("not a readable Parquet file: {e}")))?;
     let total_rows = builder.metadata().file_metadata().num_rows().max(1) as u64;
-    let size = std::fs::metadata(file).map_err(|e| IndexError::io(file, e))?.len();
+    let size = std::fs::metadata(file).map_err(|e| CorpusError::io(file, e))?.len();
     let reader = builder.with_batch_size(1024).build().map_err(|e| bad(e.to_string()))?;
     let mut rows_read = 0u64;
     for batch in reader {
@@ -248,7 +252,7 @@ fn read_parquet(file: &Path, column: &str, skipped: &mut Skipped, visit: &mut Vi
         } else if let Some(a) = array.as_binary_opt::<i32>() {
             a.iter().map(|v| v.map(|b| String::from_utf8(b.to_vec()).map_err(|_| ()))).collect()
         } else {
-            return Err(bad(format!("column {column:?} has type {}, expected a string column", array.data_type())));
+            return Err(bad(format!("column {column:?} has type {}, expected a string column", array.data_type())).into());
         };
         for text in texts {
             rows_read += 1;

@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 use candle_core::{Tensor, D};
 use loupe_schema::hook::HookPoint;
 
-use super::Dictionary;
-use crate::corpus::TokenWindows;
+use loupe_engine::Dictionary;
+use loupe_corpus::TokenWindows;
 use crate::error::Result;
-use crate::hooks::{ForwardContext, Hooks};
-use crate::lens::{run_parts, Read, Rows};
-use crate::model::{Logits, Model, TokenBatch};
+use loupe_engine::{ForwardContext, Hooks};
+use loupe_engine::lens::{run_parts, Read, Rows};
+use loupe_engine::{Logits, Model, TokenBatch};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct QualityReport {
@@ -109,7 +109,7 @@ pub fn evaluate(
 }
 
 /// Adds one batch: the target rows `x`, the reconstruction error `x - x̂` and the codes.
-fn accumulate(sums: &mut Sums, x: &Tensor, error: &Tensor, features: &super::SparseActs) -> Result<()> {
+fn accumulate(sums: &mut Sums, x: &Tensor, error: &Tensor, features: &loupe_engine::SparseActs) -> Result<()> {
     let d = sums.sum.len();
     let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
     let error: Vec<f32> = error.flatten_all()?.to_vec1()?;
@@ -163,7 +163,7 @@ fn zero_hooks(hook: HookPoint) -> Hooks {
 
 /// Summed next-token cross-entropy of predictions made at positions 1..len-1, and their count.
 fn next_token_loss(logits: Option<&Tensor>, batch: &TokenBatch) -> Result<(f64, usize)> {
-    let logits = logits.ok_or_else(|| crate::error::EngineError::InvalidInput("forward returned no logits".into()))?;
+    let logits = logits.ok_or_else(|| crate::error::TrainError::InvalidInput("forward returned no logits".into()))?;
     let seq = logits.dim(1)?;
     if seq < 3 {
         return Ok((0.0, 0));

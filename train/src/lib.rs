@@ -1,4 +1,5 @@
-//! Training TopK and BatchTopK SAEs on a hook of the engine (`loupe train`).
+//! loupe-train: training TopK and BatchTopK SAEs on a hook of the engine (`loupe train`),
+//! and evaluating dictionaries on a corpus (`loupe dict eval`, [`eval`]).
 //!
 //! Activations stream from the model through a shuffle buffer ([`stream`]); inputs are scaled
 //! so their mean norm is `sqrt(d_in)` (SAELens' `expected_average_only_in`, folded into the
@@ -8,9 +9,13 @@
 //! seeded, produces the same weights as an uninterrupted one.
 
 pub mod adam;
+pub mod error;
+pub mod eval;
 pub mod sae;
 pub mod save;
 pub mod stream;
+
+pub use error::{Result, TrainError};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,9 +29,8 @@ pub use save::SaveDType;
 use self::adam::{AdamParams, Moments};
 use self::sae::{geometric_median, TrainableSae};
 use self::stream::ActivationStream;
-use crate::corpus::TokenWindows;
-use crate::error::{EngineError, Result};
-use crate::model::Model;
+use loupe_corpus::TokenWindows;
+use loupe_engine::Model;
 use loupe_schema::hook::HookPoint;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,7 +102,7 @@ impl TrainConfig {
     }
 
     fn validate(&self, d_in: usize) -> Result<()> {
-        let bad = |what: String| Err(EngineError::InvalidInput(what));
+        let bad = |what: String| Err(TrainError::InvalidInput(what));
         if self.k == 0 || self.k > self.d_sae {
             return bad(format!("k = {} must be between 1 and the number of latents ({})", self.k, self.d_sae));
         }
@@ -149,14 +153,14 @@ struct Run {
 
 /// Trains an SAE and writes it to `out` as a SAELens v6 folder. A checkpoint in
 /// `out/checkpoint` from the same configuration is resumed. `on_progress` runs after every
-/// step; when it returns `false` training stops with [`EngineError::Interrupted`] (the last
+/// step; when it returns `false` training stops with [`TrainError::Interrupted`] (the last
 /// checkpoint stays, and the same call resumes from it).
 pub fn train(model: &Model, windows: &TokenWindows, config: &TrainConfig, out: &Path, mut on_progress: impl FnMut(&TrainProgress) -> bool) -> Result<TrainProgress> {
     let hook: HookPoint = config.hook.parse()?;
-    let d_in = model.config().hook_width(hook).ok_or_else(|| EngineError::HookOutOfRange { hook: config.hook.clone(), n_layers: model.config().n_layers })?;
+    let d_in = model.config().hook_width(hook).ok_or_else(|| TrainError::HookOutOfRange { hook: config.hook.clone(), n_layers: model.config().n_layers })?;
     config.validate(d_in)?;
     if windows.context != config.context {
-        return Err(EngineError::InvalidInput(format!("corpus windows have {} tokens, the config says {}", windows.context, config.context)));
+        return Err(TrainError::InvalidInput(format!("corpus windows have {} tokens, the config says {}", windows.context, config.context)));
     }
     let stream = ActivationStream::new(model, windows, hook, config.buffer_windows, config.forward_batch, config.seed);
     let checkpoint_dir = out.join("checkpoint");
@@ -212,7 +216,7 @@ pub fn train(model: &Model, windows: &TokenWindows, config: &TrainConfig, out: &
             progress.l0 = stats.l0;
             progress.dead_fraction = dead.iter().filter(|d| **d).count() as f64 / config.d_sae as f64;
             if !on_progress(&progress) {
-                return Err(EngineError::Interrupted { checkpoint: checkpoint_dir.clone() });
+                return Err(TrainError::Interrupted { checkpoint: checkpoint_dir.clone() });
             }
         }
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "training on the buffer");
@@ -235,7 +239,7 @@ fn start(first: &Tensor, config: &TrainConfig, d_in: usize) -> Result<Run> {
     let sample = first.narrow(0, 0, first.dim(0)?.min(8192))?;
     let mean_norm = sample.sqr()?.sum(1)?.sqrt()?.mean_all()?.to_scalar::<f32>()? as f64;
     if !(mean_norm > 0.0 && mean_norm.is_finite()) {
-        return Err(EngineError::InvalidInput(format!("activations at {} have mean norm {mean_norm}: cannot train on them", config.hook)));
+        return Err(TrainError::InvalidInput(format!("activations at {} have mean norm {mean_norm}: cannot train on them", config.hook)));
     }
     let scale = (d_in as f64).sqrt() / mean_norm;
     let scaled: Vec<f32> = (sample * scale)?.flatten_all()?.to_vec1()?;
@@ -265,18 +269,18 @@ fn save_checkpoint(dir: &Path, run: &Run) -> Result<()> {
     // Write beside, then swap: an interrupt mid-write keeps the previous checkpoint.
     let tmp: PathBuf = dir.with_extension("writing");
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
+    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     let tensors_path = tmp.join("state.safetensors");
     candle_core::safetensors::save(&tensors, &tensors_path)
-        .map_err(|e| EngineError::BadFile { path: tensors_path.clone(), format: "safetensors", reason: format!("cannot write: {e}") })?;
+        .map_err(|e| TrainError::BadFile { path: tensors_path.clone(), format: "safetensors", reason: format!("cannot write: {e}") })?;
     let state_path = tmp.join("state.json");
-    std::fs::write(&state_path, serde_json::to_string_pretty(&run.state).unwrap_or_default()).map_err(|e| EngineError::io(&state_path, e))?;
+    std::fs::write(&state_path, serde_json::to_string_pretty(&run.state).unwrap_or_default()).map_err(|e| TrainError::io(&state_path, e))?;
     let old = dir.with_extension("old");
     let _ = std::fs::remove_dir_all(&old);
     if dir.exists() {
-        std::fs::rename(dir, &old).map_err(|e| EngineError::io(dir, e))?;
+        std::fs::rename(dir, &old).map_err(|e| TrainError::io(dir, e))?;
     }
-    std::fs::rename(&tmp, dir).map_err(|e| EngineError::io(dir, e))?;
+    std::fs::rename(&tmp, dir).map_err(|e| TrainError::io(dir, e))?;
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
 }
@@ -286,20 +290,20 @@ fn load_checkpoint(dir: &Path, config: &TrainConfig) -> Result<Option<Run>> {
     if !state_path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&state_path).map_err(|e| EngineError::io(&state_path, e))?;
+    let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
     let state: CheckpointState = serde_json::from_str(&text)
-        .map_err(|e| EngineError::BadFile { path: state_path.clone(), format: "checkpoint state", reason: e.to_string() })?;
+        .map_err(|e| TrainError::BadFile { path: state_path.clone(), format: "checkpoint state", reason: e.to_string() })?;
     if &state.config != config {
-        return Err(EngineError::InvalidInput(format!(
+        return Err(TrainError::InvalidInput(format!(
             "{} holds a checkpoint of a run with other settings; resume it with the same settings, or delete it to start over",
             dir.display()
         )));
     }
     let tensors_path = dir.join("state.safetensors");
     let mut tensors = candle_core::safetensors::load(&tensors_path, &Device::Cpu)
-        .map_err(|e| EngineError::BadFile { path: tensors_path.clone(), format: "safetensors", reason: e.to_string() })?;
+        .map_err(|e| TrainError::BadFile { path: tensors_path.clone(), format: "safetensors", reason: e.to_string() })?;
     let mut take = |name: &str| {
-        tensors.remove(name).ok_or_else(|| EngineError::MissingTensor { path: tensors_path.clone(), tensor: name.into(), family: "a training checkpoint".into() })
+        tensors.remove(name).ok_or_else(|| TrainError::MissingTensor { path: tensors_path.clone(), tensor: name.into(), family: "a training checkpoint".into() })
     };
     let mut host = |name: &str| -> Result<Vec<f32>> { Ok(take(name)?.to_dtype(DType::F32)?.to_vec1()?) };
     let mut params = Vec::new();
@@ -313,9 +317,9 @@ fn load_checkpoint(dir: &Path, config: &TrainConfig) -> Result<Option<Run>> {
     let d_in = params[3].len();
     let d_sae = params[1].len();
     if params[0].len() != d_in * d_sae || params[2].len() != d_in * d_sae || d_sae != config.d_sae {
-        return Err(EngineError::BadFile { path: tensors_path, format: "checkpoint", reason: "parameter sizes do not match the run's settings".into() });
+        return Err(TrainError::BadFile { path: tensors_path, format: "checkpoint", reason: "parameter sizes do not match the run's settings".into() });
     }
-    let params: [Vec<f32>; 4] = params.try_into().map_err(|_| EngineError::InvalidInput("checkpoint parameters".into()))?;
+    let params: [Vec<f32>; 4] = params.try_into().map_err(|_| TrainError::InvalidInput("checkpoint parameters".into()))?;
     let sae = TrainableSae::from_params(d_in, d_sae, params, Some(moments));
     Ok(Some(Run { sae, state, tokens_since_fired, fire_counts }))
 }

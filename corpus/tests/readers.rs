@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use arrow_array::{RecordBatch, StringArray};
-use loupe_indexer::corpus::{read_documents, CorpusSource, Document, Skipped};
+use loupe_corpus::{read_documents, CorpusError, CorpusSource, Document, Skipped};
 use parquet::arrow::ArrowWriter;
 
 fn documents(source: &CorpusSource) -> (Vec<Option<String>>, Skipped) {
@@ -14,7 +14,7 @@ fn documents(source: &CorpusSource) -> (Vec<Option<String>>, Skipped) {
             Document::Text(t) => Some(t),
             Document::Skipped => None,
         });
-        Ok(true)
+        Ok::<_, CorpusError>(true)
     })
     .unwrap();
     (out, skipped)
@@ -38,13 +38,13 @@ fn jsonl_errors_name_the_file_line_and_field() {
     let path = dir.path().join("c.jsonl");
     std::fs::write(&path, "{\"text\": \"ok\"}\n{\"text\": 3}\n").unwrap();
     let mut skipped = Skipped::default();
-    let err = read_documents(&CorpusSource::new(&path), &mut skipped, |_, _| Ok(true)).unwrap_err().to_string();
+    let err = read_documents(&CorpusSource::new(&path), &mut skipped, |_, _| Ok::<_, CorpusError>(true)).unwrap_err().to_string();
     assert!(err.contains("c.jsonl") && err.contains("line 2") && err.contains("a number"), "{err}");
     std::fs::write(&path, "{\"content\": \"ok\"}\n").unwrap();
-    let err = read_documents(&CorpusSource::new(&path), &mut skipped, |_, _| Ok(true)).unwrap_err().to_string();
+    let err = read_documents(&CorpusSource::new(&path), &mut skipped, |_, _| Ok::<_, CorpusError>(true)).unwrap_err().to_string();
     assert!(err.contains("line 1") && err.contains("no field \"text\""), "{err}");
     std::fs::write(&path, "{not json\n").unwrap();
-    let err = read_documents(&CorpusSource::new(&path), &mut skipped, |_, _| Ok(true)).unwrap_err().to_string();
+    let err = read_documents(&CorpusSource::new(&path), &mut skipped, |_, _| Ok::<_, CorpusError>(true)).unwrap_err().to_string();
     assert!(err.contains("not valid JSON"), "{err}");
     let mut content = CorpusSource::new(&path);
     content.text_field = "content".into();
@@ -67,11 +67,11 @@ fn parquet_text_column_is_streamed() {
     assert_eq!(skipped.empty, 2);
     let mut wrong = CorpusSource::new(&path);
     wrong.text_field = "body".into();
-    let err = read_documents(&wrong, &mut Skipped::default(), |_, _| Ok(true)).unwrap_err().to_string();
+    let err = read_documents(&wrong, &mut Skipped::default(), |_, _| Ok::<_, CorpusError>(true)).unwrap_err().to_string();
     assert!(err.contains("no column \"body\"") && err.contains("id, text"), "{err}");
     let not_parquet = dir.path().join("x.parquet");
     std::fs::write(&not_parquet, "hello").unwrap();
-    let err = read_documents(&CorpusSource::new(&not_parquet), &mut Skipped::default(), |_, _| Ok(true)).unwrap_err().to_string();
+    let err = read_documents(&CorpusSource::new(&not_parquet), &mut Skipped::default(), |_, _| Ok::<_, CorpusError>(true)).unwrap_err().to_string();
     assert!(err.contains("x.parquet") && err.contains("Parquet"), "{err}");
 }
 

@@ -13,7 +13,7 @@ use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
 use super::adam::{self, AdamParams, Moments};
-use crate::dictionary::activation::top_k;
+use loupe_engine::dictionary::activation::top_k;
 use crate::error::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
