@@ -1,8 +1,17 @@
-//! Server settings: typed, with defaults; `loupe serve` fills them from flags and env.
+//! Server settings, defined once: typed, with defaults, layered as defaults < a TOML file
+//! (`--config`, `LOUPE_CONFIG`, or `$LOUPE_HOME/config.toml` when present) < `LOUPE_*`
+//! environment variables < command-line flags. `loupe serve`, `loupe bench serve` and the
+//! tests all build a [`ServerConfig`] from here.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, ServiceError};
+
+/// What a running server needs, resolved.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub store: PathBuf,
@@ -14,7 +23,9 @@ pub struct ServerConfig {
     pub limits: Limits,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// Limits and per-request defaults of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Threads running the model at once.
     pub model_workers: usize,
@@ -26,15 +37,175 @@ pub struct Limits {
     pub max_tokens: usize,
     /// Most hooks per GetActivations.
     pub max_hooks: usize,
-    /// Largest page of search hits.
+    /// Largest page of search hits (and of SimilarFeatures' k).
     pub max_page: usize,
     /// How often the server reads label writes made by others (other servers on the same
     /// store); its own are visible when the call returns.
     pub label_poll_ms: u64,
+    /// Hits per search page when the request does not say.
+    pub default_search_limit: usize,
+    /// Neighbours per SimilarFeatures call when the request does not say.
+    pub default_similar_k: usize,
+    /// Features per token and over the whole text in TopFeaturesForText by default.
+    pub default_token_features: usize,
+    pub default_text_features: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { model_workers: 1, max_waiting: 32, max_text_bytes: 16 * 1024, max_tokens: 1024, max_hooks: 16, max_page: 100, label_poll_ms: 250 }
+        Limits {
+            model_workers: 1,
+            max_waiting: 32,
+            max_text_bytes: 16 * 1024,
+            max_tokens: 1024,
+            max_hooks: 16,
+            max_page: 100,
+            label_poll_ms: 250,
+            default_search_limit: 20,
+            default_similar_k: 10,
+            default_token_features: 5,
+            default_text_features: 20,
+        }
+    }
+}
+
+/// The `[serve]`-level settings as a file or the environment give them (all optional).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeSettings {
+    pub store: Option<PathBuf>,
+    pub addr: Option<SocketAddr>,
+    pub model: Option<PathBuf>,
+    /// Serve the index only.
+    pub no_model: Option<bool>,
+    /// Dictionary folders by id.
+    pub dictionaries: BTreeMap<String, PathBuf>,
+    pub limits: Limits,
+}
+
+/// The default listening address.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
+
+/// `$LOUPE_HOME`, else `~/.cache/loupe`: models, corpora and the default store live here.
+pub fn loupe_home() -> PathBuf {
+    loupe_engine::loupe_home()
+}
+
+impl ServeSettings {
+    /// Defaults, then `file` (or `$LOUPE_HOME/config.toml` when it exists), then `LOUPE_*`
+    /// variables from `env`.
+    pub fn load(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let implicit = loupe_home().join("config.toml");
+        let file = file.map(Path::to_path_buf).or_else(|| env("LOUPE_CONFIG").map(PathBuf::from)).or_else(|| implicit.exists().then_some(implicit));
+        let mut settings = match &file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ServiceError::InvalidArgument(format!("config file {}: {e}", path.display())))?;
+                toml::from_str(&text).map_err(|e| ServiceError::InvalidArgument(format!("config file {}: {e}", path.display())))?
+            }
+            None => ServeSettings::default(),
+        };
+        settings.apply_env(env)?;
+        Ok(settings)
+    }
+
+    /// `LOUPE_STORE`, `LOUPE_ADDR`, `LOUPE_MODEL`, `LOUPE_NO_MODEL` and one `LOUPE_<LIMIT>`
+    /// per limit (e.g. `LOUPE_MAX_TOKENS`).
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<()> {
+        fn parse<T: std::str::FromStr>(name: &str, value: String) -> Result<T> {
+            value.trim().parse().map_err(|_| ServiceError::InvalidArgument(format!("environment variable {name}={value:?} is not a valid value")))
+        }
+        if let Some(v) = env("LOUPE_STORE") {
+            self.store = Some(v.into());
+        }
+        if let Some(v) = env("LOUPE_ADDR") {
+            self.addr = Some(parse("LOUPE_ADDR", v)?);
+        }
+        if let Some(v) = env("LOUPE_MODEL") {
+            self.model = Some(v.into());
+        }
+        if let Some(v) = env("LOUPE_NO_MODEL") {
+            self.no_model = Some(parse("LOUPE_NO_MODEL", v)?);
+        }
+        let l = &mut self.limits;
+        let usize_limits: [(&str, &mut usize); 10] = [
+            ("LOUPE_MODEL_WORKERS", &mut l.model_workers),
+            ("LOUPE_MAX_WAITING", &mut l.max_waiting),
+            ("LOUPE_MAX_TEXT_BYTES", &mut l.max_text_bytes),
+            ("LOUPE_MAX_TOKENS", &mut l.max_tokens),
+            ("LOUPE_MAX_HOOKS", &mut l.max_hooks),
+            ("LOUPE_MAX_PAGE", &mut l.max_page),
+            ("LOUPE_DEFAULT_SEARCH_LIMIT", &mut l.default_search_limit),
+            ("LOUPE_DEFAULT_SIMILAR_K", &mut l.default_similar_k),
+            ("LOUPE_DEFAULT_TOKEN_FEATURES", &mut l.default_token_features),
+            ("LOUPE_DEFAULT_TEXT_FEATURES", &mut l.default_text_features),
+        ];
+        for (name, slot) in usize_limits {
+            if let Some(v) = env(name) {
+                *slot = parse(name, v)?;
+            }
+        }
+        if let Some(v) = env("LOUPE_LABEL_POLL_MS") {
+            l.label_poll_ms = parse("LOUPE_LABEL_POLL_MS", v)?;
+        }
+        Ok(())
+    }
+
+    /// The server configuration, with the engine's default model when none is named.
+    pub fn resolve(self) -> Result<ServerConfig> {
+        let limits = self.limits;
+        if limits.model_workers == 0 || limits.max_page == 0 || limits.max_tokens == 0 || limits.max_text_bytes == 0 {
+            return Err(ServiceError::InvalidArgument("limits: model_workers, max_page, max_tokens and max_text_bytes must be at least 1".into()));
+        }
+        let model = if self.no_model.unwrap_or(false) { None } else { Some(self.model.unwrap_or_else(loupe_engine::model::default_model_path)) };
+        Ok(ServerConfig {
+            store: self.store.unwrap_or_else(|| loupe_home().join("store")),
+            addr: self.addr.unwrap_or_else(|| DEFAULT_ADDR.parse().expect("a valid default address")),
+            model,
+            dictionaries: self.dictionaries.into_iter().collect(),
+            limits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn file_then_environment_override_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("loupe.toml");
+        std::fs::write(&file, "store = \"/data/store\"\nno_model = true\n[limits]\nmax_tokens = 512\nmax_page = 50\n[dictionaries]\nres-9 = \"/d/res9\"\n").unwrap();
+        let settings = ServeSettings::load(Some(&file), env_of(&[("LOUPE_MAX_PAGE", "7"), ("LOUPE_ADDR", "0.0.0.0:9000")])).unwrap();
+        let config = settings.resolve().unwrap();
+        assert_eq!(config.store, PathBuf::from("/data/store"));
+        assert_eq!(config.addr, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(config.model, None);
+        assert_eq!(config.dictionaries, vec![("res-9".to_string(), PathBuf::from("/d/res9"))]);
+        assert_eq!((config.limits.max_tokens, config.limits.max_page), (512, 7), "file, then environment");
+        assert_eq!(config.limits.max_waiting, Limits::default().max_waiting, "defaults fill the rest");
+    }
+
+    #[test]
+    fn bad_settings_name_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("loupe.toml");
+        std::fs::write(&file, "[limits]\nmax_tokenz = 5\n").unwrap();
+        let err = ServeSettings::load(Some(&file), env_of(&[])).unwrap_err().to_string();
+        assert!(err.contains("max_tokenz") && err.contains("loupe.toml"), "{err}");
+        let err = ServeSettings::load(None, env_of(&[("LOUPE_CONFIG", "/nonexistent.toml")])).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent.toml"), "{err}");
+        let err = ServeSettings::load(Some(&dir.path().join("none.toml")), env_of(&[])).unwrap_err().to_string();
+        assert!(err.contains("none.toml"), "{err}");
+        std::fs::write(&file, "").unwrap();
+        let err = ServeSettings::load(Some(&file), env_of(&[("LOUPE_MAX_TOKENS", "lots")])).unwrap_err().to_string();
+        assert!(err.contains("LOUPE_MAX_TOKENS") && err.contains("lots"), "{err}");
+        let settings = ServeSettings { limits: Limits { model_workers: 0, ..Limits::default() }, ..ServeSettings::default() };
+        assert!(settings.resolve().unwrap_err().to_string().contains("model_workers"));
     }
 }

@@ -1,16 +1,21 @@
-//! loupe-query: the tonic gRPC service over a loupe store and the model.
+//! loupe-query: the services over a loupe store and the model. The logic lives in plain-Rust
+//! services (`features`, `internals`: proto messages in, proto messages out, no tonic types),
+//! which tests and benchmarks call directly; `grpc_adapter` puts them on tonic.
 
 pub mod config;
 mod convert;
 pub mod error;
-mod features;
-mod internals;
+pub mod features;
+pub mod grpc_adapter;
+pub mod internals;
 pub mod labels;
 mod rpc;
 pub mod server;
 pub mod state;
 mod workers;
 
-pub use config::{Limits, ServerConfig};
+pub use config::{Limits, ServeSettings, ServerConfig};
+pub use features::FeaturesService;
+pub use internals::InternalsService;
 pub use error::ServiceError;
 pub use server::{serve, serve_state};

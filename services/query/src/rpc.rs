@@ -1,52 +1,7 @@
-//! What every RPC shares: request ids and structured logs, deadlines, text validation.
-
-use std::future::Future;
-use std::time::{Duration, Instant};
-
-use tonic::{Response, Status};
-use tracing::Instrument;
+//! Validation shared by the services: texts and token ids against the limits.
 
 use crate::config::Limits;
 use crate::error::{Result, ServiceError};
-
-/// Runs a handler inside a span with its request id, and logs its outcome and latency.
-pub async fn traced<T>(method: &'static str, request_id: u64, handler: impl Future<Output = Result<T>>) -> std::result::Result<Response<T>, Status> {
-    let span = tracing::info_span!("rpc", request_id, method);
-    async move {
-        let start = Instant::now();
-        let result = handler.await;
-        let ms = start.elapsed().as_secs_f64() * 1e3;
-        match result {
-            Ok(value) => {
-                tracing::info!(ms, "ok");
-                Ok(Response::new(value))
-            }
-            Err(e) => {
-                let status = Status::from(e);
-                tracing::warn!(ms, code = ?status.code(), message = status.message(), "failed");
-                Err(status)
-            }
-        }
-    }
-    .instrument(span)
-    .await
-}
-
-/// The caller's deadline, from the `grpc-timeout` header ("<n><unit>", unit H M S m u n).
-pub fn deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
 
 /// Checks a caller's text against the limits.
 pub fn check_text(text: &str, limits: &Limits) -> Result<()> {

@@ -13,6 +13,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::config::ServerConfig;
 use crate::error::{Result, ServiceError};
 use crate::features::FeaturesService;
+use crate::grpc_adapter::Grpc;
 use crate::internals::InternalsService;
 use crate::labels::follow_labels;
 use crate::state::AppState;
@@ -28,8 +29,8 @@ pub async fn serve(config: ServerConfig, listener: TcpListener, shutdown: impl s
 
 pub async fn serve_state(state: Arc<AppState>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<FeaturesServer<FeaturesService>>().await;
-    health.set_serving::<InternalsServer<InternalsService>>().await;
+    health.set_serving::<FeaturesServer<Grpc<FeaturesService>>>().await;
+    health.set_serving::<InternalsServer<Grpc<InternalsService>>>().await;
     // Reflection in both protocol versions: grpcurl speaks v1, while Python's
     // grpcio-reflection and several GUI clients speak only v1alpha.
     let reflection = || {
@@ -40,8 +41,8 @@ pub async fn serve_state(state: Arc<AppState>, listener: TcpListener, shutdown: 
     let reflection_error = |e: tonic_reflection::server::Error| ServiceError::Internal(format!("reflection: {e}"));
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
-    let features = FeaturesServer::new(FeaturesService { state: state.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let internals = InternalsServer::new(InternalsService { state: state.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let features = FeaturesServer::new(Grpc::features(state.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let internals = InternalsServer::new(Grpc::internals(state.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES);
     tracing::info!(addr = ?listener.local_addr().ok(), generation = state.snapshot().reader.generation().generation, "serving");
     // No Nagle: small responses would otherwise wait ~40 ms for delayed ACKs.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));

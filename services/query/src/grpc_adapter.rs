@@ -1,0 +1,135 @@
+//! The gRPC adapters: for each RPC, decode the request, call the plain-Rust service, convert
+//! the result (quickwit's grpc_adapter pattern). Logging, request ids, deadlines and the
+//! error-to-status conversion are done once, by [`Call`]; the logic lives in the services.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loupe_schema::proto::v1 as pb;
+use loupe_schema::proto::v1::features_server::Features;
+use loupe_schema::proto::v1::internals_server::Internals;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::error::Result;
+use crate::features::FeaturesService;
+use crate::internals::InternalsService;
+use crate::state::AppState;
+
+/// A service behind its gRPC adapter.
+pub struct Grpc<S>(pub S);
+
+type Reply<T> = std::result::Result<Response<T>, Status>;
+
+/// One call: its method, request id and the caller's deadline.
+#[derive(Clone, Copy)]
+pub struct Call {
+    method: &'static str,
+    request_id: u64,
+    pub deadline: Option<Duration>,
+}
+
+impl Call {
+    pub fn new<T>(method: &'static str, request: &Request<T>, state: &AppState) -> Self {
+        Call { method, request_id: state.request_id(), deadline: deadline(request.metadata()) }
+    }
+
+    /// Runs the service call inside a span with the request id; logs its outcome and
+    /// latency; converts its error to the one status code it maps to.
+    pub async fn run<T>(self, work: impl Future<Output = Result<T>>) -> Reply<T> {
+        let span = tracing::info_span!("rpc", request_id = self.request_id, method = self.method);
+        async move {
+            let start = Instant::now();
+            let result = work.await;
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            match result {
+                Ok(value) => {
+                    tracing::info!(ms, "ok");
+                    Ok(Response::new(value))
+                }
+                Err(e) => {
+                    let status = Status::from(e);
+                    tracing::warn!(ms, code = ?status.code(), message = status.message(), "failed");
+                    Err(status)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// The caller's deadline, from the `grpc-timeout` header ("<n><unit>", unit H M S m u n).
+pub fn deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+impl Grpc<FeaturesService> {
+    pub fn features(state: Arc<AppState>) -> Self {
+        Grpc(FeaturesService { state })
+    }
+}
+
+impl Grpc<InternalsService> {
+    pub fn internals(state: Arc<AppState>) -> Self {
+        Grpc(InternalsService { state })
+    }
+}
+
+#[tonic::async_trait]
+impl Features for Grpc<FeaturesService> {
+    async fn list_dictionaries(&self, request: Request<pb::ListDictionariesRequest>) -> Reply<pb::ListDictionariesResponse> {
+        let call = Call::new("ListDictionaries", &request, &self.0.state);
+        call.run(self.0.list_dictionaries(request.into_inner())).await
+    }
+
+    async fn search_features(&self, request: Request<pb::SearchFeaturesRequest>) -> Reply<pb::SearchFeaturesResponse> {
+        let call = Call::new("SearchFeatures", &request, &self.0.state);
+        call.run(self.0.search_features(request.into_inner())).await
+    }
+
+    async fn get_feature(&self, request: Request<pb::GetFeatureRequest>) -> Reply<pb::GetFeatureResponse> {
+        let call = Call::new("GetFeature", &request, &self.0.state);
+        call.run(self.0.get_feature(request.into_inner())).await
+    }
+
+    async fn similar_features(&self, request: Request<pb::SimilarFeaturesRequest>) -> Reply<pb::SimilarFeaturesResponse> {
+        let call = Call::new("SimilarFeatures", &request, &self.0.state);
+        call.run(self.0.similar_features(request.into_inner())).await
+    }
+
+    async fn top_features_for_text(&self, request: Request<pb::TopFeaturesForTextRequest>) -> Reply<pb::TopFeaturesForTextResponse> {
+        let call = Call::new("TopFeaturesForText", &request, &self.0.state);
+        call.run(self.0.top_features_for_text(request.into_inner(), call.deadline)).await
+    }
+
+    async fn set_feature_label(&self, request: Request<pb::SetFeatureLabelRequest>) -> Reply<pb::SetFeatureLabelResponse> {
+        let call = Call::new("SetFeatureLabel", &request, &self.0.state);
+        call.run(self.0.set_feature_label(request.into_inner())).await
+    }
+}
+
+#[tonic::async_trait]
+impl Internals for Grpc<InternalsService> {
+    async fn tokenize(&self, request: Request<pb::TokenizeRequest>) -> Reply<pb::TokenizeResponse> {
+        let call = Call::new("Tokenize", &request, &self.0.state);
+        call.run(self.0.tokenize(request.into_inner())).await
+    }
+
+    async fn get_activations(&self, request: Request<pb::GetActivationsRequest>) -> Reply<pb::GetActivationsResponse> {
+        let call = Call::new("GetActivations", &request, &self.0.state);
+        call.run(self.0.get_activations(request.into_inner(), call.deadline)).await
+    }
+}
