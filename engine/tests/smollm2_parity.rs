@@ -159,3 +159,31 @@ fn interventions_edit_the_forward_pass() {
     let diff = (clean.logits.unwrap() - edited.logits.unwrap()).unwrap().abs().unwrap().max(D::Minus1).unwrap();
     assert!(diff.to_vec1::<f32>().unwrap()[0] > 1.0);
 }
+
+#[test]
+fn a_raised_cancel_flag_stops_the_pass_at_the_next_layer() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let model = smollm2();
+    let batch = TokenBatch::single(&prompts()[0].ids).unwrap();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let later = Arc::new(AtomicUsize::new(0));
+    let (raise, count) = (cancel.clone(), later.clone());
+    // The flag goes up while layer 3 runs (as a deadline passing would); layer 4 never starts.
+    let hooks = Hooks::new()
+        .edit(HookPoint::resid_post(3), move |_, x: &Tensor, _: &_| {
+            raise.store(true, Ordering::SeqCst);
+            Ok(x.clone())
+        })
+        .edit(HookPoint::resid_post(4), move |_, x: &Tensor, _: &_| {
+            count.fetch_add(1, Ordering::SeqCst);
+            Ok(x.clone())
+        })
+        .cancel_when(cancel);
+    let err = model.forward(&batch, &hooks, Logits::All, None).unwrap_err();
+    assert!(matches!(err, loupe_engine::EngineError::Cancelled), "{err}");
+    assert_eq!(later.load(Ordering::SeqCst), 0, "a layer ran after the cancel flag went up");
+    // Without the flag raised, the same hooks run every layer.
+    let hooks = Hooks::new().cancel_when(Arc::new(AtomicBool::new(false)));
+    assert!(model.forward(&batch, &hooks, Logits::All, None).unwrap().logits.is_some());
+}

@@ -11,13 +11,8 @@ use loupe_query::Limits;
 use loupe_schema::proto::v1 as pb;
 use loupe_schema::proto::v1::features_client::FeaturesClient;
 use loupe_store::{label_history, StoreReader};
-use loupe_tests::{clients, copy_of_fixture_store, corpus_head, fref, index_job, run_job, start_server, DICTIONARY};
+use loupe_tests::{clients, corpus_head, private_store, fref, index_job, run_job, start_server, DICTIONARY};
 use tonic::transport::Channel;
-
-async fn private_store(dir: &std::path::Path) -> std::path::PathBuf {
-    let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || copy_of_fixture_store(&dir)).await.unwrap()
-}
 
 fn label_request(feature: u32, label: &str, author: &str) -> pb::SetFeatureLabelRequest {
     pb::SetFeatureLabelRequest { feature: fref(feature), label: label.into(), author: Some(author.into()) }

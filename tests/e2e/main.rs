@@ -4,5 +4,6 @@
 //! corpus: `scripts/setup.sh` fetches both (CI always runs it).
 
 mod labels;
+mod limits;
 mod reflection;
 mod service;

@@ -3,7 +3,7 @@
 //! descriptors with their imports.
 
 use loupe_query::Limits;
-use loupe_tests::{channel, copy_of_fixture_store, start_server};
+use loupe_tests::{private_store, channel, start_server};
 
 /// Lists the services, fetches the file declaring `loupe.v1.Features` and the shared file it
 /// imports, through one reflection version's generated client.
@@ -40,12 +40,7 @@ fn mentions(files: &[Vec<u8>], name: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_v1_and_v1alpha() {
     let dir = tempfile::tempdir().unwrap();
-    let store = tokio::task::spawn_blocking({
-        let dir = dir.path().to_path_buf();
-        move || copy_of_fixture_store(&dir)
-    })
-    .await
-    .unwrap();
+    let store = private_store(dir.path()).await;
     let server = start_server(&store, Limits::default(), false).await;
     let channel = channel(&server.addr).await;
     let (v1_services, v1_files) = reflect!(v1, channel.clone());

@@ -4,19 +4,14 @@
 
 use loupe_query::Limits;
 use loupe_schema::proto::v1 as pb;
-use loupe_tests::{assert_code, clients, copy_of_fixture_store, fref, start_server, DICTIONARY};
+use loupe_tests::{private_store, assert_code, clients, fref, start_server, DICTIONARY};
 use tonic::transport::Channel;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_over_loopback() {
     let dir = tempfile::tempdir().unwrap();
-    let store = tokio::task::spawn_blocking({
-        let dir = dir.path().to_path_buf();
-        move || copy_of_fixture_store(&dir)
-    })
-    .await
-    .unwrap();
+    let store = private_store(dir.path()).await;
     let server = start_server(&store, Limits { max_text_bytes: 2000, max_tokens: 256, ..Limits::default() }, true).await;
     let (mut features, mut internals) = clients(&server.addr).await;
 

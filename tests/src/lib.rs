@@ -79,6 +79,13 @@ pub fn fixture_store() -> &'static Path {
         .1
 }
 
+/// A private copy of the fixture store in `dir`, from async code (the copy, and the first
+/// caller's indexing of the fixture, run on a blocking thread).
+pub async fn private_store(dir: &Path) -> PathBuf {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || copy_of_fixture_store(&dir)).await.unwrap()
+}
+
 /// A private copy of the fixture store in `dir`.
 pub fn copy_of_fixture_store(dir: &Path) -> PathBuf {
     let to = dir.join("store");

@@ -41,6 +41,7 @@ impl From<ServiceError> for Status {
             ServiceError::Store(S::Query { .. }) | ServiceError::Store(S::InvalidRecord(_)) => Code::InvalidArgument,
             ServiceError::Store(S::Locked { .. }) => Code::Unavailable,
             ServiceError::Store(S::NoVectors { .. }) => Code::FailedPrecondition,
+            ServiceError::Engine(E::Cancelled) => Code::Cancelled,
             ServiceError::Engine(E::UnknownHook(_)) | ServiceError::Engine(E::HookOutOfRange { .. }) | ServiceError::Engine(E::InvalidInput(_)) => Code::InvalidArgument,
             ServiceError::Store(_) | ServiceError::Engine(_) | ServiceError::Internal(_) => Code::Internal,
         };
