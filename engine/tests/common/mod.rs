@@ -18,10 +18,17 @@ pub fn fixtures() -> PathBuf {
 pub fn smollm2() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
     MODEL.get_or_init(|| {
-        let path = loupe_engine::model::default_model_path();
+        let path = default_model_path();
         assert!(path.exists(), "{} is missing: run scripts/setup.sh first", path.display());
         Model::load(&path).expect("load the default model")
     })
+}
+
+/// The default model, where scripts/setup.sh puts it (`$LOUPE_HOME`, else `~/.cache/loupe`;
+/// the CLI's default, loupe_query::config, says the same).
+pub fn default_model_path() -> PathBuf {
+    let home = std::env::var_os("LOUPE_HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/loupe"));
+    home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 pub fn load_safetensors(name: &str) -> HashMap<String, Tensor> {

@@ -18,7 +18,7 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<Model> {
-        let path = self.model.clone().unwrap_or_else(loupe_engine::model::default_model_path);
+        let path = self.model.clone().unwrap_or_else(loupe_query::config::default_model_path);
         if !path.exists() {
             anyhow::bail!(
                 "model not found at {}: run scripts/setup.sh to install the default model, or pass --model",
@@ -34,7 +34,7 @@ impl ModelArgs {
 
 /// The demo corpus that scripts/setup.sh assembles.
 pub fn default_corpus() -> PathBuf {
-    loupe_engine::loupe_home().join("corpora").join("demo.jsonl")
+    loupe_query::config::loupe_home().join("corpora").join("demo.jsonl")
 }
 
 /// The embedded default dictionary, shipped in the repository's `dictionaries/`:
@@ -54,7 +54,7 @@ pub fn default_dictionary() -> PathBuf {
 
 /// The held-out part of the demo corpus (for evaluation).
 pub fn default_heldout_corpus() -> PathBuf {
-    loupe_engine::loupe_home().join("corpora").join("demo-heldout.jsonl")
+    loupe_query::config::loupe_home().join("corpora").join("demo-heldout.jsonl")
 }
 
 /// A spinner on stderr (hidden when stderr is not a terminal).

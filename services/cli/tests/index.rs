@@ -9,7 +9,7 @@ use std::time::Instant;
 use loupe_store::{ExampleRecord, FeatureRecord, StoreReader};
 
 fn corpus(dir: &Path, name: &str, skip: usize, lines: usize) -> PathBuf {
-    let demo = loupe_engine::loupe_home().join("corpora").join("demo.jsonl");
+    let demo = loupe_query::config::loupe_home().join("corpora").join("demo.jsonl");
     assert!(demo.exists(), "{} is missing: run scripts/setup.sh", demo.display());
     let path = dir.join(name);
     let mut out = std::fs::File::create(&path).unwrap();

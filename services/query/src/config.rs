@@ -86,9 +86,21 @@ pub struct ServeSettings {
 /// The default listening address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
 
+/// The embedded default model's file, which setup installs under `$LOUPE_HOME/models`.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
 /// `$LOUPE_HOME`, else `~/.cache/loupe`: models, corpora and the default store live here.
 pub fn loupe_home() -> PathBuf {
-    loupe_engine::loupe_home()
+    if let Some(home) = std::env::var_os("LOUPE_HOME") {
+        return home.into();
+    }
+    let user_home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| ".".into());
+    user_home.join(".cache").join("loupe")
+}
+
+/// Where setup puts the embedded default model.
+pub fn default_model_path() -> PathBuf {
+    loupe_home().join("models").join(DEFAULT_MODEL_FILE)
 }
 
 impl ServeSettings {
@@ -156,7 +168,7 @@ impl ServeSettings {
         if limits.model_workers == 0 || limits.max_page == 0 || limits.max_tokens == 0 || limits.max_text_bytes == 0 {
             return Err(ServiceError::InvalidArgument("limits: model_workers, max_page, max_tokens and max_text_bytes must be at least 1".into()));
         }
-        let model = if self.no_model.unwrap_or(false) { None } else { Some(self.model.unwrap_or_else(loupe_engine::model::default_model_path)) };
+        let model = if self.no_model.unwrap_or(false) { None } else { Some(self.model.unwrap_or_else(default_model_path)) };
         Ok(ServerConfig {
             store: self.store.unwrap_or_else(|| loupe_home().join("store")),
             addr: self.addr.unwrap_or_else(|| DEFAULT_ADDR.parse().expect("a valid default address")),

@@ -42,7 +42,7 @@ fn single(args: &IndexArgs) -> anyhow::Result<serde_json::Value> {
     let mut config = args.job.config()?;
     config.store = store;
     config.max_tokens = Some(args.tokens);
-    let model_path = config.model.clone().unwrap_or_else(loupe_engine::model::default_model_path);
+    let model_path = config.model.clone().unwrap_or_else(loupe_query::config::default_model_path);
     let job = loupe_indexer::Job::prepare(config, &model_path)?;
     let interrupted = AtomicBool::new(false);
     let report = job.run(RunOptions { shard: Shard::WHOLE, append: false, force: true }, &JobHooks { progress: &|_, _| {}, interrupted: &interrupted })?;

@@ -59,7 +59,7 @@ struct Running {
 async fn start(store: &PathBuf, with_model: bool) -> anyhow::Result<Running> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let model = with_model.then(loupe_engine::model::default_model_path);
+    let model = with_model.then(loupe_query::config::default_model_path);
     let config = ServerConfig { store: store.clone(), addr, model, dictionaries: vec![], limits: Limits { max_waiting: 1024, ..Limits::default() } };
     let state = Arc::new(loupe_query::state::AppState::load(&config).await.with_context(|| format!("loading {}", store.display()))?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -188,7 +188,7 @@ async fn workload_of(addr: &str) -> anyhow::Result<Workload> {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let store = args.store.clone().unwrap_or_else(|| loupe_engine::loupe_home().join("demo-store"));
+    let store = args.store.clone().unwrap_or_else(|| loupe_query::config::loupe_home().join("demo-store"));
     let mut report = Vec::new();
     runtime.block_on(async {
         let mut targets = Vec::new();

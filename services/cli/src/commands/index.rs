@@ -97,7 +97,7 @@ impl JobArgs {
     pub fn config(&self) -> anyhow::Result<JobConfig> {
         let mut config = match &self.config {
             Some(path) => JobConfig::from_file(path)?,
-            None => JobConfig::new(self.store.clone().unwrap_or_else(|| loupe_engine::loupe_home().join("store"))),
+            None => JobConfig::new(self.store.clone().unwrap_or_else(|| loupe_query::config::loupe_home().join("store"))),
         };
         if let Some(store) = &self.store {
             config.store = store.clone();
@@ -144,7 +144,7 @@ impl JobArgs {
 
     pub fn prepare(&self) -> anyhow::Result<Job> {
         let config = self.config()?;
-        let model_path = config.model.clone().unwrap_or_else(loupe_engine::model::default_model_path);
+        let model_path = config.model.clone().unwrap_or_else(loupe_query::config::default_model_path);
         if !model_path.exists() {
             anyhow::bail!("model not found at {}: run scripts/setup.sh to install the default model, or pass --model", model_path.display());
         }
