@@ -11,7 +11,7 @@ use loupe_query::Limits;
 use loupe_schema::proto::v1 as pb;
 use loupe_schema::proto::v1::features_client::FeaturesClient;
 use loupe_store::{label_history, StoreReader};
-use loupe_tests::{clients, corpus_head, private_store, fref, index_job, run_job, start_server, DICTIONARY};
+use loupe_tests::{clients, corpus_head, default_dictionary, fref, loupe_binary, private_store, start_server, DICTIONARY};
 use tonic::transport::Channel;
 
 fn label_request(feature: u32, label: &str, author: &str) -> pb::SetFeatureLabelRequest {
@@ -125,14 +125,26 @@ async fn label_writes_and_an_index_commit_do_not_block_each_other() {
     let (client, _) = clients(&server.addr).await;
     let before = loupe_store::layout::current(&store).unwrap().unwrap().generation;
 
-    // Re-index the store (a new generation) on a blocking thread...
+    // Re-index the store (a new generation) with the real `loupe index`, in another process...
+    let corpus = corpus_head(dir.path(), 20);
+    let mut index = std::process::Command::new(loupe_binary())
+        .args(["index", "--force", "--json", "--context", "64", "--top-k", "8", "--store"])
+        .arg(&store)
+        .arg("--corpus")
+        .arg(&corpus)
+        .arg("--dictionary")
+        .arg(format!("{DICTIONARY}={}", default_dictionary().display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let indexing = Arc::new(AtomicBool::new(true));
     let job = {
-        let (store, dir, indexing) = (store.clone(), dir.path().to_path_buf(), indexing.clone());
+        let indexing = indexing.clone();
         tokio::task::spawn_blocking(move || {
-            let corpus = corpus_head(&dir, 20);
-            run_job(&index_job(&store, &corpus), true);
+            let output = index.wait_with_output();
             indexing.store(false, Ordering::SeqCst);
+            output.unwrap()
         })
     };
     // ...while labels are written through the server until the job is done.
@@ -150,7 +162,10 @@ async fn label_writes_and_an_index_commit_do_not_block_each_other() {
         }
         written.push(f);
     }
-    job.await.expect("the index job succeeds while labels are written");
+    let output = job.await.unwrap();
+    assert!(output.status.success(), "loupe index failed while labels were written: {}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["status"], "committed", "{report}");
     assert!(during.load(Ordering::SeqCst) > 0, "no label write overlapped the job");
 
     // The job committed its generation; every label is there, in the new generation too.

@@ -47,6 +47,25 @@ pub fn corpus_head(dir: &Path, documents: usize) -> PathBuf {
     corpus
 }
 
+/// The `loupe` binary of this build (`target/<profile>/loupe`, next to the test binaries'
+/// `deps/`), built first when a test runs without it (`cargo test -p loupe-tests`).
+pub fn loupe_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            let binary = exe.parent().and_then(Path::parent).unwrap().join(format!("loupe{}", std::env::consts::EXE_SUFFIX));
+            if !binary.exists() {
+                let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+                let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+                let built = std::process::Command::new(cargo).args(["build", "-p", "loupe-cli", "--manifest-path"]).arg(manifest).status().unwrap();
+                assert!(built.success() && binary.exists(), "could not build {}", binary.display());
+            }
+            binary
+        })
+        .clone()
+}
+
 /// The job that indexes `corpus` with the default dictionary into `store` (64-token windows,
 /// 8 top examples per feature: small and quick).
 pub fn index_job(store: &Path, corpus: &Path) -> Job {
