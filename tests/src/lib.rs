@@ -48,22 +48,13 @@ pub fn corpus_head(dir: &Path, documents: usize) -> PathBuf {
 }
 
 /// The `loupe` binary of this build (`target/<profile>/loupe`, next to the test binaries'
-/// `deps/`), built first when a test runs without it (`cargo test -p loupe-tests`).
+/// `deps/`). `cargo test --workspace` builds it (for loupe-cli's own tests) before any test
+/// runs; alone, `cargo test -p loupe-tests` needs `cargo build -p loupe-cli` first.
 pub fn loupe_binary() -> PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            let binary = exe.parent().and_then(Path::parent).unwrap().join(format!("loupe{}", std::env::consts::EXE_SUFFIX));
-            if !binary.exists() {
-                let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-                let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-                let built = std::process::Command::new(cargo).args(["build", "-p", "loupe-cli", "--manifest-path"]).arg(manifest).status().unwrap();
-                assert!(built.success() && binary.exists(), "could not build {}", binary.display());
-            }
-            binary
-        })
-        .clone()
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe.parent().and_then(Path::parent).unwrap().join(format!("loupe{}", std::env::consts::EXE_SUFFIX));
+    assert!(binary.exists(), "{} is missing: run `cargo build -p loupe-cli` (or `cargo test --workspace`, which builds it)", binary.display());
+    binary
 }
 
 /// The job that indexes `corpus` with the default dictionary into `store` (64-token windows,
