@@ -12,6 +12,7 @@ pub mod hooks;
 pub mod lens;
 pub mod model;
 pub mod perf;
+pub mod steering;
 pub mod tokenizer;
 pub mod weights;
 
