@@ -48,24 +48,51 @@ pub fn generate(
     hooks: &Hooks,
     mut on_token: impl FnMut(u32),
 ) -> Result<Vec<u32>> {
+    let mut rows = generate_rows(model, prompt, 1, params, hooks, |_, token| on_token(token))?;
+    Ok(rows.pop().unwrap_or_default())
+}
+
+/// Generates `rows` continuations of one prompt in one batch (KV cache of `rows` sequences),
+/// each row sampling with its own generator seeded with `params.seed`: rows differ only
+/// where `hooks` edit them differently (a default and a steered run: edit row 1 only).
+/// `on_token(row, token)` is called as tokens arrive. A row that emits a stop token is done;
+/// it keeps feeding that token (so the batch stays rectangular) and its outputs are dropped.
+pub fn generate_rows(
+    model: &Model,
+    prompt: &[u32],
+    rows: usize,
+    params: &SamplingParams,
+    hooks: &Hooks,
+    mut on_token: impl FnMut(usize, u32),
+) -> Result<Vec<Vec<u32>>> {
     params.validate()?;
     if prompt.is_empty() {
         return Err(EngineError::InvalidInput("the prompt has no tokens".into()));
     }
-    let mut rng = StdRng::seed_from_u64(params.seed);
+    if rows == 0 {
+        return Err(EngineError::InvalidInput("rows must be at least 1".into()));
+    }
+    let mut rngs: Vec<StdRng> = (0..rows).map(|_| StdRng::seed_from_u64(params.seed)).collect();
     let mut cache = model.new_cache();
-    let mut input = prompt.to_vec();
-    let mut generated = Vec::new();
-    while generated.len() < params.max_new_tokens {
-        let out = model.forward(&TokenBatch::single(&input)?, hooks, Logits::Last, Some(&mut cache))?;
-        let logits = out.logits.expect("Logits::Last returns logits").squeeze(0)?;
-        let next = sample(&logits, params, &mut rng)?;
-        generated.push(next);
-        on_token(next);
-        if params.stop_tokens.contains(&next) {
+    let mut inputs: Vec<Vec<u32>> = vec![prompt.to_vec(); rows];
+    let mut generated: Vec<Vec<u32>> = vec![Vec::new(); rows];
+    let mut done = vec![false; rows];
+    for _ in 0..params.max_new_tokens {
+        let out = model.forward(&TokenBatch::right_padded(&inputs, 0)?, hooks, Logits::Last, Some(&mut cache))?;
+        let logits = out.logits.expect("Logits::Last returns logits");
+        for row in 0..rows {
+            if done[row] {
+                continue;
+            }
+            let next = sample(&logits.get(row)?, params, &mut rngs[row])?;
+            generated[row].push(next);
+            on_token(row, next);
+            done[row] = params.stop_tokens.contains(&next);
+            inputs[row] = vec![next];
+        }
+        if done.iter().all(|d| *d) {
             break;
         }
-        input = vec![next];
     }
     Ok(generated)
 }

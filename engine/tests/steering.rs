@@ -184,3 +184,22 @@ fn edits_on_generated_tokens_agree_between_the_kv_cache_and_a_full_pass() {
         assert_eq!(argmax, *token, "step {step}: the full pass disagrees with the cached one");
     }
 }
+
+#[test]
+fn a_default_and_a_steered_row_in_one_batch_match_two_separate_runs() {
+    use loupe_engine::generate::generate_rows;
+    let dictionary = default_dictionary();
+    let ids = prompt();
+    let params = SamplingParams { temperature: 0.7, top_p: 0.9, seed: 5, max_new_tokens: 10, ..Default::default() };
+    let mut edit = feature_edit(&dictionary, 1234, Operation::Add { strength: 8.0 }, Positions::All);
+    let alone = generate(smollm2(), &ids, &params, &with_edits(Hooks::new(), std::slice::from_ref(&edit)), |_| {}).unwrap();
+    let plain = generate(smollm2(), &ids, &params, &Hooks::new(), |_| {}).unwrap();
+    // Row 0 is the default run, row 1 the steered one: the edit touches row 1 only.
+    edit.rows = Some(vec![1]);
+    let mut streamed = vec![Vec::new(), Vec::new()];
+    let rows = generate_rows(smollm2(), &ids, 2, &params, &with_edits(Hooks::new(), &[edit]), |row, token| streamed[row].push(token)).unwrap();
+    assert_eq!(rows[0], plain, "the default row of the batch");
+    assert_eq!(rows[1], alone, "the steered row of the batch");
+    assert_eq!(streamed, rows, "tokens are streamed as they are made");
+    assert_ne!(rows[0], rows[1]);
+}
