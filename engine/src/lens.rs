@@ -1,9 +1,9 @@
 //! The feature lens: a model plus the dictionaries it feeds, and the one call that runs a
 //! token batch to the deepest hook needed and returns each dictionary's sparse codes.
 //!
-//! Everything that reads features goes through [`FeatureLens::run`]: the indexer, the
-//! server's search by text, `loupe dict encode/eval`, training (a lens with no dictionary
-//! reads raw activations). Steering edits and monitor reads plug in as extra [`Hooks`]
+//! Everything that reads features goes through [`FeatureLens::run`] (or [`run_parts`] over
+//! borrowed parts): the indexer, the server's search by text, `loupe dict encode/eval`, and
+//! training (no dictionary, one captured hook: raw activations). Steering edits and monitor reads plug in as extra [`Hooks`]
 //! (edits run before the dictionaries read their hooks, so codes describe the edited run).
 
 use std::collections::BTreeMap;
@@ -35,8 +35,6 @@ pub struct Read {
     /// Indices into the lens's dictionaries to encode (empty: none; see [`Read::all`]).
     pub dictionaries: Vec<usize>,
     pub rows: Rows,
-    /// Return each chosen dictionary's input activation rows (`LensOutput::inputs`).
-    pub inputs: bool,
     /// Return each chosen dictionary's reconstruction error `x_out - decode(encode(x_in))`.
     pub errors: bool,
     /// Extra hooks: captures returned row-selected in `LensOutput::captured`, and edits
@@ -48,12 +46,12 @@ pub struct Read {
 impl Read {
     /// The codes of every dictionary of `lens` at `rows`, nothing else.
     pub fn all(lens: &FeatureLens, rows: Rows) -> Self {
-        Read { dictionaries: (0..lens.dictionaries.len()).collect(), rows, inputs: false, errors: false, hooks: Hooks::new(), logits: Logits::None }
+        Read { dictionaries: (0..lens.dictionaries.len()).collect(), rows, errors: false, hooks: Hooks::new(), logits: Logits::None }
     }
 
     /// Only the given dictionaries.
     pub fn only(dictionaries: Vec<usize>, rows: Rows) -> Self {
-        Read { dictionaries, rows, inputs: false, errors: false, hooks: Hooks::new(), logits: Logits::None }
+        Read { dictionaries, rows, errors: false, hooks: Hooks::new(), logits: Logits::None }
     }
 }
 
@@ -61,8 +59,6 @@ impl Read {
 pub struct LensOutput {
     /// Each dictionary's encoding of its input rows (sparse codes plus what decoding needs).
     pub codes: Vec<Encoding>,
-    /// Each dictionary's input rows `[rows, d_in]`, when asked.
-    pub inputs: Vec<Tensor>,
     /// Each dictionary's target rows `[rows, d_out]` and reconstruction error, when asked.
     pub targets: Vec<Tensor>,
     pub errors: Vec<Tensor>,
@@ -97,11 +93,6 @@ impl FeatureLens {
         }
         let dictionaries = dictionaries.into_iter().map(|(id, dictionary)| LensDictionary { id, dictionary }).collect();
         Ok(FeatureLens { model, dictionaries })
-    }
-
-    /// A lens with no dictionary: a model that returns activations (training reads these).
-    pub fn model_only(model: Model) -> Self {
-        FeatureLens { model, dictionaries: Vec::new() }
     }
 
     pub fn model(&self) -> &Model {
@@ -151,7 +142,7 @@ pub fn run_parts(model: &Model, dictionaries: &[&Dictionary], batch: &TokenBatch
         select_rows(x, batch, read.rows)
     };
     let mut codes = Vec::with_capacity(chosen.len());
-    let (mut inputs, mut targets, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut targets, mut errors) = (Vec::new(), Vec::new());
     for dictionary in &chosen {
         let x = rows(dictionary.info().hook_in)?;
         let encoding = dictionary.encode(&x)?;
@@ -160,13 +151,10 @@ pub fn run_parts(model: &Model, dictionaries: &[&Dictionary], batch: &TokenBatch
             errors.push((&target - dictionary.decode(&encoding)?)?);
             targets.push(target);
         }
-        if read.inputs {
-            inputs.push(x);
-        }
         codes.push(encoding);
     }
     let captured = extra.into_iter().map(|hook| Ok((hook, rows(hook)?))).collect::<Result<_>>()?;
-    Ok(LensOutput { codes, inputs, targets, errors, captured, logits: output.logits, forward_time, encode_time: start.elapsed() })
+    Ok(LensOutput { codes, targets, errors, captured, logits: output.logits, forward_time, encode_time: start.elapsed() })
 }
 
 /// The rows of `[batch, seq, d]` that `rows` selects, as `[n, d]`.
@@ -180,9 +168,6 @@ pub fn select_rows(x: &Tensor, batch: &TokenBatch, rows: Rows) -> Result<Tensor>
         Rows::Real => 0,
         Rows::RealAfterFirst => 1,
     };
-    if first == 0 && batch.lengths.iter().all(|&l| l == seq) {
-        return Ok(x.reshape((b * seq, d))?);
-    }
     if batch.lengths.iter().all(|&l| l == seq) {
         return Ok(x.narrow(1, first, seq - first)?.contiguous()?.reshape((b * (seq - first), d))?);
     }

@@ -150,7 +150,7 @@ impl Edit {
             return Err(EngineError::InvalidInput(format!("steering direction has width {}, but {} has width {width}", direction.len(), self.hook())));
         }
         let mut values: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        // (row index in `values`, absolute position) of every edited row.
+        // The edited rows, as row indices into `values`.
         let mut edited: Vec<usize> = Vec::new();
         for b in 0..batch {
             if self.rows.as_ref().is_some_and(|rows| !rows.contains(&b)) {

@@ -154,10 +154,6 @@ impl LabelCursor {
         self.latest.get(&(dictionary_id.to_string(), feature))
     }
 
-    pub fn latest(&self) -> impl Iterator<Item = &LabelRecord> {
-        self.latest.values()
-    }
-
     /// Reads what was appended since the last call; returns the features whose label rows
     /// changed. Cheap when nothing changed (one look at the latest version).
     pub async fn refresh(&mut self) -> Result<Vec<(String, u32)>> {

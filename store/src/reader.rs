@@ -38,8 +38,9 @@ pub struct StoreReader {
     /// Follows the append-only `labels` table (refreshed by `refresh_labels`).
     label_cursor: tokio::sync::Mutex<LabelCursor>,
     /// The current label of every feature labelled through the table (None: cleared),
-    /// which overrides the label its generation was built with.
-    labels: RwLock<HashMap<(String, u32), Option<String>>>,
+    /// by dictionary and feature, which overrides the label its generation was built with
+    /// (the cursor's state, readable without awaiting its lock).
+    labels: RwLock<HashMap<String, HashMap<u32, Option<String>>>>,
 }
 
 /// Point reads of one table: every column but `dictionary_id`, which is filled in. Lance
@@ -210,7 +211,7 @@ impl StoreReader {
     /// A feature's label from the `labels` table, if it was ever written there (Some(None):
     /// cleared); None means the label of the generation stands.
     pub fn label_override(&self, dictionary_id: &str, feature: u32) -> Option<Option<String>> {
-        self.labels.read().unwrap_or_else(|p| p.into_inner()).get(&(dictionary_id.to_string(), feature)).cloned()
+        self.labels.read().unwrap_or_else(|p| p.into_inner()).get(dictionary_id).and_then(|features| features.get(&feature)).cloned()
     }
 
     /// Reads label writes appended since the last refresh (by any writer) and makes them
@@ -226,24 +227,20 @@ impl StoreReader {
         let mut updates = Vec::with_capacity(changed.len());
         for (dictionary_id, feature) in changed {
             let label = cursor.get(&dictionary_id, feature).and_then(|r| r.label.clone());
-            if sites.contains_key(&dictionary_id) {
+            if let Some((hook, layer)) = sites.get(&dictionary_id) {
                 if let Some(mut record) = self.feature_as_built(&dictionary_id, feature).await? {
                     record.label = label.clone();
-                    documents.push(record);
+                    documents.push((record, FeatureSite { hook: hook.as_str(), layer: *layer }));
                 }
             }
-            updates.push(((dictionary_id, feature), label));
+            updates.push((dictionary_id, feature, label));
         }
-        let with_sites: Vec<(FeatureRecord, FeatureSite)> = documents
-            .iter()
-            .map(|r| {
-                let (hook, layer) = &sites[&r.dictionary_id];
-                (r.clone(), FeatureSite { hook: hook.as_str(), layer: *layer })
-            })
-            .collect();
-        self.search.overlay(&with_sites)?;
+        self.search.overlay(&documents)?;
         let count = updates.len();
-        self.labels.write().unwrap_or_else(|p| p.into_inner()).extend(updates);
+        let mut labels = self.labels.write().unwrap_or_else(|p| p.into_inner());
+        for (dictionary_id, feature, label) in updates {
+            labels.entry(dictionary_id).or_default().insert(feature, label);
+        }
         Ok(count)
     }
 

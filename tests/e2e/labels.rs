@@ -2,7 +2,7 @@
 //! label writes while an index job commits a new generation. None may be lost, none may
 //! fail, and none creates a generation.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -127,7 +127,7 @@ async fn label_writes_and_an_index_commit_do_not_block_each_other() {
 
     // Re-index the store (a new generation) with the real `loupe index`, in another process...
     let corpus = corpus_head(dir.path(), 20);
-    let mut index = std::process::Command::new(loupe_binary())
+    let index = std::process::Command::new(loupe_binary())
         .args(["index", "--force", "--json", "--context", "64", "--top-k", "8", "--store"])
         .arg(&store)
         .arg("--corpus")
@@ -148,7 +148,7 @@ async fn label_writes_and_an_index_commit_do_not_block_each_other() {
         })
     };
     // ...while labels are written through the server until the job is done.
-    let during = Arc::new(AtomicUsize::new(0));
+    let mut during = 0;
     let mut written = Vec::new();
     let mut client = client;
     for f in 200u32..400 {
@@ -158,7 +158,7 @@ async fn label_writes_and_an_index_commit_do_not_block_each_other() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         client.set_feature_label(label_request(f, &marker(f), "while-indexing")).await.expect("a label write while the job runs");
         if indexing.load(Ordering::SeqCst) {
-            during.fetch_add(1, Ordering::SeqCst);
+            during += 1;
         }
         written.push(f);
     }
@@ -166,7 +166,7 @@ async fn label_writes_and_an_index_commit_do_not_block_each_other() {
     assert!(output.status.success(), "loupe index failed while labels were written: {}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["status"], "committed", "{report}");
-    assert!(during.load(Ordering::SeqCst) > 0, "no label write overlapped the job");
+    assert!(during > 0, "no label write overlapped the job");
 
     // The job committed its generation; every label is there, in the new generation too.
     let after = StoreReader::open(&store).await.unwrap();

@@ -165,8 +165,10 @@ impl ServeSettings {
     /// The server configuration, with the engine's default model when none is named.
     pub fn resolve(self) -> Result<ServerConfig> {
         let limits = self.limits;
-        if limits.model_workers == 0 || limits.max_page == 0 || limits.max_tokens == 0 || limits.max_text_bytes == 0 {
-            return Err(ServiceError::InvalidArgument("limits: model_workers, max_page, max_tokens and max_text_bytes must be at least 1".into()));
+        for (name, value) in [("model_workers", limits.model_workers), ("max_page", limits.max_page), ("max_tokens", limits.max_tokens), ("max_text_bytes", limits.max_text_bytes)] {
+            if value == 0 {
+                return Err(ServiceError::InvalidArgument(format!("limits.{name} is 0: it must be at least 1")));
+            }
         }
         let model = if self.no_model.unwrap_or(false) { None } else { Some(self.model.unwrap_or_else(default_model_path)) };
         Ok(ServerConfig {

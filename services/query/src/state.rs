@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use loupe_engine::{Dictionary, FeatureLens, Model};
 use loupe_store::{DictionaryRecord, StoreReader};
@@ -31,7 +31,7 @@ pub struct FeatureNotes {
 
 pub struct AppState {
     pub store_root: PathBuf,
-    snapshot: RwLock<Arc<Snapshot>>,
+    snapshot: Arc<Snapshot>,
     /// The model and the store's dictionaries it can run (None: started without a model).
     pub engine: Option<Arc<FeatureLens>>,
     pub workers: ModelWorkers,
@@ -52,7 +52,7 @@ impl AppState {
         let snapshot = Snapshot::build(snapshot.reader, engine.as_deref()).await?;
         Ok(AppState {
             store_root: config.store.clone(),
-            snapshot: RwLock::new(Arc::new(snapshot)),
+            snapshot: Arc::new(snapshot),
             engine,
             workers: ModelWorkers::new(config.limits.model_workers, config.limits.max_waiting),
             limits: config.limits,
@@ -62,15 +62,7 @@ impl AppState {
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Re-reads the store's latest generation (after an index job committed one).
-    pub async fn reload(&self) -> Result<()> {
-        let reader = StoreReader::open(&self.store_root).await?;
-        let snapshot = Snapshot::build(reader, self.engine.as_deref()).await?;
-        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
-        Ok(())
+        self.snapshot.clone()
     }
 
     pub fn request_id(&self) -> u64 {
