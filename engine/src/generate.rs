@@ -1,13 +1,16 @@
 //! Autoregressive generation with a KV cache: greedy, or temperature + nucleus (top-p)
 //! sampling from a seeded generator, so that a run is reproducible.
 
+use std::collections::BTreeMap;
+
 use candle_core::{DType, Tensor};
+use loupe_schema::hook::HookPoint;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::error::{EngineError, Result};
 use crate::hooks::Hooks;
-use crate::model::{Logits, Model, TokenBatch};
+use crate::model::{KvCache, Logits, Model, TokenBatch};
 
 #[derive(Debug, Clone)]
 pub struct SamplingParams {
@@ -28,7 +31,7 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
-    fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return Err(EngineError::InvalidInput(format!("temperature must be >= 0, got {}", self.temperature)));
         }
@@ -65,36 +68,141 @@ pub fn generate_rows(
     hooks: &Hooks,
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<Vec<u32>>> {
-    params.validate()?;
-    if prompt.is_empty() {
-        return Err(EngineError::InvalidInput("the prompt has no tokens".into()));
+    let mut generation = Generation::new(model, prompt, rows, params.clone())?;
+    while !generation.is_finished() {
+        let step = generation.step(model, hooks)?;
+        for (row, emitted) in step.tokens.iter().enumerate() {
+            if let Some(emitted) = emitted {
+                on_token(row, emitted.token);
+            }
+        }
     }
-    if rows == 0 {
-        return Err(EngineError::InvalidInput("rows must be at least 1".into()));
+    Ok(generation.into_generated())
+}
+
+/// A token a row emitted, with its log-probability under the (edited) model at temperature
+/// 1 (before temperature and top-p reshape the draw).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Emitted {
+    pub token: u32,
+    pub logprob: f32,
+}
+
+/// What one decoding step gave.
+pub struct Step {
+    /// The token each row emitted (None for rows already finished).
+    pub tokens: Vec<Option<Emitted>>,
+    /// The hooks captured at the position each row was fed this step, `[rows, d]` (after
+    /// any edit of that hook): the prompt's last token on the first step, then the token
+    /// emitted on the step before.
+    pub captured: BTreeMap<HookPoint, Tensor>,
+}
+
+/// Generation one token at a time, so that the caller can stream tokens, stop rows (stop
+/// strings), read activations per token, and give its thread back between tokens.
+pub struct Generation {
+    params: SamplingParams,
+    rngs: Vec<StdRng>,
+    cache: KvCache,
+    inputs: Vec<Vec<u32>>,
+    generated: Vec<Vec<u32>>,
+    done: Vec<bool>,
+    steps: usize,
+}
+
+impl Generation {
+    pub fn new(model: &Model, prompt: &[u32], rows: usize, params: SamplingParams) -> Result<Self> {
+        params.validate()?;
+        if prompt.is_empty() {
+            return Err(EngineError::InvalidInput("the prompt has no tokens".into()));
+        }
+        if rows == 0 {
+            return Err(EngineError::InvalidInput("rows must be at least 1".into()));
+        }
+        Ok(Generation {
+            rngs: (0..rows).map(|_| StdRng::seed_from_u64(params.seed)).collect(),
+            cache: model.new_cache(),
+            inputs: vec![prompt.to_vec(); rows],
+            generated: vec![Vec::new(); rows],
+            done: vec![false; rows],
+            steps: 0,
+            params,
+        })
     }
-    let mut rngs: Vec<StdRng> = (0..rows).map(|_| StdRng::seed_from_u64(params.seed)).collect();
-    let mut cache = model.new_cache();
-    let mut inputs: Vec<Vec<u32>> = vec![prompt.to_vec(); rows];
-    let mut generated: Vec<Vec<u32>> = vec![Vec::new(); rows];
-    let mut done = vec![false; rows];
-    for _ in 0..params.max_new_tokens {
-        let out = model.forward(&TokenBatch::right_padded(&inputs, 0)?, hooks, Logits::Last, Some(&mut cache))?;
+
+    /// Every row is done, or `max_new_tokens` steps have run.
+    pub fn is_finished(&self) -> bool {
+        self.steps >= self.params.max_new_tokens || self.done.iter().all(|d| *d)
+    }
+
+    /// Runs one forward pass of the batch (the prompt, then one token per row) with `hooks`
+    /// and samples the next token of each unfinished row.
+    pub fn step(&mut self, model: &Model, hooks: &Hooks) -> Result<Step> {
+        let out = model.forward(&TokenBatch::right_padded(&self.inputs, 0)?, hooks, Logits::Last, Some(&mut self.cache))?;
         let logits = out.logits.expect("Logits::Last returns logits");
-        for row in 0..rows {
-            if done[row] {
+        let captured = last_positions(out.captured)?;
+        let mut tokens = vec![None; self.rows()];
+        for (row, slot) in tokens.iter_mut().enumerate() {
+            if self.done[row] {
                 continue;
             }
-            let next = sample(&logits.get(row)?, params, &mut rngs[row])?;
-            generated[row].push(next);
-            on_token(row, next);
-            done[row] = params.stop_tokens.contains(&next);
-            inputs[row] = vec![next];
+            let row_logits = logits.get(row)?.to_dtype(DType::F32)?;
+            let next = sample(&row_logits, &self.params, &mut self.rngs[row])?;
+            let logprob = log_probability(&row_logits.to_vec1()?, next);
+            self.generated[row].push(next);
+            *slot = Some(Emitted { token: next, logprob });
+            self.done[row] = self.params.stop_tokens.contains(&next);
+            self.inputs[row] = vec![next];
         }
-        if done.iter().all(|d| *d) {
-            break;
+        self.steps += 1;
+        Ok(Step { tokens, captured })
+    }
+
+    /// Feeds each row's last token through the model once more (no sampling) and returns
+    /// the hooks captured there, `[rows, d]`: what the final emitted token's activations are.
+    pub fn read_last(&mut self, model: &Model, hooks: &Hooks) -> Result<BTreeMap<HookPoint, Tensor>> {
+        // A pass with a KV cache runs every layer (the cache must stay whole), logits included.
+        let out = model.forward(&TokenBatch::right_padded(&self.inputs, 0)?, hooks, Logits::Last, Some(&mut self.cache))?;
+        last_positions(out.captured)
+    }
+
+    /// Marks `row` done (a stop string appeared); its later steps emit nothing.
+    pub fn stop_row(&mut self, row: usize) {
+        if let Some(done) = self.done.get_mut(row) {
+            *done = true;
         }
     }
-    Ok(generated)
+
+    pub fn rows(&self) -> usize {
+        self.done.len()
+    }
+
+    pub fn generated(&self) -> &[Vec<u32>] {
+        &self.generated
+    }
+
+    pub fn into_generated(self) -> Vec<Vec<u32>> {
+        self.generated
+    }
+}
+
+/// `[rows, seq, d]` captures reduced to each row's last position, `[rows, d]` (all rows
+/// of a generation batch have the same length).
+fn last_positions(captured: BTreeMap<HookPoint, Tensor>) -> Result<BTreeMap<HookPoint, Tensor>> {
+    captured
+        .into_iter()
+        .map(|(hook, x)| {
+            let seq = x.dim(1)?;
+            Ok((hook, x.narrow(1, seq - 1, 1)?.squeeze(1)?))
+        })
+        .collect()
+}
+
+/// `log softmax(logits)[token]`.
+pub fn log_probability(logits: &[f32], token: u32) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    (logits[token as usize] - max) - sum.ln() as f32
 }
 
 /// Picks the next token from `logits` `[vocab]`.

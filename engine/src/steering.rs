@@ -123,14 +123,16 @@ impl Edit {
         Ok(())
     }
 
-    fn direction(&self) -> &[f32] {
+    /// The direction `d` the operation moves along.
+    pub fn direction(&self) -> &[f32] {
         match &self.target {
             Target::Feature { dictionary, feature } => dictionary.decoder_row(*feature as usize),
             Target::Vector { direction, .. } => direction,
         }
     }
 
-    fn edits_position(&self, position: usize) -> bool {
+    /// Whether the edit touches `position` (of any row it edits).
+    pub fn edits_position(&self, position: usize) -> bool {
         if self.skip.contains(&position) {
             return false;
         }

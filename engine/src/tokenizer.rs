@@ -23,6 +23,8 @@ pub struct Tokenizer {
     bos_token_id: Option<u32>,
     eos_token_id: Option<u32>,
     chat_template: Option<String>,
+    /// Special (control) tokens: BOS/EOS and chat markers such as `<|im_start|>`.
+    special_ids: std::collections::HashSet<u32>,
 }
 
 impl Tokenizer {
@@ -86,11 +88,13 @@ impl Tokenizer {
             Some(_) => Some(gguf_string(path, content, "tokenizer.chat_template")?),
             None => None,
         };
+        let special_ids = special_ids(&inner);
         Ok(Tokenizer {
             inner,
             bos_token_id: id("tokenizer.ggml.bos_token_id")?,
             eos_token_id: id("tokenizer.ggml.eos_token_id")?,
             chat_template,
+            special_ids,
         })
     }
 
@@ -100,7 +104,8 @@ impl Tokenizer {
         let file = dir.join("tokenizer.json");
         let inner = tokenizers::Tokenizer::from_file(&file)
             .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", file.display())))?;
-        let mut tokenizer = Tokenizer { inner, bos_token_id: None, eos_token_id: None, chat_template: None };
+        let special_ids = special_ids(&inner);
+        let mut tokenizer = Tokenizer { inner, bos_token_id: None, eos_token_id: None, chat_template: None, special_ids };
         let config_path = dir.join("tokenizer_config.json");
         if config_path.exists() {
             let text = std::fs::read_to_string(&config_path).map_err(|e| EngineError::io(&config_path, e))?;
@@ -162,6 +167,16 @@ impl Tokenizer {
     pub fn chat_template(&self) -> Option<&str> {
         self.chat_template.as_deref()
     }
+
+    /// Whether `id` is a special token (BOS, EOS, chat markers): steering skips these
+    /// positions unless asked to edit them.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special_ids.contains(&id) || Some(id) == self.bos_token_id || Some(id) == self.eos_token_id
+    }
+}
+
+fn special_ids(inner: &tokenizers::Tokenizer) -> std::collections::HashSet<u32> {
+    inner.get_added_tokens_decoder().into_iter().filter(|(_, token)| token.special).map(|(id, _)| id).collect()
 }
 
 fn string_array(path: &Path, content: &gguf_file::Content, key: &str) -> Result<Vec<String>> {

@@ -203,3 +203,48 @@ fn a_default_and_a_steered_row_in_one_batch_match_two_separate_runs() {
     assert_eq!(streamed, rows, "tokens are streamed as they are made");
     assert_ne!(rows[0], rows[1]);
 }
+
+/// Logits `[seq, keep.len()]` at the kept token ids, with `edits` applied.
+fn kept_logits(ids: &[u32], edits: &[Edit], keep: &[usize]) -> Vec<Vec<f32>> {
+    let (_, logits) = run(ids, edits);
+    logits.iter().map(|row| keep.iter().map(|&t| row[t]).collect()).collect()
+}
+
+#[test]
+fn steered_logits_match_transformers_hooks_on_the_same_weights() {
+    // Written by reference/steering_reference.py: transformers forward hooks at layer 9's
+    // output editing the residual stream with numpy's SAE, for ADD, CLAMP and ORTHOGONAL.
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(common::fixtures().join("steering_reference.json")).unwrap()).unwrap();
+    let reference = common::load_safetensors("steering_reference.safetensors");
+    let keep: Vec<usize> = reference["token_ids"].to_vec1::<i64>().unwrap().into_iter().map(|t| t as usize).collect();
+    let dictionary = default_dictionary();
+    let tokenizer = smollm2().tokenizer().unwrap();
+    for (p, case) in meta["prompts"].as_array().unwrap().iter().enumerate() {
+        let ids = tokenizer.encode(case["text"].as_str().unwrap()).unwrap();
+        let expected_ids: Vec<u32> = reference[&format!("p{p}.ids")].to_vec1::<i64>().unwrap().into_iter().map(|t| t as u32).collect();
+        assert_eq!(ids, expected_ids, "prompt {p} tokenizes as transformers does");
+        let number = |key: &str| case[key].as_f64().unwrap() as f32;
+        let feature = |key: &str| case[key].as_u64().unwrap() as u32;
+        let edits: [(&str, Vec<Edit>); 4] = [
+            ("none", vec![]),
+            ("add", vec![feature_edit(&dictionary, feature("add_feature"), Operation::Add { strength: number("add_strength") }, Positions::All)]),
+            ("clamp", vec![feature_edit(&dictionary, feature("clamp_feature"), Operation::Clamp { value: number("clamp_value") }, Positions::All)]),
+            (
+                "orthogonal",
+                vec![feature_edit(&dictionary, feature("orthogonal_feature"), Operation::Orthogonal { strength: number("orthogonal_strength") }, Positions::All)],
+            ),
+        ];
+        let clean: Vec<Vec<f32>> = reference[&format!("p{p}.none")].to_vec2().unwrap();
+        for (name, edits) in edits {
+            let expected: Vec<Vec<f32>> = reference[&format!("p{p}.{name}")].to_vec2().unwrap();
+            let actual = kept_logits(&ids, &edits, &keep);
+            let error = max_relative(&actual, &expected);
+            eprintln!("prompt {p}, {name}: max error {error:.1e} of the max logit");
+            assert!(error <= 1e-3, "prompt {p}, {name}: steered logits differ from transformers' by {error} of the max");
+            if name != "none" {
+                let moved = max_relative(&expected, &clean);
+                assert!(moved > 0.05, "prompt {p}, {name}: the reference edit must move the logits (it moved them by {moved})");
+            }
+        }
+    }
+}

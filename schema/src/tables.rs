@@ -12,6 +12,8 @@ pub const FEATURES: &str = "features";
 pub const EXAMPLES: &str = "examples";
 /// Append-only, outside generations: every label ever set (the latest per feature wins).
 pub const LABELS: &str = "labels";
+/// Append-only, outside generations: named directions at a hook (steering targets, probes).
+pub const VECTORS: &str = "vectors";
 
 /// The kind column of `examples`: the K max-activating windows, or samples of an interval.
 pub const KIND_TOP: &str = "top";
@@ -93,6 +95,20 @@ pub fn examples() -> SchemaRef {
         // Where the max token comes from: document (ordinal in the corpus) and token offset.
         Field::new("document_id", DataType::UInt64, false),
         Field::new("document_offset", DataType::UInt32, false),
+    ]))
+}
+
+/// One row per vector write (append-only: the last committed row of a name is the vector;
+/// a null `direction` deletes it). `provenance` is JSON: method, texts' hashes, counts.
+pub fn vectors() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("model_checksum", DataType::Utf8, false),
+        Field::new("hook", DataType::Utf8, false),
+        Field::new("direction", list_of(DataType::Float32), true),
+        Field::new("provenance", DataType::Utf8, false),
+        Field::new("author", DataType::Utf8, false),
+        Field::new("created_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
     ]))
 }
 

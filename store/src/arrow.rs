@@ -184,7 +184,7 @@ impl<'a> Columns<'a> {
         self.column(name)?.as_primitive_opt::<Float64Type>().ok_or_else(|| self.error(name, "expected float64"))
     }
 
-    fn list(&self, name: &str) -> Result<&'a ListArray> {
+    pub fn list(&self, name: &str) -> Result<&'a ListArray> {
         self.column(name)?.as_list_opt::<i32>().ok_or_else(|| self.error(name, "expected a list"))
     }
 

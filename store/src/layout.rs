@@ -139,6 +139,11 @@ pub fn lock_writer(root: &Path) -> Result<WriterLock> {
 
 pub fn now_rfc3339() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    rfc3339(secs)
+}
+
+/// `secs` since the Unix epoch as RFC 3339 (UTC).
+pub fn rfc3339(secs: u64) -> String {
     let days = secs / 86_400;
     let (h, m, s) = ((secs % 86_400) / 3600, (secs % 3600) / 60, secs % 60);
     let (y, mo, d) = civil_from_days(days as i64);

@@ -1,14 +1,16 @@
 //! loupe-store: the feature store. Lance tables (`dictionaries`, `features`, `examples`,
 //! and `decoders_{width}` for vector search) under one root, a tantivy index over the
 //! features, and generations that name one Lance version per table so that every commit is
-//! atomic and stays readable; and append-only tables outside generations (`labels`) for
+//! atomic and stays readable; and append-only tables outside generations (`labels`, `vectors`) for
 //! the many small writes that clients make.
 
+mod append_only;
 mod arrow;
 pub mod error;
 pub mod labels;
 pub mod layout;
 mod locator;
+pub mod named_vectors;
 pub mod reader;
 pub mod records;
 pub mod search;
@@ -22,6 +24,7 @@ pub use error::{Result, StoreError};
 pub use layout::Generation;
 pub use reader::StoreReader;
 pub use labels::{append_labels, label_history};
+pub use named_vectors::{append_vector, named_vector, named_vectors, NamedVector};
 pub use records::{DictionaryCommit, DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord, LabelRecord, LogitEffect, Neighbour};
 pub use search::{SearchFilter, SearchHit, SearchResults};
 pub use vectors::SimilarFeature;

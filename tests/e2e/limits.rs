@@ -63,12 +63,12 @@ async fn deadlines_full_queues_and_missing_models_have_their_codes() {
     assert!(refused.message().contains("busy"), "{refused:?}");
     busy.await.unwrap().expect("the long call itself succeeds");
 
-    // A server without a model answers model calls with UNAVAILABLE and how to fix it, and
+    // A server without a model answers model calls with FAILED_PRECONDITION and how to fix it, and
     // still serves the index.
     let index_only = start_server(&store, Limits::default(), false).await;
     let (mut features, mut internals) = clients(&index_only.addr).await;
-    assert_code(internals.get_activations(short_call()).await, Code::Unavailable, "no model loaded");
+    assert_code(internals.get_activations(short_call()).await, Code::FailedPrecondition, "no model loaded");
     let text = pb::TopFeaturesForTextRequest { text: "hi".into(), ..Default::default() };
-    assert_code(features.top_features_for_text(text).await, Code::Unavailable, "no model loaded");
+    assert_code(features.top_features_for_text(text).await, Code::FailedPrecondition, "no model loaded");
     assert!(!features.list_dictionaries(pb::ListDictionariesRequest {}).await.unwrap().into_inner().dictionaries.is_empty());
 }

@@ -7,3 +7,4 @@ mod labels;
 mod limits;
 mod reflection;
 mod service;
+mod steering;

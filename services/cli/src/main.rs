@@ -3,7 +3,7 @@
 mod commands;
 mod output;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 // The forward pass allocates tens of MB per op; glibc maps and unmaps such blocks on every
 // call (page faults and zeroing were ~15% of the time), mimalloc keeps and reuses them.
@@ -56,6 +56,12 @@ enum Command {
     Text(commands::client::TextArgs),
     /// Label a feature (searchable at once).
     Label(commands::client::LabelArgs),
+    /// Generate with features added, clamped or ablated, beside the unsteered output (runs
+    /// on the server), e.g. `loupe steer "Tell me a story" --feature D/123 --add 8x`.
+    Steer(commands::steer::Args),
+    /// Named steering vectors in the store (DiffMean contrast vectors).
+    #[command(subcommand)]
+    Vector(commands::steer::Vector),
     /// Measure performance against this machine's peak.
     #[command(subcommand)]
     Bench(commands::bench::Bench),
@@ -67,7 +73,12 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LOUPE_LOG").unwrap_or_else(|_| "warn,lance=error".into()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    // The matches too: `steer` pairs each operation with the target before it by position.
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Generate(args) => commands::generate::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
@@ -81,6 +92,8 @@ fn main() -> std::process::ExitCode {
         Command::Show(args) => commands::client::show(args),
         Command::Text(args) => commands::client::text(args),
         Command::Label(args) => commands::client::label(args),
+        Command::Steer(args) => commands::steer::steer(args, matches.subcommand_matches("steer").expect("the steer subcommand's matches")),
+        Command::Vector(command) => commands::steer::vector(command),
         Command::Bench(bench) => commands::bench::run(bench),
     };
     match result {

@@ -49,6 +49,14 @@ pub struct Limits {
     /// Features per token and over the whole text in TopFeaturesForText by default.
     pub default_token_features: usize,
     pub default_text_features: usize,
+    /// Most tokens a Steer call generates per completion, and the default when the
+    /// request does not say.
+    pub max_new_tokens: usize,
+    pub default_new_tokens: usize,
+    /// Most interventions per Steer call.
+    pub max_interventions: usize,
+    /// Most texts per side of a CreateVector call.
+    pub max_vector_texts: usize,
 }
 
 impl Default for Limits {
@@ -65,6 +73,10 @@ impl Default for Limits {
             default_similar_k: 10,
             default_token_features: 5,
             default_text_features: 20,
+            max_new_tokens: 256,
+            default_new_tokens: 64,
+            max_interventions: 16,
+            max_vector_texts: 256,
         }
     }
 }
@@ -139,7 +151,7 @@ impl ServeSettings {
             self.no_model = Some(parse("LOUPE_NO_MODEL", v)?);
         }
         let l = &mut self.limits;
-        let usize_limits: [(&str, &mut usize); 10] = [
+        let usize_limits: [(&str, &mut usize); 14] = [
             ("LOUPE_MODEL_WORKERS", &mut l.model_workers),
             ("LOUPE_MAX_WAITING", &mut l.max_waiting),
             ("LOUPE_MAX_TEXT_BYTES", &mut l.max_text_bytes),
@@ -150,6 +162,10 @@ impl ServeSettings {
             ("LOUPE_DEFAULT_SIMILAR_K", &mut l.default_similar_k),
             ("LOUPE_DEFAULT_TOKEN_FEATURES", &mut l.default_token_features),
             ("LOUPE_DEFAULT_TEXT_FEATURES", &mut l.default_text_features),
+            ("LOUPE_MAX_NEW_TOKENS", &mut l.max_new_tokens),
+            ("LOUPE_DEFAULT_NEW_TOKENS", &mut l.default_new_tokens),
+            ("LOUPE_MAX_INTERVENTIONS", &mut l.max_interventions),
+            ("LOUPE_MAX_VECTOR_TEXTS", &mut l.max_vector_texts),
         ];
         for (name, slot) in usize_limits {
             if let Some(v) = env(name) {
@@ -165,10 +181,22 @@ impl ServeSettings {
     /// The server configuration, with the engine's default model when none is named.
     pub fn resolve(self) -> Result<ServerConfig> {
         let limits = self.limits;
-        for (name, value) in [("model_workers", limits.model_workers), ("max_page", limits.max_page), ("max_tokens", limits.max_tokens), ("max_text_bytes", limits.max_text_bytes)] {
+        for (name, value) in [
+            ("model_workers", limits.model_workers),
+            ("max_page", limits.max_page),
+            ("max_tokens", limits.max_tokens),
+            ("max_text_bytes", limits.max_text_bytes),
+            ("max_new_tokens", limits.max_new_tokens),
+        ] {
             if value == 0 {
                 return Err(ServiceError::InvalidArgument(format!("limits.{name} is 0: it must be at least 1")));
             }
+        }
+        if limits.default_new_tokens > limits.max_new_tokens {
+            return Err(ServiceError::InvalidArgument(format!(
+                "limits.default_new_tokens ({}) is above limits.max_new_tokens ({})",
+                limits.default_new_tokens, limits.max_new_tokens
+            )));
         }
         let model = if self.no_model.unwrap_or(false) { None } else { Some(self.model.unwrap_or_else(default_model_path)) };
         Ok(ServerConfig {

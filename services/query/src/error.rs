@@ -11,6 +11,10 @@ pub enum ServiceError {
     #[error("{0}")]
     ResourceExhausted(String),
     #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -36,6 +40,8 @@ impl From<ServiceError> for Status {
             ServiceError::InvalidArgument(_) => Code::InvalidArgument,
             ServiceError::NotFound(_) => Code::NotFound,
             ServiceError::ResourceExhausted(_) => Code::ResourceExhausted,
+            ServiceError::AlreadyExists(_) => Code::AlreadyExists,
+            ServiceError::FailedPrecondition(_) => Code::FailedPrecondition,
             ServiceError::Unavailable(_) => Code::Unavailable,
             ServiceError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ServiceError::Store(S::Query { .. }) | ServiceError::Store(S::InvalidRecord(_)) => Code::InvalidArgument,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use loupe_schema::proto::v1 as pb;
 use loupe_schema::proto::v1::features_server::Features;
 use loupe_schema::proto::v1::internals_server::Internals;
+use loupe_schema::proto::v1::steering_server::Steering;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -16,6 +17,7 @@ use crate::error::Result;
 use crate::features::FeaturesService;
 use crate::internals::InternalsService;
 use crate::state::AppState;
+use crate::steering::SteeringService;
 
 /// A service behind its gRPC adapter.
 pub struct Grpc<S>(pub S);
@@ -88,6 +90,12 @@ impl Grpc<InternalsService> {
     }
 }
 
+impl Grpc<SteeringService> {
+    pub fn steering(state: Arc<AppState>) -> Self {
+        Grpc(SteeringService { state })
+    }
+}
+
 #[tonic::async_trait]
 impl Features for Grpc<FeaturesService> {
     async fn list_dictionaries(&self, request: Request<pb::ListDictionariesRequest>) -> Reply<pb::ListDictionariesResponse> {
@@ -131,5 +139,44 @@ impl Internals for Grpc<InternalsService> {
     async fn get_activations(&self, request: Request<pb::GetActivationsRequest>) -> Reply<pb::GetActivationsResponse> {
         let call = Call::new("GetActivations", &request, &self.0.state);
         call.run(self.0.get_activations(request.into_inner(), call.deadline)).await
+    }
+}
+
+/// SteerStream's events on the wire.
+type SteerEventStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = std::result::Result<pb::SteerEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Steering for Grpc<SteeringService> {
+    async fn steer(&self, request: Request<pb::SteerRequest>) -> Reply<pb::SteerResponse> {
+        let call = Call::new("Steer", &request, &self.0.state);
+        call.run(self.0.steer(request.into_inner(), call.deadline)).await
+    }
+
+    type SteerStreamStream = SteerEventStream;
+
+    async fn steer_stream(&self, request: Request<pb::SteerRequest>) -> Reply<SteerEventStream> {
+        use tokio_stream::StreamExt;
+        let call = Call::new("SteerStream", &request, &self.0.state);
+        let events = self.0.steer_stream(request.into_inner(), call.deadline);
+        call.run(async move {
+            let events = tokio_stream::wrappers::UnboundedReceiverStream::new(events.await?);
+            Ok(Box::pin(events.map(|event| event.map_err(Status::from))) as SteerEventStream)
+        })
+        .await
+    }
+
+    async fn create_vector(&self, request: Request<pb::CreateVectorRequest>) -> Reply<pb::CreateVectorResponse> {
+        let call = Call::new("CreateVector", &request, &self.0.state);
+        call.run(self.0.create_vector(request.into_inner(), call.deadline)).await
+    }
+
+    async fn list_vectors(&self, request: Request<pb::ListVectorsRequest>) -> Reply<pb::ListVectorsResponse> {
+        let call = Call::new("ListVectors", &request, &self.0.state);
+        call.run(self.0.list_vectors(request.into_inner())).await
+    }
+
+    async fn delete_vector(&self, request: Request<pb::DeleteVectorRequest>) -> Reply<pb::DeleteVectorResponse> {
+        let call = Call::new("DeleteVector", &request, &self.0.state);
+        call.run(self.0.delete_vector(request.into_inner())).await
     }
 }

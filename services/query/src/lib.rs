@@ -1,6 +1,8 @@
 //! loupe-query: the services over a loupe store and the model. The logic lives in plain-Rust
-//! services (`features`, `internals`: proto messages in, proto messages out, no tonic types),
+//! services (`features`, `internals`, `steering`: proto messages in, proto messages out, no tonic types),
 //! which tests and benchmarks call directly; `grpc_adapter` puts them on tonic.
+
+#![recursion_limit = "256"]
 
 pub mod config;
 mod convert;
@@ -12,10 +14,12 @@ pub mod labels;
 mod rpc;
 pub mod server;
 pub mod state;
+pub mod steering;
 mod workers;
 
 pub use config::{Limits, ServeSettings, ServerConfig};
 pub use features::FeaturesService;
 pub use internals::InternalsService;
+pub use steering::SteeringService;
 pub use error::ServiceError;
 pub use server::{serve, serve_state};

@@ -1,4 +1,4 @@
-//! Assembling and running the server: the two services, health, reflection, and the task
+//! Assembling and running the server: the services, health, reflection, and the task
 //! that follows label writes.
 
 use std::sync::Arc;
@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use loupe_schema::proto::v1::features_server::FeaturesServer;
 use loupe_schema::proto::v1::internals_server::InternalsServer;
+use loupe_schema::proto::v1::steering_server::SteeringServer;
 use loupe_schema::proto::v1::FILE_DESCRIPTOR_SET;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -17,6 +18,7 @@ use crate::grpc_adapter::Grpc;
 use crate::internals::InternalsService;
 use crate::labels::follow_labels;
 use crate::state::AppState;
+use crate::steering::SteeringService;
 
 /// Largest request message accepted (texts are also limited in bytes and tokens).
 const MAX_MESSAGE_BYTES: usize = 4 << 20;
@@ -31,6 +33,7 @@ pub async fn serve_state(state: Arc<AppState>, listener: TcpListener, shutdown: 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<FeaturesServer<Grpc<FeaturesService>>>().await;
     health.set_serving::<InternalsServer<Grpc<InternalsService>>>().await;
+    health.set_serving::<SteeringServer<Grpc<SteeringService>>>().await;
     // Reflection in both protocol versions: grpcurl speaks v1, while Python's
     // grpcio-reflection and several GUI clients speak only v1alpha.
     let reflection = || {
@@ -43,6 +46,7 @@ pub async fn serve_state(state: Arc<AppState>, listener: TcpListener, shutdown: 
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
     let features = FeaturesServer::new(Grpc::features(state.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let internals = InternalsServer::new(Grpc::internals(state.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let steering = SteeringServer::new(Grpc::steering(state.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES);
     tracing::info!(addr = ?listener.local_addr().ok(), generation = state.snapshot().reader.generation().generation, "serving");
     // No Nagle: small responses would otherwise wait ~40 ms for delayed ACKs.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -53,6 +57,7 @@ pub async fn serve_state(state: Arc<AppState>, listener: TcpListener, shutdown: 
         .add_service(reflection_v1alpha)
         .add_service(features)
         .add_service(internals)
+        .add_service(steering)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     follower.abort();

@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use loupe_engine::{Dictionary, FeatureLens, Model};
+use loupe_engine::{Dictionary, FeatureLens, HookPoint, Model};
 use loupe_store::{DictionaryRecord, StoreReader};
 
 use crate::config::{Limits, ServerConfig};
@@ -38,6 +38,11 @@ pub struct AppState {
     pub limits: Limits,
     /// Appends label writes to the store (group commits).
     pub labels: LabelWriter,
+    /// SHA-256 of the model's file (as dictionaries and vectors record the model).
+    pub model_checksum: Option<String>,
+    /// Mean residual norm per hook, measured once on a reference text (steering's
+    /// residual-norm unit).
+    pub residual_norms: Mutex<HashMap<HookPoint, f32>>,
     next_request: AtomicU64,
 }
 
@@ -50,6 +55,10 @@ impl AppState {
             None => None,
         };
         let snapshot = Snapshot::build(snapshot.reader, engine.as_deref()).await?;
+        let model_checksum = match &config.model {
+            Some(path) => Some(loupe_indexer::checksum::sha256_path(path).map_err(|e| ServiceError::Internal(format!("model checksum: {e}")))?),
+            None => None,
+        };
         Ok(AppState {
             store_root: config.store.clone(),
             snapshot: Arc::new(snapshot),
@@ -57,6 +66,8 @@ impl AppState {
             workers: ModelWorkers::new(config.limits.model_workers, config.limits.max_waiting),
             limits: config.limits,
             labels: LabelWriter::start(config.store.clone()),
+            model_checksum,
+            residual_norms: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
         })
     }
@@ -70,7 +81,11 @@ impl AppState {
     }
 
     pub fn engine(&self) -> Result<Arc<FeatureLens>> {
-        self.engine.clone().ok_or_else(|| ServiceError::Unavailable("this server has no model loaded (start it without --no-model)".into()))
+        self.engine.clone().ok_or_else(|| {
+            ServiceError::FailedPrecondition(
+                "this server has no model loaded: restart it with one (`loupe serve --model PATH`, or without --no-model for the default model)".into(),
+            )
+        })
     }
 }
 

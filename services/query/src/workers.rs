@@ -23,6 +23,11 @@ impl ModelWorkers {
         ModelWorkers { permits: Arc::new(Semaphore::new(workers)), workers, in_flight: AtomicUsize::new(0), max_waiting }
     }
 
+    /// Calls running or waiting now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
     /// Runs `work` on a blocking thread once a worker is free; refuses at once when the
     /// queue is full, and gives up when `deadline` passes first.
     ///

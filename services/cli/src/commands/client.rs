@@ -78,7 +78,7 @@ pub struct LabelArgs {
     pub server: ServerArgs,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
@@ -87,7 +87,7 @@ async fn connect(server: &str) -> anyhow::Result<FeaturesClient<Channel>> {
 }
 
 /// A gRPC status as an error a person can act on.
-fn status(e: tonic::Status) -> anyhow::Error {
+pub fn status(e: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", e.message(), e.code())
 }
 

@@ -7,6 +7,7 @@ pub mod client;
 pub mod dict;
 pub mod generate;
 pub mod serve;
+pub mod steer;
 pub mod index;
 pub mod tokenize;
 pub mod train;

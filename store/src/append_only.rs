@@ -1,0 +1,108 @@
+//! Append-only Lance tables outside generations (`labels`, `vectors`): the many small
+//! writes clients make. Nothing is updated in place; a write appends rows in one Lance
+//! commit, concurrent writers (two servers on one store) are rebased by Lance since appends
+//! do not conflict, and readers take rows in commit order (fragment ids grow with each
+//! commit), so "the latest row wins" never depends on two hosts' clocks.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use arrow_array::RecordBatch;
+use futures::TryStreamExt;
+use lance::dataset::{CommitBuilder, InsertBuilder, WriteMode, WriteParams};
+use lance::table::format::Fragment;
+use lance::Dataset;
+
+use crate::error::{Result, StoreError};
+use crate::layout::{check_store, table_path};
+
+/// How many times an append retries a commit that lost a race (Lance's default is 20; a
+/// burst of writers on one store can need more).
+const COMMIT_RETRIES: u32 = 100;
+/// ... and for at most this long.
+const COMMIT_RETRY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub(crate) fn uri(root: &Path, table: &str) -> String {
+    table_path(root, table).to_string_lossy().into_owned()
+}
+
+/// Whether the table has been created.
+pub(crate) fn exists(root: &Path, table: &str) -> bool {
+    table_path(root, table).join("_versions").is_dir()
+}
+
+/// Appends `batch` to `table` (creating it on first use) in one Lance commit; returns once
+/// the commit is durable.
+pub(crate) async fn append(root: &Path, table: &str, batch: RecordBatch) -> Result<()> {
+    check_store(root)?;
+    if batch.num_rows() == 0 {
+        return Ok(());
+    }
+    let lance_err = |e| StoreError::lance(table, e);
+    if !exists(root, table) && create_with(root, table, &batch).await? {
+        return Ok(());
+    }
+    let uri = uri(root, table);
+    let params = WriteParams { mode: WriteMode::Append, ..Default::default() };
+    let transaction = InsertBuilder::new(uri.as_str()).with_params(&params).execute_uncommitted(vec![batch]).await.map_err(lance_err)?;
+    CommitBuilder::new(uri.as_str()).with_max_retries(COMMIT_RETRIES).with_retry_timeout(COMMIT_RETRY_TIMEOUT).execute(transaction).await.map_err(lance_err)?;
+    Ok(())
+}
+
+/// Creates the table holding `batch`, unless another writer creates it first: the table is
+/// written in a private folder and renamed into place, and renaming onto an existing table
+/// fails, so exactly one creator wins (two Lance creates racing on one path could both
+/// commit, the second as an overwrite of the first). Returns whether this call created it.
+async fn create_with(root: &Path, table: &str, batch: &RecordBatch) -> Result<bool> {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let private = root.join(format!("{table}.lance.creating-{}-{nanos}", std::process::id()));
+    let params = WriteParams { mode: WriteMode::Create, ..Default::default() };
+    let uri = private.to_string_lossy().into_owned();
+    InsertBuilder::new(uri.as_str()).with_params(&params).execute(vec![batch.clone()]).await.map_err(|e| StoreError::lance(table, e))?;
+    let path = table_path(root, table);
+    match std::fs::rename(&private, &path) {
+        Ok(()) => Ok(true),
+        Err(_) if path.join("_versions").is_dir() => {
+            std::fs::remove_dir_all(&private).map_err(|e| StoreError::io(&private, e))?;
+            Ok(false)
+        }
+        Err(e) => Err(StoreError::io(&path, e)),
+    }
+}
+
+/// Opens the table (None before its first write).
+pub(crate) async fn open(root: &Path, table: &str) -> Result<Option<Dataset>> {
+    if !exists(root, table) {
+        return Ok(None);
+    }
+    Ok(Some(Dataset::open(&uri(root, table)).await.map_err(|e| StoreError::lance(table, e))?))
+}
+
+/// The rows of these fragments, in the order given (commit order), as record batches.
+pub(crate) async fn read_in_order(table: &str, dataset: &Dataset, fragments: Vec<Fragment>, filter: Option<&str>) -> Result<Vec<RecordBatch>> {
+    if fragments.is_empty() {
+        return Ok(Vec::new());
+    }
+    let lance_err = |e| StoreError::lance(table, e);
+    let mut scanner = dataset.scan();
+    scanner.with_fragments(fragments);
+    scanner.scan_in_order(true);
+    if let Some(filter) = filter {
+        scanner.filter(filter).map_err(lance_err)?;
+    }
+    scanner.try_into_stream().await.map_err(lance_err)?.try_collect().await.map_err(lance_err)
+}
+
+/// The dataset's fragments in commit order (fragment ids grow with every commit).
+pub(crate) fn sorted_fragments(dataset: &Dataset) -> BTreeMap<u64, Fragment> {
+    dataset.get_fragments().into_iter().map(|f| (f.id() as u64, f.metadata().clone())).collect()
+}
+
+/// Every row of the table in commit order (empty before its first write).
+pub(crate) async fn read_all(root: &Path, table: &str, filter: Option<&str>) -> Result<Vec<RecordBatch>> {
+    match open(root, table).await? {
+        Some(dataset) => read_in_order(table, &dataset, sorted_fragments(&dataset).into_values().collect(), filter).await,
+        None => Ok(Vec::new()),
+    }
+}
