@@ -6,6 +6,8 @@
     >>> dashboard = client.feature(hits[0].dictionary_id, hits[0].feature)
     >>> per_token = client.top_features("And the LORD said")
     >>> acts = client.activations("The cat sat", ["blocks.9.hook_resid_post"])  # numpy arrays
+    >>> out = client.steer("Tell me a story", [loupe.add(hits[0].dictionary_id, hits[0].feature, 4, unit="max")])
+    >>> print(out.default.text, "|", out.steered.text)
 
 Every call raises ``loupe.LoupeError`` with the server's status code and message on error.
 """
@@ -21,13 +23,16 @@ import numpy as np
 
 from types import SimpleNamespace
 
-from .v1 import common_pb2, features_pb2, internals_pb2
-from .v1 import features_pb2_grpc, internals_pb2_grpc
+from .v1 import common_pb2, features_pb2, internals_pb2, steering_pb2
+from .v1 import features_pb2_grpc, internals_pb2_grpc, steering_pb2_grpc
 
 # Every message of package loupe.v1, whichever .proto file declares it.
-pb = SimpleNamespace(**{name: getattr(module, name) for module in (common_pb2, features_pb2, internals_pb2) for name in module.DESCRIPTOR.message_types_by_name})
+pb = SimpleNamespace(**{name: getattr(module, name) for module in (common_pb2, features_pb2, internals_pb2, steering_pb2) for name in module.DESCRIPTOR.message_types_by_name})
+# ... and the steering enums: pb.Operation.Value("OPERATION_ADD"), pb.Unit, pb.Positions, pb.Output.
+pb.Operation, pb.Unit, pb.Positions, pb.Output = steering_pb2.Operation, steering_pb2.Unit, steering_pb2.Positions, steering_pb2.Output
 
-__all__ = ["Client", "LoupeError", "Dictionary", "Hit", "Example", "Feature", "TokenFeatures", "FeatureActivation"]
+__all__ = ["Client", "LoupeError", "Dictionary", "Hit", "Example", "Feature", "TokenFeatures", "FeatureActivation",
+           "Intervention", "add", "clamp", "ablate", "orthogonal", "cap", "Completion", "GeneratedToken", "Steered", "Vector"]
 
 
 class LoupeError(Exception):
@@ -109,6 +114,131 @@ class TokenFeatures:
     features: List[FeatureActivation]
 
 
+_UNITS = {"raw": "UNIT_RAW", "max": "UNIT_MAX_ACTIVATION", "norm": "UNIT_RESIDUAL_NORM"}
+_POSITIONS = {"all": "POSITIONS_ALL", "prompt": "POSITIONS_PROMPT", "generated": "POSITIONS_GENERATED"}
+
+
+@dataclass
+class Intervention:
+    """One steering edit. Target: ``feature=(dictionary_id, index)``, ``vector_name`` (a stored
+    vector) or ``vector=(hook, values)``. ``unit``: "raw", "max" (multiples of the feature's
+    max activation in the store) or "norm" (fractions of the hook's mean residual norm).
+    ``positions``: "all", "prompt", "generated", or a list of (start, end) ranges."""
+    operation: str
+    strength: float = 0.0
+    feature: Optional[tuple] = None
+    vector_name: Optional[str] = None
+    vector: Optional[tuple] = None
+    unit: str = "raw"
+    positions: object = "all"
+    cap: Optional[tuple] = None
+    include_special_tokens: bool = False
+
+    def to_proto(self):
+        iv = pb.Intervention(operation=pb.Operation.Value("OPERATION_" + self.operation.upper()), strength=self.strength,
+                             unit=pb.Unit.Value(_UNITS[self.unit]), include_special_tokens=self.include_special_tokens)
+        if self.feature is not None:
+            iv.feature.CopyFrom(pb.FeatureRef(dictionary_id=self.feature[0], feature=self.feature[1]))
+        elif self.vector_name is not None:
+            iv.vector_name = self.vector_name
+        elif self.vector is not None:
+            iv.vector.CopyFrom(pb.HookVector(hook=self.vector[0], values=[float(v) for v in self.vector[1]]))
+        if self.cap is not None:
+            iv.cap_low, iv.cap_high = self.cap
+        if isinstance(self.positions, str):
+            iv.positions = pb.Positions.Value(_POSITIONS[self.positions])
+        else:
+            iv.positions = pb.Positions.Value("POSITIONS_RANGES")
+            iv.ranges.extend(pb.Range(start=a, end=b) for a, b in self.positions)
+        return iv
+
+
+def _target(target, kwargs):
+    """``add("dict", 12, ...)`` targets a feature; ``add(vector_name="happy")`` a stored vector."""
+    if target:
+        kwargs["feature"] = tuple(target)
+    return kwargs
+
+
+def add(*feature, strength: float = 1.0, **kwargs) -> Intervention:
+    """x += s·d. ``add(dictionary_id, feature, 8, unit="max")`` or ``add(vector_name="v", strength=4)``."""
+    if len(feature) == 3:
+        *feature, strength = feature
+    return Intervention("add", strength, **_target(feature, kwargs))
+
+
+def clamp(*feature, value: float = 0.0, **kwargs) -> Intervention:
+    """The feature's activation set to v, its error term kept."""
+    if len(feature) == 3:
+        *feature, value = feature
+    return Intervention("clamp", value, **_target(feature, kwargs))
+
+
+def ablate(*feature, **kwargs) -> Intervention:
+    return Intervention("ablate", 0.0, **_target(feature, kwargs))
+
+
+def orthogonal(*feature, strength: float = 0.0, **kwargs) -> Intervention:
+    if len(feature) == 3:
+        *feature, strength = feature
+    return Intervention("orthogonal", strength, **_target(feature, kwargs))
+
+
+def cap(*feature, low: float = 0.0, high: float = 0.0, **kwargs) -> Intervention:
+    return Intervention("cap", 0.0, cap=(low, high), **_target(feature, kwargs))
+
+
+@dataclass
+class GeneratedToken:
+    token_id: int
+    text: str
+    logprob: Optional[float]
+    features: List[FeatureActivation]
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: List[GeneratedToken]
+    stop_reason: str
+
+    @property
+    def token_ids(self) -> List[int]:
+        return [t.token_id for t in self.tokens]
+
+
+@dataclass
+class Steered:
+    prompt_text: str
+    prompt_tokens: int
+    default: Optional[Completion]
+    steered: Optional[Completion]
+    interventions: list
+
+
+@dataclass
+class Vector:
+    name: str
+    hook: str
+    width: int
+    norm: float
+    provenance: dict
+    author: str
+    created_at: str
+
+
+def _token(t) -> GeneratedToken:
+    return GeneratedToken(t.token_id, t.text, t.logprob if t.HasField("logprob") else None, [_activation(f) for f in t.features])
+
+
+def _completion(c) -> Completion:
+    return Completion(c.text, [_token(t) for t in c.tokens], c.stop_reason)
+
+
+def _vector(v) -> Vector:
+    return Vector(v.name, v.hook, v.width, v.norm, json.loads(v.provenance_json or "{}"), v.author, v.created_at)
+
+
 def _example(e) -> Example:
     return Example(e.max_activation, e.max_position, list(e.token_ids), list(e.tokens), np.asarray(e.activations, dtype=np.float32), e.document_id, e.document_offset)
 
@@ -125,6 +255,7 @@ class Client:
         self._channel = grpc.insecure_channel(address)
         self._features = features_pb2_grpc.FeaturesStub(self._channel)
         self._internals = internals_pb2_grpc.InternalsStub(self._channel)
+        self._steering = steering_pb2_grpc.SteeringStub(self._channel)
         self.timeout = timeout
 
     def close(self) -> None:
@@ -215,3 +346,60 @@ class Client:
         request = pb.GetActivationsRequest(text=text or "", token_ids=list(token_ids or []), hooks=list(hooks))
         r = self._call(self._internals.GetActivations, request)
         return {t.hook: np.frombuffer(t.data, dtype="<f4").reshape(tuple(t.shape)) for t in r.tensors}
+
+    def _steer_request(self, prompt, interventions, messages, max_new_tokens, temperature, top_p, seed, stop, output, logprobs):
+        if (prompt is None) == (messages is None):
+            raise ValueError("give prompt (raw text) or messages (chat), not both")
+        request = pb.SteerRequest(prompt=prompt or "", interventions=[i.to_proto() for i in interventions], max_new_tokens=max_new_tokens,
+                                  temperature=temperature, seed=seed, stop=list(stop), output=pb.Output.Value("OUTPUT_" + output.upper()),
+                                  logprobs=logprobs)
+        for m in messages or []:
+            role, content = (m["role"], m["content"]) if isinstance(m, dict) else m
+            request.messages.append(pb.ChatMessage(role=role, content=content))
+        if top_p is not None:
+            request.top_p = top_p
+        return request
+
+    def steer(self, prompt: Optional[str] = None, interventions: Sequence[Intervention] = (), *, messages=None, max_new_tokens: int = 0,
+              temperature: float = 0.0, top_p: Optional[float] = None, seed: int = 0, stop: Sequence[str] = (), output: str = "both",
+              logprobs: bool = False) -> Steered:
+        """Default and steered completions (one batch, same seed). ``prompt`` is raw text;
+        ``messages`` ([{"role", "content"}] or (role, content) pairs) use the chat template."""
+        request = self._steer_request(prompt, interventions, messages, max_new_tokens, temperature, top_p, seed, stop, output, logprobs)
+        r = self._call(self._steering.Steer, request)
+        return Steered(r.prompt_text, r.prompt_tokens, _completion(r.default) if r.HasField("default") else None,
+                       _completion(r.steered) if r.HasField("steered") else None, list(r.interventions))
+
+    def steer_stream(self, prompt: Optional[str] = None, interventions: Sequence[Intervention] = (), **kwargs):
+        """Yields ("started", info), ("token", output, index, GeneratedToken) and ("done", output,
+        text, stop_reason) events as the server makes them; output is "default" or "steered"."""
+        args = dict(messages=None, max_new_tokens=0, temperature=0.0, top_p=None, seed=0, stop=(), output="both", logprobs=False)
+        args.update(kwargs)
+        request = self._steer_request(prompt, interventions, **args)
+        name = lambda output: pb.Output.Name(output).removeprefix("OUTPUT_").lower()
+        try:
+            for event in self._steering.SteerStream(request, timeout=self.timeout):
+                kind = event.WhichOneof("event")
+                if kind == "started":
+                    yield ("started", event.started)
+                elif kind == "token":
+                    yield ("token", name(event.token.output), event.token.index, _token(event.token.token))
+                elif kind == "done":
+                    yield ("done", name(event.done.output), event.done.text, event.done.stop_reason)
+        except grpc.RpcError as e:
+            raise LoupeError(e.code().name, e.details() or str(e)) from None
+
+    def create_vector(self, name: str, hook: str, positive: Sequence[str] = (), negative: Sequence[str] = (), values=None,
+                      replace: bool = False, description: str = "", author: Optional[str] = None) -> Vector:
+        """A DiffMean contrast vector (positive minus negative mean activation at ``hook``), or
+        ``values`` as given, stored by name."""
+        request = pb.CreateVectorRequest(name=name, hook=hook, positive=list(positive), negative=list(negative),
+                                         values=[float(v) for v in (values if values is not None else [])], replace=replace,
+                                         description=description, author=author)
+        return _vector(self._call(self._steering.CreateVector, request).vector)
+
+    def vectors(self) -> List[Vector]:
+        return [_vector(v) for v in self._call(self._steering.ListVectors, pb.ListVectorsRequest()).vectors]
+
+    def delete_vector(self, name: str, author: Optional[str] = None) -> None:
+        self._call(self._steering.DeleteVector, pb.DeleteVectorRequest(name=name, author=author))

@@ -119,3 +119,43 @@ def test_errors_carry_status_codes(client, dictionary):
         client.activations("hi", ["blocks.9.hook_nothing"])
     assert e.value.code == "INVALID_ARGUMENT"
     assert client.dictionaries()  # the server is still up
+
+
+def test_steer_clamp_holds_and_streams_match(client, dictionary):
+    feature = strongest_feature(client, dictionary)
+    target = (dictionary.dictionary_id, feature.feature)
+    # ADD 0 is the identity: both completions are the same tokens.
+    out = client.steer("The old sailor looked at the sea and said", [loupe.add(*target, 0.0)], max_new_tokens=8, temperature=0.7, seed=3)
+    assert out.default.token_ids == out.steered.token_ids and len(out.steered.tokens) > 0
+    # CLAMP to 4x the max activation on generated tokens: the dictionary reads at least half
+    # of it back on every steered token (its gain on its own direction is 0.51-0.97).
+    out = client.steer("The old sailor looked at the sea and said", [loupe.clamp(*target, 4.0, unit="max", positions="generated")],
+                       max_new_tokens=8, logprobs=True)
+    v = 4.0 * feature.max_activation
+    assert out.interventions[0].strength == pytest.approx(v, rel=1e-3)
+    assert all(t.features[0].activation >= 0.5 * v for t in out.steered.tokens)
+    assert all(t.logprob is not None and t.logprob <= 0 for t in out.steered.tokens)
+    # The stream carries the same tokens.
+    events = list(client.steer_stream("The old sailor looked at the sea and said", [loupe.clamp(*target, 4.0, unit="max", positions="generated")],
+                                      max_new_tokens=8))
+    assert events[0][0] == "started"
+    streamed = [e[3].token_id for e in events if e[0] == "token" and e[1] == "steered"]
+    assert streamed == out.steered.token_ids
+    assert {e[1] for e in events if e[0] == "done"} == {"default", "steered"}
+
+
+def test_vectors_and_steering_errors(client, dictionary):
+    made = client.create_vector("py-test-weddings", "blocks.9.hook_resid_post",
+                                positive=["The bride and groom married in June.", "A wedding cake with white roses."],
+                                negative=["The train left the station at noon.", "Tax forms are due in April."], replace=True)
+    assert made.width == 576 and made.provenance["method"] == "diffmean"
+    assert "py-test-weddings" in [v.name for v in client.vectors()]
+    out = client.steer("My favourite day was", [loupe.add(vector_name="py-test-weddings", strength=8.0)], max_new_tokens=6, output="steered")
+    assert out.default is None and len(out.steered.tokens) > 0
+    client.delete_vector("py-test-weddings")
+    with pytest.raises(loupe.LoupeError) as e:
+        client.steer("hi", [loupe.add(vector_name="py-test-weddings", strength=1.0)], max_new_tokens=2)
+    assert e.value.code == "NOT_FOUND"
+    with pytest.raises(loupe.LoupeError) as e:
+        client.steer("hi", [loupe.add(dictionary.dictionary_id, 1, float("nan"))], max_new_tokens=2)
+    assert e.value.code == "INVALID_ARGUMENT" and "strength" in e.value.message
