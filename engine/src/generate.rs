@@ -205,6 +205,9 @@ pub fn log_probability(logits: &[f32], token: u32) -> f32 {
     (logits[token as usize] - max) - sum.ln() as f32
 }
 
+/// Tokens sorted first when looking for the nucleus (see [`sample`]).
+const NUCLEUS_GUESS: usize = 256;
+
 /// Picks the next token from `logits` `[vocab]`.
 pub fn sample(logits: &Tensor, params: &SamplingParams, rng: &mut impl Rng) -> Result<u32> {
     let logits: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
@@ -216,24 +219,46 @@ pub fn sample(logits: &Tensor, params: &SamplingParams, rng: &mut impl Rng) -> R
         logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) / params.temperature).exp())).collect();
     let total: f32 = probs.iter().map(|p| p.1).sum();
     probs.iter_mut().for_each(|p| p.1 /= total);
-    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    let mut kept = 0.0;
-    let cut = probs
-        .iter()
-        .position(|p| {
+    if params.top_p >= 1.0 {
+        // No nucleus to find: draw from the whole distribution, no sort needed.
+        return Ok(draw(&probs, probs.iter().map(|p| p.1).sum(), rng));
+    }
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    // The nucleus is a prefix of the tokens sorted by probability, usually a short one: sort
+    // the most likely NUCLEUS_GUESS first and the whole vocabulary only if they fall short.
+    let nucleus = |probs: &[(u32, f32)]| -> Option<(usize, f32)> {
+        let mut kept = 0.0;
+        probs.iter().position(|p| {
             kept += p.1;
             kept >= params.top_p
-        })
-        .map_or(probs.len(), |i| i + 1);
-    let probs = &probs[..cut];
-    let mut r = rng.random::<f32>() * kept;
+        }).map(|i| (i + 1, kept))
+    };
+    if probs.len() > NUCLEUS_GUESS {
+        probs.select_nth_unstable_by(NUCLEUS_GUESS, order);
+        probs[..NUCLEUS_GUESS].sort_by(order);
+    } else {
+        probs.sort_by(order);
+    }
+    let (cut, kept) = match nucleus(&probs[..probs.len().min(NUCLEUS_GUESS)]) {
+        Some(found) => found,
+        None => {
+            probs.sort_by(order);
+            nucleus(&probs).unwrap_or((probs.len(), probs.iter().map(|p| p.1).sum()))
+        }
+    };
+    Ok(draw(&probs[..cut], kept, rng))
+}
+
+/// A token drawn from `probs` (which sum to `total`).
+fn draw(probs: &[(u32, f32)], total: f32, rng: &mut impl Rng) -> u32 {
+    let mut r = rng.random::<f32>() * total;
     for &(id, p) in probs {
         if r < p {
-            return Ok(id);
+            return id;
         }
         r -= p;
     }
-    Ok(probs[probs.len() - 1].0)
+    probs[probs.len() - 1].0
 }
 
 fn argmax(values: &[f32]) -> u32 {

@@ -2,7 +2,7 @@
 //! and unary ops run on one thread and over strided views; these run over contiguous rows in
 //! parallel (rayon) and fuse several passes into one, which matters once matmuls are fast.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Rows per rayon task: big enough to amortise scheduling, small enough to balance.
@@ -91,6 +91,104 @@ pub fn masked_softmax(scores: &Tensor, scale: f32, lengths: &[usize], offset: us
     scores.contiguous()?.apply_op1_no_bwd(&MaskedSoftmax { scale, lengths, offset })
 }
 
+/// Most rows for which [`linear`] streams the weights once instead of calling the GEMM.
+pub const SMALL_ROWS: usize = 8;
+
+/// Output columns per rayon task of the small-batch product: the `rows x COLUMNS` block of
+/// the output stays in L1 while the weights stream past it.
+const COLUMNS_PER_TASK: usize = 128;
+
+/// `x [rows, in] @ w [in, out]` for a few rows (decoding: one token per sequence). A GEMM
+/// packs and tiles for large products; with 1-8 rows it spent ~60% of a decode step in 2x2
+/// microkernels and packing, and a second row cost almost as much as the first. Here each
+/// weight row is read once and used for every input row, so the product runs at memory
+/// speed and a batch of two costs little more than one.
+struct SmallMatmul;
+
+impl CustomOp2 for SmallMatmul {
+    fn name(&self) -> &'static str {
+        "loupe-small-matmul"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(xs, xl, self.name())?;
+        let w = contiguous_f32(ws, wl, self.name())?;
+        let (rows, inner) = xl.shape().dims2()?;
+        let (w_inner, out) = wl.shape().dims2()?;
+        if inner != w_inner {
+            candle_core::bail!("{}: [{rows}, {inner}] @ [{w_inner}, {out}]", self.name());
+        }
+        let mut dst = vec![0f32; rows * out];
+        let tasks = out.div_ceil(COLUMNS_PER_TASK);
+        // Each task owns a band of output columns for every row: a `rows x band` block.
+        let mut bands: Vec<Vec<f32>> = vec![Vec::new(); tasks];
+        bands.par_iter_mut().enumerate().for_each(|(task, band)| {
+            let start = task * COLUMNS_PER_TASK;
+            let width = COLUMNS_PER_TASK.min(out - start);
+            band.resize(rows * width, 0.0);
+            accumulate(x, w, rows, inner, out, start, width, band);
+        });
+        for (task, band) in bands.iter().enumerate() {
+            let start = task * COLUMNS_PER_TASK;
+            let width = band.len() / rows.max(1);
+            for r in 0..rows {
+                dst[r * out + start..r * out + start + width].copy_from_slice(&band[r * width..(r + 1) * width]);
+            }
+        }
+        Ok((CpuStorage::F32(dst), Shape::from((rows, out))))
+    }
+}
+
+/// `band[r, j] = Σ_k x[r, k] · w[k, start + j]`, with the fastest instructions this CPU has.
+#[allow(clippy::too_many_arguments)]
+fn accumulate(x: &[f32], w: &[f32], rows: usize, inner: usize, out: usize, start: usize, width: usize, band: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        unsafe { accumulate_avx2(x, w, rows, inner, out, start, width, band) };
+        return;
+    }
+    accumulate_portable(x, w, rows, inner, out, start, width, band);
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn accumulate_portable(x: &[f32], w: &[f32], rows: usize, inner: usize, out: usize, start: usize, width: usize, band: &mut [f32]) {
+    for k in 0..inner {
+        let w_row = &w[k * out + start..k * out + start + width];
+        for r in 0..rows {
+            let a = x[r * inner + k];
+            for (y, &wv) in band[r * width..(r + 1) * width].iter_mut().zip(w_row) {
+                *y += a * wv;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn accumulate_avx2(x: &[f32], w: &[f32], rows: usize, inner: usize, out: usize, start: usize, width: usize, band: &mut [f32]) {
+    for k in 0..inner {
+        let w_row = &w[k * out + start..k * out + start + width];
+        for r in 0..rows {
+            let a = x[r * inner + k];
+            for (y, &wv) in band[r * width..(r + 1) * width].iter_mut().zip(w_row) {
+                *y = a.mul_add(wv, *y);
+            }
+        }
+    }
+}
+
+/// `x [rows, in] @ w [in, out]`: the weight-streaming product for a few rows, else the GEMM.
+pub fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let rows = x.dim(0)?;
+    if rows <= SMALL_ROWS && x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32 {
+        return x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &SmallMatmul);
+    }
+    x.matmul(w)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +200,21 @@ mod tests {
         let expected = (candle_nn::ops::silu(&x.narrow(1, 0, 4).unwrap()).unwrap() * x.narrow(1, 4, 4).unwrap()).unwrap();
         let diff = (swiglu(&x).unwrap() - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-6, "{diff}");
+    }
+
+    #[test]
+    fn the_small_batch_product_matches_the_gemm() {
+        for rows in [1, 2, 5, 8] {
+            for (inner, out) in [(576, 1536), (64, 300), (7, 129)] {
+                let x = Tensor::randn(0f32, 1.0, (rows, inner), &Device::Cpu).unwrap();
+                let w = Tensor::randn(0f32, 1.0, (inner, out), &Device::Cpu).unwrap();
+                let expected = x.matmul(&w).unwrap();
+                let actual = linear(&x, &w).unwrap();
+                let scale = expected.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let diff = (actual - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(diff <= 1e-5 * scale, "rows {rows}, [{inner}, {out}]: {diff} of {scale}");
+            }
+        }
     }
 
     #[test]

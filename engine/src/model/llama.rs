@@ -128,7 +128,7 @@ impl Llama {
         let (b, t) = (pass.batch, pass.seq);
         let (h, kv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
         let groups = h / kv;
-        let qkv = x.reshape((b * t, c.hidden_size))?.matmul(&w.qkv)?;
+        let qkv = cpu_ops::linear(&x.reshape((b * t, c.hidden_size))?, &w.qkv)?;
         let heads = |start: usize, n: usize| -> candle_core::Result<Tensor> {
             qkv.narrow(1, start * hd, n * hd)?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
         };
@@ -147,16 +147,16 @@ impl Llama {
         let probs = cpu_ops::masked_softmax(&scores, scale, &pass.ctx.lengths, pass.ctx.position_offset)?
             .reshape((b, kv, groups * t, kv_len))?;
         let mixed = probs.matmul(&v.contiguous()?)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b * t, h * hd))?;
-        Ok(mixed.matmul(&w.out)?.reshape((b, t, c.hidden_size))?)
+        Ok(cpu_ops::linear(&mixed, &w.out)?.reshape((b, t, c.hidden_size))?)
     }
 
     fn mlp(&self, w: &Block, x: &Tensor, layer: usize, pass: &mut Pass) -> Result<Tensor> {
         let c = &self.config;
         let (b, t, ff) = (pass.batch, pass.seq, c.intermediate_size);
-        let gate_up = x.reshape((b * t, c.hidden_size))?.matmul(&w.gate_up)?;
+        let gate_up = cpu_ops::linear(&x.reshape((b * t, c.hidden_size))?, &w.gate_up)?;
         let hidden = cpu_ops::swiglu(&gate_up)?;
         let hidden = pass.hook(HookPoint::block(layer, BlockSite::MlpPost), hidden.reshape((b, t, ff))?)?;
-        Ok(hidden.reshape((b * t, ff))?.matmul(&w.down)?.reshape((b, t, c.hidden_size))?)
+        Ok(cpu_ops::linear(&hidden.reshape((b * t, ff))?, &w.down)?.reshape((b, t, c.hidden_size))?)
     }
 
     fn logits(&self, x: &Tensor, batch: &TokenBatch, logits: Logits, pass: &mut Pass) -> Result<Option<Tensor>> {
@@ -171,7 +171,7 @@ impl Llama {
             let rows: Vec<u32> = batch.lengths.iter().enumerate().map(|(i, &len)| (i * t + len - 1) as u32).collect();
             let rows = Tensor::from_vec(rows, b, &Device::Cpu)?;
             let last = x.reshape((b * t, d))?.index_select(&rows, 0)?;
-            return Ok(Some(self.rms_norm(&last, &self.final_norm)?.matmul(&self.unembed)?));
+            return Ok(Some(cpu_ops::linear(&self.rms_norm(&last, &self.final_norm)?, &self.unembed)?));
         }
         let normed = pass.hook(HookPoint::FinalNormalized, self.rms_norm(x, &self.final_norm)?)?;
         match logits {
@@ -180,7 +180,7 @@ impl Llama {
             Logits::Last => {
                 let rows: Vec<u32> = batch.lengths.iter().enumerate().map(|(i, &len)| (i * t + len - 1) as u32).collect();
                 let rows = Tensor::from_vec(rows, b, &Device::Cpu)?;
-                Ok(Some(normed.reshape((b * t, d))?.index_select(&rows, 0)?.matmul(&self.unembed)?))
+                Ok(Some(cpu_ops::linear(&normed.reshape((b * t, d))?.index_select(&rows, 0)?, &self.unembed)?))
             }
         }
     }

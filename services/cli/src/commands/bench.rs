@@ -21,8 +21,12 @@ pub enum Bench {
     Index(super::bench_index::IndexArgs),
     /// A synthetic 1M-feature store: open time and search latency.
     Store(super::bench_store::StoreArgs),
-    /// gRPC latency and QPS with concurrent clients on loopback, and search under model load.
+    /// gRPC latency and QPS with concurrent clients on loopback, and search and dashboards
+    /// under model load (TopFeaturesForText and Steer).
     Serve(super::bench_serve::ServeArgs),
+    /// Steered generation vs plain generation, and the default + steered pair as one batch
+    /// vs two runs.
+    Steer(super::bench_steer::SteerArgs),
 }
 
 #[derive(clap::Args)]
@@ -71,6 +75,7 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Index(args) => super::bench_index::run(args),
         Bench::Store(args) => super::bench_store::run(args),
         Bench::Serve(args) => super::bench_serve::run(args),
+        Bench::Steer(args) => super::bench_steer::run(args),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `loupe bench serve`: concurrent clients against a real server on loopback — p50/p99
 //! latency and QPS of SearchFeatures and GetFeature, on the demo store and a synthetic
-//! 1M-feature store, and search latency while model calls keep the worker pool busy.
+//! 1M-feature store, and search and dashboard latency while model calls (TopFeaturesForText,
+//! or Steer generations) keep the worker pool busy.
 //!
 //! Every figure comes with the machine's floor, measured in the same run: the same clients
 //! calling the gRPC health check, which does no work. Its QPS is what loopback gRPC alone
@@ -15,6 +16,7 @@ use anyhow::Context;
 use loupe_query::{Limits, ServerConfig};
 use loupe_schema::proto::v1 as pb;
 use loupe_schema::proto::v1::features_client::FeaturesClient;
+use loupe_schema::proto::v1::steering_client::SteeringClient;
 use serde_json::json;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
@@ -36,9 +38,9 @@ pub struct ServeArgs {
     /// Concurrent clients, comma-separated.
     #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
     pub clients: Vec<usize>,
-    /// Which calls to measure, comma-separated: search, feature (and the model-load check,
-    /// `load`, on the demo store).
-    #[arg(long, default_value = "search,feature,load", value_delimiter = ',')]
+    /// Which calls to measure, comma-separated: search, feature (and, on the demo store, the
+    /// model-load checks: `load` with TopFeaturesForText calls, `steer` with Steer calls).
+    #[arg(long, default_value = "search,feature,load,steer", value_delimiter = ',')]
     pub calls: Vec<String>,
     /// Skip the demo store (measure only the synthetic one).
     #[arg(long)]
@@ -93,6 +95,8 @@ enum Call {
     Search,
     Feature,
     Text,
+    /// A 32-token default + steered generation.
+    Steer,
 }
 
 struct Workload {
@@ -104,6 +108,7 @@ struct Workload {
 struct Clients {
     features: FeaturesClient<Channel>,
     health: HealthClient<Channel>,
+    steering: SteeringClient<Channel>,
 }
 
 async fn one_call(clients: &mut Clients, call: Call, workload: &Workload, i: usize) -> anyhow::Result<()> {
@@ -125,6 +130,19 @@ async fn one_call(clients: &mut Clients, call: Call, workload: &Workload, i: usi
             let text = format!("The {} of the {} said unto them", workload.words[i % workload.words.len()], workload.words[(i + 3) % workload.words.len()]);
             client.top_features_for_text(pb::TopFeaturesForTextRequest { text, ..Default::default() }).await?;
         }
+        Call::Steer => {
+            let feature = ((i as u64 * 2_654_435_761) % u64::from(workload.d_sae)) as u32;
+            let intervention = pb::Intervention {
+                target: Some(pb::intervention::Target::Feature(pb::FeatureRef { dictionary_id: workload.dictionary.clone(), feature })),
+                operation: pb::Operation::Add as i32,
+                strength: 0.5,
+                unit: pb::Unit::ResidualNorm as i32,
+                ..Default::default()
+            };
+            let prompt = format!("The {} of the", workload.words[i % workload.words.len()]);
+            let request = pb::SteerRequest { prompt, interventions: vec![intervention], max_new_tokens: 32, temperature: 0.7, seed: i as u64, ..Default::default() };
+            clients.steering.steer(request).await?;
+        }
     }
     Ok(())
 }
@@ -140,7 +158,11 @@ async fn measure(addr: &str, call: Call, clients: usize, seconds: f64, workload:
     let mut tasks = Vec::new();
     for c in 0..clients {
         let channel = channels[c % channels.len()].clone();
-        let mut client = Clients { features: FeaturesClient::new(channel.clone()).max_decoding_message_size(64 << 20), health: HealthClient::new(channel) };
+        let mut client = Clients {
+            features: FeaturesClient::new(channel.clone()).max_decoding_message_size(64 << 20),
+            health: HealthClient::new(channel.clone()),
+            steering: SteeringClient::new(channel),
+        };
         let workload = workload.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -231,24 +253,30 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     report.push(json!({"store": name, "call": call_name, "clients": clients, "p50_ms": p50, "p99_ms": p99, "qps": qps, "fraction_of_floor_qps": qps / floor, "floor_mean_latency_ms": bound_ms}));
                 }
             }
-            if with_model && wanted("load") {
-                // Search while TopFeaturesForText calls keep the model workers saturated.
-                let idle = measure(&target.addr, Call::Search, 16, args.seconds, &workload).await?;
-                let loaders: Vec<_> = (0..4)
-                    .map(|_| {
-                        let (addr, workload) = (target.addr.clone(), workload.clone());
-                        tokio::spawn(async move { measure(&addr, Call::Text, 4, args.seconds + 1.0, &workload).await })
-                    })
-                    .collect();
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let loaded = measure(&target.addr, Call::Search, 16, args.seconds, &workload).await?;
-                let mut model_qps = 0.0;
-                for l in loaders {
-                    model_qps += l.await??.2;
+            // Searches and dashboards while model calls keep the workers saturated: 4 loaders
+            // of 4 clients each (TopFeaturesForText, or 32-token Steer generations).
+            for (loader, loader_name, key) in [(Call::Text, "TopFeaturesForText", "load"), (Call::Steer, "Steer", "steer")] {
+                if !with_model || !wanted(key) {
+                    continue;
                 }
-                let ratio = loaded.1 / idle.1.max(1e-9);
-                eprintln!("{name:<13} search p99 idle {:.2} ms, under model load {:.2} ms ({ratio:.2}x; model calls {model_qps:.1}/s)", idle.1, loaded.1);
-                report.push(json!({"store": name, "call": "SearchFeatures under model load", "clients": 16, "p99_idle_ms": idle.1, "p99_loaded_ms": loaded.1, "ratio": ratio, "model_calls_per_s": model_qps}));
+                for (call, call_name) in [(Call::Search, "SearchFeatures"), (Call::Feature, "GetFeature")] {
+                    let idle = measure(&target.addr, call, 16, args.seconds, &workload).await?;
+                    let loaders: Vec<_> = (0..4)
+                        .map(|_| {
+                            let (addr, workload) = (target.addr.clone(), workload.clone());
+                            tokio::spawn(async move { measure(&addr, loader, 4, args.seconds + 1.0, &workload).await })
+                        })
+                        .collect();
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let loaded = measure(&target.addr, call, 16, args.seconds, &workload).await?;
+                    let mut model_qps = 0.0;
+                    for l in loaders {
+                        model_qps += l.await??.2;
+                    }
+                    let ratio = loaded.1 / idle.1.max(1e-9);
+                    eprintln!("{name:<13} {call_name} p99 idle {:.2} ms, under {loader_name} load {:.2} ms ({ratio:.2}x; model calls {model_qps:.1}/s)", idle.1, loaded.1);
+                    report.push(json!({"store": name, "call": format!("{call_name} under {loader_name} load"), "clients": 16, "p99_idle_ms": idle.1, "p99_loaded_ms": loaded.1, "ratio": ratio, "model_calls_per_s": model_qps}));
+                }
             }
         }
         Ok::<_, anyhow::Error>(())
@@ -256,13 +284,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.json {
         return print_json(&json!(report));
     }
-    println!("{:<13} {:<32} {:>7} {:>9} {:>9} {:>9}", "store", "call", "clients", "p50 ms", "p99 ms", "QPS");
+    println!("{:<13} {:<40} {:>7} {:>9} {:>9} {:>9}", "store", "call", "clients", "p50 ms", "p99 ms", "QPS");
     for r in &report {
         if r.get("ratio").is_some() {
-            println!("{:<13} {:<32} {:>7} idle p99 {:.2} ms, loaded p99 {:.2} ms: {:.2}x (target <= 2x)", r["store"].as_str().unwrap_or(""), r["call"].as_str().unwrap_or(""), r["clients"], r["p99_idle_ms"].as_f64().unwrap_or(0.0), r["p99_loaded_ms"].as_f64().unwrap_or(0.0), r["ratio"].as_f64().unwrap_or(0.0));
+            println!("{:<13} {:<40} {:>7} idle p99 {:.2} ms, loaded p99 {:.2} ms: {:.2}x (target <= 2x)", r["store"].as_str().unwrap_or(""), r["call"].as_str().unwrap_or(""), r["clients"], r["p99_idle_ms"].as_f64().unwrap_or(0.0), r["p99_loaded_ms"].as_f64().unwrap_or(0.0), r["ratio"].as_f64().unwrap_or(0.0));
         } else {
             let of_floor = r["fraction_of_floor_qps"].as_f64().map_or(String::new(), |f| format!("  {:>5.1}% of floor QPS", 100.0 * f));
-            println!("{:<13} {:<32} {:>7} {:>9.2} {:>9.2} {:>9.0}{of_floor}", r["store"].as_str().unwrap_or(""), r["call"].as_str().unwrap_or(""), r["clients"], r["p50_ms"].as_f64().unwrap_or(0.0), r["p99_ms"].as_f64().unwrap_or(0.0), r["qps"].as_f64().unwrap_or(0.0));
+            println!("{:<13} {:<40} {:>7} {:>9.2} {:>9.2} {:>9.0}{of_floor}", r["store"].as_str().unwrap_or(""), r["call"].as_str().unwrap_or(""), r["clients"], r["p50_ms"].as_f64().unwrap_or(0.0), r["p99_ms"].as_f64().unwrap_or(0.0), r["qps"].as_f64().unwrap_or(0.0));
         }
     }
     println!("targets on the 1M store with 64 clients: SearchFeatures p99 <= 10 ms, GetFeature p99 <= 20 ms");

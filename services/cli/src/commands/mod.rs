@@ -2,6 +2,7 @@ pub mod activations;
 pub mod bench;
 pub mod bench_index;
 pub mod bench_serve;
+pub mod bench_steer;
 pub mod bench_store;
 pub mod client;
 pub mod dict;
