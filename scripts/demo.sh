@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default, for a fresh machine: setup, build, index the demo
 # corpus with the default dictionary (SmolLM2-135M-Instruct, layer 9 TopK SAE), serve the
-# store over gRPC on loopback, and answer a search and a dashboard query.
+# store over gRPC on loopback, answer a search and a dashboard query, and steer generation
+# with a feature and with a contrast vector, side by side with the unsteered output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -40,10 +41,35 @@ echo; echo "== loupe show $feature   (the dashboard)"
 echo; echo "== loupe text \"And the LORD said unto Moses\"   (features per token, run on the server)"
 "$loupe" text "And the LORD said unto Moses" --k 2
 
+echo; echo "== loupe steer \"Tell me about your weekend.\" --feature $feature --add 2x   (2 x its max activation; default and steered in one batch)"
+COLUMNS=110 "$loupe" steer "Tell me about your weekend." --feature "$feature" --add 2x --positions generated --max-tokens 40
+
+# A DiffMean contrast vector: King James verses against fortunes, both from the demo corpus.
+python3 - "$LOUPE_HOME" <<'PY'
+import json, sys
+home = sys.argv[1]
+sides = {"kjv-positive": [], "kjv-negative": []}
+for line in open(f"{home}/corpora/demo.jsonl"):
+    d = json.loads(line)
+    side = "kjv-positive" if d["source"] == "bible-kjv" else "kjv-negative"
+    if len(sides[side]) < 64:
+        sides[side].append({"text": d["text"][:400]})
+for name, rows in sides.items():
+    with open(f"{home}/{name}.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+PY
+echo; echo "== loupe vector create kjv --positive kjv-positive.jsonl --negative kjv-negative.jsonl   (64 KJV verses minus 64 fortunes, layer 9)"
+"$loupe" vector create kjv --positive "$LOUPE_HOME/kjv-positive.jsonl" --negative "$LOUPE_HOME/kjv-negative.jsonl" --description "KJV verses vs fortunes" --replace
+
+echo; echo "== loupe steer \"Tell me about your weekend.\" --vector kjv --add 2"
+COLUMNS=110 "$loupe" steer "Tell me about your weekend." --vector kjv --add 2 --positions generated --max-tokens 40
+
 cat <<TXT
 
 Next: search your own words ($loupe search "war OR battle", "\"thou shalt\"", "sea*"),
-label what you find ($loupe label $feature "..."), index more with
+label what you find ($loupe label $feature "..."), steer with it
+($loupe steer "PROMPT" --feature $feature --clamp 0, --ablate, --add 4x; --json for tokens,
+log-probabilities and per-token activations), index more with
 $loupe index --store $store --max-tokens 1000000 (or --append --corpus YOUR.jsonl), and
 serve it yourself with $loupe serve --store $store. See README.md for everything else.
 TXT

@@ -8,6 +8,7 @@
 //! ROOT/decoders_{width}.lance unit decoder vectors (IVF index when large), for SimilarFeatures
 //! ROOT/search/gN/             the tantivy index of generation N
 //! ROOT/labels.lance           append-only, outside generations: every label write
+//! ROOT/vectors.lance          append-only, outside generations: named vectors (DiffMean)
 //! ROOT/writer.lock            held (flock) by the one writer that commits
 //! ```
 //! A generation names one Lance version per table: readers open exactly those versions, so

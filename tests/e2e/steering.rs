@@ -152,6 +152,35 @@ async fn streams_match_the_unary_call_and_vectors_round_trip() {
     assert_eq!(done.len(), 2);
     assert!(done.iter().any(|d| d.text == unary.steered.as_ref().unwrap().text));
 
+    // Stop strings end a completion before the string; chat messages go through the model's
+    // chat template, whose special tokens are not edited unless asked.
+    let greedy = pb::SteerRequest { temperature: 0.0, output: pb::Output::Default as i32, ..request(vec![], 16) };
+    let full = client.steer(greedy.clone()).await.unwrap().into_inner().default.unwrap().text;
+    let word = full.split_whitespace().nth(3).expect("a few words").to_string();
+    let stopped = client.steer(pb::SteerRequest { stop: vec![word.clone()], ..greedy }).await.unwrap().into_inner().default.unwrap();
+    assert_eq!(stopped.stop_reason, "stop");
+    assert_eq!(stopped.text, full[..full.find(&word).unwrap()], "the text ends where {word:?} starts");
+    let chat = pb::SteerRequest {
+        prompt: String::new(),
+        messages: vec![pb::ChatMessage { role: "user".into(), content: "Tell me about the sea.".into() }],
+        interventions: vec![pb::Intervention { positions: pb::Positions::Prompt as i32, ..on_feature(7, pb::Operation::Add, 1.0, pb::Unit::Raw) }],
+        ..request(vec![], 4)
+    };
+    let r = client.steer(chat.clone()).await.unwrap().into_inner();
+    assert!(r.prompt_text.contains("<|im_start|>user\nTell me about the sea.<|im_end|>"), "{}", r.prompt_text);
+    let lens = server.state.engine().unwrap();
+    let tokenizer = lens.model().tokenizer().unwrap();
+    let prompt_ids = tokenizer.encode(&r.prompt_text).unwrap();
+    let edited: Vec<u32> = r.interventions[0].prompt_positions.clone();
+    let specials: Vec<u32> = (0..prompt_ids.len() as u32).filter(|&p| tokenizer.is_special(prompt_ids[p as usize])).collect();
+    assert!(specials.len() >= 4, "the chat template has special tokens: {specials:?}");
+    assert!(specials.iter().all(|p| !edited.contains(p)) && edited.len() == prompt_ids.len() - specials.len(), "special tokens skipped: {edited:?}");
+    assert!(!r.interventions[0].edits_generated);
+    let mut with_specials = chat;
+    with_specials.interventions[0].include_special_tokens = true;
+    let r = client.steer(with_specials).await.unwrap().into_inner();
+    assert_eq!(r.interventions[0].prompt_positions.len(), prompt_ids.len(), "include_special_tokens edits every prompt position");
+
     // A DiffMean vector from texts, stored with its provenance, usable as a target.
     let create = pb::CreateVectorRequest {
         name: "weddings".into(),
@@ -221,6 +250,12 @@ async fn bad_steering_requests_name_the_field_and_the_limit() {
     assert_code(client.steer(long).await, Code::InvalidArgument, "max_tokens");
     let bad_name = pb::CreateVectorRequest { name: "no spaces".into(), hook: "blocks.9.hook_resid_post".into(), values: vec![1.0; 576], ..Default::default() };
     assert_code(client.create_vector(bad_name).await, Code::InvalidArgument, "name");
+
+    // A deadline shorter than the generation: the call ends with DEADLINE_EXCEEDED.
+    let mut slow = tonic::Request::new(pb::SteerRequest { temperature: 1.5, ..request(vec![add(1.0)], 32) });
+    slow.set_timeout(Duration::from_millis(150));
+    let status = client.steer(slow).await.expect_err("the deadline passes first");
+    assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
 
     // Without a model: FAILED_PRECONDITION saying how to start one.
     let no_model = start_server(&store, Limits::default(), false).await;

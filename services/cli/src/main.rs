@@ -40,6 +40,9 @@ enum Command {
     /// Inspect and evaluate dictionaries (SAEs, transcoders).
     #[command(subcommand)]
     Dict(commands::dict::Dict),
+    /// Evaluations: `loupe eval steer` (does steering with the store's features work?).
+    #[command(subcommand)]
+    Eval(commands::eval_steer::Eval),
     /// Train a TopK/BatchTopK SAE on a hook of the model (resumable).
     Train(commands::train::Args),
     /// Index a corpus: max-activating examples and statistics of every feature, into a store.
@@ -84,6 +87,7 @@ fn main() -> std::process::ExitCode {
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Activations(args) => commands::activations::run(args),
         Command::Dict(command) => commands::dict::run(command),
+        Command::Eval(command) => commands::eval_steer::run(command),
         Command::Train(args) => commands::train::run(args),
         Command::Index(args) => commands::index::run(args),
         Command::Serve(args) => commands::serve::run(args),

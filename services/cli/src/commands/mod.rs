@@ -6,6 +6,7 @@ pub mod bench_steer;
 pub mod bench_store;
 pub mod client;
 pub mod dict;
+pub mod eval_steer;
 pub mod generate;
 pub mod serve;
 pub mod steer;

@@ -435,6 +435,44 @@ mod tests {
         assert!(parse_strength("NaN").is_err());
     }
 
+    fn parsed(argv: &[&str]) -> anyhow::Result<Vec<pb::Intervention>> {
+        use clap::FromArgMatches;
+        let command = <Args as clap::Args>::augment_args(clap::Command::new("steer"));
+        let matches = command.try_get_matches_from(std::iter::once("steer").chain(argv.iter().copied()))?;
+        interventions(&Args::from_arg_matches(&matches)?, &matches)
+    }
+
+    #[test]
+    fn each_operation_applies_to_the_target_before_it() {
+        let ivs = parsed(&["hi", "--feature", "res/1", "--add", "8x", "--clamp", "-2", "--vector", "happy", "--ablate", "--feature", "res/2", "--cap", "0r:3r"]).unwrap();
+        let summary: Vec<(String, i32, f32, i32)> = ivs
+            .iter()
+            .map(|iv| {
+                let target = match iv.target.as_ref().unwrap() {
+                    pb::intervention::Target::Feature(f) => format!("{}/{}", f.dictionary_id, f.feature),
+                    pb::intervention::Target::VectorName(n) => n.clone(),
+                    _ => unreachable!(),
+                };
+                (target, iv.operation, iv.strength, iv.unit)
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("res/1".into(), pb::Operation::Add as i32, 8.0, pb::Unit::MaxActivation as i32),
+                ("res/1".into(), pb::Operation::Clamp as i32, -2.0, pb::Unit::Raw as i32),
+                ("happy".into(), pb::Operation::Ablate as i32, 0.0, pb::Unit::Raw as i32),
+                ("res/2".into(), pb::Operation::Cap as i32, 0.0, pb::Unit::ResidualNorm as i32),
+            ]
+        );
+        assert_eq!((ivs[3].cap_low, ivs[3].cap_high), (0.0, 3.0));
+        let err = parsed(&["hi", "--add", "1", "--feature", "res/1"]).unwrap_err().to_string();
+        assert!(err.contains("before any --feature"), "{err}");
+        let err = parsed(&["hi", "--feature", "res/1", "--feature", "res/2", "--ablate"]).unwrap_err().to_string();
+        assert!(err.contains("res/1 has no operation"), "{err}");
+        assert!(parsed(&["hi", "--feature", "res/1", "--add", "1", "--positions", "3-1x"]).is_err());
+    }
+
     #[test]
     fn wrapping_keeps_words_and_widths() {
         let lines = wrap("the quick brown fox jumps over the lazy dog", 10);

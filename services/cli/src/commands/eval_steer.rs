@@ -1,0 +1,410 @@
+//! `loupe eval steer`: does steering with a dictionary's features work? AxBench-style, on
+//! the store's features with the clearest meanings (chosen by a rule, not by hand), over
+//! neutral prompts and a sweep of strengths, against a prompting baseline and DiffMean
+//! vectors.
+//!
+//! - Features: density in [1e-4, 2e-2], at least 8 top examples, and a concept word (the
+//!   most frequent alphabetic word of 3+ letters, not a stopword, at the peaks of its top
+//!   examples) at the peak of at least half of them; ranked by that share, then max
+//!   activation; one feature per concept word.
+//! - Concept detector (independent of any steered direction): a continuation shows the
+//!   concept when one of its words starts with a word found at the peak of 2+ of the
+//!   feature's top examples.
+//! - Fluency: perplexity of the continuation under the unsteered model given the neutral
+//!   prompt, and distinct-2 (unique token bigrams / bigrams) relative to the default output.
+//! - Best strength: the highest incidence whose perplexity stays within `--ppl-bound` x the
+//!   default's and whose distinct-2 stays at least half the default's (a loop of one phrase
+//!   can have a low perplexity); ties: the smaller strength.
+//! - Methods: ADD of the feature's decoder row at s x its max activation; ADD of the DiffMean
+//!   vector (top examples of the feature minus top examples of the other chosen features)
+//!   scaled to the same norm; and prompting ("Write about CONCEPT." before the prompt).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use loupe_engine::generate::{generate_rows, SamplingParams};
+use loupe_engine::steering::{with_edits, Edit, Operation, Positions, Target};
+use loupe_engine::{Dictionary, Hooks, Logits, Model, TokenBatch};
+use loupe_store::{ExampleKind, ExampleRecord, StoreReader};
+use serde_json::json;
+
+use crate::output::{default_dictionary, print_json, ModelArgs};
+
+#[derive(clap::Subcommand)]
+pub enum Eval {
+    /// Steering sweep over the store's clearest features: concept incidence, perplexity and
+    /// distinct-2 per strength, against prompting and DiffMean.
+    Steer(SteerArgs),
+}
+
+#[derive(clap::Args)]
+pub struct SteerArgs {
+    /// The store (default: the demo store).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Dictionary id in the store (default: its first).
+    #[arg(long)]
+    pub dictionary: Option<String>,
+    /// Dictionary folder (default: the path its manifest records, else the embedded default).
+    #[arg(long)]
+    pub dictionary_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value_t = 20)]
+    pub features: usize,
+    /// Strengths in multiples of each feature's max activation (0 = the default output).
+    #[arg(long, default_value = "0,1,2,4,8,16", value_delimiter = ',')]
+    pub strengths: Vec<f32>,
+    /// Neutral prompts used (of the built-in 8).
+    #[arg(long, default_value_t = 8)]
+    pub prompts: usize,
+    /// Tokens per continuation.
+    #[arg(long, default_value_t = 24)]
+    pub tokens: usize,
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// A strength counts as fluent while its perplexity is within this factor of the default's.
+    #[arg(long, default_value_t = 2.0)]
+    pub ppl_bound: f64,
+    /// Write the full report (JSON) here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+const NEUTRAL_PROMPTS: [&str; 8] = [
+    "I went outside this morning and",
+    "The best thing about today is",
+    "She opened the letter and",
+    "In my opinion, the most important thing is",
+    "Yesterday afternoon we",
+    "Here is a short story:",
+    "The report concluded that",
+    "He looked around the room and",
+];
+
+const STOPWORDS: &[&str] = &[
+    "the", "and", "for", "that", "with", "this", "from", "was", "were", "are", "have", "has", "had", "not", "but", "his", "her", "their", "they", "you",
+    "your", "she", "him", "its", "our", "will", "would", "could", "should", "which", "what", "when", "where", "who", "all", "one", "two", "been", "into",
+    "than", "then", "them", "there", "these", "those", "also", "any", "can", "did", "does", "out", "about", "more", "some", "such", "very", "just",
+];
+
+/// A feature chosen for the sweep, with its concept.
+struct Chosen {
+    feature: u32,
+    max_activation: f32,
+    concept: String,
+    /// Peak words of 2+ top examples: what the detector looks for.
+    detector: Vec<String>,
+    clarity: f64,
+    examples: Vec<String>,
+}
+
+fn peak_word(e: &ExampleRecord) -> Option<String> {
+    let token = e.tokens.get(e.max_position as usize)?;
+    let word: String = token.trim().to_lowercase();
+    (word.len() >= 3 && word.chars().all(|c| c.is_alphabetic()) && !STOPWORDS.contains(&word.as_str())).then_some(word)
+}
+
+fn example_text(e: &ExampleRecord) -> String {
+    e.tokens.iter().skip(1).cloned().collect::<String>()
+}
+
+/// The rule of the module doc, over every feature of the dictionary.
+fn choose(features: &[loupe_store::FeatureRecord], examples: &[ExampleRecord], n: usize) -> Vec<Chosen> {
+    let mut by_feature: HashMap<u32, Vec<&ExampleRecord>> = HashMap::new();
+    for e in examples.iter().filter(|e| e.kind == ExampleKind::Top) {
+        by_feature.entry(e.feature).or_default().push(e);
+    }
+    let mut candidates = Vec::new();
+    for f in features.iter().filter(|f| (1e-4..=2e-2).contains(&f.density)) {
+        let Some(top) = by_feature.get(&f.feature) else { continue };
+        if top.len() < 8 {
+            continue;
+        }
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for e in top {
+            if let Some(w) = peak_word(e) {
+                *counts.entry(w).or_default() += 1;
+            }
+        }
+        let Some((concept, count)) = counts.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))) else { continue };
+        let clarity = *count as f64 / top.len() as f64;
+        if clarity < 0.5 {
+            continue;
+        }
+        let detector = counts.iter().filter(|(_, &c)| c >= 2).map(|(w, _)| w.clone()).collect();
+        candidates.push(Chosen { feature: f.feature, max_activation: f.max_activation, concept: concept.clone(), detector, clarity, examples: top.iter().map(|e| example_text(e)).collect() });
+    }
+    candidates.sort_by(|a, b| b.clarity.total_cmp(&a.clarity).then(b.max_activation.total_cmp(&a.max_activation)).then(a.feature.cmp(&b.feature)));
+    let mut seen = std::collections::HashSet::new();
+    candidates.into_iter().filter(|c| seen.insert(c.concept.clone())).take(n).collect()
+}
+
+fn shows_concept(text: &str, detector: &[String]) -> bool {
+    text.to_lowercase().split(|c: char| !c.is_alphabetic()).any(|w| detector.iter().any(|d| w.starts_with(d.as_str())))
+}
+
+fn distinct_2(ids: &[u32]) -> f64 {
+    if ids.len() < 2 {
+        return 0.0;
+    }
+    let bigrams: std::collections::HashSet<(u32, u32)> = ids.windows(2).map(|w| (w[0], w[1])).collect();
+    bigrams.len() as f64 / (ids.len() - 1) as f64
+}
+
+/// Perplexity of each continuation given `prompt`, under the unsteered model (NaN if empty).
+fn perplexities(model: &Model, prompt: &[u32], continuations: &[Vec<u32>]) -> anyhow::Result<Vec<f64>> {
+    let sequences: Vec<Vec<u32>> = continuations.iter().map(|c| prompt.iter().chain(c).copied().collect()).collect();
+    let batch = TokenBatch::right_padded(&sequences, model.pad_token_id())?;
+    let logits = model.forward(&batch, &Hooks::new(), Logits::All, None)?.logits.context("logits")?;
+    let mut out = Vec::new();
+    for (row, c) in continuations.iter().enumerate() {
+        if c.is_empty() {
+            out.push(f64::NAN);
+            continue;
+        }
+        let row_logits: Vec<Vec<f32>> = logits.get(row)?.to_vec2()?;
+        let nll: f64 = c.iter().enumerate().map(|(i, &t)| -loupe_engine::generate::log_probability(&row_logits[prompt.len() + i - 1], t) as f64).sum();
+        out.push((nll / c.len() as f64).exp());
+    }
+    Ok(out)
+}
+
+/// DiffMean at `hook`: mean activation over the positive texts' tokens minus the negative's.
+fn diffmean(model: &Model, hook: loupe_engine::HookPoint, positive: &[String], negative: &[String]) -> anyhow::Result<Vec<f32>> {
+    let tokenizer = model.tokenizer()?;
+    let mean = |texts: &[String]| -> anyhow::Result<Vec<f64>> {
+        let mut sum = vec![0f64; model.config().hidden_size];
+        let mut n = 0usize;
+        for text in texts {
+            let mut ids: Vec<u32> = tokenizer.bos_token_id().into_iter().collect();
+            ids.extend(tokenizer.encode(text)?);
+            let out = model.forward(&TokenBatch::single(&ids)?, &Hooks::new().capture(hook), Logits::None, None)?;
+            let rows: Vec<Vec<f32>> = out.captured[&hook].squeeze(0)?.to_vec2()?;
+            for row in rows.iter().skip(1) {
+                sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
+                n += 1;
+            }
+        }
+        Ok(sum.into_iter().map(|s| s / n.max(1) as f64).collect())
+    };
+    let (p, q) = (mean(positive)?, mean(negative)?);
+    Ok(p.iter().zip(&q).map(|(a, b)| (a - b) as f32).collect())
+}
+
+#[derive(Default, Clone)]
+struct Cell {
+    hits: usize,
+    n: usize,
+    log_ppl: Vec<f64>,
+    distinct: Vec<f64>,
+    examples: Vec<String>,
+}
+
+impl Cell {
+    fn add(&mut self, text: &str, ids: &[u32], ppl: f64, detector: &[String]) {
+        self.hits += usize::from(shows_concept(text, detector));
+        self.n += 1;
+        if ppl.is_finite() {
+            self.log_ppl.push(ppl.ln());
+        }
+        self.distinct.push(distinct_2(ids));
+        if self.examples.len() < 2 {
+            self.examples.push(text.to_string());
+        }
+    }
+    fn incidence(&self) -> f64 {
+        self.hits as f64 / self.n.max(1) as f64
+    }
+    fn perplexity(&self) -> f64 {
+        (self.log_ppl.iter().sum::<f64>() / self.log_ppl.len().max(1) as f64).exp()
+    }
+    fn distinct(&self) -> f64 {
+        self.distinct.iter().sum::<f64>() / self.distinct.len().max(1) as f64
+    }
+}
+
+pub fn run(command: Eval) -> anyhow::Result<()> {
+    let Eval::Steer(args) = command;
+    let store = args.store.clone().unwrap_or_else(|| loupe_query::config::loupe_home().join("demo-store"));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (record, features, examples) = runtime.block_on(async {
+        let reader = StoreReader::open(&store).await.with_context(|| format!("opening {}", store.display()))?;
+        let dictionaries = reader.dictionaries().await?;
+        let record = match &args.dictionary {
+            Some(id) => dictionaries.into_iter().find(|d| &d.dictionary_id == id).with_context(|| format!("no dictionary {id:?} in {}", store.display()))?,
+            None => dictionaries.into_iter().next().context("the store has no dictionary")?,
+        };
+        let features = reader.features_as_built(&record.dictionary_id).await?;
+        let examples = reader.examples(&record.dictionary_id, None).await?;
+        Ok::<_, anyhow::Error>((record, features, examples))
+    })?;
+    let model = args.model.load()?;
+    let dictionary_dir = args
+        .dictionary_dir
+        .clone()
+        .or_else(|| record.manifest.pointer("/dictionary/path").and_then(|p| p.as_str()).map(PathBuf::from).filter(|p| p.exists()))
+        .unwrap_or_else(default_dictionary);
+    let dictionary = Arc::new(Dictionary::load_for_model(&dictionary_dir, model.config())?);
+    let hook = dictionary.info().hook_out;
+    let chosen = choose(&features, &examples, args.features);
+    anyhow::ensure!(!chosen.is_empty(), "no feature of {} meets the selection rule", record.dictionary_id);
+    let tokenizer = model.tokenizer()?;
+    let prompts: Vec<&str> = NEUTRAL_PROMPTS.iter().copied().take(args.prompts.clamp(1, NEUTRAL_PROMPTS.len())).collect();
+    let params = SamplingParams { temperature: args.temperature, top_p: 0.95, seed: args.seed, max_new_tokens: args.tokens, stop_tokens: tokenizer.eos_token_id().into_iter().collect() };
+    let strengths = args.strengths.clone();
+    let bar = ProgressBar::new((chosen.len() * prompts.len()) as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} feature x prompt  {elapsed} (eta {eta})").expect("valid template"));
+    let mut rows_out = Vec::new();
+    for (ci, c) in chosen.iter().enumerate() {
+        // DiffMean from text that has nothing to do with the steered direction's weights: the
+        // feature's top examples against the other chosen features' top examples.
+        let negative: Vec<String> = chosen.iter().enumerate().filter(|(j, _)| *j != ci).flat_map(|(_, o)| o.examples.iter().take(2).cloned()).collect();
+        let vector = diffmean(&model, hook, &c.examples, &negative)?;
+        let decoder_norm = dictionary.decoder_row(c.feature as usize).iter().map(|v| v * v).sum::<f32>().sqrt();
+        let vector_norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        let diffmean_direction: Vec<f32> = vector.iter().map(|v| v / vector_norm * decoder_norm).collect();
+        let mut cells: BTreeMap<(String, String), Cell> = BTreeMap::new();
+        for prompt_text in &prompts {
+            let prompt = tokenizer.encode(prompt_text)?;
+            // One batch per method: row i steered at strengths[i] (row of strength 0 unedited).
+            let mut outputs: Vec<(String, f32, Vec<u32>)> = Vec::new();
+            for method in ["feature", "diffmean"] {
+                let mut edits = Vec::new();
+                for (row, &s) in strengths.iter().enumerate() {
+                    if s == 0.0 {
+                        continue;
+                    }
+                    let target = match method {
+                        "feature" => Target::Feature { dictionary: dictionary.clone(), feature: c.feature },
+                        _ => Target::Vector { hook, direction: diffmean_direction.clone() },
+                    };
+                    let mut edit = Edit::new(target, Operation::Add { strength: s * c.max_activation }, Positions::All)?;
+                    edit.rows = Some(vec![row]);
+                    edits.push(edit);
+                }
+                let generated = generate_rows(&model, &prompt, strengths.len(), &params, &with_edits(Hooks::new(), &edits), |_, _| {})?;
+                for (row, ids) in generated.into_iter().enumerate() {
+                    let ids: Vec<u32> = ids.into_iter().filter(|t| !params.stop_tokens.contains(t)).collect();
+                    let method = if strengths[row] == 0.0 { "default" } else { method };
+                    if method == "default" && outputs.iter().any(|o| o.0 == "default") {
+                        continue;
+                    }
+                    outputs.push((method.to_string(), strengths[row], ids));
+                }
+            }
+            let instructed = tokenizer.encode(&format!("Write about {}. {prompt_text}", c.concept))?;
+            let ids: Vec<u32> = generate_rows(&model, &instructed, 1, &params, &Hooks::new(), |_, _| {})?.remove(0).into_iter().filter(|t| !params.stop_tokens.contains(t)).collect();
+            outputs.push(("prompting".into(), 0.0, ids));
+            let continuations: Vec<Vec<u32>> = outputs.iter().map(|o| o.2.clone()).collect();
+            let ppl = perplexities(&model, &prompt, &continuations)?;
+            for ((method, s, ids), p) in outputs.iter().zip(ppl) {
+                let text = tokenizer.decode(ids)?;
+                cells.entry((method.clone(), format!("{s}"))).or_default().add(&text, ids, p, &c.detector);
+            }
+            bar.inc(1);
+        }
+        let default = cells.get(&("default".to_string(), "0".to_string())).cloned().unwrap_or_default();
+        let mut methods = serde_json::Map::new();
+        for method in ["feature", "diffmean", "prompting"] {
+            let mut sweep = Vec::new();
+            let mut best: Option<(f64, f32, f64)> = None;
+            let keys: Vec<f32> = if method == "prompting" { vec![0.0] } else { strengths.iter().copied().filter(|&s| s != 0.0).collect() };
+            for s in keys {
+                let Some(cell) = cells.get(&(method.to_string(), format!("{s}"))) else { continue };
+                let fluent = cell.perplexity() <= args.ppl_bound * default.perplexity() && cell.distinct() >= 0.5 * default.distinct();
+                if fluent && best.is_none_or(|b| cell.incidence() > b.0) {
+                    best = Some((cell.incidence(), s, cell.perplexity()));
+                }
+                sweep.push(json!({
+                    "strength": s,
+                    "incidence": cell.incidence(),
+                    "perplexity": cell.perplexity(),
+                    "distinct2_vs_default": cell.distinct() / default.distinct().max(1e-9),
+                    "examples": cell.examples,
+                }));
+            }
+            methods.insert(method.into(), json!({"sweep": sweep, "best": best.map(|(i, s, p)| json!({"strength": s, "incidence": i, "perplexity": p}))}));
+        }
+        rows_out.push(json!({
+            "feature": c.feature,
+            "concept": c.concept,
+            "detector": c.detector,
+            "clarity": c.clarity,
+            "max_activation": c.max_activation,
+            "default": {"incidence": default.incidence(), "perplexity": default.perplexity(), "examples": default.examples},
+            "methods": methods,
+        }));
+    }
+    bar.finish_and_clear();
+    let summary = summarize(&rows_out);
+    let report = json!({
+        "dictionary": record.dictionary_id,
+        "store": store,
+        "model": args.model.model.clone().unwrap_or_else(loupe_query::config::default_model_path),
+        "prompts": prompts,
+        "tokens": args.tokens,
+        "temperature": args.temperature,
+        "seed": args.seed,
+        "strengths_x_max_activation": strengths,
+        "ppl_bound": args.ppl_bound,
+        "rule": "features: density in [1e-4, 2e-2], >= 8 top examples, a concept word (alphabetic, 3+ letters, not a stopword) at the peak of >= 50% of them; ranked by that share, then max activation; one per concept. Detector: a word of the continuation starts with a peak word of >= 2 top examples. Best: highest incidence with perplexity <= ppl_bound x default and distinct-2 >= 0.5 x default.",
+        "summary": summary,
+        "features": rows_out,
+    });
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", out.display()))?;
+    }
+    if args.json {
+        return print_json(&report);
+    }
+    print_table(&report);
+    Ok(())
+}
+
+/// Per method: mean incidence at the best strength, features steered above the default's
+/// incidence, and the mean default incidence.
+fn summarize(rows: &[serde_json::Value]) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for method in ["feature", "diffmean", "prompting"] {
+        let mut best = Vec::new();
+        let mut steered = 0;
+        for r in rows {
+            let default = r["default"]["incidence"].as_f64().unwrap_or(0.0);
+            let b = r["methods"][method]["best"]["incidence"].as_f64().unwrap_or(default);
+            best.push(b);
+            steered += usize::from(b > default);
+        }
+        out.insert(method.into(), json!({
+            "mean_best_incidence": best.iter().sum::<f64>() / best.len().max(1) as f64,
+            "features_above_default": steered,
+            "features": rows.len(),
+        }));
+    }
+    let default: Vec<f64> = rows.iter().map(|r| r["default"]["incidence"].as_f64().unwrap_or(0.0)).collect();
+    out.insert("default".into(), json!({"mean_incidence": default.iter().sum::<f64>() / default.len().max(1) as f64}));
+    serde_json::Value::Object(out)
+}
+
+fn print_table(report: &serde_json::Value) {
+    let strengths: Vec<f64> = report["strengths_x_max_activation"].as_array().map(|a| a.iter().filter_map(|v| v.as_f64()).collect()).unwrap_or_default();
+    println!("steering eval: {} on {} prompts x {} tokens; incidence (perplexity) per strength in x max activation", report["dictionary"].as_str().unwrap_or(""), report["prompts"].as_array().map_or(0, Vec::len), report["tokens"]);
+    println!("{:<7} {:<14} {:<9} {}", "feature", "concept", "method", strengths.iter().map(|s| format!("{s:>12}")).collect::<String>());
+    for r in report["features"].as_array().into_iter().flatten() {
+        for method in ["feature", "diffmean", "prompting"] {
+            let sweep = r["methods"][method]["sweep"].as_array().cloned().unwrap_or_default();
+            let cells: String = sweep.iter().map(|c| format!("{:>5.2} ({:>4.0})", c["incidence"].as_f64().unwrap_or(0.0), c["perplexity"].as_f64().unwrap_or(0.0))).map(|c| format!("{c:>12}")).collect();
+            let default = format!("{:>5.2} ({:>4.0})", r["default"]["incidence"].as_f64().unwrap_or(0.0), r["default"]["perplexity"].as_f64().unwrap_or(0.0));
+            let best = &r["methods"][method]["best"];
+            println!("{:<7} {:<14} {:<9} {default:>12}{cells}   best {}", r["feature"], r["concept"].as_str().unwrap_or(""), method, if best.is_null() { "-".into() } else { format!("{}x: {:.2}", best["strength"], best["incidence"].as_f64().unwrap_or(0.0)) });
+        }
+    }
+    println!("summary: {}", report["summary"]);
+}
