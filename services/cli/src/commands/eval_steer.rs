@@ -3,9 +3,10 @@
 //! neutral prompts and a sweep of strengths, against a prompting baseline and DiffMean
 //! vectors.
 //!
-//! - Features: density in [1e-4, 2e-2], at least 8 top examples, and a concept word (the
-//!   most frequent alphabetic word of 3+ letters, not a stopword, at the peaks of its top
-//!   examples) at the peak of at least half of them; ranked by that share, then max
+//! - Features: density in [1e-4, 2e-2], at least 8 top examples, and a concept word at the
+//!   peak of at least half of them: the most frequent peak word that is alphabetic, 3+
+//!   letters, and not among the 500 most frequent words of all the store's examples, and starting a word (so a
+//!   concept is a content word, not "the" or "only"); ranked by that share, then max
 //!   activation; one feature per concept word.
 //! - Concept detector (independent of any steered direction): a continuation shows the
 //!   concept when one of its words starts with a word found at the peak of 2+ of the
@@ -15,9 +16,12 @@
 //! - Best strength: the highest incidence whose perplexity stays within `--ppl-bound` x the
 //!   default's and whose distinct-2 stays at least half the default's (a loop of one phrase
 //!   can have a low perplexity); ties: the smaller strength.
+//! - Prompts: neutral user requests in the model's chat template; steering edits the
+//!   generated tokens only.
 //! - Methods: ADD of the feature's decoder row at s x its max activation; ADD of the DiffMean
 //!   vector (top examples of the feature minus top examples of the other chosen features)
-//!   scaled to the same norm; and prompting ("Write about CONCEPT." before the prompt).
+//!   scaled to the same norm; and prompting (AxBench's baseline: the request with "Talk
+//!   about CONCEPT." appended).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -62,7 +66,7 @@ pub struct SteerArgs {
     #[arg(long, default_value_t = 8)]
     pub prompts: usize,
     /// Tokens per continuation.
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, default_value_t = 32)]
     pub tokens: usize,
     #[arg(long, default_value_t = 0.7)]
     pub temperature: f32,
@@ -79,22 +83,30 @@ pub struct SteerArgs {
 }
 
 const NEUTRAL_PROMPTS: [&str; 8] = [
-    "I went outside this morning and",
-    "The best thing about today is",
-    "She opened the letter and",
-    "In my opinion, the most important thing is",
-    "Yesterday afternoon we",
-    "Here is a short story:",
-    "The report concluded that",
-    "He looked around the room and",
+    "Tell me about your weekend.",
+    "Describe your favourite place.",
+    "Write a short note to a friend.",
+    "What did you do yesterday?",
+    "Give me some advice for a new job.",
+    "Tell me a short story.",
+    "What makes a good meal?",
+    "Describe the view from a window.",
 ];
 
-const STOPWORDS: &[&str] = &[
-    "the", "and", "for", "that", "with", "this", "from", "was", "were", "are", "have", "has", "had", "not", "but", "his", "her", "their", "they", "you",
-    "your", "she", "him", "its", "our", "will", "would", "could", "should", "which", "what", "when", "where", "who", "all", "one", "two", "been", "into",
-    "than", "then", "them", "there", "these", "those", "also", "any", "can", "did", "does", "out", "about", "more", "some", "such", "very", "just",
+/// English function words (pronouns, determiners, prepositions, conjunctions, auxiliaries,
+/// and the commonest adverbs and quantifiers): never concepts.
+const FUNCTION_WORDS: &[&str] = &[
+    "the", "and", "for", "that", "with", "this", "from", "was", "were", "are", "have", "has", "had", "not", "but", "his", "her", "hers", "their",
+    "theirs", "they", "you", "your", "yours", "she", "him", "its", "our", "ours", "will", "would", "could", "should", "shall", "might", "must",
+    "may", "can", "which", "what", "when", "where", "who", "whom", "whose", "why", "how", "all", "any", "each", "every", "both", "either",
+    "neither", "one", "two", "been", "being", "into", "onto", "upon", "than", "then", "them", "there", "these", "those", "also", "did", "does",
+    "doing", "done", "out", "about", "above", "below", "over", "under", "again", "further", "more", "most", "some", "such", "very", "just",
+    "only", "own", "same", "too", "even", "still", "yet", "ever", "never", "often", "here", "now", "off", "once", "between", "through",
+    "during", "before", "after", "while", "because", "until", "against", "among", "within", "without", "toward", "towards", "like", "unto",
+    "thee", "thou", "thy", "thine", "hath", "doth", "shalt", "ye", "myself", "yourself", "himself", "herself", "itself", "ourselves",
+    "themselves", "other", "another", "much", "many", "few", "less", "least", "well", "also", "though", "although", "whether", "since",
+    "per", "via", "etc", "let", "get", "got", "say", "said", "says", "make", "made", "take", "took", "come", "came", "went", "goes",
 ];
-
 /// A feature chosen for the sweep, with its concept.
 struct Chosen {
     feature: u32,
@@ -106,10 +118,18 @@ struct Chosen {
     examples: Vec<String>,
 }
 
+fn word_of(token: &str) -> Option<String> {
+    let word: String = token.trim().to_lowercase();
+    (word.len() >= 3 && word.chars().all(|c| c.is_alphabetic())).then_some(word)
+}
+
+/// The word at an example's peak, if the token starts a word and it is not a function word.
 fn peak_word(e: &ExampleRecord) -> Option<String> {
     let token = e.tokens.get(e.max_position as usize)?;
-    let word: String = token.trim().to_lowercase();
-    (word.len() >= 3 && word.chars().all(|c| c.is_alphabetic()) && !STOPWORDS.contains(&word.as_str())).then_some(word)
+    if !token.starts_with(' ') {
+        return None;
+    }
+    word_of(token).filter(|w| !FUNCTION_WORDS.contains(&w.as_str()))
 }
 
 fn example_text(e: &ExampleRecord) -> String {
@@ -258,6 +278,10 @@ pub fn run(command: Eval) -> anyhow::Result<()> {
     anyhow::ensure!(!chosen.is_empty(), "no feature of {} meets the selection rule", record.dictionary_id);
     let tokenizer = model.tokenizer()?;
     let prompts: Vec<&str> = NEUTRAL_PROMPTS.iter().copied().take(args.prompts.clamp(1, NEUTRAL_PROMPTS.len())).collect();
+    let chat = |request: &str| -> anyhow::Result<Vec<u32>> {
+        let text = loupe_engine::chat::render(tokenizer.chat_template(), &[loupe_engine::chat::ChatMessage::user(request)], true)?;
+        Ok(tokenizer.encode(&text)?)
+    };
     let params = SamplingParams { temperature: args.temperature, top_p: 0.95, seed: args.seed, max_new_tokens: args.tokens, stop_tokens: tokenizer.eos_token_id().into_iter().collect() };
     let strengths = args.strengths.clone();
     let bar = ProgressBar::new((chosen.len() * prompts.len()) as u64);
@@ -273,7 +297,7 @@ pub fn run(command: Eval) -> anyhow::Result<()> {
         let diffmean_direction: Vec<f32> = vector.iter().map(|v| v / vector_norm * decoder_norm).collect();
         let mut cells: BTreeMap<(String, String), Cell> = BTreeMap::new();
         for prompt_text in &prompts {
-            let prompt = tokenizer.encode(prompt_text)?;
+            let prompt = chat(prompt_text)?;
             // One batch per method: row i steered at strengths[i] (row of strength 0 unedited).
             let mut outputs: Vec<(String, f32, Vec<u32>)> = Vec::new();
             for method in ["feature", "diffmean"] {
@@ -286,7 +310,8 @@ pub fn run(command: Eval) -> anyhow::Result<()> {
                         "feature" => Target::Feature { dictionary: dictionary.clone(), feature: c.feature },
                         _ => Target::Vector { hook, direction: diffmean_direction.clone() },
                     };
-                    let mut edit = Edit::new(target, Operation::Add { strength: s * c.max_activation }, Positions::All)?;
+                    let positions = Positions::Generated { prompt_len: prompt.len() };
+                    let mut edit = Edit::new(target, Operation::Add { strength: s * c.max_activation }, positions)?;
                     edit.rows = Some(vec![row]);
                     edits.push(edit);
                 }
@@ -300,7 +325,7 @@ pub fn run(command: Eval) -> anyhow::Result<()> {
                     outputs.push((method.to_string(), strengths[row], ids));
                 }
             }
-            let instructed = tokenizer.encode(&format!("Write about {}. {prompt_text}", c.concept))?;
+            let instructed = chat(&format!("{prompt_text} Talk about {}.", c.concept))?;
             let ids: Vec<u32> = generate_rows(&model, &instructed, 1, &params, &Hooks::new(), |_, _| {})?.remove(0).into_iter().filter(|t| !params.stop_tokens.contains(t)).collect();
             outputs.push(("prompting".into(), 0.0, ids));
             let continuations: Vec<Vec<u32>> = outputs.iter().map(|o| o.2.clone()).collect();
@@ -355,7 +380,7 @@ pub fn run(command: Eval) -> anyhow::Result<()> {
         "seed": args.seed,
         "strengths_x_max_activation": strengths,
         "ppl_bound": args.ppl_bound,
-        "rule": "features: density in [1e-4, 2e-2], >= 8 top examples, a concept word (alphabetic, 3+ letters, not a stopword) at the peak of >= 50% of them; ranked by that share, then max activation; one per concept. Detector: a word of the continuation starts with a peak word of >= 2 top examples. Best: highest incidence with perplexity <= ppl_bound x default and distinct-2 >= 0.5 x default.",
+        "rule": "features: density in [1e-4, 2e-2], >= 8 top examples, a concept word (alphabetic, 3+ letters, starting a word, not a function word) at the peak of >= 50% of them; ranked by that share, then max activation; one per concept. Detector: a word of the continuation starts with a peak word of >= 2 top examples. Best: highest incidence with perplexity <= ppl_bound x default and distinct-2 >= 0.5 x default.",
         "summary": summary,
         "features": rows_out,
     });
@@ -369,22 +394,29 @@ pub fn run(command: Eval) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Per method: mean incidence at the best strength, features steered above the default's
-/// incidence, and the mean default incidence.
+/// Per method: mean incidence at the best (fluent) strength, features steered above the
+/// default's incidence there, the same at any strength regardless of fluency, and the mean
+/// default incidence.
 fn summarize(rows: &[serde_json::Value]) -> serde_json::Value {
     let mut out = serde_json::Map::new();
     for method in ["feature", "diffmean", "prompting"] {
-        let mut best = Vec::new();
-        let mut steered = 0;
+        let (mut best, mut any) = (Vec::new(), Vec::new());
+        let (mut steered, mut steered_any) = (0, 0);
         for r in rows {
             let default = r["default"]["incidence"].as_f64().unwrap_or(0.0);
             let b = r["methods"][method]["best"]["incidence"].as_f64().unwrap_or(default);
+            let sweep = r["methods"][method]["sweep"].as_array().cloned().unwrap_or_default();
+            let a = sweep.iter().filter_map(|c| c["incidence"].as_f64()).fold(default, f64::max);
             best.push(b);
+            any.push(a);
             steered += usize::from(b > default);
+            steered_any += usize::from(a > default);
         }
         out.insert(method.into(), json!({
             "mean_best_incidence": best.iter().sum::<f64>() / best.len().max(1) as f64,
             "features_above_default": steered,
+            "mean_max_incidence_any_strength": any.iter().sum::<f64>() / any.len().max(1) as f64,
+            "features_above_default_any_strength": steered_any,
             "features": rows.len(),
         }));
     }
