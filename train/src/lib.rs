@@ -1,5 +1,6 @@
 //! loupe-train: training TopK and BatchTopK SAEs on a hook of the engine (`loupe train`),
-//! and evaluating dictionaries on a corpus (`loupe dict eval`, [`eval`]).
+//! evaluating dictionaries on a corpus (`loupe dict eval`, [`eval`]), and linear probes
+//! with the metrics monitors are judged by ([`probes`]).
 //!
 //! Activations stream from the model through a shuffle buffer ([`stream`]); inputs are scaled
 //! so their mean norm is `sqrt(d_in)` (SAELens' `expected_average_only_in`, folded into the
@@ -11,6 +12,7 @@
 pub mod adam;
 pub mod error;
 pub mod eval;
+pub mod probes;
 pub mod sae;
 pub mod save;
 pub mod stream;
