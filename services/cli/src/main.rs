@@ -43,6 +43,9 @@ enum Command {
     /// Evaluations: `loupe eval steer` (does steering with the store's features work?).
     #[command(subcommand)]
     Eval(commands::eval_steer::Eval),
+    /// Detectors of labelled text (monitor probes): every method side by side on one split.
+    #[command(subcommand)]
+    Probe(commands::probe::Probe),
     /// Train a TopK/BatchTopK SAE on a hook of the model (resumable).
     Train(commands::train::Args),
     /// Index a corpus: max-activating examples and statistics of every feature, into a store.
@@ -88,6 +91,7 @@ fn main() -> std::process::ExitCode {
         Command::Activations(args) => commands::activations::run(args),
         Command::Dict(command) => commands::dict::run(command),
         Command::Eval(command) => commands::eval_steer::run(command),
+        Command::Probe(command) => commands::probe::run(command),
         Command::Train(args) => commands::train::run(args),
         Command::Index(args) => commands::index::run(args),
         Command::Serve(args) => commands::serve::run(args),

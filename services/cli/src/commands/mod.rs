@@ -11,5 +11,6 @@ pub mod generate;
 pub mod serve;
 pub mod steer;
 pub mod index;
+pub mod probe;
 pub mod tokenize;
 pub mod train;
