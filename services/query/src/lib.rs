@@ -15,7 +15,7 @@ mod rpc;
 pub mod server;
 pub mod state;
 pub mod steering;
-mod workers;
+pub mod workers;
 
 pub use config::{Limits, ServeSettings, ServerConfig};
 pub use features::FeaturesService;

@@ -25,6 +25,7 @@ const MAX_MESSAGE_BYTES: usize = 4 << 20;
 
 /// Loads the store (and model) and serves on `listener` until `shutdown` resolves.
 pub async fn serve(config: ServerConfig, listener: TcpListener, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<()> {
+    crate::workers::lower_model_priority();
     let state = Arc::new(AppState::load(&config).await?);
     serve_state(state, listener, shutdown).await
 }

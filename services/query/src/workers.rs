@@ -1,5 +1,6 @@
 //! The bounded pool that runs model-bound work (forward passes) off the async runtime, so
-//! that search and dashboard calls never wait behind the model.
+//! that search and dashboard calls never wait behind the model: its own threads, at a lower
+//! OS priority than the ones answering requests, as are the model's compute threads.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,8 +10,59 @@ use tokio::sync::Semaphore;
 
 use crate::error::{Result, ServiceError};
 
+/// Runs the model's compute threads (the global rayon pool that candle, gemm and loupe's CPU
+/// kernels share) at a lower OS priority than the threads answering requests: on a machine
+/// whose cores the model saturates, a search or a dashboard still gets a core at once, and
+/// the model takes what is left. Call before anything uses rayon; later calls do nothing.
+pub fn lower_model_priority() {
+    if rayon::ThreadPoolBuilder::new().start_handler(|_| lower_this_thread()).build_global().is_err() {
+        tracing::debug!("the rayon pool already exists; model threads keep their priority");
+    }
+}
+
+/// Nice value of model threads (0 is normal, 19 the lowest priority).
+const MODEL_NICE: libc::c_int = 10;
+
+fn lower_this_thread() {
+    // SAFETY: setpriority on the calling thread (on Linux, PRIO_PROCESS with who = 0 is the
+    // calling thread); raising the nice value needs no privilege.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, MODEL_NICE);
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// `workers` threads of their own, at model priority, taking jobs from one queue.
+fn start_threads(workers: usize) -> std::sync::mpsc::Sender<Job> {
+    let (sender, receiver) = std::sync::mpsc::channel::<Job>();
+    let receiver = Arc::new(std::sync::Mutex::new(receiver));
+    for i in 0..workers {
+        let receiver = receiver.clone();
+        let spawned = std::thread::Builder::new().name(format!("loupe-model-{i}")).spawn(move || {
+            lower_this_thread();
+            loop {
+                let job = match receiver.lock() {
+                    Ok(receiver) => receiver.recv(),
+                    Err(_) => return,
+                };
+                match job {
+                    Ok(job) => job(),
+                    Err(_) => return, // the pool was dropped
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a model worker thread");
+        }
+    }
+    sender
+}
+
 pub struct ModelWorkers {
     permits: Arc<Semaphore>,
+    jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
     workers: usize,
     /// Calls running or waiting.
     in_flight: AtomicUsize,
@@ -20,7 +72,8 @@ pub struct ModelWorkers {
 impl ModelWorkers {
     pub fn new(workers: usize, max_waiting: usize) -> Self {
         let workers = workers.max(1);
-        ModelWorkers { permits: Arc::new(Semaphore::new(workers)), workers, in_flight: AtomicUsize::new(0), max_waiting }
+        let jobs = std::sync::Mutex::new(start_threads(workers));
+        ModelWorkers { permits: Arc::new(Semaphore::new(workers)), jobs, workers, in_flight: AtomicUsize::new(0), max_waiting }
     }
 
     /// Calls running or waiting now.
@@ -28,8 +81,8 @@ impl ModelWorkers {
         self.in_flight.load(Ordering::SeqCst)
     }
 
-    /// Runs `work` on a blocking thread once a worker is free; refuses at once when the
-    /// queue is full, and gives up when `deadline` passes first.
+    /// Runs `work` on a model thread once a worker is free; refuses at once when the queue
+    /// is full, and gives up when `deadline` passes first.
     ///
     /// `work` gets a flag that is raised when its caller stops waiting (the deadline passed
     /// or the call was dropped because the client went away): model work passes it to
@@ -47,12 +100,14 @@ impl ModelWorkers {
         let _cancel_on_drop = CancelOnDrop(cancel.clone());
         let job = async {
             let permit = self.permits.clone().acquire_owned().await.map_err(|_| ServiceError::Unavailable("the server is shutting down".into()))?;
-            tokio::task::spawn_blocking(move || {
+            let (done, result) = tokio::sync::oneshot::channel();
+            let job: Job = Box::new(move || {
                 let _permit = permit;
-                work(cancel)
-            })
-            .await
-            .map_err(|e| ServiceError::Internal(format!("model worker failed: {e}")))?
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(cancel)));
+                let _ = done.send(outcome.unwrap_or_else(|_| Err(ServiceError::Internal("the model worker panicked".into()))));
+            });
+            self.jobs.lock().map_err(|_| ServiceError::Internal("model worker queue poisoned".into()))?.send(job).map_err(|_| ServiceError::Unavailable("the model workers stopped".into()))?;
+            result.await.map_err(|_| ServiceError::Internal("the model worker dropped the call".into()))?
         };
         match deadline {
             Some(deadline) => tokio::time::timeout(deadline, job)

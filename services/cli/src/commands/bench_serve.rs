@@ -209,6 +209,8 @@ async fn workload_of(addr: &str) -> anyhow::Result<Workload> {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // As `loupe serve` does: the model's threads yield to the ones answering requests.
+    loupe_query::workers::lower_model_priority();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let store = args.store.clone().unwrap_or_else(|| loupe_query::config::loupe_home().join("demo-store"));
     let mut report = Vec::new();
