@@ -1,7 +1,8 @@
 //! loupe-engine: tokenizer, model families with hook points, weight loading (GGUF,
 //! safetensors), generation, dictionary formats with encode/decode, and the feature lens
 //! (model + dictionaries: one call from tokens to sparse codes). Nothing here knows about
-//! corpora, storage or gRPC.
+//! corpora, storage or gRPC. Steering edits (`steering`) and monitor reads (`monitor`) plug
+//! into the lens.
 
 pub mod chat;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod generate;
 pub mod hooks;
 pub mod lens;
 pub mod model;
+pub mod monitor;
 pub mod perf;
 pub mod steering;
 pub mod tokenizer;
