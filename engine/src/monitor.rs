@@ -20,10 +20,10 @@ use crate::error::{EngineError, Result};
 /// What a detector reads at each token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Signal {
-    /// One feature's activation; `dictionary` indexes the codes passed to [`token_values`].
-    Feature { dictionary: usize, feature: u32 },
+    /// One feature's activation in the dictionary called `dictionary`.
+    Feature { dictionary: String, feature: u32 },
     /// `Σ w_i f_i + bias` over features of one dictionary (a sparse probe).
-    Features { dictionary: usize, weights: Vec<(u32, f32)>, bias: f32 },
+    Features { dictionary: String, weights: Vec<(u32, f32)>, bias: f32 },
     /// `w·x + bias` on a hook's activation (a logistic or DiffMean probe, a stored vector).
     Linear { hook: HookPoint, weights: Vec<f32>, bias: f32 },
 }
@@ -56,11 +56,20 @@ pub struct Scored {
     pub spans: Vec<Span>,
 }
 
-/// The signal's value at each of the `tokens` rows: `codes[d]` are dictionary `d`'s codes of
-/// those rows, `captured[hook]` the hook's activations `[tokens, width]`.
-pub fn token_values(signal: &Signal, codes: &[&SparseActs], captured: &BTreeMap<HookPoint, Tensor>, tokens: usize) -> Result<Vec<f32>> {
-    let codes_of = |d: usize| -> Result<&SparseActs> {
-        let c = *codes.get(d).ok_or_else(|| EngineError::InvalidInput(format!("the signal reads dictionary {d}, but {} were encoded", codes.len())))?;
+/// A detector: its signal, how it is aggregated over a text, and when it fires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Detector {
+    pub signal: Signal,
+    pub aggregation: Aggregation,
+    /// Fires when the aggregated score is above this.
+    pub threshold: f32,
+}
+
+/// The signal's value at each of the `tokens` rows: `codes` are the dictionaries' codes of
+/// those rows by dictionary id, `captured[hook]` the hook's activations `[tokens, width]`.
+pub fn token_values(signal: &Signal, codes: &[(&str, &SparseActs)], captured: &BTreeMap<HookPoint, Tensor>, tokens: usize) -> Result<Vec<f32>> {
+    let codes_of = |d: &str| -> Result<&SparseActs> {
+        let c = codes.iter().find(|(id, _)| *id == d).map(|(_, c)| *c).ok_or_else(|| EngineError::InvalidInput(format!("the signal reads dictionary {d:?}, which was not encoded")))?;
         if c.n_tokens() != tokens {
             return Err(EngineError::InvalidInput(format!("codes of {} tokens for {tokens} tokens", c.n_tokens())));
         }
@@ -68,11 +77,11 @@ pub fn token_values(signal: &Signal, codes: &[&SparseActs], captured: &BTreeMap<
     };
     match signal {
         Signal::Feature { dictionary, feature } => {
-            let c = codes_of(*dictionary)?;
+            let c = codes_of(dictionary)?;
             Ok((0..tokens).map(|t| activation(c, t, *feature)).collect())
         }
         Signal::Features { dictionary, weights, bias } => {
-            let c = codes_of(*dictionary)?;
+            let c = codes_of(dictionary)?;
             Ok((0..tokens).map(|t| bias + weights.iter().map(|(f, w)| w * activation(c, t, *f)).sum::<f32>()).collect())
         }
         Signal::Linear { hook, weights, bias } => {
@@ -187,10 +196,43 @@ mod tests {
     #[test]
     fn feature_signals_read_the_codes() {
         let codes = SparseActs::from_rows(8, vec![vec![(2, 1.5), (5, 0.5)], vec![], vec![(5, 2.0)]]);
-        let one = Signal::Feature { dictionary: 0, feature: 5 };
-        assert_eq!(token_values(&one, &[&codes], &BTreeMap::new(), 3).unwrap(), vec![0.5, 0.0, 2.0]);
-        let sparse = Signal::Features { dictionary: 0, weights: vec![(2, 2.0), (5, -1.0)], bias: 1.0 };
-        assert_eq!(token_values(&sparse, &[&codes], &BTreeMap::new(), 3).unwrap(), vec![3.5, 1.0, -1.0]);
-        assert!(token_values(&one, &[], &BTreeMap::new(), 3).is_err());
+        let one = Signal::Feature { dictionary: "res".into(), feature: 5 };
+        assert_eq!(token_values(&one, &[("res", &codes)], &BTreeMap::new(), 3).unwrap(), vec![0.5, 0.0, 2.0]);
+        let sparse = Signal::Features { dictionary: "res".into(), weights: vec![(2, 2.0), (5, -1.0)], bias: 1.0 };
+        assert_eq!(token_values(&sparse, &[("res", &codes)], &BTreeMap::new(), 3).unwrap(), vec![3.5, 1.0, -1.0]);
+        assert!(token_values(&one, &[], &BTreeMap::new(), 3).unwrap_err().to_string().contains("res"));
     }
+}
+
+/// Each detector's per-token values and verdict on one token sequence, from one pass of
+/// `lens` (to the deepest hook the detectors read). `in_scope` says which tokens count
+/// (the caller leaves out BOS and other special tokens).
+pub fn run_detectors(lens: &crate::FeatureLens, detectors: &[Detector], ids: &[u32], in_scope: &[bool]) -> Result<Vec<(Vec<f32>, Scored)>> {
+    if in_scope.len() != ids.len() {
+        return Err(EngineError::InvalidInput(format!("{} scope flags for {} tokens", in_scope.len(), ids.len())));
+    }
+    let mut hooks = crate::Hooks::new();
+    let mut dictionaries: Vec<usize> = Vec::new();
+    for detector in detectors {
+        match &detector.signal {
+            Signal::Linear { hook, .. } => hooks = hooks.capture(*hook),
+            Signal::Feature { dictionary, .. } | Signal::Features { dictionary, .. } => {
+                let at = lens.position(dictionary).ok_or_else(|| EngineError::InvalidInput(format!("dictionary {dictionary:?} is not loaded")))?;
+                if !dictionaries.contains(&at) {
+                    dictionaries.push(at);
+                }
+            }
+        }
+    }
+    let read = crate::Read { hooks, ..crate::Read::only(dictionaries.clone(), crate::Rows::Real) };
+    let out = lens.run(&crate::TokenBatch::single(ids)?, &read)?;
+    let codes: Vec<(&str, &SparseActs)> = dictionaries.iter().zip(&out.codes).map(|(&at, c)| (lens.dictionaries()[at].id.as_str(), &c.features)).collect();
+    detectors
+        .iter()
+        .map(|d| {
+            let values = token_values(&d.signal, &codes, &out.captured, ids.len())?;
+            let verdict = score(&values, in_scope, d.aggregation, d.threshold);
+            Ok((values, verdict))
+        })
+        .collect()
 }

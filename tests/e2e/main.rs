@@ -5,6 +5,7 @@
 
 mod labels;
 mod limits;
+mod monitoring;
 mod reflection;
 mod service;
 mod steering;

@@ -9,6 +9,25 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+/// Which part of a labelled set a text belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Validation,
+    Test,
+}
+
+/// 60% train, 20% validation, 20% test, by an FNV-1a hash of the text: stable across runs,
+/// machines and Rust versions, so a monitor's calibration split can be named.
+pub fn split_of(text: &str) -> Split {
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    match hash % 10 {
+        0..=5 => Split::Train,
+        6 | 7 => Split::Validation,
+        _ => Split::Test,
+    }
+}
+
 /// `score(x) = weights·x + bias`; positive scores lean to the positive class.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinearProbe {

@@ -46,6 +46,8 @@ enum Command {
     /// Detectors of labelled text (monitor probes): every method side by side on one split.
     #[command(subcommand)]
     Probe(commands::probe::Probe),
+    /// Run monitors on a text here (the committed defaults in monitors/, or --monitor FILE).
+    Score(commands::score::Args),
     /// Train a TopK/BatchTopK SAE on a hook of the model (resumable).
     Train(commands::train::Args),
     /// Index a corpus: max-activating examples and statistics of every feature, into a store.
@@ -92,6 +94,7 @@ fn main() -> std::process::ExitCode {
         Command::Dict(command) => commands::dict::run(command),
         Command::Eval(command) => commands::eval_steer::run(command),
         Command::Probe(command) => commands::probe::run(command),
+        Command::Score(args) => commands::score::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Index(args) => commands::index::run(args),
         Command::Serve(args) => commands::serve::run(args),

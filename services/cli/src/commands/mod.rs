@@ -8,6 +8,7 @@ pub mod client;
 pub mod dict;
 pub mod eval_steer;
 pub mod generate;
+pub mod score;
 pub mod serve;
 pub mod steer;
 pub mod index;

@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use loupe_engine::monitor::{Aggregation, Detector, Signal};
 use loupe_engine::{Dictionary, FeatureLens, HookPoint, Hooks, Read, Rows, TokenBatch};
-use loupe_train::probes::{self, LinearProbe};
+use loupe_train::probes::{self, split_of, LinearProbe, Split};
 use serde_json::json;
 
 use crate::output::{default_dictionary, print_json, ModelArgs};
@@ -51,6 +52,14 @@ pub struct TrainArgs {
     /// Write the report and the trained probes (JSON) here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Write a monitor definition here: the detector (of logistic, DiffMean and the single
+    /// best feature) with the best validation AUROC, its threshold calibrated at `--fpr` on
+    /// the validation negatives, and the calibration's record.
+    #[arg(long)]
+    pub monitor: Option<PathBuf>,
+    /// The monitor's name (default: the data file's stem).
+    #[arg(long)]
+    pub name: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -62,23 +71,6 @@ struct Pooled {
     /// Max of each dictionary feature over those tokens (sparse: feature -> max).
     features: HashMap<u32, f32>,
     tokens: Vec<u32>,
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Split {
-    Train,
-    Validation,
-    Test,
-}
-
-fn split_of(text: &str) -> Split {
-    // FNV-1a: stable across runs, platforms and Rust versions.
-    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
-    match hash % 10 {
-        0..=5 => Split::Train,
-        6 | 7 => Split::Validation,
-        _ => Split::Test,
-    }
 }
 
 fn read_data(path: &PathBuf) -> anyhow::Result<Vec<(String, bool)>> {
@@ -162,7 +154,8 @@ pub fn run(command: Probe) -> anyhow::Result<()> {
     let dictionary_dir = args.dictionary.clone().unwrap_or_else(default_dictionary);
     let dictionary = Arc::new(Dictionary::load_for_model(&dictionary_dir, model.config())?);
     let d_sae = dictionary.info().d_sae;
-    let lens = FeatureLens::new(model, vec![("dictionary".into(), dictionary)])?;
+    let dictionary_id = dictionary_dir.file_name().map_or("dictionary".into(), |n| n.to_string_lossy().into_owned());
+    let lens = FeatureLens::new(model, vec![(dictionary_id.clone(), dictionary)])?;
     eprintln!("pooling {} texts at {hook} (and the dictionary's features)", data.len());
     let pooled = pool(&lens, hook, &data, args.max_tokens)?;
     let splits: Vec<Split> = data.iter().map(|(t, _)| split_of(t)).collect();
@@ -172,26 +165,31 @@ pub fn run(command: Probe) -> anyhow::Result<()> {
     let (y_train, y_validation, y_test) = (labels(&train), labels(&validation), labels(&test));
 
     // Each method as a scorer over pooled texts, fitted on the train split.
-    let mut methods: Vec<(&str, String, Box<dyn Fn(&Pooled) -> f32>, serde_json::Value)> = Vec::new();
+    // (name, description, scorer, what was fitted, the monitor detector it makes, if exact).
+    type Method<'a> = (&'a str, String, Box<dyn Fn(&Pooled) -> f32>, serde_json::Value, Option<Detector>);
+    let mut methods: Vec<Method> = Vec::new();
+    let linear = |p: &LinearProbe| Some(Detector { signal: Signal::Linear { hook, weights: p.weights.clone(), bias: p.bias }, aggregation: Aggregation::Mean, threshold: 0.0 });
     let dense = |idx: &[usize]| -> Vec<Vec<f32>> { idx.iter().map(|&i| pooled[i].mean.clone()).collect() };
     let (probe, l2) = tuned_logistic(&dense(&train), &y_train, &dense(&validation), &y_validation);
-    methods.push(("logistic", format!("logistic regression on mean-pooled {hook} (L2 {l2:e})"), Box::new({ let p = probe.clone(); move |x: &Pooled| p.score(&x.mean) }), json!(probe)));
+    methods.push(("logistic", format!("logistic regression on mean-pooled {hook} (L2 {l2:e})"), Box::new({ let p = probe.clone(); move |x: &Pooled| p.score(&x.mean) }), json!(probe), linear(&probe)));
     let dm = probes::diffmean(&dense(&train), &y_train);
-    methods.push(("diffmean", format!("DiffMean on mean-pooled {hook}"), Box::new({ let p = dm.clone(); move |x: &Pooled| p.score(&x.mean) }), json!(dm)));
+    methods.push(("diffmean", format!("DiffMean on mean-pooled {hook}"), Box::new({ let p = dm.clone(); move |x: &Pooled| p.score(&x.mean) }), json!(dm), linear(&dm)));
     // Features ranked by their own train AUROC (max over tokens as the score).
     let feature_scores = |f: u32, idx: &[usize]| -> Vec<f32> { idx.iter().map(|&i| pooled[i].features.get(&f).copied().unwrap_or(0.0)).collect() };
     let mut ranked: Vec<(u32, f64)> = (0..d_sae as u32).map(|f| (f, probes::auroc(&feature_scores(f, &train), &y_train))).filter(|(_, a)| a.is_finite()).collect();
     ranked.sort_by(|a, b| (b.1 - 0.5).abs().total_cmp(&(a.1 - 0.5).abs()).then(a.0.cmp(&b.0)));
     let (best_feature, best_auc) = ranked.first().copied().context("no feature")?;
     let sign = if best_auc >= 0.5 { 1.0 } else { -1.0 };
-    methods.push(("feature", format!("single best feature {best_feature} (max over tokens)"), Box::new(move |x: &Pooled| sign * x.features.get(&best_feature).copied().unwrap_or(0.0)), json!({"feature": best_feature, "sign": sign})));
+    methods.push(("feature", format!("single best feature {best_feature} (max over tokens)"), Box::new(move |x: &Pooled| sign * x.features.get(&best_feature).copied().unwrap_or(0.0)), json!({"feature": best_feature, "sign": sign}),
+        // A feature that fires on the negatives is no detector of the positives.
+        (sign > 0.0).then(|| Detector { signal: Signal::Feature { dictionary: dictionary_id.clone(), feature: best_feature }, aggregation: Aggregation::Max, threshold: 0.0 })));
     let chosen: Vec<u32> = ranked.iter().take(args.k).map(|r| r.0).collect();
     let sparse_rows = |idx: &[usize]| -> Vec<Vec<f32>> { idx.iter().map(|&i| chosen.iter().map(|f| pooled[i].features.get(f).copied().unwrap_or(0.0)).collect()).collect() };
     let (sparse, l2) = tuned_logistic(&sparse_rows(&train), &y_train, &sparse_rows(&validation), &y_validation);
     methods.push(("sparse", format!("logistic regression on the {} best features (L2 {l2:e})", chosen.len()), Box::new({
         let (p, chosen) = (sparse.clone(), chosen.clone());
         move |x: &Pooled| p.score(&chosen.iter().map(|f| x.features.get(f).copied().unwrap_or(0.0)).collect::<Vec<_>>())
-    }), json!({"features": chosen, "probe": sparse})));
+    }), json!({"features": chosen, "probe": sparse}), None));
     // Bag of words: presence of each token seen in 2+ training texts.
     let mut df: HashMap<u32, usize> = HashMap::new();
     for &i in &train {
@@ -208,14 +206,21 @@ pub fn run(command: Probe) -> anyhow::Result<()> {
     };
     let bag_rows = |idx: &[usize]| -> Vec<Vec<f32>> { idx.iter().map(|&i| bag(&pooled[i])).collect() };
     let (bow, l2) = tuned_logistic(&bag_rows(&train), &y_train, &bag_rows(&validation), &y_validation);
-    methods.push(("bag_of_words", format!("bag of words: logistic regression on {} token-presence features (L2 {l2:e})", vocabulary.len()), Box::new({ let p = bow.clone(); move |x: &Pooled| p.score(&bag(x)) }), json!({"vocabulary": vocabulary.len()})));
+    methods.push(("bag_of_words", format!("bag of words: logistic regression on {} token-presence features (L2 {l2:e})", vocabulary.len()), Box::new({ let p = bow.clone(); move |x: &Pooled| p.score(&bag(x)) }), json!({"vocabulary": vocabulary.len()}), None));
 
     let mut results = Vec::new();
-    for (name, description, scorer, fitted) in &methods {
+    let mut best_detector: Option<(f64, &str, Detector)> = None;
+    for (name, description, scorer, fitted, detector) in &methods {
         let scores = |idx: &[usize]| -> Vec<f32> { idx.iter().map(|&i| scorer(&pooled[i])).collect() };
         let (s_validation, s_test) = (scores(&validation), scores(&test));
         let negatives: Vec<f32> = s_validation.iter().zip(&y_validation).filter(|(_, &l)| !l).map(|(&s, _)| s).collect();
         let threshold = probes::threshold_at_fpr(&negatives, args.fpr);
+        let validation_auroc = probes::auroc(&s_validation, &y_validation);
+        if let Some(detector) = detector {
+            if best_detector.as_ref().is_none_or(|b| validation_auroc > b.0) {
+                best_detector = Some((validation_auroc, name, Detector { threshold, ..detector.clone() }));
+            }
+        }
         let (recall, fpr, precision) = probes::rates(&s_test, &y_test, threshold);
         let f1 = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
         let auroc = probes::auroc(&s_test, &y_test);
@@ -225,6 +230,7 @@ pub fn run(command: Probe) -> anyhow::Result<()> {
         results.push(json!({
             "method": name,
             "description": description,
+            "validation_auroc": validation_auroc,
             "auroc": auroc, "auroc_ci95": ci(probes::auroc),
             "average_precision": ap, "average_precision_ci95": ci(probes::average_precision),
             "recall_at_fpr": recall_at,
@@ -246,6 +252,30 @@ pub fn run(command: Probe) -> anyhow::Result<()> {
     });
     if let Some(out) = &args.out {
         std::fs::write(out, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", out.display()))?;
+    }
+    if let Some(path) = &args.monitor {
+        let (validation_auroc, method, detector) = best_detector.context("no method gives a detector")?;
+        let test = results.iter().find(|r| r["method"] == *method).cloned().unwrap_or_default();
+        let data = std::fs::read(&args.data)?;
+        let name = args.name.clone().unwrap_or_else(|| args.data.file_stem().map_or("monitor".into(), |s| s.to_string_lossy().into_owned()));
+        let monitor = json!({
+            "name": name,
+            "detectors": [detector],
+            "severity": "medium",
+            "action": "alert",
+            "calibration": {
+                "method": method,
+                "target_fpr": args.fpr,
+                "threshold_from": "validation negatives (FNV-1a split 6-7 of 10)",
+                "data": args.data,
+                "data_sha256": loupe_indexer::checksum::sha256_bytes(&data),
+                "validation_auroc": validation_auroc,
+                "test": {"auroc": test["auroc"], "test_fpr_at_threshold": test["test_fpr_at_threshold"], "recall": test["recall"], "precision": test["precision"]},
+                "model": args.model.model.clone().unwrap_or_else(loupe_query::config::default_model_path),
+            },
+        });
+        std::fs::write(path, serde_json::to_string(&monitor)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("monitor {name}: {method} (validation AUROC {validation_auroc:.3}), threshold {:.4} at {:.1}% FPR -> {}", detector.threshold, 100.0 * args.fpr, path.display());
     }
     if args.json {
         return print_json(&report);
