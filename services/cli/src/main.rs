@@ -75,7 +75,18 @@ enum Command {
     Bench(commands::bench::Bench),
 }
 
+/// A closed stdout (`loupe show D/F | head`) ends the program quietly, as it does other Unix
+/// tools, instead of a panic in `println!` (Rust ignores SIGPIPE by default).
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    quiet_on_closed_pipe();
     keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LOUPE_LOG").unwrap_or_else(|_| "warn,lance=error".into()))
