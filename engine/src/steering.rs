@@ -232,3 +232,37 @@ pub fn with_edits(mut hooks: crate::hooks::Hooks, edits: &[Edit]) -> crate::hook
     }
     hooks
 }
+
+/// A DiffMean contrast direction and how many tokens each side averaged.
+pub struct ContrastMean {
+    pub direction: Vec<f32>,
+    pub positive_tokens: usize,
+    pub negative_tokens: usize,
+}
+
+/// DiffMean at `hook`: the mean activation over the positive sequences' tokens minus the mean
+/// over the negative sequences' tokens, each sequence's first token (BOS) left out. `hooks`
+/// may carry a cancel flag; the hook is captured in addition.
+pub fn diffmean(model: &crate::Model, hook: HookPoint, positive: &[Vec<u32>], negative: &[Vec<u32>], hooks: &crate::Hooks) -> Result<ContrastMean> {
+    let width = model.config().hook_width(hook).ok_or_else(|| EngineError::HookOutOfRange { hook: hook.to_string(), n_layers: model.config().n_layers })?;
+    let hooks = hooks.clone().capture(hook);
+    let mean = |side: &str, sequences: &[Vec<u32>]| -> Result<(Vec<f64>, usize)> {
+        let mut sum = vec![0f64; width];
+        let mut count = 0usize;
+        for ids in sequences {
+            let out = model.forward(&crate::TokenBatch::single(ids)?, &hooks, crate::Logits::None, None)?;
+            let rows: Vec<Vec<f32>> = out.captured[&hook].squeeze(0)?.to_vec2()?;
+            for row in rows.iter().skip(1) {
+                sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
+                count += 1;
+            }
+        }
+        if count == 0 {
+            return Err(EngineError::InvalidInput(format!("the {side} texts have no tokens after BOS")));
+        }
+        Ok((sum.into_iter().map(|s| s / count as f64).collect(), count))
+    };
+    let (p, positive_tokens) = mean("positive", positive)?;
+    let (q, negative_tokens) = mean("negative", negative)?;
+    Ok(ContrastMean { direction: p.iter().zip(&q).map(|(a, b)| (a - b) as f32).collect(), positive_tokens, negative_tokens })
+}

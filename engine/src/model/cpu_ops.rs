@@ -151,33 +151,33 @@ fn accumulate(x: &[f32], w: &[f32], rows: usize, inner: usize, out: usize, start
     accumulate_portable(x, w, rows, inner, out, start, width, band);
 }
 
+/// The loop of [`accumulate`], with `fma(a, w, y) = a·w + y`; inlined into each caller so
+/// that it compiles with that caller's instruction set.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn accumulate_portable(x: &[f32], w: &[f32], rows: usize, inner: usize, out: usize, start: usize, width: usize, band: &mut [f32]) {
+fn accumulate_with(x: &[f32], w: &[f32], rows: usize, inner: usize, out: usize, start: usize, width: usize, band: &mut [f32], fma: impl Fn(f32, f32, f32) -> f32) {
     for k in 0..inner {
         let w_row = &w[k * out + start..k * out + start + width];
         for r in 0..rows {
             let a = x[r * inner + k];
             for (y, &wv) in band[r * width..(r + 1) * width].iter_mut().zip(w_row) {
-                *y += a * wv;
+                *y = fma(a, wv, *y);
             }
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn accumulate_portable(x: &[f32], w: &[f32], rows: usize, inner: usize, out: usize, start: usize, width: usize, band: &mut [f32]) {
+    // A separate multiply and add: without FMA in hardware, mul_add is a slow library call.
+    accumulate_with(x, w, rows, inner, out, start, width, band, |a, wv, y| y + a * wv);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn accumulate_avx2(x: &[f32], w: &[f32], rows: usize, inner: usize, out: usize, start: usize, width: usize, band: &mut [f32]) {
-    for k in 0..inner {
-        let w_row = &w[k * out + start..k * out + start + width];
-        for r in 0..rows {
-            let a = x[r * inner + k];
-            for (y, &wv) in band[r * width..(r + 1) * width].iter_mut().zip(w_row) {
-                *y = a.mul_add(wv, *y);
-            }
-        }
-    }
+    accumulate_with(x, w, rows, inner, out, start, width, band, f32::mul_add);
 }
 
 /// `x [rows, in] @ w [in, out]`: the weight-streaming product for a few rows, else the GEMM.

@@ -10,7 +10,7 @@ use loupe_store::{LabelRecord, SearchFilter};
 
 use crate::convert;
 use crate::error::{Result, ServiceError};
-use crate::rpc::tokens_of;
+use crate::rpc::{author_of, tokens_of};
 use crate::state::AppState;
 
 pub struct FeaturesService {
@@ -199,8 +199,7 @@ impl FeaturesService {
         snapshot.check_feature(&f.dictionary_id, f.feature)?;
         let label = r.label.trim();
         loupe_store::labels::check_label(label)?;
-        let author = r.author.as_deref().map(str::trim).filter(|a| !a.is_empty()).unwrap_or("anonymous");
-        loupe_store::labels::check_label(author).map_err(|e| ServiceError::InvalidArgument(format!("author: {e}")))?;
+        let author = author_of(r.author.as_deref())?;
         let record = LabelRecord::now(&f.dictionary_id, f.feature, (!label.is_empty()).then(|| label.to_string()), author);
         state.labels.write(record).await?;
         // Read this server's own write before answering (others see it within a poll).

@@ -1,4 +1,4 @@
-//! Validation shared by the services: texts and token ids against the limits.
+//! Validation shared by the services: texts and token ids against the limits, authors.
 
 use crate::config::Limits;
 use crate::error::{Result, ServiceError};
@@ -35,4 +35,12 @@ pub fn tokens_of(text: &str, token_ids: &[u32], tokenizer: &loupe_engine::Tokeni
         return Err(ServiceError::ResourceExhausted(format!("the input is {} tokens; this server runs at most {} per call", ids.len(), limits.max_tokens)));
     }
     Ok(ids)
+}
+
+/// The caller's name recorded with a write ("anonymous" when none is given): one line of
+/// printable text, as labels are.
+pub fn author_of(author: Option<&str>) -> Result<&str> {
+    let author = author.map(str::trim).filter(|a| !a.is_empty()).unwrap_or("anonymous");
+    loupe_store::labels::check_label(author).map_err(|e| ServiceError::InvalidArgument(format!("author: {e}")))?;
+    Ok(author)
 }

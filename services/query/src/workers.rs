@@ -62,7 +62,7 @@ fn start_threads(workers: usize) -> std::sync::mpsc::Sender<Job> {
 
 pub struct ModelWorkers {
     permits: Arc<Semaphore>,
-    jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+    jobs: std::sync::mpsc::Sender<Job>,
     workers: usize,
     /// Calls running or waiting.
     in_flight: AtomicUsize,
@@ -72,7 +72,7 @@ pub struct ModelWorkers {
 impl ModelWorkers {
     pub fn new(workers: usize, max_waiting: usize) -> Self {
         let workers = workers.max(1);
-        let jobs = std::sync::Mutex::new(start_threads(workers));
+        let jobs = start_threads(workers);
         ModelWorkers { permits: Arc::new(Semaphore::new(workers)), jobs, workers, in_flight: AtomicUsize::new(0), max_waiting }
     }
 
@@ -106,7 +106,7 @@ impl ModelWorkers {
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(cancel)));
                 let _ = done.send(outcome.unwrap_or_else(|_| Err(ServiceError::Internal("the model worker panicked".into()))));
             });
-            self.jobs.lock().map_err(|_| ServiceError::Internal("model worker queue poisoned".into()))?.send(job).map_err(|_| ServiceError::Unavailable("the model workers stopped".into()))?;
+            self.jobs.send(job).map_err(|_| ServiceError::Unavailable("the model workers stopped".into()))?;
             result.await.map_err(|_| ServiceError::Internal("the model worker dropped the call".into()))?
         };
         match deadline {

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use loupe_engine::generate::{generate_rows, SamplingParams};
-use loupe_engine::steering::{with_edits, Edit, Operation, Positions, Target};
+use loupe_engine::steering::{diffmean, with_edits, Edit, Operation, Positions, Target};
 use loupe_engine::{Dictionary, Hooks, Logits, Model, TokenBatch};
 use loupe_store::{ExampleKind, ExampleRecord, StoreReader};
 use serde_json::json;
@@ -197,28 +197,6 @@ fn perplexities(model: &Model, prompt: &[u32], continuations: &[Vec<u32>]) -> an
     Ok(out)
 }
 
-/// DiffMean at `hook`: mean activation over the positive texts' tokens minus the negative's.
-fn diffmean(model: &Model, hook: loupe_engine::HookPoint, positive: &[String], negative: &[String]) -> anyhow::Result<Vec<f32>> {
-    let tokenizer = model.tokenizer()?;
-    let mean = |texts: &[String]| -> anyhow::Result<Vec<f64>> {
-        let mut sum = vec![0f64; model.config().hidden_size];
-        let mut n = 0usize;
-        for text in texts {
-            let mut ids: Vec<u32> = tokenizer.bos_token_id().into_iter().collect();
-            ids.extend(tokenizer.encode(text)?);
-            let out = model.forward(&TokenBatch::single(&ids)?, &Hooks::new().capture(hook), Logits::None, None)?;
-            let rows: Vec<Vec<f32>> = out.captured[&hook].squeeze(0)?.to_vec2()?;
-            for row in rows.iter().skip(1) {
-                sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
-                n += 1;
-            }
-        }
-        Ok(sum.into_iter().map(|s| s / n.max(1) as f64).collect())
-    };
-    let (p, q) = (mean(positive)?, mean(negative)?);
-    Ok(p.iter().zip(&q).map(|(a, b)| (a - b) as f32).collect())
-}
-
 #[derive(Default, Clone)]
 struct Cell {
     hits: usize,
@@ -291,7 +269,10 @@ pub fn run(command: Eval) -> anyhow::Result<()> {
         // DiffMean from text that has nothing to do with the steered direction's weights: the
         // feature's top examples against the other chosen features' top examples.
         let negative: Vec<String> = chosen.iter().enumerate().filter(|(j, _)| *j != ci).flat_map(|(_, o)| o.examples.iter().take(2).cloned()).collect();
-        let vector = diffmean(&model, hook, &c.examples, &negative)?;
+        let with_bos = |texts: &[String]| -> anyhow::Result<Vec<Vec<u32>>> {
+            texts.iter().map(|t| Ok(tokenizer.bos_token_id().into_iter().chain(tokenizer.encode(t)?).collect())).collect()
+        };
+        let vector = diffmean(&model, hook, &with_bos(&c.examples)?, &with_bos(&negative)?, &Hooks::new())?.direction;
         let decoder_norm = dictionary.decoder_row(c.feature as usize).iter().map(|v| v * v).sum::<f32>().sqrt();
         let vector_norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
         let diffmean_direction: Vec<f32> = vector.iter().map(|v| v / vector_norm * decoder_norm).collect();

@@ -42,6 +42,7 @@ fn default_monitors() -> anyhow::Result<Vec<PathBuf>> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.text.trim().is_empty(), "the text is empty: give the text to score");
     let files = if args.monitors.is_empty() { default_monitors()? } else { args.monitors.clone() };
     let mut monitors = Vec::new();
     for file in &files {

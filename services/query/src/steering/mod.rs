@@ -215,13 +215,18 @@ async fn run(state: &Arc<AppState>, plan: SteerPlan, deadline: Option<Duration>,
     Ok(())
 }
 
-/// Each row's activations of the watched features, from the captured hooks `[rows, d]`.
+/// Each row's activations of the watched features, from the captured hooks `[rows, d]`
+/// (each dictionary encodes once, however many of its features are watched).
 fn watched_activations(watched: &[Watched], captured: &std::collections::BTreeMap<HookPoint, candle_core::Tensor>, rows: usize) -> Result<Vec<Vec<pb::FeatureActivation>>> {
     let mut out = vec![Vec::with_capacity(watched.len()); rows];
+    let mut encoded: Vec<(&str, loupe_engine::Encoding)> = Vec::new();
     for w in watched {
-        let hook = w.dictionary.info().hook_in;
-        let x = captured.get(&hook).ok_or_else(|| ServiceError::Internal(format!("the step did not capture {hook}")))?;
-        let encoding = w.dictionary.encode(x)?;
+        if !encoded.iter().any(|(id, _)| *id == w.dictionary_id) {
+            let hook = w.dictionary.info().hook_in;
+            let x = captured.get(&hook).ok_or_else(|| ServiceError::Internal(format!("the step did not capture {hook}")))?;
+            encoded.push((w.dictionary_id.as_str(), w.dictionary.encode(x)?));
+        }
+        let encoding = &encoded.iter().find(|(id, _)| *id == w.dictionary_id).expect("encoded just above").1;
         for (row, features) in out.iter_mut().enumerate() {
             let (indices, values) = encoding.features.token(row);
             let activation = indices.iter().position(|&i| i == w.feature).map_or(0.0, |i| values[i]);

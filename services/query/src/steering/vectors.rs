@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use loupe_engine::{HookPoint, Hooks, Read, Rows, TokenBatch};
+use loupe_engine::{HookPoint, Hooks};
 use loupe_indexer::checksum::sha256_bytes;
 use loupe_schema::proto::v1 as pb;
 use loupe_store::NamedVector;
 use serde_json::json;
 
 use crate::error::{Result, ServiceError};
-use crate::rpc::{check_text, tokens_of};
+use crate::rpc::{author_of, check_text, tokens_of};
 use crate::state::AppState;
 
 pub async fn create(state: &AppState, r: pb::CreateVectorRequest, deadline: Option<Duration>) -> Result<pb::CreateVectorResponse> {
@@ -57,29 +57,12 @@ pub async fn create(state: &AppState, r: pb::CreateVectorRequest, deadline: Opti
         let tokenize = |texts: &[String]| -> Result<Vec<Vec<u32>>> { texts.iter().map(|t| tokens_of(t, &[], tokenizer, &limits, true)).collect() };
         let (positive, negative) = (tokenize(&r.positive)?, tokenize(&r.negative)?);
         let work = lens.clone();
-        let ((pos_mean, pos_tokens), (neg_mean, neg_tokens)) = state
+        let contrast = state
             .workers
-            .run(deadline, move |cancel| {
-                let mean = |texts: &[Vec<u32>]| -> Result<(Vec<f64>, usize)> {
-                    let mut sum = vec![0f64; width];
-                    let mut count = 0usize;
-                    for ids in texts {
-                        let read = Read { hooks: Hooks::new().capture(hook).cancel_when(cancel.clone()), ..Read::only(Vec::new(), Rows::RealAfterFirst) };
-                        let rows: Vec<Vec<f32>> = work.run(&TokenBatch::single(ids)?, &read)?.captured[&hook].to_vec2()?;
-                        for row in &rows {
-                            sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
-                        }
-                        count += rows.len();
-                    }
-                    if count == 0 {
-                        return Err(ServiceError::InvalidArgument("the texts have no tokens after BOS".into()));
-                    }
-                    Ok((sum.into_iter().map(|s| s / count as f64).collect(), count))
-                };
-                Ok((mean(&positive)?, mean(&negative)?))
-            })
+            .run(deadline, move |cancel| Ok(loupe_engine::steering::diffmean(work.model(), hook, &positive, &negative, &Hooks::new().cancel_when(cancel))?))
             .await?;
-        let direction: Vec<f32> = pos_mean.iter().zip(&neg_mean).map(|(p, n)| (p - n) as f32).collect();
+        let (pos_tokens, neg_tokens) = (contrast.positive_tokens, contrast.negative_tokens);
+        let direction = contrast.direction;
         let digest = |texts: &[String]| sha256_bytes(texts.join("\u{1e}").as_bytes());
         let provenance = json!({
             "method": "diffmean",
@@ -111,12 +94,6 @@ pub async fn delete(state: &AppState, r: pb::DeleteVectorRequest) -> Result<pb::
     let tombstone = NamedVector::now(&r.name, &existing.model_checksum, &existing.hook, None, json!({"method": "deleted"}), author);
     loupe_store::append_vector(&state.store_root, &tombstone).await?;
     Ok(pb::DeleteVectorResponse {})
-}
-
-fn author_of(author: Option<&str>) -> Result<&str> {
-    let author = author.map(str::trim).filter(|a| !a.is_empty()).unwrap_or("anonymous");
-    loupe_store::labels::check_label(author).map_err(|e| ServiceError::InvalidArgument(format!("author: {e}")))?;
-    Ok(author)
 }
 
 fn info(v: &NamedVector) -> pb::VectorInfo {
