@@ -7,13 +7,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    let files = ["proto/loupe/v1/common.proto", "proto/loupe/v1/features.proto", "proto/loupe/v1/internals.proto", "proto/loupe/v1/steering.proto"];
+    let files = ["proto/loupe/v1/common.proto", "proto/loupe/v1/features.proto", "proto/loupe/v1/internals.proto", "proto/loupe/v1/steering.proto", "proto/loupe/v1/monitoring.proto"];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("loupe_v1_descriptor.bin"))
         // `--json` output of the CLI (and any other JSON view) comes from the messages.
         .type_attribute(".loupe.v1", "#[derive(serde::Serialize)]")
         .field_attribute(".loupe.v1.Dictionary.manifest_json", "#[serde(rename = \"manifest\", serialize_with = \"crate::proto::embedded_json\")]")
         .field_attribute(".loupe.v1.VectorInfo.provenance_json", "#[serde(rename = \"provenance\", serialize_with = \"crate::proto::embedded_json\")]")
+        .field_attribute(".loupe.v1.Calibration.details_json", "#[serde(rename = \"details\", serialize_with = \"crate::proto::embedded_json\")]")
         .compile_protos(&files, &["proto"])?;
     Ok(())
 }

@@ -16,7 +16,7 @@ use loupe_schema::hook::HookPoint;
 use crate::dictionary::{Dictionary, Encoding};
 use crate::error::{EngineError, Result};
 use crate::hooks::Hooks;
-use crate::model::{Logits, Model, TokenBatch};
+use crate::model::{KvCache, Logits, Model, TokenBatch};
 
 /// Which positions of a `[batch, seq, d]` activation become rows (codes, activations).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,14 +115,25 @@ impl FeatureLens {
     /// Runs `batch` through the model, stopping after the deepest hook needed (unless logits
     /// are asked for), and encodes the chosen dictionaries' inputs.
     pub fn run(&self, batch: &TokenBatch, read: &Read) -> Result<LensOutput> {
+        self.run_cached(batch, read, None)
+    }
+
+    /// [`Self::run`] continuing the positions held in `cache` (one unpadded sequence at a
+    /// time; every call on one cache must read to the same depth): a stream scored chunk by
+    /// chunk computes each token once.
+    pub fn run_cached(&self, batch: &TokenBatch, read: &Read, cache: Option<&mut KvCache>) -> Result<LensOutput> {
         let dictionaries: Vec<&Dictionary> = self.dictionaries.iter().map(|d| d.dictionary.as_ref()).collect();
-        run_parts(&self.model, &dictionaries, batch, read)
+        run_with_cache(&self.model, &dictionaries, batch, read, cache)
     }
 }
 
 /// [`FeatureLens::run`] over borrowed parts, for callers that hold a model and dictionaries
 /// of their own (evaluation, training): `read.dictionaries` indexes `dictionaries`.
 pub fn run_parts(model: &Model, dictionaries: &[&Dictionary], batch: &TokenBatch, read: &Read) -> Result<LensOutput> {
+    run_with_cache(model, dictionaries, batch, read, None)
+}
+
+fn run_with_cache(model: &Model, dictionaries: &[&Dictionary], batch: &TokenBatch, read: &Read, cache: Option<&mut KvCache>) -> Result<LensOutput> {
     let chosen: Vec<&Dictionary> = read
         .dictionaries
         .iter()
@@ -134,7 +145,7 @@ pub fn run_parts(model: &Model, dictionaries: &[&Dictionary], batch: &TokenBatch
         hooks = hooks.capture_all(chosen.iter().map(|d| d.info().hook_out));
     }
     let start = Instant::now();
-    let output = model.forward(batch, &hooks, read.logits, None)?;
+    let output = model.forward(batch, &hooks, read.logits, cache)?;
     let forward_time = start.elapsed();
     let start = Instant::now();
     let rows = |hook: HookPoint| -> Result<Tensor> {

@@ -14,6 +14,10 @@ pub const EXAMPLES: &str = "examples";
 pub const LABELS: &str = "labels";
 /// Append-only, outside generations: named directions at a hook (steering targets, probes).
 pub const VECTORS: &str = "vectors";
+/// Append-only, outside generations: every version of every monitor definition.
+pub const MONITORS: &str = "monitors";
+/// Append-only, outside generations: the audit log of monitor firings.
+pub const ALERTS: &str = "alerts";
 
 /// The kind column of `examples`: the K max-activating windows, or samples of an interval.
 pub const KIND_TOP: &str = "top";
@@ -109,6 +113,40 @@ pub fn vectors() -> SchemaRef {
         Field::new("provenance", DataType::Utf8, false),
         Field::new("author", DataType::Utf8, false),
         Field::new("created_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+    ]))
+}
+
+/// One row per monitor write: a version of a definition (JSON, as `loupe_engine::monitor::Monitor`
+/// serializes it), or an archival (`archived`, with the last definition repeated).
+pub fn monitors() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("version", DataType::UInt32, false),
+        Field::new("definition", DataType::Utf8, false),
+        Field::new("archived", DataType::Boolean, false),
+        Field::new("author", DataType::Utf8, false),
+        Field::new("created_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+    ]))
+}
+
+/// One row per monitor firing. `spans` is JSON; `text` is null unless the server keeps texts.
+pub fn alerts() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("alert_id", DataType::Utf8, false),
+        Field::new("monitor", DataType::Utf8, false),
+        Field::new("version", DataType::UInt32, false),
+        Field::new("request_id", DataType::Utf8, false),
+        Field::new("input_id", DataType::Utf8, false),
+        Field::new("caller", DataType::Utf8, false),
+        Field::new("created_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new("severity", DataType::Utf8, false),
+        Field::new("action", DataType::Utf8, false),
+        Field::new("score", DataType::Float32, false),
+        Field::new("threshold", DataType::Float32, false),
+        Field::new("first_token", DataType::UInt32, false),
+        Field::new("spans", DataType::Utf8, false),
+        Field::new("text_sha256", DataType::Utf8, false),
+        Field::new("text", DataType::Utf8, true),
     ]))
 }
 

@@ -184,6 +184,10 @@ impl<'a> Columns<'a> {
         self.column(name)?.as_primitive_opt::<Float64Type>().ok_or_else(|| self.error(name, "expected float64"))
     }
 
+    pub fn bool(&self, name: &str) -> Result<&'a arrow_array::BooleanArray> {
+        self.column(name)?.as_boolean_opt().ok_or_else(|| self.error(name, "expected bool"))
+    }
+
     pub fn list(&self, name: &str) -> Result<&'a ListArray> {
         self.column(name)?.as_list_opt::<i32>().ok_or_else(|| self.error(name, "expected a list"))
     }

@@ -1,14 +1,16 @@
 //! loupe-store: the feature store. Lance tables (`dictionaries`, `features`, `examples`,
 //! and `decoders_{width}` for vector search) under one root, a tantivy index over the
 //! features, and generations that name one Lance version per table so that every commit is
-//! atomic and stays readable; and append-only tables outside generations (`labels`, `vectors`) for
+//! atomic and stays readable; and append-only tables outside generations (`labels`, `vectors`, `monitors`, `alerts`) for
 //! the many small writes that clients make.
 
+pub mod alerts;
 mod append_only;
 mod arrow;
 pub mod error;
 pub mod labels;
 pub mod layout;
+pub mod monitors;
 mod locator;
 pub mod named_vectors;
 pub mod reader;
@@ -23,7 +25,9 @@ pub mod writer;
 pub use error::{Result, StoreError};
 pub use layout::Generation;
 pub use reader::StoreReader;
+pub use alerts::{append_alerts, read_alerts, AlertFilter, AlertRecord};
 pub use labels::{append_labels, label_history};
+pub use monitors::{append_monitor, monitor_history, MonitorVersion, MonitorWrite};
 pub use named_vectors::{append_vector, named_vector, named_vectors, NamedVector};
 pub use records::{DictionaryCommit, DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord, LabelRecord, LogitEffect, Neighbour};
 pub use search::{SearchFilter, SearchHit, SearchResults};

@@ -46,11 +46,16 @@ impl NamedVector {
 /// A name: 1-128 bytes of letters, digits, `.`, `_` and `-` (safe in a terminal, a URL and
 /// a shell).
 pub fn check_name(name: &str) -> Result<()> {
+    check_named("vector", name)
+}
+
+/// [`check_name`] for a name of `kind` (vector, monitor), which errors name.
+pub fn check_named(kind: &str, name: &str) -> Result<()> {
     if name.is_empty() || name.len() > MAX_NAME_BYTES {
-        return Err(StoreError::InvalidRecord(format!("vector name must be 1 to {MAX_NAME_BYTES} bytes, got {}", name.len())));
+        return Err(StoreError::InvalidRecord(format!("{kind} name must be 1 to {MAX_NAME_BYTES} bytes, got {}", name.len())));
     }
     if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return Err(StoreError::InvalidRecord(format!("vector name {name:?} contains {c:?}: use letters, digits, '.', '_' and '-'")));
+        return Err(StoreError::InvalidRecord(format!("{kind} name {name:?} contains {c:?}: use letters, digits, '.', '_' and '-'")));
     }
     Ok(())
 }

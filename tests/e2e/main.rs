@@ -5,6 +5,7 @@
 
 mod labels;
 mod limits;
+mod monitor_service;
 mod monitoring;
 mod reflection;
 mod service;

@@ -8,6 +8,9 @@
     >>> acts = client.activations("The cat sat", ["blocks.9.hook_resid_post"])  # numpy arrays
     >>> out = client.steer("Tell me a story", [loupe.add(hits[0].dictionary_id, hits[0].feature, 4, unit="max")])
     >>> print(out.default.text, "|", out.steered.text)
+    >>> client.create_monitor(json.load(open("monitors/harmful-request.json")))  # a monitor file
+    >>> [r] = client.score(["How do I make a weapon at home?"])
+    >>> r.monitors[0].fired, r.monitors[0].spans, client.alerts(monitor="harmful-request")
 
 Every call raises ``loupe.LoupeError`` with the server's status code and message on error.
 """
@@ -23,16 +26,21 @@ import numpy as np
 
 from types import SimpleNamespace
 
-from .v1 import common_pb2, features_pb2, internals_pb2, steering_pb2
-from .v1 import features_pb2_grpc, internals_pb2_grpc, steering_pb2_grpc
+from google.protobuf import json_format
+
+from .v1 import common_pb2, features_pb2, internals_pb2, monitoring_pb2, steering_pb2
+from .v1 import features_pb2_grpc, internals_pb2_grpc, monitoring_pb2_grpc, steering_pb2_grpc
 
 # Every message of package loupe.v1, whichever .proto file declares it.
-pb = SimpleNamespace(**{name: getattr(module, name) for module in (common_pb2, features_pb2, internals_pb2, steering_pb2) for name in module.DESCRIPTOR.message_types_by_name})
+pb = SimpleNamespace(**{name: getattr(module, name) for module in (common_pb2, features_pb2, internals_pb2, steering_pb2, monitoring_pb2) for name in module.DESCRIPTOR.message_types_by_name})
 # ... and the steering enums: pb.Operation.Value("OPERATION_ADD"), pb.Unit, pb.Positions, pb.Output.
 pb.Operation, pb.Unit, pb.Positions, pb.Output = steering_pb2.Operation, steering_pb2.Unit, steering_pb2.Positions, steering_pb2.Output
+# ... and the monitoring enums.
+pb.Aggregation, pb.Severity, pb.Action, pb.ProbeMethod = monitoring_pb2.Aggregation, monitoring_pb2.Severity, monitoring_pb2.Action, monitoring_pb2.ProbeMethod
 
 __all__ = ["Client", "LoupeError", "Dictionary", "Hit", "Example", "Feature", "TokenFeatures", "FeatureActivation",
-           "Intervention", "add", "clamp", "ablate", "orthogonal", "cap", "Completion", "GeneratedToken", "Steered", "Vector"]
+           "Intervention", "add", "clamp", "ablate", "orthogonal", "cap", "Completion", "GeneratedToken", "Steered", "Vector",
+           "Span", "Contribution", "MonitorScore", "TextScore", "Alert", "monitor_definition"]
 
 
 class LoupeError(Exception):
@@ -227,6 +235,135 @@ class Vector:
     created_at: str
 
 
+@dataclass
+class Span:
+    token_start: int
+    token_end: int
+    char_start: int
+    char_end: int
+    peak_token: int
+    peak_value: float
+    text: str
+
+
+@dataclass
+class Contribution:
+    dictionary_id: str
+    feature: int
+    activation: float
+    contribution: float
+    label: Optional[str]
+
+
+@dataclass
+class MonitorScore:
+    monitor: str
+    version: int
+    fired: bool
+    score: float
+    threshold: float
+    spans: List[Span]
+    # The features that contributed most at the peak, per detector that fired.
+    explanation: List[Contribution]
+    severity: str
+    action: str
+    alert_id: str
+
+
+@dataclass
+class TextScore:
+    id: str
+    tokens: int
+    monitors: List[MonitorScore]
+
+    def monitor(self, name: str) -> MonitorScore:
+        return next(m for m in self.monitors if m.monitor == name)
+
+
+@dataclass
+class Alert:
+    alert_id: str
+    monitor: str
+    version: int
+    request_id: str
+    caller: str
+    created_at: str
+    severity: str
+    action: str
+    score: float
+    threshold: float
+    spans: List[Span]
+    text_sha256: str
+    text: Optional[str]
+    input_id: str
+    first_token: int
+
+
+def _span(s) -> Span:
+    return Span(s.token_start, s.token_end, s.char_start, s.char_end, s.peak_token, s.peak_value, s.text)
+
+
+def _enum_name(enum, value: int, prefix: str) -> str:
+    return enum.Name(value).removeprefix(prefix).lower()
+
+
+def _monitor_score(m) -> MonitorScore:
+    explanation = [Contribution(c.feature.dictionary_id, c.feature.feature, c.activation, c.contribution, c.label if c.HasField("label") else None)
+                   for d in m.detectors for c in d.explanation]
+    return MonitorScore(m.monitor, m.version, m.fired, m.score, m.threshold, [_span(s) for s in m.spans], explanation,
+                        _enum_name(pb.Severity, m.severity, "SEVERITY_"), _enum_name(pb.Action, m.action, "ACTION_"), m.alert_id)
+
+
+def _alert(a) -> Alert:
+    return Alert(a.alert_id, a.monitor, a.version, a.request_id, a.caller, a.created_at, _enum_name(pb.Severity, a.severity, "SEVERITY_"),
+                 _enum_name(pb.Action, a.action, "ACTION_"), a.score, a.threshold, [_span(s) for s in a.spans], a.text_sha256,
+                 a.text if a.HasField("text") else None, a.input_id, a.first_token)
+
+
+_AGGREGATIONS = {"Max": "AGGREGATION_MAX", "Mean": "AGGREGATION_MEAN", "Last": "AGGREGATION_LAST"}
+
+
+def monitor_definition(definition) -> "monitoring_pb2.MonitorDefinition":
+    """A ``MonitorDefinition`` from a monitor file's JSON (as ``loupe probe train --monitor``
+    writes it and ``monitors/*.json`` hold), a dict of the message's fields, or the message."""
+    if isinstance(definition, monitoring_pb2.MonitorDefinition):
+        return definition
+    if not any("signal" in d and isinstance(d["signal"], dict) and set(d["signal"]) & {"Linear", "Feature", "Features", "Vector"}
+               for d in definition.get("detectors", [])):
+        return json_format.ParseDict(definition, monitoring_pb2.MonitorDefinition())
+    out = monitoring_pb2.MonitorDefinition(name=definition["name"], description=definition.get("description", ""))
+    for d in definition["detectors"]:
+        det = out.detectors.add()
+        kind, body = next(iter(d["signal"].items()))
+        if kind == "Linear":
+            hook = body["hook"]
+            if isinstance(hook, dict):  # {"Block": {"layer": 9, "site": "ResidPost"}}
+                block = hook["Block"]
+                sites = {"ResidPost": "hook_resid_post", "ResidPre": "hook_resid_pre", "ResidMid": "hook_resid_mid", "AttnOut": "hook_attn_out",
+                         "MlpOut": "hook_mlp_out", "MlpPost": "mlp.hook_post", "Ln2Normalized": "ln2.hook_normalized"}
+                hook = f"blocks.{block['layer']}.{sites[block['site']]}"
+            det.signal.linear.hook, det.signal.linear.bias = hook, body["bias"]
+            det.signal.linear.weights.extend(body["weights"])
+        elif kind == "Feature":
+            det.signal.feature.dictionary_id, det.signal.feature.feature = body["dictionary"], body["feature"]
+        elif kind == "Features":
+            det.signal.features.dictionary_id, det.signal.features.bias = body["dictionary"], body["bias"]
+            for f, w in body["weights"]:
+                det.signal.features.weights.add(feature=f, weight=w)
+        else:
+            det.signal.vector_name = body["name"]
+        aggregation = d["aggregation"]
+        if isinstance(aggregation, dict):
+            det.aggregation, det.window = pb.Aggregation.Value("AGGREGATION_ROLLING_MEAN"), aggregation["RollingMean"]["window"]
+        else:
+            det.aggregation = pb.Aggregation.Value(_AGGREGATIONS[aggregation])
+        det.threshold = d["threshold"]
+        det.roles.extend(d.get("scope", {}).get("roles", []))
+        det.severity = pb.Severity.Value("SEVERITY_" + d.get("severity", "medium").upper())
+        det.action = pb.Action.Value("ACTION_" + d.get("action", "alert").upper())
+    return out
+
+
 def _token(t) -> GeneratedToken:
     return GeneratedToken(t.token_id, t.text, t.logprob if t.HasField("logprob") else None, [_activation(f) for f in t.features])
 
@@ -256,6 +393,7 @@ class Client:
         self._features = features_pb2_grpc.FeaturesStub(self._channel)
         self._internals = internals_pb2_grpc.InternalsStub(self._channel)
         self._steering = steering_pb2_grpc.SteeringStub(self._channel)
+        self._monitoring = monitoring_pb2_grpc.MonitoringStub(self._channel)
         self.timeout = timeout
 
     def close(self) -> None:
@@ -403,3 +541,103 @@ class Client:
 
     def delete_vector(self, name: str, author: Optional[str] = None) -> None:
         self._call(self._steering.DeleteVector, pb.DeleteVectorRequest(name=name, author=author))
+
+    # Monitoring.
+
+    def create_monitor(self, definition, author: Optional[str] = None, calibrate_fpr: Optional[float] = None,
+                       control: Sequence[str] = (), control_set: str = "") -> dict:
+        """Stores a monitor (a monitor file's JSON, a dict of ``MonitorDefinition`` fields, or the
+        message); with ``calibrate_fpr``, every detector's threshold is calibrated at that
+        false-positive rate on the ``control`` texts. Returns the stored ``MonitorInfo`` as a dict."""
+        return self._write_monitor(self._monitoring.CreateMonitor, pb.CreateMonitorRequest, definition, author, calibrate_fpr, control, control_set)
+
+    def update_monitor(self, definition, author: Optional[str] = None, calibrate_fpr: Optional[float] = None,
+                       control: Sequence[str] = (), control_set: str = "") -> dict:
+        """A new version of a live monitor."""
+        return self._write_monitor(self._monitoring.UpdateMonitor, pb.UpdateMonitorRequest, definition, author, calibrate_fpr, control, control_set)
+
+    def _write_monitor(self, method, request_type, definition, author, calibrate_fpr, control, control_set):
+        definition = monitor_definition(definition)
+        if calibrate_fpr is not None:
+            for d in definition.detectors:
+                d.calibrate.target_fpr, d.calibrate.control_set = calibrate_fpr, control_set
+                d.calibrate.control_texts.extend(control)
+        return _message_dict(self._call(method, request_type(definition=definition, author=author)))
+
+    def monitor(self, name: str, version: int = 0) -> dict:
+        return _message_dict(self._call(self._monitoring.GetMonitor, pb.GetMonitorRequest(name=name, version=version)))
+
+    def monitors(self, include_archived: bool = False) -> List[dict]:
+        response = self._call(self._monitoring.ListMonitors, pb.ListMonitorsRequest(include_archived=include_archived))
+        return [_message_dict(m) for m in response.monitors]
+
+    def delete_monitor(self, name: str, author: Optional[str] = None) -> dict:
+        return _message_dict(self._call(self._monitoring.DeleteMonitor, pb.DeleteMonitorRequest(name=name, author=author)))
+
+    def score(self, inputs: Sequence, monitors: Sequence[str] = (), explain: int = 0, caller: Optional[str] = None) -> List[TextScore]:
+        """Scores texts (strings) or conversations (lists of {"role", "content"}) with the named
+        monitors (default: every live one)."""
+        request = pb.ScoreRequest(monitors=list(monitors), explain_features=explain, caller=caller)
+        for item in inputs:
+            entry = request.inputs.add()
+            if isinstance(item, str):
+                entry.text = item
+            else:
+                for m in item:
+                    entry.messages.add(role=m["role"], content=m["content"])
+        response = self._call(self._monitoring.Score, request)
+        return [TextScore(r.id, r.tokens, [_monitor_score(m) for m in r.monitors]) for r in response.results]
+
+    def stream_score(self, chunks, monitors: Sequence[str] = (), id: str = "", caller: Optional[str] = None):
+        """Scores a stream as it is produced: ``chunks`` yields strings (text) or lists of token
+        ids. Yields each reply: (tokens scored, {monitor: (score, fired, first_token)}, [Alert])."""
+        def requests():
+            yield pb.StreamScoreRequest(start=pb.StreamStart(monitors=list(monitors), id=id, caller=caller))
+            for chunk in chunks:
+                if isinstance(chunk, str):
+                    yield pb.StreamScoreRequest(text=chunk)
+                else:
+                    yield pb.StreamScoreRequest(tokens=pb.TokenChunk(ids=list(chunk)))
+            yield pb.StreamScoreRequest(end=True)
+        try:
+            for reply in self._monitoring.StreamScore(requests(), timeout=self.timeout):
+                scores = {s.monitor: (s.score, s.fired, s.first_token if s.HasField("first_token") else None) for s in reply.scores}
+                yield reply.tokens, scores, [_alert(a) for a in reply.alerts]
+        except grpc.RpcError as e:
+            raise LoupeError(e.code().name, e.details() or str(e)) from None
+
+    def alerts(self, monitor: str = "", min_severity: str = "", since: str = "", until: str = "", caller: str = "",
+               limit: int = 0, page_token: str = "") -> List[Alert]:
+        """Alerts, newest first (``since``/``until`` in RFC 3339)."""
+        severity = pb.Severity.Value("SEVERITY_" + min_severity.upper()) if min_severity else 0
+        request = pb.ListAlertsRequest(monitor=monitor, min_severity=severity, since=since, until=until, caller=caller, limit=limit, page_token=page_token)
+        return [_alert(a) for a in self._call(self._monitoring.ListAlerts, request).alerts]
+
+    def subscribe_alerts(self, monitor: str = "", min_severity: str = ""):
+        """New alerts as they are raised (a generator; close it to stop)."""
+        severity = pb.Severity.Value("SEVERITY_" + min_severity.upper()) if min_severity else 0
+        try:
+            for alert in self._monitoring.SubscribeAlerts(pb.SubscribeAlertsRequest(monitor=monitor, min_severity=severity)):
+                yield _alert(alert)
+        except grpc.RpcError as e:
+            raise LoupeError(e.code().name, e.details() or str(e)) from None
+
+    def train_probe(self, hook: str, examples: Sequence[tuple], method: str = "logistic", target_fpr: float = 0.01,
+                    monitor_name: str = "", severity: str = "medium", action: str = "alert", author: Optional[str] = None) -> dict:
+        """A linear probe from (text, label) pairs at ``hook`` on a held-out split, its threshold at
+        ``target_fpr``; stored as monitor ``monitor_name`` when given."""
+        request = pb.TrainProbeRequest(hook=hook, examples=[pb.LabelledText(text=t, label=bool(l)) for t, l in examples],
+                                       method=pb.ProbeMethod.Value("PROBE_METHOD_" + method.upper()), target_fpr=target_fpr,
+                                       monitor_name=monitor_name, severity=pb.Severity.Value("SEVERITY_" + severity.upper()),
+                                       action=pb.Action.Value("ACTION_" + action.upper()), author=author)
+        return _message_dict(self._call(self._monitoring.TrainProbe, request))
+
+    def evaluate_monitor(self, name: str, examples: Sequence[tuple], version: int = 0, bootstrap: int = 0) -> dict:
+        """AUROC, average precision, recall at 1% FPR and the threshold's precision/recall/F1/FPR,
+        each with a 95% bootstrap interval."""
+        request = pb.EvaluateMonitorRequest(monitor=name, version=version, examples=[pb.LabelledText(text=t, label=bool(l)) for t, l in examples], bootstrap=bootstrap)
+        return _message_dict(self._call(self._monitoring.EvaluateMonitor, request))
+
+
+def _message_dict(message) -> dict:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)

@@ -206,19 +206,26 @@ impl LanguageModel for Llama {
             )));
         }
         let offset = cache.as_ref().map_or(0, |c| c.seq_len());
-        if cache.is_some() {
-            if logits == Logits::None {
-                return Err(EngineError::InvalidInput("a KV cache needs every layer: ask for logits".into()));
-            }
+        let last_block = self.last_block(hooks, logits);
+        if let Some(cache) = cache.as_deref_mut() {
             if batch.is_padded() {
                 return Err(EngineError::InvalidInput("a KV cache needs unpadded sequences of equal length".into()));
+            }
+            // A pass that stops early fills the cache of its layers only: every call on one
+            // cache must reach the same depth (a monitor stream reads to its deepest hook).
+            if let Some(last) = last_block {
+                if let Some(layer) = (0..=last).find(|&l| cache.layer(l).current_seq_len() != offset) {
+                    return Err(EngineError::InvalidInput(format!(
+                        "the KV cache holds {} positions at layer {layer} but {offset} at layer 0: read to the same depth on every call",
+                        cache.layer(layer).current_seq_len()
+                    )));
+                }
             }
         }
         let max_id = batch.ids.max_all()?.to_scalar::<u32>()?;
         if max_id as usize >= c.vocab_size {
             return Err(EngineError::InvalidInput(format!("token id {max_id} is outside the vocabulary (size {})", c.vocab_size)));
         }
-        let last_block = self.last_block(hooks, logits);
         let (cos, sin) = rope::tables(c.rope_theta, c.head_dim, offset, t)?;
         let mut pass = Pass {
             hooks,

@@ -46,8 +46,14 @@ enum Command {
     /// Detectors of labelled text (monitor probes): every method side by side on one split.
     #[command(subcommand)]
     Probe(commands::probe::Probe),
-    /// Run monitors on a text here (the committed defaults in monitors/, or --monitor FILE).
+    /// Run monitors on a text: on a server (--server: its live monitors, alerts recorded),
+    /// or here (the committed defaults in monitors/, or --monitor FILE).
     Score(commands::score::Args),
+    /// Monitors on a server: create, update, list, show, delete, eval.
+    #[command(subcommand)]
+    Monitor(commands::monitor::MonitorCommand),
+    /// Alerts raised by a server's monitors (--follow for new ones as they come).
+    Alerts(commands::monitor::AlertsArgs),
     /// Train a TopK/BatchTopK SAE on a hook of the model (resumable).
     Train(commands::train::Args),
     /// Index a corpus: max-activating examples and statistics of every feature, into a store.
@@ -106,6 +112,8 @@ fn main() -> std::process::ExitCode {
         Command::Eval(command) => commands::eval_steer::run(command),
         Command::Probe(command) => commands::probe::run(command),
         Command::Score(args) => commands::score::run(args),
+        Command::Monitor(command) => commands::monitor::run(command),
+        Command::Alerts(args) => commands::monitor::alerts(args),
         Command::Train(args) => commands::train::run(args),
         Command::Index(args) => commands::index::run(args),
         Command::Serve(args) => commands::serve::run(args),

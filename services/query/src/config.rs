@@ -57,6 +57,24 @@ pub struct Limits {
     pub max_interventions: usize,
     /// Most texts per side of a CreateVector call.
     pub max_vector_texts: usize,
+    /// Most texts or conversations per Score call.
+    pub max_score_inputs: usize,
+    /// Features in a Score explanation by default, and at most.
+    pub default_explain_features: usize,
+    pub max_explain_features: usize,
+    /// Dynamic batching of scoring: how long the batcher waits for more texts once it has
+    /// one (microseconds), the most padded tokens per pass, and the most texts queued
+    /// before Score answers RESOURCE_EXHAUSTED.
+    pub batch_wait_us: u64,
+    pub max_batch_tokens: usize,
+    pub max_queued_texts: usize,
+    /// Most tokens and bytes of text per StreamScore stream.
+    pub max_stream_tokens: usize,
+    pub max_stream_bytes: usize,
+    /// Most labelled texts per TrainProbe or EvaluateMonitor call.
+    pub max_train_texts: usize,
+    /// Keep each alert's text in the alerts table (off: only its SHA-256).
+    pub store_alert_text: bool,
 }
 
 impl Default for Limits {
@@ -77,6 +95,16 @@ impl Default for Limits {
             default_new_tokens: 64,
             max_interventions: 16,
             max_vector_texts: 256,
+            max_score_inputs: 64,
+            default_explain_features: 5,
+            max_explain_features: 32,
+            batch_wait_us: 1000,
+            max_batch_tokens: 8192,
+            max_queued_texts: 1024,
+            max_stream_tokens: 4096,
+            max_stream_bytes: 64 * 1024,
+            max_train_texts: 10_000,
+            store_alert_text: false,
         }
     }
 }
@@ -151,7 +179,7 @@ impl ServeSettings {
             self.no_model = Some(parse("LOUPE_NO_MODEL", v)?);
         }
         let l = &mut self.limits;
-        let usize_limits: [(&str, &mut usize); 14] = [
+        let usize_limits: [(&str, &mut usize); 22] = [
             ("LOUPE_MODEL_WORKERS", &mut l.model_workers),
             ("LOUPE_MAX_WAITING", &mut l.max_waiting),
             ("LOUPE_MAX_TEXT_BYTES", &mut l.max_text_bytes),
@@ -166,6 +194,14 @@ impl ServeSettings {
             ("LOUPE_DEFAULT_NEW_TOKENS", &mut l.default_new_tokens),
             ("LOUPE_MAX_INTERVENTIONS", &mut l.max_interventions),
             ("LOUPE_MAX_VECTOR_TEXTS", &mut l.max_vector_texts),
+            ("LOUPE_MAX_SCORE_INPUTS", &mut l.max_score_inputs),
+            ("LOUPE_DEFAULT_EXPLAIN_FEATURES", &mut l.default_explain_features),
+            ("LOUPE_MAX_EXPLAIN_FEATURES", &mut l.max_explain_features),
+            ("LOUPE_MAX_BATCH_TOKENS", &mut l.max_batch_tokens),
+            ("LOUPE_MAX_QUEUED_TEXTS", &mut l.max_queued_texts),
+            ("LOUPE_MAX_STREAM_TOKENS", &mut l.max_stream_tokens),
+            ("LOUPE_MAX_STREAM_BYTES", &mut l.max_stream_bytes),
+            ("LOUPE_MAX_TRAIN_TEXTS", &mut l.max_train_texts),
         ];
         for (name, slot) in usize_limits {
             if let Some(v) = env(name) {
@@ -174,6 +210,12 @@ impl ServeSettings {
         }
         if let Some(v) = env("LOUPE_LABEL_POLL_MS") {
             l.label_poll_ms = parse("LOUPE_LABEL_POLL_MS", v)?;
+        }
+        if let Some(v) = env("LOUPE_BATCH_WAIT_US") {
+            l.batch_wait_us = parse("LOUPE_BATCH_WAIT_US", v)?;
+        }
+        if let Some(v) = env("LOUPE_STORE_ALERT_TEXT") {
+            l.store_alert_text = parse("LOUPE_STORE_ALERT_TEXT", v)?;
         }
         Ok(())
     }
@@ -187,6 +229,9 @@ impl ServeSettings {
             ("max_tokens", limits.max_tokens),
             ("max_text_bytes", limits.max_text_bytes),
             ("max_new_tokens", limits.max_new_tokens),
+            ("max_score_inputs", limits.max_score_inputs),
+            ("max_batch_tokens", limits.max_batch_tokens),
+            ("max_queued_texts", limits.max_queued_texts),
         ] {
             if value == 0 {
                 return Err(ServiceError::InvalidArgument(format!("limits.{name} is 0: it must be at least 1")));

@@ -201,7 +201,7 @@ impl FeaturesService {
         loupe_store::labels::check_label(label)?;
         let author = author_of(r.author.as_deref())?;
         let record = LabelRecord::now(&f.dictionary_id, f.feature, (!label.is_empty()).then(|| label.to_string()), author);
-        state.labels.write(record).await?;
+        state.labels.write(vec![record]).await?;
         // Read this server's own write before answering (others see it within a poll).
         snapshot.reader.refresh_labels().await?;
         Ok(pb::SetFeatureLabelResponse { store_generation: snapshot.reader.generation().generation })

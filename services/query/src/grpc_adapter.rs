@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use loupe_schema::proto::v1 as pb;
 use loupe_schema::proto::v1::features_server::Features;
 use loupe_schema::proto::v1::internals_server::Internals;
+use loupe_schema::proto::v1::monitoring_server::Monitoring;
 use loupe_schema::proto::v1::steering_server::Steering;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -16,6 +17,7 @@ use tracing::Instrument;
 use crate::error::Result;
 use crate::features::FeaturesService;
 use crate::internals::InternalsService;
+use crate::monitoring::MonitoringService;
 use crate::state::AppState;
 use crate::steering::SteeringService;
 
@@ -90,6 +92,12 @@ impl Grpc<InternalsService> {
     }
 }
 
+impl Grpc<MonitoringService> {
+    pub fn monitoring(state: Arc<AppState>) -> Self {
+        Grpc(MonitoringService { state })
+    }
+}
+
 impl Grpc<SteeringService> {
     pub fn steering(state: Arc<AppState>) -> Self {
         Grpc(SteeringService { state })
@@ -143,7 +151,7 @@ impl Internals for Grpc<InternalsService> {
 }
 
 /// SteerStream's events on the wire.
-type SteerEventStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = std::result::Result<pb::SteerEvent, Status>> + Send>>;
+type SteerEventStream = WireStream<pb::SteerEvent>;
 
 #[tonic::async_trait]
 impl Steering for Grpc<SteeringService> {
@@ -155,14 +163,9 @@ impl Steering for Grpc<SteeringService> {
     type SteerStreamStream = SteerEventStream;
 
     async fn steer_stream(&self, request: Request<pb::SteerRequest>) -> Reply<SteerEventStream> {
-        use tokio_stream::StreamExt;
         let call = Call::new("SteerStream", &request, &self.0.state);
         let events = self.0.steer_stream(request.into_inner(), call.deadline);
-        call.run(async move {
-            let events = tokio_stream::wrappers::UnboundedReceiverStream::new(events.await?);
-            Ok(Box::pin(events.map(|event| event.map_err(Status::from))) as SteerEventStream)
-        })
-        .await
+        call.run(async move { Ok(wire(events.await?)) }).await
     }
 
     async fn create_vector(&self, request: Request<pb::CreateVectorRequest>) -> Reply<pb::CreateVectorResponse> {
@@ -178,5 +181,78 @@ impl Steering for Grpc<SteeringService> {
     async fn delete_vector(&self, request: Request<pb::DeleteVectorRequest>) -> Reply<pb::DeleteVectorResponse> {
         let call = Call::new("DeleteVector", &request, &self.0.state);
         call.run(self.0.delete_vector(request.into_inner())).await
+    }
+}
+
+/// A server stream of `T` on the wire.
+type WireStream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = std::result::Result<T, Status>> + Send>>;
+
+/// A service's channel of items (or the error that ended it) as a wire stream.
+fn wire<T: Send + 'static>(items: tokio::sync::mpsc::UnboundedReceiver<Result<T>>) -> WireStream<T> {
+    use tokio_stream::StreamExt;
+    Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(items).map(|item| item.map_err(Status::from)))
+}
+
+#[tonic::async_trait]
+impl Monitoring for Grpc<MonitoringService> {
+    async fn create_monitor(&self, request: Request<pb::CreateMonitorRequest>) -> Reply<pb::MonitorInfo> {
+        let call = Call::new("CreateMonitor", &request, &self.0.state);
+        call.run(self.0.create_monitor(request.into_inner())).await
+    }
+
+    async fn update_monitor(&self, request: Request<pb::UpdateMonitorRequest>) -> Reply<pb::MonitorInfo> {
+        let call = Call::new("UpdateMonitor", &request, &self.0.state);
+        call.run(self.0.update_monitor(request.into_inner())).await
+    }
+
+    async fn get_monitor(&self, request: Request<pb::GetMonitorRequest>) -> Reply<pb::MonitorInfo> {
+        let call = Call::new("GetMonitor", &request, &self.0.state);
+        call.run(self.0.get_monitor(request.into_inner())).await
+    }
+
+    async fn list_monitors(&self, request: Request<pb::ListMonitorsRequest>) -> Reply<pb::ListMonitorsResponse> {
+        let call = Call::new("ListMonitors", &request, &self.0.state);
+        call.run(self.0.list_monitors(request.into_inner())).await
+    }
+
+    async fn delete_monitor(&self, request: Request<pb::DeleteMonitorRequest>) -> Reply<pb::MonitorInfo> {
+        let call = Call::new("DeleteMonitor", &request, &self.0.state);
+        call.run(self.0.delete_monitor(request.into_inner())).await
+    }
+
+    async fn train_probe(&self, request: Request<pb::TrainProbeRequest>) -> Reply<pb::TrainProbeResponse> {
+        let call = Call::new("TrainProbe", &request, &self.0.state);
+        call.run(self.0.train_probe(request.into_inner(), call.deadline)).await
+    }
+
+    async fn evaluate_monitor(&self, request: Request<pb::EvaluateMonitorRequest>) -> Reply<pb::EvaluateMonitorResponse> {
+        let call = Call::new("EvaluateMonitor", &request, &self.0.state);
+        call.run(self.0.evaluate_monitor(request.into_inner(), call.deadline)).await
+    }
+
+    async fn score(&self, request: Request<pb::ScoreRequest>) -> Reply<pb::ScoreResponse> {
+        let call = Call::new("Score", &request, &self.0.state);
+        call.run(self.0.score(request.into_inner(), call.deadline)).await
+    }
+
+    type StreamScoreStream = WireStream<pb::StreamScoreResponse>;
+
+    async fn stream_score(&self, request: Request<tonic::Streaming<pb::StreamScoreRequest>>) -> Reply<Self::StreamScoreStream> {
+        use tokio_stream::StreamExt;
+        let call = Call::new("StreamScore", &request, &self.0.state);
+        let inbound = request.into_inner().map(|m| m.map_err(|s| crate::error::ServiceError::InvalidArgument(format!("the request stream failed: {}", s.message()))));
+        call.run(async move { Ok(wire(self.0.stream_score(inbound).await?)) }).await
+    }
+
+    async fn list_alerts(&self, request: Request<pb::ListAlertsRequest>) -> Reply<pb::ListAlertsResponse> {
+        let call = Call::new("ListAlerts", &request, &self.0.state);
+        call.run(self.0.list_alerts(request.into_inner())).await
+    }
+
+    type SubscribeAlertsStream = WireStream<pb::Alert>;
+
+    async fn subscribe_alerts(&self, request: Request<pb::SubscribeAlertsRequest>) -> Reply<Self::SubscribeAlertsStream> {
+        let call = Call::new("SubscribeAlerts", &request, &self.0.state);
+        call.run(async move { Ok(wire(self.0.subscribe_alerts(request.into_inner()).await?)) }).await
     }
 }

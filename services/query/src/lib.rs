@@ -1,5 +1,5 @@
 //! loupe-query: the services over a loupe store and the model. The logic lives in plain-Rust
-//! services (`features`, `internals`, `steering`: proto messages in, proto messages out, no tonic types),
+//! services (`features`, `internals`, `steering`, `monitoring`: proto messages in, proto messages out, no tonic types),
 //! which tests and benchmarks call directly; `grpc_adapter` puts them on tonic.
 
 #![recursion_limit = "256"]
@@ -8,9 +8,11 @@ pub mod config;
 mod convert;
 pub mod error;
 pub mod features;
+pub mod group_commit;
 pub mod grpc_adapter;
 pub mod internals;
 pub mod labels;
+pub mod monitoring;
 mod rpc;
 pub mod server;
 pub mod state;
@@ -20,6 +22,7 @@ pub mod workers;
 pub use config::{Limits, ServeSettings, ServerConfig};
 pub use features::FeaturesService;
 pub use internals::InternalsService;
+pub use monitoring::MonitoringService;
 pub use steering::SteeringService;
 pub use error::ServiceError;
 pub use server::{serve, serve_state};

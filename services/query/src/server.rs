@@ -1,11 +1,12 @@
-//! Assembling and running the server: the services, health, reflection, and the task
-//! that follows label writes.
+//! Assembling and running the server: the services, health, reflection, and the tasks
+//! that follow label and monitor writes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use loupe_schema::proto::v1::features_server::FeaturesServer;
 use loupe_schema::proto::v1::internals_server::InternalsServer;
+use loupe_schema::proto::v1::monitoring_server::MonitoringServer;
 use loupe_schema::proto::v1::steering_server::SteeringServer;
 use loupe_schema::proto::v1::FILE_DESCRIPTOR_SET;
 use tokio::net::TcpListener;
@@ -16,6 +17,7 @@ use crate::error::{Result, ServiceError};
 use crate::features::FeaturesService;
 use crate::grpc_adapter::Grpc;
 use crate::internals::InternalsService;
+use crate::monitoring::MonitoringService;
 use crate::labels::follow_labels;
 use crate::state::AppState;
 use crate::steering::SteeringService;
@@ -35,6 +37,7 @@ pub async fn serve_state(state: Arc<AppState>, listener: TcpListener, shutdown: 
     health.set_serving::<FeaturesServer<Grpc<FeaturesService>>>().await;
     health.set_serving::<InternalsServer<Grpc<InternalsService>>>().await;
     health.set_serving::<SteeringServer<Grpc<SteeringService>>>().await;
+    health.set_serving::<MonitoringServer<Grpc<MonitoringService>>>().await;
     // Reflection in both protocol versions: grpcurl speaks v1, while Python's
     // grpcio-reflection and several GUI clients speak only v1alpha.
     let reflection = || {
@@ -48,10 +51,12 @@ pub async fn serve_state(state: Arc<AppState>, listener: TcpListener, shutdown: 
     let features = FeaturesServer::new(Grpc::features(state.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let internals = InternalsServer::new(Grpc::internals(state.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let steering = SteeringServer::new(Grpc::steering(state.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let monitoring = MonitoringServer::new(Grpc::monitoring(state.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES);
     tracing::info!(addr = ?listener.local_addr().ok(), generation = state.snapshot().reader.generation().generation, "serving");
     // No Nagle: small responses would otherwise wait ~40 ms for delayed ACKs.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let follower = follow_labels(state.clone(), Duration::from_millis(state.limits.label_poll_ms.max(1)));
+    let monitors = crate::monitoring::follow_monitors(state.clone(), Duration::from_millis(state.limits.label_poll_ms.max(1)));
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -59,8 +64,10 @@ pub async fn serve_state(state: Arc<AppState>, listener: TcpListener, shutdown: 
         .add_service(features)
         .add_service(internals)
         .add_service(steering)
+        .add_service(monitoring)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     follower.abort();
+    monitors.abort();
     served.map_err(|e| ServiceError::Internal(format!("server: {e}")))
 }

@@ -34,7 +34,7 @@ pub struct AppState {
     snapshot: Arc<Snapshot>,
     /// The model and the store's dictionaries it can run (None: started without a model).
     pub engine: Option<Arc<FeatureLens>>,
-    pub workers: ModelWorkers,
+    pub workers: Arc<ModelWorkers>,
     pub limits: Limits,
     /// Appends label writes to the store (group commits).
     pub labels: LabelWriter,
@@ -43,6 +43,8 @@ pub struct AppState {
     /// Mean residual norm per hook, measured once on a reference text (steering's
     /// residual-norm unit).
     pub residual_norms: Mutex<HashMap<HookPoint, f32>>,
+    /// Monitors, the scoring batcher and the alerts log.
+    pub monitoring: crate::monitoring::MonitoringState,
     next_request: AtomicU64,
 }
 
@@ -59,17 +61,22 @@ impl AppState {
             Some(path) => Some(loupe_indexer::checksum::sha256_path(path).map_err(|e| ServiceError::Internal(format!("model checksum: {e}")))?),
             None => None,
         };
-        Ok(AppState {
+        let workers = Arc::new(ModelWorkers::new(config.limits.model_workers, config.limits.max_waiting));
+        let batcher = engine.as_ref().map(|lens| crate::monitoring::Batcher::start(lens.clone(), workers.clone(), &config.limits));
+        let state = AppState {
             store_root: config.store.clone(),
             snapshot: Arc::new(snapshot),
             engine,
-            workers: ModelWorkers::new(config.limits.model_workers, config.limits.max_waiting),
+            workers,
             limits: config.limits,
-            labels: LabelWriter::start(config.store.clone()),
+            labels: crate::labels::label_writer(config.store.clone()),
             model_checksum,
             residual_norms: Mutex::new(HashMap::new()),
+            monitoring: crate::monitoring::MonitoringState::new(config.store.clone(), batcher),
             next_request: AtomicU64::new(1),
-        })
+        };
+        state.monitoring.registry.refresh(&state).await?;
+        Ok(state)
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

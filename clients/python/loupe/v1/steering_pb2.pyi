@@ -86,14 +86,6 @@ class Intervention(_message.Message):
     include_special_tokens: bool
     def __init__(self, feature: _Optional[_Union[_common_pb2.FeatureRef, _Mapping]] = ..., vector: _Optional[_Union[HookVector, _Mapping]] = ..., vector_name: _Optional[str] = ..., operation: _Optional[_Union[Operation, str]] = ..., strength: _Optional[float] = ..., cap_low: _Optional[float] = ..., cap_high: _Optional[float] = ..., unit: _Optional[_Union[Unit, str]] = ..., positions: _Optional[_Union[Positions, str]] = ..., ranges: _Optional[_Iterable[_Union[_common_pb2.Range, _Mapping]]] = ..., include_special_tokens: _Optional[bool] = ...) -> None: ...
 
-class ChatMessage(_message.Message):
-    __slots__ = ("role", "content")
-    ROLE_FIELD_NUMBER: _ClassVar[int]
-    CONTENT_FIELD_NUMBER: _ClassVar[int]
-    role: str
-    content: str
-    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
-
 class SteerRequest(_message.Message):
     __slots__ = ("prompt", "messages", "interventions", "max_new_tokens", "temperature", "top_p", "seed", "stop", "output", "logprobs")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -107,7 +99,7 @@ class SteerRequest(_message.Message):
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     prompt: str
-    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
     interventions: _containers.RepeatedCompositeFieldContainer[Intervention]
     max_new_tokens: int
     temperature: float
@@ -116,7 +108,7 @@ class SteerRequest(_message.Message):
     stop: _containers.RepeatedScalarFieldContainer[str]
     output: Output
     logprobs: bool
-    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., interventions: _Optional[_Iterable[_Union[Intervention, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., output: _Optional[_Union[Output, str]] = ..., logprobs: _Optional[bool] = ...) -> None: ...
+    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., interventions: _Optional[_Iterable[_Union[Intervention, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., output: _Optional[_Union[Output, str]] = ..., logprobs: _Optional[bool] = ...) -> None: ...
 
 class AppliedIntervention(_message.Message):
     __slots__ = ("hook", "operation", "strength", "cap_low", "cap_high", "prompt_positions", "edits_generated", "target")

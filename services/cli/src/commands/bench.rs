@@ -27,6 +27,10 @@ pub enum Bench {
     /// Steered generation vs plain generation, and the default + steered pair as one batch
     /// vs two runs.
     Steer(super::bench_steer::SteerArgs),
+    /// The Monitoring service: texts scored per second at 1/16/64 clients against the
+    /// forward pass alone on the same batch shapes, a 512-token text's latency, and search
+    /// and dashboard latency under a monitoring load.
+    Monitor(super::bench_monitor::MonitorArgs),
 }
 
 #[derive(clap::Args)]
@@ -76,6 +80,7 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Store(args) => super::bench_store::run(args),
         Bench::Serve(args) => super::bench_serve::run(args),
         Bench::Steer(args) => super::bench_steer::run(args),
+        Bench::Monitor(args) => super::bench_monitor::run(args),
     }
 }
 

@@ -16,6 +16,7 @@ use anyhow::Context;
 use loupe_query::{Limits, ServerConfig};
 use loupe_schema::proto::v1 as pb;
 use loupe_schema::proto::v1::features_client::FeaturesClient;
+use loupe_schema::proto::v1::monitoring_client::MonitoringClient;
 use loupe_schema::proto::v1::steering_client::SteeringClient;
 use serde_json::json;
 use tonic::transport::Channel;
@@ -53,22 +54,23 @@ pub struct ServeArgs {
     pub json: bool,
 }
 
-struct Running {
-    addr: String,
+pub(crate) struct Running {
+    pub(crate) addr: String,
+    pub(crate) state: Arc<loupe_query::state::AppState>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-async fn start(store: &PathBuf, with_model: bool) -> anyhow::Result<Running> {
+pub(crate) async fn start(store: &PathBuf, with_model: bool) -> anyhow::Result<Running> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let model = with_model.then(loupe_query::config::default_model_path);
     let config = ServerConfig { store: store.clone(), addr, model, dictionaries: vec![], limits: Limits { max_waiting: 1024, ..Limits::default() } };
     let state = Arc::new(loupe_query::state::AppState::load(&config).await.with_context(|| format!("loading {}", store.display()))?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(loupe_query::serve_state(state, listener, async {
+    tokio::spawn(loupe_query::serve_state(state.clone(), listener, async {
         let _ = stopped.await;
     }));
-    Ok(Running { addr: format!("http://{addr}"), _stop: stop })
+    Ok(Running { addr: format!("http://{addr}"), state, _stop: stop })
 }
 
 /// A server to measure: one started here (kept running while `_running` lives) or one
@@ -89,7 +91,7 @@ async fn has_model(url: &str) -> anyhow::Result<bool> {
 }
 
 #[derive(Clone, Copy)]
-enum Call {
+pub(crate) enum Call {
     /// The gRPC health check: no work, the floor of every other call.
     Health,
     Search,
@@ -97,18 +99,23 @@ enum Call {
     Text,
     /// A 32-token default + steered generation.
     Steer,
+    /// A Score call on one of the workload's texts with every live monitor.
+    Score,
 }
 
-struct Workload {
+pub(crate) struct Workload {
     dictionary: String,
     d_sae: u32,
     words: Vec<String>,
+    /// Texts for Score calls.
+    pub(crate) texts: Vec<String>,
 }
 
 struct Clients {
     features: FeaturesClient<Channel>,
     health: HealthClient<Channel>,
     steering: SteeringClient<Channel>,
+    monitoring: MonitoringClient<Channel>,
 }
 
 async fn one_call(clients: &mut Clients, call: Call, workload: &Workload, i: usize) -> anyhow::Result<()> {
@@ -143,12 +150,16 @@ async fn one_call(clients: &mut Clients, call: Call, workload: &Workload, i: usi
             let request = pb::SteerRequest { prompt, interventions: vec![intervention], max_new_tokens: 32, temperature: 0.7, seed: i as u64, ..Default::default() };
             clients.steering.steer(request).await?;
         }
+        Call::Score => {
+            let text = workload.texts[i % workload.texts.len()].clone();
+            clients.monitoring.score(pb::ScoreRequest { inputs: vec![pb::ScoreInput { text, ..Default::default() }], ..Default::default() }).await?;
+        }
     }
     Ok(())
 }
 
 /// `clients` tasks calling `call` in a loop for `seconds`: (p50 ms, p99 ms, QPS).
-async fn measure(addr: &str, call: Call, clients: usize, seconds: f64, workload: &Arc<Workload>) -> anyhow::Result<(f64, f64, f64)> {
+pub(crate) async fn measure(addr: &str, call: Call, clients: usize, seconds: f64, workload: &Arc<Workload>) -> anyhow::Result<(f64, f64, f64)> {
     // A few connections shared by the clients, as a real fleet of callers would use.
     let mut channels = Vec::new();
     for _ in 0..clients.clamp(1, 8) {
@@ -161,7 +172,8 @@ async fn measure(addr: &str, call: Call, clients: usize, seconds: f64, workload:
         let mut client = Clients {
             features: FeaturesClient::new(channel.clone()).max_decoding_message_size(64 << 20),
             health: HealthClient::new(channel.clone()),
-            steering: SteeringClient::new(channel),
+            steering: SteeringClient::new(channel.clone()),
+            monitoring: MonitoringClient::new(channel),
         };
         let workload = workload.clone();
         tasks.push(tokio::spawn(async move {
@@ -187,7 +199,7 @@ async fn measure(addr: &str, call: Call, clients: usize, seconds: f64, workload:
     Ok((pick(0.5), pick(0.99), all.len() as f64 / elapsed))
 }
 
-async fn workload_of(addr: &str) -> anyhow::Result<Workload> {
+pub(crate) async fn workload_of(addr: &str) -> anyhow::Result<Workload> {
     let mut client = FeaturesClient::new(Channel::from_shared(addr.to_string())?.connect().await?);
     let list = client.list_dictionaries(pb::ListDictionariesRequest {}).await?.into_inner();
     let d = list.dictionaries.first().context("the store has no dictionary")?;
@@ -205,7 +217,7 @@ async fn workload_of(addr: &str) -> anyhow::Result<Workload> {
     if words.is_empty() {
         words.push("the".into());
     }
-    Ok(Workload { dictionary: d.dictionary_id.clone(), d_sae: d.d_sae, words })
+    Ok(Workload { dictionary: d.dictionary_id.clone(), d_sae: d.d_sae, words, texts: Vec::new() })
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {

@@ -83,7 +83,13 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn connect(server: &str) -> anyhow::Result<FeaturesClient<Channel>> {
-    FeaturesClient::connect(server.to_string()).await.with_context(|| format!("cannot reach loupe serve at {server}: start it with `loupe serve`, or set --server / LOUPE_SERVER"))
+    Ok(FeaturesClient::new(channel(server).await?))
+}
+
+/// A connection to `loupe serve` at `server`.
+pub async fn channel(server: &str) -> anyhow::Result<Channel> {
+    let endpoint = Channel::from_shared(server.to_string()).with_context(|| format!("--server {server:?} is not a URL (e.g. http://127.0.0.1:50051)"))?;
+    endpoint.connect().await.with_context(|| format!("cannot reach loupe serve at {server}: start it with `loupe serve`, or set --server / LOUPE_SERVER"))
 }
 
 /// A gRPC status as an error a person can act on.

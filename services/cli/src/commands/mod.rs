@@ -1,6 +1,7 @@
 pub mod activations;
 pub mod bench;
 pub mod bench_index;
+pub mod bench_monitor;
 pub mod bench_serve;
 pub mod bench_steer;
 pub mod bench_store;
@@ -12,6 +13,7 @@ pub mod score;
 pub mod serve;
 pub mod steer;
 pub mod index;
+pub mod monitor;
 pub mod probe;
 pub mod tokenize;
 pub mod train;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use loupe_engine::monitor::{Aggregation, Detector, Signal};
+use loupe_engine::monitor::{Aggregation, Calibration, Detector, Monitor, Signal};
 use loupe_engine::{Dictionary, FeatureLens, HookPoint, Hooks, Read, Rows, TokenBatch};
 use loupe_train::probes::{self, split_of, LinearProbe, Split};
 use serde_json::json;
@@ -74,18 +74,7 @@ struct Pooled {
 }
 
 fn read_data(path: &PathBuf) -> anyhow::Result<Vec<(String, bool)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))?;
-        let text = v["text"].as_str().with_context(|| format!("{} line {}: no \"text\" string", path.display(), i + 1))?;
-        let label = match &v["label"] {
-            serde_json::Value::Bool(b) => *b,
-            serde_json::Value::Number(n) if n.as_u64() == Some(0) || n.as_u64() == Some(1) => n.as_u64() == Some(1),
-            other => anyhow::bail!("{} line {}: label is {other}; expected 0, 1, true or false", path.display(), i + 1),
-        };
-        rows.push((text.to_string(), label));
-    }
+    let rows = super::monitor::read_labelled(path)?;
     anyhow::ensure!(rows.iter().any(|r| r.1) && rows.iter().any(|r| !r.1), "{} needs texts of both labels", path.display());
     Ok(rows)
 }
@@ -149,6 +138,7 @@ pub fn run(command: Probe) -> anyhow::Result<()> {
     let Probe::Train(args) = command;
     anyhow::ensure!(args.fpr > 0.0 && args.fpr < 1.0, "--fpr {} must be in (0, 1)", args.fpr);
     let data = read_data(&args.data)?;
+    let data_rows = &data;
     let model = args.model.load()?;
     let hook: HookPoint = args.hook.parse().map_err(|e| anyhow::anyhow!("--hook: {e}"))?;
     let dictionary_dir = args.dictionary.clone().unwrap_or_else(default_dictionary);
@@ -168,7 +158,7 @@ pub fn run(command: Probe) -> anyhow::Result<()> {
     // (name, description, scorer, what was fitted, the monitor detector it makes, if exact).
     type Method<'a> = (&'a str, String, Box<dyn Fn(&Pooled) -> f32>, serde_json::Value, Option<Detector>);
     let mut methods: Vec<Method> = Vec::new();
-    let linear = |p: &LinearProbe| Some(Detector { signal: Signal::Linear { hook, weights: p.weights.clone(), bias: p.bias }, aggregation: Aggregation::Mean, threshold: 0.0 });
+    let linear = |p: &LinearProbe| Some(Detector::new(Signal::Linear { hook, weights: p.weights.clone(), bias: p.bias }, Aggregation::Mean, 0.0));
     let dense = |idx: &[usize]| -> Vec<Vec<f32>> { idx.iter().map(|&i| pooled[i].mean.clone()).collect() };
     let (probe, l2) = tuned_logistic(&dense(&train), &y_train, &dense(&validation), &y_validation);
     methods.push(("logistic", format!("logistic regression on mean-pooled {hook} (L2 {l2:e})"), Box::new({ let p = probe.clone(); move |x: &Pooled| p.score(&x.mean) }), json!(probe), linear(&probe)));
@@ -182,7 +172,7 @@ pub fn run(command: Probe) -> anyhow::Result<()> {
     let sign = if best_auc >= 0.5 { 1.0 } else { -1.0 };
     methods.push(("feature", format!("single best feature {best_feature} (max over tokens)"), Box::new(move |x: &Pooled| sign * x.features.get(&best_feature).copied().unwrap_or(0.0)), json!({"feature": best_feature, "sign": sign}),
         // A feature that fires on the negatives is no detector of the positives.
-        (sign > 0.0).then(|| Detector { signal: Signal::Feature { dictionary: dictionary_id.clone(), feature: best_feature }, aggregation: Aggregation::Max, threshold: 0.0 })));
+        (sign > 0.0).then(|| Detector::new(Signal::Feature { dictionary: dictionary_id.clone(), feature: best_feature }, Aggregation::Max, 0.0))));
     let chosen: Vec<u32> = ranked.iter().take(args.k).map(|r| r.0).collect();
     let sparse_rows = |idx: &[usize]| -> Vec<Vec<f32>> { idx.iter().map(|&i| chosen.iter().map(|f| pooled[i].features.get(f).copied().unwrap_or(0.0)).collect()).collect() };
     let (sparse, l2) = tuned_logistic(&sparse_rows(&train), &y_train, &sparse_rows(&validation), &y_validation);
@@ -258,22 +248,25 @@ pub fn run(command: Probe) -> anyhow::Result<()> {
         let test = results.iter().find(|r| r["method"] == *method).cloned().unwrap_or_default();
         let data = std::fs::read(&args.data)?;
         let name = args.name.clone().unwrap_or_else(|| args.data.file_stem().map_or("monitor".into(), |s| s.to_string_lossy().into_owned()));
-        let monitor = json!({
-            "name": name,
-            "detectors": [detector],
-            "severity": "medium",
-            "action": "alert",
-            "calibration": {
-                "method": method,
-                "target_fpr": args.fpr,
-                "threshold_from": "validation negatives (FNV-1a split 6-7 of 10)",
-                "data": args.data,
-                "data_sha256": loupe_indexer::checksum::sha256_bytes(&data),
-                "validation_auroc": validation_auroc,
-                "test": {"auroc": test["auroc"], "test_fpr_at_threshold": test["test_fpr_at_threshold"], "recall": test["recall"], "precision": test["precision"]},
-                "model": args.model.model.clone().unwrap_or_else(loupe_query::config::default_model_path),
-            },
+        let details = json!({
+            "method": method,
+            "threshold_from": "validation negatives (FNV-1a split 6-7 of 10)",
+            "data": args.data,
+            "validation_auroc": validation_auroc,
+            "test": {"auroc": test["auroc"], "test_fpr_at_threshold": test["test_fpr_at_threshold"], "recall": test["recall"], "precision": test["precision"]},
+            "model": args.model.model.clone().unwrap_or_else(loupe_query::config::default_model_path),
         });
+        let negatives = validation.iter().filter(|&&i| !data_rows[i].1).count();
+        let calibration = Calibration {
+            target_fpr: args.fpr,
+            control_set: format!("{} (validation negatives)", args.data.display()),
+            control_sha256: loupe_indexer::checksum::sha256_bytes(&data),
+            control_texts: negatives,
+            threshold: detector.threshold,
+            details: details.as_object().cloned().unwrap_or_default(),
+        };
+        let detector = Detector { calibration: Some(calibration), ..detector.with_offset_in_bias() };
+        let monitor = Monitor { name: name.clone(), description: format!("{method} probe trained by loupe probe train on {}", args.data.display()), detectors: vec![detector.clone()] };
         std::fs::write(path, serde_json::to_string(&monitor)? + "\n").with_context(|| format!("writing {}", path.display()))?;
         eprintln!("monitor {name}: {method} (validation AUROC {validation_auroc:.3}), threshold {:.4} at {:.1}% FPR -> {}", detector.threshold, 100.0 * args.fpr, path.display());
     }

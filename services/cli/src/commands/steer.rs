@@ -71,6 +71,10 @@ pub struct Args {
     /// Per-token log-probabilities (in --json).
     #[arg(long)]
     pub logprobs: bool,
+    /// Guardrail: run this server monitor on the generated tokens (repeatable); a BLOCK
+    /// monitor that fires stops that completion, and every firing is an alert.
+    #[arg(long = "monitor")]
+    pub monitors: Vec<String>,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -117,7 +121,7 @@ pub struct DeleteArgs {
 }
 
 async fn connect(server: &str) -> anyhow::Result<SteeringClient<Channel>> {
-    SteeringClient::connect(server.to_string()).await.with_context(|| format!("cannot reach loupe serve at {server}: start it with `loupe serve`, or set --server / LOUPE_SERVER"))
+    Ok(SteeringClient::new(super::client::channel(server).await?))
 }
 
 /// A strength: `8` raw, `8x` max activations, `0.5r` residual-norm fractions.
@@ -256,6 +260,7 @@ pub fn steer(args: Args, matches: &ArgMatches) -> anyhow::Result<()> {
         stop: args.stop.clone(),
         output: output as i32,
         logprobs: args.logprobs,
+        monitors: args.monitors.clone(),
     };
     runtime()?.block_on(async {
         let mut client = connect(&args.server.server).await?;
@@ -291,6 +296,11 @@ fn print_side_by_side(r: &pb::SteerResponse) {
     for line in 0..lines {
         let cells: Vec<String> = wrapped.iter().map(|w| format!("{:<width$}", w.get(line).map_or("", String::as_str))).collect();
         println!("{}", cells.join(" │ ").trim_end());
+    }
+    for (name, completion) in &columns {
+        for a in completion.map(|c| c.alerts.as_slice()).unwrap_or_default() {
+            println!("{name}: monitor {} fired at generated token {} (score {:.3} > {:.3}), alert {}", a.monitor, a.first_token, a.score, a.threshold, a.alert_id);
+        }
     }
     let mut features: Vec<String> = Vec::new();
     for (name, completion) in &columns {

@@ -13,11 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use loupe_engine::generate::{Emitted, Generation, Step};
-use loupe_engine::HookPoint;
+use loupe_engine::monitor::{self, Action, Running};
+use loupe_engine::{FeatureLens, HookPoint};
 use loupe_schema::proto::v1 as pb;
 use tokio::sync::mpsc;
 
 use crate::error::{Result, ServiceError};
+use crate::monitoring::definition;
 use crate::state::AppState;
 use plan::{SteerPlan, Watched};
 
@@ -87,6 +89,7 @@ fn collect(response: &mut pb::SteerResponse, event: pb::SteerEvent) {
             let completion = slot(response, d.output);
             completion.text = d.text;
             completion.stop_reason = d.stop_reason;
+            completion.alerts = d.alerts;
         }
         None => {}
     }
@@ -125,7 +128,8 @@ async fn run(state: &Arc<AppState>, plan: SteerPlan, deadline: Option<Duration>,
         return Ok(());
     }
     let plan = Arc::new(plan);
-    let hooks = plan.hooks();
+    let hooks = plan.hooks(&lens);
+    let mut guards = Guards::new(&plan);
     let mut generation = Generation::new(lens.model(), &plan.prompt, plan.rows.len(), plan.params.clone())?;
     let mut rows: Vec<RowProgress> = (0..plan.rows.len()).map(|_| RowProgress::default()).collect();
     let token_event = |plan: &SteerPlan, row: usize, index: usize, emitted: Emitted, features: Vec<pb::FeatureActivation>| {
@@ -139,18 +143,31 @@ async fn run(state: &Arc<AppState>, plan: SteerPlan, deadline: Option<Duration>,
     };
     while !generation.is_finished() {
         let (lens_, plan_, hooks_) = (lens.clone(), plan.clone(), hooks.clone());
-        let (returned, step, features) = state
+        let (returned, step, features, guard_values) = state
             .workers
             .run(remaining()?, move |cancel| {
                 let mut generation = generation;
                 let step = generation.step(lens_.model(), &hooks_.cancel_when(cancel))?;
                 let features = watched_activations(&plan_.watched, &step.captured, plan_.rows.len())?;
-                Ok((generation, step, features))
+                let guard_values = guard_values(&lens_, &plan_, &step.captured)?;
+                Ok((generation, step, features, guard_values))
             })
             .await?;
         generation = returned;
         let Step { tokens, .. } = step;
         for (row, emitted) in tokens.into_iter().enumerate() {
+            // The guardrails read the token fed at this step (this row's last emitted one).
+            if guards.check(state, &plan, row, &guard_values, &rows[row].ids, tokenizer).await? {
+                rows[row].stop_reason = Some("blocked");
+                generation.stop_row(row);
+                if let Some(pending) = rows[row].pending.take() {
+                    let index = rows[row].ids.len() - 1;
+                    if !emit(token_event(&plan, row, index, pending, features[row].clone())) {
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
             let progress = &mut rows[row];
             if let Some(pending) = progress.pending.take() {
                 let index = progress.ids.len() - 1;
@@ -165,6 +182,7 @@ async fn run(state: &Arc<AppState>, plan: SteerPlan, deadline: Option<Duration>,
             }
             let progress = &mut rows[row];
             progress.ids.push(emitted.token);
+            guards.expect(row);
             if !plan.stop.is_empty() {
                 let text = tokenizer.decode(&progress.ids)?;
                 if let Some(cut) = plan.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
@@ -183,17 +201,22 @@ async fn run(state: &Arc<AppState>, plan: SteerPlan, deadline: Option<Duration>,
             }
         }
     }
-    if rows.iter().any(|r| r.pending.is_some()) {
+    if rows.iter().any(|r| r.pending.is_some()) || guards.waiting() {
         // The last tokens' own activations: one more pass over them, to the watched hooks.
         let (lens_, plan_, hooks_) = (lens.clone(), plan.clone(), hooks.clone());
-        let features = state
+        let (features, guard_values) = state
             .workers
             .run(remaining()?, move |cancel| {
                 let mut generation = generation;
                 let captured = generation.read_last(lens_.model(), &hooks_.cancel_when(cancel))?;
-                watched_activations(&plan_.watched, &captured, plan_.rows.len())
+                Ok((watched_activations(&plan_.watched, &captured, plan_.rows.len())?, guard_values(&lens_, &plan_, &captured)?))
             })
             .await?;
+        for row in 0..rows.len() {
+            if guards.check(state, &plan, row, &guard_values, &rows[row].ids, tokenizer).await? {
+                rows[row].stop_reason = Some("blocked");
+            }
+        }
         for (row, progress) in rows.iter_mut().enumerate() {
             if let Some(pending) = progress.pending.take() {
                 if !emit(token_event(&plan, row, progress.ids.len() - 1, pending, features[row].clone())) {
@@ -207,7 +230,7 @@ async fn run(state: &Arc<AppState>, plan: SteerPlan, deadline: Option<Duration>,
         if let Some(cut) = progress.cut {
             text.truncate(cut);
         }
-        let done = pb::SteerDone { output: plan.rows[row].output() as i32, text, stop_reason: progress.stop_reason.unwrap_or("length").into() };
+        let done = pb::SteerDone { output: plan.rows[row].output() as i32, text, stop_reason: progress.stop_reason.unwrap_or("length").into(), alerts: guards.alerts[row].clone() };
         if !emit(pb::SteerEvent { event: Some(Event::Done(done)) }) {
             return Ok(());
         }
@@ -234,4 +257,108 @@ fn watched_activations(watched: &[Watched], captured: &std::collections::BTreeMa
         }
     }
     Ok(out)
+}
+
+/// Each row's value of every guard detector at the position captured, `[row][monitor][detector]`
+/// (empty without guards): each dictionary they read encodes once.
+fn guard_values(lens: &FeatureLens, plan: &SteerPlan, captured: &std::collections::BTreeMap<HookPoint, candle_core::Tensor>) -> Result<Vec<Vec<Vec<f32>>>> {
+    if plan.guards.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut encoded = Vec::with_capacity(plan.guard_reads.dictionaries.len());
+    for &at in &plan.guard_reads.dictionaries {
+        let entry = &lens.dictionaries()[at];
+        let hook = entry.dictionary.info().hook_in;
+        let x = captured.get(&hook).ok_or_else(|| ServiceError::Internal(format!("the step did not capture {hook}")))?;
+        encoded.push((entry.id.as_str(), entry.dictionary.encode(x)?));
+    }
+    let codes: Vec<(&str, &loupe_engine::SparseActs)> = encoded.iter().map(|(id, e)| (*id, &e.features)).collect();
+    (0..plan.rows.len())
+        .map(|row| {
+            plan.guards
+                .iter()
+                .map(|m| m.detectors.iter().map(|d| Ok(monitor::token_values(&d.signal, &codes, captured, row..row + 1)?[0])).collect::<Result<Vec<f32>>>())
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect()
+}
+
+/// The guardrail monitors' running scores per completion, and their alerts.
+struct Guards {
+    /// `[row][monitor][detector]`.
+    running: Vec<Vec<Vec<Running>>>,
+    fired: Vec<Vec<bool>>,
+    /// Whether the row's last emitted token still waits for its values.
+    expecting: Vec<bool>,
+    alerts: Vec<Vec<pb::Alert>>,
+    request_id: String,
+}
+
+impl Guards {
+    fn new(plan: &SteerPlan) -> Self {
+        let rows = plan.rows.len();
+        let fresh = || plan.guards.iter().map(|m| m.detectors.iter().map(|d| Running::new(d.aggregation)).collect()).collect();
+        Guards {
+            running: (0..rows).map(|_| fresh()).collect(),
+            fired: vec![vec![false; plan.guards.len()]; rows],
+            expecting: vec![false; rows],
+            alerts: vec![Vec::new(); rows],
+            request_id: crate::monitoring::score::new_id(),
+        }
+    }
+
+    fn expect(&mut self, row: usize) {
+        self.expecting[row] = !self.running[row].is_empty();
+    }
+
+    fn waiting(&self) -> bool {
+        self.expecting.iter().any(|&e| e)
+    }
+
+    /// Pushes the values of the row's last emitted token (when it waits for them), records an
+    /// alert for each monitor that crossed, and says whether one of them blocks.
+    async fn check(&mut self, state: &AppState, plan: &SteerPlan, row: usize, values: &[Vec<Vec<f32>>], ids: &[u32], tokenizer: &loupe_engine::Tokenizer) -> Result<bool> {
+        if !std::mem::take(&mut self.expecting[row]) || values.is_empty() {
+            return Ok(false);
+        }
+        let Some(&token) = ids.last() else { return Ok(false) };
+        let in_scope = !tokenizer.is_special(token);
+        let mut blocked = false;
+        let mut records = Vec::new();
+        for (i, m) in plan.guards.iter().enumerate() {
+            for (running, v) in self.running[row][i].iter_mut().zip(&values[row][i]) {
+                running.push(*v, in_scope);
+            }
+            if self.fired[row][i] {
+                continue;
+            }
+            let crossed: Vec<usize> = (0..m.detectors.len()).filter(|&d| self.running[row][i][d].score() > m.detectors[d].threshold).collect();
+            let Some(&first) = crossed.first() else { continue };
+            self.fired[row][i] = true;
+            let action = crossed.iter().map(|&d| m.detectors[d].action).max().unwrap_or_default();
+            let severity = crossed.iter().map(|&d| m.detectors[d].severity).max().unwrap_or_default();
+            blocked |= action == Action::Block;
+            let text = tokenizer.decode(ids)?;
+            records.push(loupe_store::AlertRecord {
+                alert_id: crate::monitoring::score::new_id(),
+                monitor: m.monitor.name.clone(),
+                version: m.version,
+                request_id: self.request_id.clone(),
+                input_id: if plan.rows[row] == plan::RowKind::Steered { "steered".into() } else { "default".into() },
+                caller: "anonymous".into(),
+                created_at_us: crate::monitoring::score::now_us(),
+                severity: definition::severity_name(severity).into(),
+                action: definition::action_name(action).into(),
+                score: self.running[row][i][first].score(),
+                threshold: m.detectors[first].threshold,
+                first_token: (ids.len() - 1) as u32,
+                spans: "[]".into(),
+                text_sha256: crate::monitoring::score::sha256_hex(text.as_bytes()),
+                text: state.limits.store_alert_text.then_some(text),
+            });
+        }
+        self.alerts[row].extend(records.iter().map(crate::monitoring::alerts::to_proto));
+        state.monitoring.alerts.record(records).await?;
+        Ok(blocked)
+    }
 }

@@ -11,6 +11,8 @@ use loupe_engine::{Dictionary, FeatureLens, HookPoint, Hooks, Read, Rows, TokenB
 use loupe_schema::proto::v1 as pb;
 
 use crate::error::{Result, ServiceError};
+use crate::monitoring::score::{chosen_monitors, read_spec};
+use crate::monitoring::{LiveMonitor, ReadSpec};
 use crate::rpc::check_text;
 use crate::state::AppState;
 
@@ -52,13 +54,17 @@ pub struct SteerPlan {
     pub rows: Vec<RowKind>,
     pub stop: Vec<String>,
     pub logprobs: bool,
+    /// Guardrail monitors run on the generated tokens, and what they read.
+    pub guards: Vec<Arc<LiveMonitor>>,
+    pub guard_reads: ReadSpec,
 }
 
 impl SteerPlan {
     /// The hooks of a generation step: the edits, and captures of the watched features'
     /// input hooks.
-    pub fn hooks(&self) -> Hooks {
-        let captures = Hooks::new().capture_all(self.watched.iter().map(|w| w.dictionary.info().hook_in));
+    pub fn hooks(&self, lens: &FeatureLens) -> Hooks {
+        let guard_hooks = self.guard_reads.hooks.iter().copied().chain(self.guard_reads.dictionaries.iter().map(|&at| lens.dictionaries()[at].dictionary.info().hook_in));
+        let captures = Hooks::new().capture_all(self.watched.iter().map(|w| w.dictionary.info().hook_in)).capture_all(guard_hooks);
         loupe_engine::steering::with_edits(captures, &self.edits)
     }
 }
@@ -122,7 +128,15 @@ pub async fn plan(state: &AppState, r: pb::SteerRequest, deadline: Option<Durati
     }
     let watched = resolver.watched;
     let params = SamplingParams { temperature: r.temperature, top_p, seed: r.seed, max_new_tokens, stop_tokens: tokenizer.eos_token_id().into_iter().collect() };
-    Ok(SteerPlan { prompt_text, prompt, edits, applied, watched, params, rows, stop: r.stop, logprobs: r.logprobs })
+    let mut names = r.monitors.clone();
+    names.sort();
+    names.dedup();
+    let guards = if names.is_empty() { Vec::new() } else { chosen_monitors(state, &names).map_err(|e| match e {
+        ServiceError::NotFound(m) => ServiceError::NotFound(format!("monitors: {m}")),
+        other => other,
+    })? };
+    let guard_reads = read_spec(&lens, &guards)?;
+    Ok(SteerPlan { prompt_text, prompt, edits, applied, watched, params, rows, stop: r.stop, logprobs: r.logprobs, guards, guard_reads })
 }
 
 /// The text to run: the raw prompt, or the chat messages rendered with the model's template

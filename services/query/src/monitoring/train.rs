@@ -1,0 +1,243 @@
+//! TrainProbe and EvaluateMonitor: a linear probe from labelled texts on a held-out split
+//! (the same split, probes and metrics as `loupe probe train`), and a monitor's metrics on
+//! labelled texts with bootstrap intervals.
+
+use loupe_engine::monitor::{Aggregation, Calibration, Detector, Signal};
+use loupe_engine::{HookPoint, Hooks, Read, Rows, TokenBatch};
+use loupe_schema::proto::v1 as pb;
+use loupe_train::probes::{self, split_of, LinearProbe, Split};
+
+use crate::error::{Result, ServiceError};
+use crate::state::AppState;
+
+/// Texts per model call while pooling.
+const POOL_BATCH: usize = 16;
+/// Bootstrap resamples when the request does not say, and at most.
+const DEFAULT_BOOTSTRAP: usize = 1000;
+const MAX_BOOTSTRAP: usize = 10_000;
+
+fn check_examples(examples: &[pb::LabelledText], max: usize, max_bytes: usize) -> Result<()> {
+    if examples.len() > max {
+        return Err(ServiceError::InvalidArgument(format!("{} examples; this server takes at most {max} (max_train_texts)", examples.len())));
+    }
+    if let Some(i) = examples.iter().position(|e| e.text.trim().is_empty() || e.text.len() > max_bytes) {
+        return Err(ServiceError::InvalidArgument(format!("examples[{i}].text must be non-empty and at most {max_bytes} bytes")));
+    }
+    if !examples.iter().any(|e| e.label) || !examples.iter().any(|e| !e.label) {
+        return Err(ServiceError::InvalidArgument("examples need texts of both labels".into()));
+    }
+    Ok(())
+}
+
+/// Mean over the tokens after BOS of each text's activation at `hook`.
+async fn mean_pooled(state: &AppState, hook: HookPoint, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+    let lens = state.engine()?;
+    let max_tokens = state.limits.max_tokens;
+    let mut out = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(POOL_BATCH) {
+        let (lens, chunk) = (lens.clone(), chunk.to_vec());
+        let pooled = state
+            .workers
+            .run(None, move |cancel| {
+                let tokenizer = lens.model().tokenizer()?;
+                let sequences: Vec<Vec<u32>> = chunk
+                    .iter()
+                    .map(|t| {
+                        let mut ids: Vec<u32> = tokenizer.bos_token_id().into_iter().collect();
+                        ids.extend(tokenizer.encode(t)?);
+                        ids.truncate(max_tokens);
+                        Ok(ids)
+                    })
+                    .collect::<Result<_>>()?;
+                let batch = TokenBatch::right_padded(&sequences, lens.model().pad_token_id())?;
+                let read = Read { hooks: Hooks::new().capture(hook).cancel_when(cancel), ..Read::only(vec![], Rows::RealAfterFirst) };
+                let rows: Vec<Vec<f32>> = lens.run(&batch, &read)?.captured[&hook].to_vec2()?;
+                let mut at = 0;
+                let mut pooled = Vec::with_capacity(sequences.len());
+                for ids in &sequences {
+                    let n = ids.len().saturating_sub(1);
+                    let mut mean = vec![0f32; rows.first().map_or(0, Vec::len)];
+                    for row in &rows[at..at + n] {
+                        mean.iter_mut().zip(row).for_each(|(m, v)| *m += v / n as f32);
+                    }
+                    at += n;
+                    pooled.push(mean);
+                }
+                Ok(pooled)
+            })
+            .await?;
+        out.extend(pooled);
+    }
+    Ok(out)
+}
+
+pub async fn train_probe(state: &AppState, r: &pb::TrainProbeRequest) -> Result<(Detector, pb::ProbeReport)> {
+    let lens = state.engine()?;
+    let hook: HookPoint = r.hook.parse().map_err(|e| ServiceError::InvalidArgument(format!("hook: {e}")))?;
+    if lens.model().config().hook_width(hook).is_none() {
+        return Err(ServiceError::InvalidArgument(format!("hook: {hook} is not a hook of this model ({} layers)", lens.model().config().n_layers)));
+    }
+    let target_fpr = if r.target_fpr == 0.0 { 0.01 } else { r.target_fpr };
+    if !(target_fpr > 0.0 && target_fpr < 1.0) {
+        return Err(ServiceError::InvalidArgument(format!("target_fpr: {target_fpr} must be in (0, 1)")));
+    }
+    let method = pb::ProbeMethod::try_from(r.method).map_err(|_| ServiceError::InvalidArgument(format!("method: {} is not a probe method", r.method)))?;
+    let severity = pb::Severity::try_from(r.severity).map_err(|_| ServiceError::InvalidArgument(format!("severity: {} is not a severity", r.severity)))?;
+    let action = pb::Action::try_from(r.action).map_err(|_| ServiceError::InvalidArgument(format!("action: {} is not an action", r.action)))?;
+    check_examples(&r.examples, state.limits.max_train_texts, state.limits.max_text_bytes)?;
+    let splits: Vec<Split> = r.examples.iter().map(|e| split_of(&e.text)).collect();
+    let pick = |s: Split| -> Vec<usize> { (0..splits.len()).filter(|&i| splits[i] == s).collect() };
+    let (train, validation, test) = (pick(Split::Train), pick(Split::Validation), pick(Split::Test));
+    let labels = |idx: &[usize]| -> Vec<bool> { idx.iter().map(|&i| r.examples[i].label).collect() };
+    let (y_train, y_validation, y_test) = (labels(&train), labels(&validation), labels(&test));
+    for (name, y) in [("train", &y_train), ("validation", &y_validation)] {
+        if !y.iter().any(|&l| l) || !y.iter().any(|&l| !l) {
+            return Err(ServiceError::InvalidArgument(format!(
+                "examples: the {name} split (by a hash of each text: 60% train, 20% validation, 20% test) has no texts of one label; give more examples"
+            )));
+        }
+    }
+    let pooled = mean_pooled(state, hook, r.examples.iter().map(|e| e.text.clone()).collect()).await?;
+    let rows = |idx: &[usize]| -> Vec<Vec<f32>> { idx.iter().map(|&i| pooled[i].clone()).collect() };
+    let (x_train, x_validation, x_test) = (rows(&train), rows(&validation), rows(&test));
+    let (probe, l2): (LinearProbe, f64) = tokio::task::spawn_blocking(move || match method {
+        pb::ProbeMethod::Diffmean => (probes::diffmean(&x_train, &y_train), 0.0),
+        pb::ProbeMethod::Logistic => {
+            let mut best: Option<(LinearProbe, f64, f64)> = None;
+            for l2 in [1e-4, 1e-3, 1e-2, 1e-1, 1.0] {
+                let probe = probes::logistic_regression(&x_train, &y_train, l2);
+                let auc = probes::auroc(&probe.scores(&x_validation), &y_validation);
+                if best.as_ref().is_none_or(|b| auc > b.2) {
+                    best = Some((probe, l2, auc));
+                }
+            }
+            best.map(|(p, l2, _)| (p, l2)).expect("a grid")
+        }
+    })
+    .await
+    .map_err(|e| ServiceError::Internal(format!("training task: {e}")))?;
+    let s_validation = probe.scores(&rows(&validation));
+    let s_test = probe.scores(&x_test);
+    let negatives: Vec<f32> = s_validation.iter().zip(labels(&validation)).filter(|(_, l)| !l).map(|(&s, _)| s).collect();
+    let threshold = probes::threshold_at_fpr(&negatives, target_fpr);
+    let (recall, fpr, _) = probes::rates(&s_test, &y_test, threshold);
+    let validation_auroc = probes::auroc(&s_validation, &labels(&validation));
+    let negative_texts: Vec<&str> = validation.iter().filter(|&&i| !r.examples[i].label).map(|&i| r.examples[i].text.as_str()).collect();
+    let method_name = if method == pb::ProbeMethod::Diffmean { "diffmean" } else { "logistic" };
+    let mut details = serde_json::Map::new();
+    details.insert("method".into(), method_name.into());
+    details.insert("l2".into(), l2.into());
+    details.insert("validation_auroc".into(), validation_auroc.into());
+    let calibration = Calibration {
+        target_fpr,
+        control_set: "TrainProbe validation negatives".into(),
+        control_sha256: super::score::sha256_hex(negative_texts.join("\n").as_bytes()),
+        control_texts: negative_texts.len(),
+        threshold,
+        details,
+    };
+    let mut detector = Detector::new(Signal::Linear { hook, weights: probe.weights.clone(), bias: probe.bias }, Aggregation::Mean, threshold);
+    detector.calibration = Some(calibration);
+    detector.severity = match severity {
+        pb::Severity::Low => loupe_engine::monitor::Severity::Low,
+        pb::Severity::High => loupe_engine::monitor::Severity::High,
+        pb::Severity::Critical => loupe_engine::monitor::Severity::Critical,
+        _ => loupe_engine::monitor::Severity::Medium,
+    };
+    detector.action = match action {
+        pb::Action::Log => loupe_engine::monitor::Action::Log,
+        pb::Action::Block => loupe_engine::monitor::Action::Block,
+        _ => loupe_engine::monitor::Action::Alert,
+    };
+    let report = pb::ProbeReport {
+        train_texts: train.len() as u32,
+        validation_texts: validation.len() as u32,
+        test_texts: test.len() as u32,
+        l2,
+        validation_auroc,
+        test_auroc: probes::auroc(&s_test, &y_test),
+        test_fpr_at_threshold: fpr,
+        test_recall_at_threshold: recall,
+        split: "FNV-1a hash of the text mod 10: 0-5 train, 6-7 validation, 8-9 test; threshold at the target FPR on the validation negatives".into(),
+    };
+    Ok((detector.with_offset_in_bias(), report))
+}
+
+fn estimate(scores: &[f32], labels: &[bool], metric: impl Fn(&[f32], &[bool]) -> f64, resamples: usize) -> pb::Estimate {
+    let value = metric(scores, labels);
+    let (low, high) = probes::bootstrap_ci(scores, labels, &metric, resamples, 7);
+    pb::Estimate { value, low, high }
+}
+
+fn f1(precision: f64, recall: f64) -> f64 {
+    if precision + recall > 0.0 {
+        2.0 * precision * recall / (precision + recall)
+    } else {
+        0.0
+    }
+}
+
+pub async fn evaluate(state: &AppState, r: pb::EvaluateMonitorRequest) -> Result<pb::EvaluateMonitorResponse> {
+    check_examples(&r.examples, state.limits.max_train_texts, state.limits.max_text_bytes)?;
+    let resamples = match r.bootstrap as usize {
+        0 => DEFAULT_BOOTSTRAP,
+        n if n > MAX_BOOTSTRAP => return Err(ServiceError::InvalidArgument(format!("bootstrap {n} is above {MAX_BOOTSTRAP}"))),
+        n => n,
+    };
+    let target_fpr = if r.target_fpr == 0.0 { 0.01 } else { r.target_fpr };
+    if !(target_fpr > 0.0 && target_fpr < 1.0) {
+        return Err(ServiceError::InvalidArgument(format!("target_fpr: {target_fpr} must be in (0, 1)")));
+    }
+    let history = loupe_store::monitor_history(&state.store_root).await?;
+    let versions = history.get(&r.monitor).ok_or_else(|| ServiceError::NotFound(format!("no monitor {:?}", r.monitor)))?;
+    let version = match r.version {
+        0 => versions.last(),
+        v => versions.get(v as usize - 1),
+    }
+    .ok_or_else(|| ServiceError::NotFound(format!("monitor {:?} has versions 1 to {}, not {}", r.monitor, versions.len(), r.version)))?;
+    let monitor = super::registry::parse(version)?;
+    let detectors = super::definition::resolve(state, &monitor).await?;
+    let texts: Vec<String> = r.examples.iter().map(|e| e.text.clone()).collect();
+    let labels: Vec<bool> = r.examples.iter().map(|e| e.label).collect();
+    let scores = super::scores_of(state, &detectors, &texts).await?;
+    let evaluation = tokio::task::spawn_blocking(move || {
+        // NaN (no token in scope) scores as "did not fire".
+        let scores: Vec<Vec<f32>> = scores.into_iter().map(|s| s.into_iter().map(|v| if v.is_nan() { f32::NEG_INFINITY } else { v }).collect()).collect();
+        let mut out = Vec::with_capacity(detectors.len());
+        for (i, (d, s)) in detectors.iter().zip(&scores).enumerate() {
+            let t = d.threshold;
+            out.push(pb::DetectorEvaluation {
+                detector: i as u32,
+                auroc: Some(estimate(s, &labels, probes::auroc, resamples)),
+                average_precision: Some(estimate(s, &labels, probes::average_precision, resamples)),
+                recall_at_fpr: Some(estimate(s, &labels, |s, l| probes::recall_at_fpr(s, l, target_fpr), resamples)),
+                threshold: t,
+                precision: Some(estimate(s, &labels, |s, l| probes::rates(s, l, t).2, resamples)),
+                recall: Some(estimate(s, &labels, |s, l| probes::rates(s, l, t).0, resamples)),
+                f1: Some(estimate(s, &labels, |s, l| {
+                    let (recall, _, precision) = probes::rates(s, l, t);
+                    f1(precision, recall)
+                }, resamples)),
+                fpr: Some(estimate(s, &labels, |s, l| probes::rates(s, l, t).1, resamples)),
+            });
+        }
+        // The monitor as a whole: fires when any detector does (1.0 / 0.0 as scores).
+        let fired: Vec<f32> = (0..labels.len()).map(|j| if detectors.iter().zip(&scores).any(|(d, s)| s[j] > d.threshold) { 1.0 } else { 0.0 }).collect();
+        let whole = |pick: fn((f64, f64, f64)) -> f64| estimate(&fired, &labels, move |s, l| pick(probes::rates(s, l, 0.5)), resamples);
+        (out, whole(|r| r.2), whole(|r| r.0), whole(|r| r.1))
+    })
+    .await
+    .map_err(|e| ServiceError::Internal(format!("evaluation task: {e}")))?;
+    let (detectors, precision, recall, fpr) = evaluation;
+    let positives = r.examples.iter().filter(|e| e.label).count() as u32;
+    Ok(pb::EvaluateMonitorResponse {
+        monitor: r.monitor,
+        version: version.version,
+        positives,
+        negatives: r.examples.len() as u32 - positives,
+        detectors,
+        precision: Some(precision),
+        recall: Some(recall),
+        fpr: Some(fpr),
+    })
+}
