@@ -27,7 +27,7 @@ pub use layout::Generation;
 pub use reader::StoreReader;
 pub use alerts::{append_alerts, read_alerts, AlertFilter, AlertRecord};
 pub use labels::{append_labels, label_history};
-pub use monitors::{append_monitor, monitor_history, MonitorVersion, MonitorWrite};
+pub use monitors::{append_monitor, monitor_history, monitors_marker, MonitorVersion, MonitorWrite};
 pub use named_vectors::{append_vector, named_vector, named_vectors, NamedVector};
 pub use records::{DictionaryCommit, DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord, LabelRecord, LogitEffect, Neighbour};
 pub use search::{SearchFilter, SearchHit, SearchResults};

@@ -55,6 +55,12 @@ pub async fn append_monitor(root: &Path, write: &MonitorWrite) -> Result<()> {
     append_only::append(root, MONITORS, RecordBatch::try_new(tables::monitors(), columns)?).await
 }
 
+/// A cheap sign of the table's state (the modification time of its manifest folder, which
+/// each commit writes into): followers re-read the table only when it changes.
+pub fn monitors_marker(root: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(crate::layout::table_path(root, MONITORS).join("_versions")).and_then(|m| m.modified()).ok()
+}
+
 /// Every version of every monitor, by name, oldest first.
 pub async fn monitor_history(root: &Path) -> Result<BTreeMap<String, Vec<MonitorVersion>>> {
     let mut by_name: BTreeMap<String, Vec<MonitorVersion>> = BTreeMap::new();

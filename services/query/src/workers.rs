@@ -23,7 +23,8 @@ pub fn lower_model_priority() {
 /// Nice value of model threads (0 is normal, 19 the lowest priority).
 const MODEL_NICE: libc::c_int = 10;
 
-fn lower_this_thread() {
+/// Lowers the calling thread to model priority (as the model workers and compute threads run).
+pub fn lower_this_thread() {
     // SAFETY: setpriority on the calling thread (on Linux, PRIO_PROCESS with who = 0 is the
     // calling thread); raising the nice value needs no privilege.
     #[cfg(target_os = "linux")]

@@ -73,8 +73,9 @@ fn texts_of(paths: &[PathBuf]) -> anyhow::Result<Vec<String>> {
     Ok(texts)
 }
 
-/// `clients` tasks scoring texts in a loop for `seconds`: (texts/s, tokens/s, p50 ms, p99 ms).
-async fn score_load(addr: &str, texts: &Arc<Vec<String>>, clients: usize, seconds: f64) -> anyhow::Result<(f64, f64, f64, f64)> {
+/// `clients` tasks scoring texts in a loop for `seconds`: (texts/s, tokens/s, p50 ms, p99 ms,
+/// seconds elapsed until the last call returned).
+async fn score_load(addr: &str, texts: &Arc<Vec<String>>, clients: usize, seconds: f64) -> anyhow::Result<(f64, f64, f64, f64, f64)> {
     let mut channels = Vec::new();
     for _ in 0..clients.clamp(1, 8) {
         channels.push(Channel::from_shared(addr.to_string())?.connect().await?);
@@ -108,7 +109,7 @@ async fn score_load(addr: &str, texts: &Arc<Vec<String>>, clients: usize, second
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_by(f64::total_cmp);
     let pick = |p: f64| all.get(((all.len().max(1) - 1) as f64 * p).round() as usize).copied().unwrap_or(0.0);
-    Ok((all.len() as f64 / elapsed, tokens as f64 / elapsed, pick(0.5), pick(0.99)))
+    Ok((all.len() as f64 / elapsed, tokens as f64 / elapsed, pick(0.5), pick(0.99), elapsed))
 }
 
 pub fn run(args: MonitorArgs) -> anyhow::Result<()> {
@@ -147,7 +148,7 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<()> {
         batcher.take_shapes();
         let mut rows = Vec::new();
         for &clients in &args.clients {
-            let (texts_per_s, tokens_per_s, p50, p99) = score_load(&running.addr, &texts, clients, args.seconds).await?;
+            let (texts_per_s, tokens_per_s, p50, p99, elapsed) = score_load(&running.addr, &texts, clients, args.seconds).await?;
             let shapes = batcher.take_shapes();
             // The same passes, the model and reads alone, replayed on this thread.
             let tokenizer = lens.model().tokenizer()?;
@@ -160,15 +161,22 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<()> {
             let (replay_tokens, replay_seconds) = {
                 let lens = lens.clone();
                 let shapes = shapes.clone();
-                tokio::task::spawn_blocking(move || -> anyhow::Result<(usize, f64)> {
+                // On a thread of its own at the model workers' priority, as the server runs
+                // its passes (its sequential parts yield to request threads there too).
+                let (done, result) = tokio::sync::oneshot::channel();
+                std::thread::spawn(move || {
+                    loupe_query::workers::lower_this_thread();
+                    let _ = done.send((|| -> anyhow::Result<(usize, f64)> {
                     let start = Instant::now();
                     let mut tokens = 0;
                     for (i, shape) in shapes.iter().enumerate() {
-                        // Sequences of the shape's width and count (real tokens as recorded).
-                        let per = shape.tokens / shape.texts.max(1);
+                        // The shape's texts: one of its width, the others sharing the rest of
+                        // its real tokens (so padding and real tokens are as recorded).
+                        let others = shape.texts.saturating_sub(1);
+                        let rest = shape.tokens.saturating_sub(shape.width);
                         let sequences: Vec<Vec<u32>> = (0..shape.texts).map(|j| {
                             let base = &sample[(i + j) % sample.len()];
-                            let len = if j + 1 == shape.texts { shape.width } else { per.clamp(1, shape.width) };
+                            let len = if j == 0 { shape.width } else { (rest / others + usize::from(j <= rest % others)).clamp(1, shape.width) };
                             base.iter().cycle().take(len).copied().collect()
                         }).collect();
                         tokens += sequences.iter().map(Vec::len).sum::<usize>();
@@ -179,19 +187,23 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<()> {
                         }
                     }
                     Ok((tokens, start.elapsed().as_secs_f64()))
-                })
-                .await??
+                    })());
+                });
+                result.await??
             };
             let forward_tokens_per_s = replay_tokens as f64 / replay_seconds.max(1e-9);
             let mean_batch = shapes.iter().map(|s| s.texts).sum::<usize>() as f64 / shapes.len().max(1) as f64;
+            // The share of the run the model was busy with the passes.
+            let busy = shapes.iter().map(|s| s.seconds).sum::<f64>() / elapsed;
             eprintln!(
-                "{clients:>3} clients: {texts_per_s:>7.1} texts/s {tokens_per_s:>8.0} tokens/s scored (p50 {p50:.0} ms, p99 {p99:.0} ms); {} passes of {mean_batch:.1} texts; forward only {forward_tokens_per_s:.0} tokens/s -> {:.2}x",
+                "{clients:>3} clients: {texts_per_s:>7.1} texts/s {tokens_per_s:>8.0} tokens/s scored (p50 {p50:.0} ms, p99 {p99:.0} ms); {} passes of {mean_batch:.1} texts, model busy {:.0}% of the time; forward only {forward_tokens_per_s:.0} tokens/s -> {:.2}x",
                 shapes.len(),
+                100.0 * busy,
                 tokens_per_s / forward_tokens_per_s
             );
             rows.push(json!({
                 "clients": clients, "texts_per_s": texts_per_s, "tokens_per_s": tokens_per_s, "p50_ms": p50, "p99_ms": p99,
-                "passes": shapes.len(), "mean_texts_per_pass": mean_batch,
+                "passes": shapes.len(), "mean_texts_per_pass": mean_batch, "model_busy_fraction": busy,
                 "forward_only_tokens_per_s": forward_tokens_per_s, "vs_forward_only": tokens_per_s / forward_tokens_per_s,
             }));
         }

@@ -60,12 +60,14 @@ struct Job {
     reply: oneshot::Sender<Result<TextRows>>,
 }
 
-/// Batch shapes run, for the benchmark's forward-only comparison.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A pass run, for the benchmark's forward-only comparison.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Shape {
     pub texts: usize,
     pub width: usize,
     pub tokens: usize,
+    /// Seconds the pass took on its worker.
+    pub seconds: f64,
 }
 
 const SHAPES_KEPT: usize = 4096;
@@ -122,16 +124,24 @@ async fn run(lens: Arc<FeatureLens>, workers: Arc<ModelWorkers>, mut queue: mpsc
     }
 }
 
-/// Consecutive (length-sorted) jobs whose padded size fits `max_tokens` (a longer text
-/// runs alone).
+/// Real tokens a pass must hold of its padded size: below this, the padding would cost
+/// more than a second, narrower pass.
+const MIN_FILL: f64 = 0.75;
+
+/// Consecutive (length-sorted) jobs whose padded size fits `max_tokens` and is at least
+/// `MIN_FILL` real tokens (a longer text runs alone).
 fn pack(jobs: Vec<Job>, max_tokens: usize) -> Vec<Vec<Job>> {
     let mut groups: Vec<Vec<Job>> = Vec::new();
     let mut current: Vec<Job> = Vec::new();
+    let mut real = 0;
     for job in jobs {
         let width = job.ids.len();
-        if !current.is_empty() && (current.len() + 1) * width > max_tokens {
+        let padded = (current.len() + 1) * width;
+        if !current.is_empty() && (padded > max_tokens || ((real + width) as f64) < MIN_FILL * padded as f64) {
             groups.push(std::mem::take(&mut current));
+            real = 0;
         }
+        real += width;
         current.push(job);
     }
     if !current.is_empty() {
@@ -146,23 +156,25 @@ async fn run_group(lens: &Arc<FeatureLens>, workers: &ModelWorkers, group: Vec<J
     let sequences: Vec<Vec<u32>> = group.iter().map(|j| j.ids.clone()).collect();
     let width = sequences.iter().map(Vec::len).max().unwrap_or(0);
     let tokens: usize = sequences.iter().map(Vec::len).sum();
-    if let Ok(mut s) = shapes.lock() {
-        if s.len() < SHAPES_KEPT {
-            s.push(Shape { texts: sequences.len(), width, tokens });
-        }
-    }
+    let texts = sequences.len();
     let lens = lens.clone();
     let outcome = workers
         .run(None, move |cancel| {
+            let start = Instant::now();
             let batch = TokenBatch::right_padded(&sequences, lens.model().pad_token_id())?;
             let read = Read { hooks: Hooks::new().capture_all(spec.hooks.iter().copied()).cancel_when(cancel), ..Read::only(spec.dictionaries.clone(), Rows::Real) };
             let out = lens.run(&batch, &read)?;
             let codes = spec.dictionaries.iter().copied().zip(out.codes.into_iter().map(|e| e.features)).collect();
-            Ok(PassOutput { codes, captured: out.captured })
+            Ok((PassOutput { codes, captured: out.captured }, start.elapsed().as_secs_f64()))
         })
         .await;
     match outcome {
-        Ok(pass) => {
+        Ok((pass, seconds)) => {
+            if let Ok(mut s) = shapes.lock() {
+                if s.len() < SHAPES_KEPT {
+                    s.push(Shape { texts, width, tokens, seconds });
+                }
+            }
             let pass = Arc::new(pass);
             let mut at = 0;
             for job in group {
@@ -193,9 +205,10 @@ mod tests {
     fn packing_keeps_padded_size_within_the_budget() {
         let jobs: Vec<Job> = [10, 10, 20, 30, 100, 300].into_iter().map(job).collect();
         let groups: Vec<Vec<usize>> = pack(jobs, 100).into_iter().map(|g| g.iter().map(|j| j.ids.len()).collect()).collect();
-        assert_eq!(groups, vec![vec![10, 10, 20], vec![30], vec![100], vec![300]]);
+        assert_eq!(groups, vec![vec![10, 10], vec![20, 30], vec![100], vec![300]]);
         for g in &groups {
-            assert!(g.len() * g.iter().max().unwrap() <= 100 || g.len() == 1);
+            let (width, real) = (*g.iter().max().unwrap(), g.iter().sum::<usize>());
+            assert!(g.len() == 1 || (g.len() * width <= 100 && real as f64 >= MIN_FILL * (g.len() * width) as f64), "{g:?}");
         }
     }
 }

@@ -21,8 +21,9 @@ pub struct LiveMonitor {
 #[derive(Default)]
 pub struct Registry {
     live: RwLock<Arc<BTreeMap<String, Arc<LiveMonitor>>>>,
-    /// Rows of the monitors table when last read (a refresh with no new rows does nothing).
-    rows_seen: RwLock<usize>,
+    /// The table's marker when last read, if it had been created (a refresh that finds the
+    /// same marker does nothing).
+    seen: RwLock<Option<std::time::SystemTime>>,
 }
 
 impl Registry {
@@ -34,11 +35,11 @@ impl Registry {
     /// Re-reads the table (when it has new rows) and resolves every live monitor. A monitor
     /// that no longer resolves (its stored vector was deleted) is left out, with a warning.
     pub async fn refresh(&self, state: &AppState) -> Result<()> {
-        let history = loupe_store::monitor_history(&state.store_root).await?;
-        let rows: usize = history.values().map(Vec::len).sum();
-        if self.rows_seen.read().map(|r| *r == rows).unwrap_or(false) && rows > 0 {
+        let marker = loupe_store::monitors_marker(&state.store_root);
+        if marker.is_some() && self.seen.read().map(|s| *s == marker).unwrap_or(false) {
             return Ok(());
         }
+        let history = loupe_store::monitor_history(&state.store_root).await?;
         let mut live = BTreeMap::new();
         if state.engine.is_some() {
             for (name, versions) in &history {
@@ -57,8 +58,8 @@ impl Registry {
         if let Ok(mut slot) = self.live.write() {
             *slot = Arc::new(live);
         }
-        if let Ok(mut seen) = self.rows_seen.write() {
-            *seen = rows;
+        if let Ok(mut seen) = self.seen.write() {
+            *seen = marker;
         }
         Ok(())
     }

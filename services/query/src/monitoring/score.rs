@@ -194,8 +194,7 @@ pub struct AlertContext<'a> {
 }
 
 /// Scores one text with one monitor: per-detector results, the deciding detector, the alert.
-pub fn outcome(lens: &FeatureLens, snapshot: &Snapshot, m: &LiveMonitor, text: &Prepared, rows: &TextRows, explain_k: usize, context: &AlertContext) -> Result<MonitorOutcome> {
-    let verdicts = run_monitor(lens, m, text, rows)?;
+pub fn outcome(lens: &FeatureLens, snapshot: &Snapshot, m: &LiveMonitor, text: &Prepared, rows: &TextRows, verdicts: Vec<monitor::Scored>, explain_k: usize, context: &AlertContext) -> Result<MonitorOutcome> {
     let mut detectors = Vec::with_capacity(verdicts.len());
     for (i, (d, v)) in m.detectors.iter().zip(&verdicts).enumerate() {
         let (explanation, explained_token) = match v.spans.iter().max_by(|a, b| a.peak_value.total_cmp(&b.peak_value)) {
@@ -337,16 +336,21 @@ pub async fn score(state: &Arc<AppState>, r: pb::ScoreRequest) -> Result<pb::Sco
     let request_id = new_id();
     let snapshot = state.snapshot();
     let keep_text = limits.store_alert_text;
-    let (results, alerts) = tokio::task::spawn_blocking({
+    // The detectors' values are a small product per text (done here); explaining a firing
+    // encodes its peak with the dictionaries (a blocking-pool job, when one fired).
+    let verdicts: Vec<Vec<Vec<monitor::Scored>>> =
+        texts.iter().zip(&passes).map(|(text, rows)| monitors.iter().map(|m| run_monitor(&lens, m, text, rows)).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?;
+    let explains = explain_k > 0 && verdicts.iter().flatten().flatten().any(|v| v.fired);
+    let finish = {
         let request_id = request_id.clone();
         move || -> Result<(Vec<pb::TextResult>, Vec<AlertRecord>)> {
             let context = AlertContext { request_id: &request_id, caller: &caller, keep_text };
             let mut results = Vec::with_capacity(texts.len());
             let mut alerts = Vec::new();
-            for (text, rows) in texts.iter().zip(&passes) {
+            for ((text, rows), per_monitor) in texts.iter().zip(&passes).zip(verdicts) {
                 let mut monitors_out = Vec::with_capacity(monitors.len());
-                for m in &monitors {
-                    let o = outcome(&lens, &snapshot, m, text, rows, explain_k, &context)?;
+                for (m, verdicts) in monitors.iter().zip(per_monitor) {
+                    let o = outcome(&lens, &snapshot, m, text, rows, verdicts, explain_k, &context)?;
                     alerts.extend(o.alert);
                     monitors_out.push(o.result);
                 }
@@ -354,9 +358,12 @@ pub async fn score(state: &Arc<AppState>, r: pb::ScoreRequest) -> Result<pb::Sco
             }
             Ok((results, alerts))
         }
-    })
-    .await
-    .map_err(|e| ServiceError::Internal(format!("scoring task: {e}")))??;
+    };
+    let (results, alerts) = if explains {
+        tokio::task::spawn_blocking(finish).await.map_err(|e| ServiceError::Internal(format!("scoring task: {e}")))??
+    } else {
+        finish()?
+    };
     state.monitoring.alerts.record(alerts).await?;
     Ok(pb::ScoreResponse { results, request_id })
 }
