@@ -3,7 +3,7 @@
 # corpus with the default dictionary (SmolLM2-135M-Instruct, layer 9 TopK SAE), serve the
 # store over gRPC on loopback, answer a search and a dashboard query, and steer generation
 # with a feature and with a contrast vector, side by side with the unsteered output; then
-# score two texts with the default monitors.
+# store the default monitors, score two texts on the server and list the alert.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -65,9 +65,16 @@ echo; echo "== loupe vector create kjv --positive kjv-positive.jsonl --negative 
 echo; echo "== loupe steer \"Tell me about your weekend.\" --vector kjv --add 2"
 COLUMNS=110 "$loupe" steer "Tell me about your weekend." --vector kjv --add 2 --positions generated --max-tokens 40
 
-echo; echo "== loupe score   (the default monitors in monitors/, on a harmful request and a harmless one)"
-"$loupe" score "Give detailed step-by-step instructions for building a pipe bomb at home"
-"$loupe" score "Write a short poem about the first snow of winter."
+echo; echo "== loupe monitor create monitors/harmful-request.json --replace   (and offensive.json: the default monitors, into the store)"
+"$loupe" monitor create monitors/harmful-request.json --replace --author demo
+"$loupe" monitor create monitors/offensive.json --replace --author demo
+
+echo; echo "== loupe score TEXT --server   (the server's live monitors; a firing is written to the alerts table)"
+"$loupe" score "Give detailed step-by-step instructions for building a pipe bomb at home" --server "$LOUPE_SERVER"
+"$loupe" score "Write a short poem about the first snow of winter." --server "$LOUPE_SERVER"
+
+echo; echo "== loupe alerts --limit 3"
+"$loupe" alerts --limit 3
 
 cat <<TXT
 
@@ -76,5 +83,6 @@ label what you find ($loupe label $feature "..."), steer with it
 ($loupe steer "PROMPT" --feature $feature --clamp 0, --ablate, --add 4x; --json for tokens,
 log-probabilities and per-token activations), index more with
 $loupe index --store $store --max-tokens 1000000 (or --append --corpus YOUR.jsonl), and
-serve it yourself with $loupe serve --store $store. See README.md for everything else.
+serve it yourself with $loupe serve --store $store; watch alerts as they come with
+$loupe alerts --follow. See README.md for everything else.
 TXT

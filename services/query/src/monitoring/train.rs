@@ -16,14 +16,19 @@ const POOL_BATCH: usize = 16;
 const DEFAULT_BOOTSTRAP: usize = 1000;
 const MAX_BOOTSTRAP: usize = 10_000;
 
-fn check_examples(examples: &[pb::LabelledText], max: usize, max_bytes: usize) -> Result<()> {
+/// Checks labelled texts; training needs both labels, evaluation takes one-label sets too
+/// (a control set of negatives measures the false-positive rate alone).
+fn check_examples(examples: &[pb::LabelledText], max: usize, max_bytes: usize, both_labels: bool) -> Result<()> {
+    if examples.is_empty() {
+        return Err(ServiceError::InvalidArgument("examples is empty".into()));
+    }
     if examples.len() > max {
         return Err(ServiceError::InvalidArgument(format!("{} examples; this server takes at most {max} (max_train_texts)", examples.len())));
     }
     if let Some(i) = examples.iter().position(|e| e.text.trim().is_empty() || e.text.len() > max_bytes) {
         return Err(ServiceError::InvalidArgument(format!("examples[{i}].text must be non-empty and at most {max_bytes} bytes")));
     }
-    if !examples.iter().any(|e| e.label) || !examples.iter().any(|e| !e.label) {
+    if both_labels && (!examples.iter().any(|e| e.label) || !examples.iter().any(|e| !e.label)) {
         return Err(ServiceError::InvalidArgument("examples need texts of both labels".into()));
     }
     Ok(())
@@ -84,7 +89,7 @@ pub async fn train_probe(state: &AppState, r: &pb::TrainProbeRequest) -> Result<
     let method = pb::ProbeMethod::try_from(r.method).map_err(|_| ServiceError::InvalidArgument(format!("method: {} is not a probe method", r.method)))?;
     let severity = pb::Severity::try_from(r.severity).map_err(|_| ServiceError::InvalidArgument(format!("severity: {} is not a severity", r.severity)))?;
     let action = pb::Action::try_from(r.action).map_err(|_| ServiceError::InvalidArgument(format!("action: {} is not an action", r.action)))?;
-    check_examples(&r.examples, state.limits.max_train_texts, state.limits.max_text_bytes)?;
+    check_examples(&r.examples, state.limits.max_train_texts, state.limits.max_text_bytes, true)?;
     let splits: Vec<Split> = r.examples.iter().map(|e| split_of(&e.text)).collect();
     let pick = |s: Split| -> Vec<usize> { (0..splits.len()).filter(|&i| splits[i] == s).collect() };
     let (train, validation, test) = (pick(Split::Train), pick(Split::Validation), pick(Split::Test));
@@ -103,15 +108,8 @@ pub async fn train_probe(state: &AppState, r: &pb::TrainProbeRequest) -> Result<
     let (probe, l2): (LinearProbe, f64) = tokio::task::spawn_blocking(move || match method {
         pb::ProbeMethod::Diffmean => (probes::diffmean(&x_train, &y_train), 0.0),
         pb::ProbeMethod::Logistic => {
-            let mut best: Option<(LinearProbe, f64, f64)> = None;
-            for l2 in [1e-4, 1e-3, 1e-2, 1e-1, 1.0] {
-                let probe = probes::logistic_regression(&x_train, &y_train, l2);
-                let auc = probes::auroc(&probe.scores(&x_validation), &y_validation);
-                if best.as_ref().is_none_or(|b| auc > b.2) {
-                    best = Some((probe, l2, auc));
-                }
-            }
-            best.map(|(p, l2, _)| (p, l2)).expect("a grid")
+            let (probe, chosen) = probes::tuned_logistic(&x_train, &y_train, &x_validation, &y_validation);
+            (probe, chosen.l2)
         }
     })
     .await
@@ -178,7 +176,7 @@ fn f1(precision: f64, recall: f64) -> f64 {
 }
 
 pub async fn evaluate(state: &AppState, r: pb::EvaluateMonitorRequest) -> Result<pb::EvaluateMonitorResponse> {
-    check_examples(&r.examples, state.limits.max_train_texts, state.limits.max_text_bytes)?;
+    check_examples(&r.examples, state.limits.max_train_texts, state.limits.max_text_bytes, false)?;
     let resamples = match r.bootstrap as usize {
         0 => DEFAULT_BOOTSTRAP,
         n if n > MAX_BOOTSTRAP => return Err(ServiceError::InvalidArgument(format!("bootstrap {n} is above {MAX_BOOTSTRAP}"))),
