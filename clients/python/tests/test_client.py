@@ -188,7 +188,8 @@ def test_monitors_score_alert_and_stream(client):
     assert all(a.severity == "high" and a.action == "alert" for a in alerts)
 
     # A stream of words ends where the whole text's score is, and alerts once.
-    replies = list(client.stream_score((w + " " for w in HARMFUL.split()), monitors=["py-harmful"]))
+    words = HARMFUL.split(" ")
+    replies = list(client.stream_score([w + " " for w in words[:-1]] + words[-1:], monitors=["py-harmful"]))
     tokens, scores, _ = replies[-1]
     assert scores["py-harmful"][0] == pytest.approx(harmful.score, rel=1e-3, abs=1e-3)
     assert sum(len(r[2]) for r in replies) == 1

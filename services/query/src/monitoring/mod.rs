@@ -219,11 +219,15 @@ pub(crate) async fn scores_of(state: &AppState, detectors: &[Detector], texts: &
         .map(|(i, t)| score::prepare(tokenizer, pb::ScoreInput { text: t.clone(), ..Default::default() }, state.limits.max_text_bytes, state.limits.max_tokens, &format!("texts[{i}]")))
         .collect::<Result<_>>()?;
     let batcher = state.monitoring.batcher()?;
-    let passes = futures::future::try_join_all(prepared.iter().map(|p| batcher.run(p.ids.clone(), spec.clone()))).await?;
     let mut out = vec![Vec::with_capacity(texts.len()); detectors.len()];
-    for (p, rows) in prepared.iter().zip(&passes) {
-        for (d, verdict) in score::run_monitor(&lens, &live, p, rows)?.into_iter().enumerate() {
-            out[d].push(verdict.score);
+    // In slices, so that a large set neither fills the scoring queue nor holds every pass.
+    let slice = (state.limits.max_queued_texts / 4).max(1);
+    for chunk in prepared.chunks(slice) {
+        let passes = futures::future::try_join_all(chunk.iter().map(|p| batcher.run(p.ids.clone(), spec.clone()))).await?;
+        for (p, rows) in chunk.iter().zip(&passes) {
+            for (d, verdict) in score::run_monitor(&lens, &live, p, rows)?.into_iter().enumerate() {
+                out[d].push(verdict.score);
+            }
         }
     }
     Ok(out)

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use loupe_engine::chat::{self, ChatMessage};
-use loupe_engine::monitor::{self, Detector, Signal, Span};
+use loupe_engine::monitor::{self, Action, Detector, Severity, Signal, Span};
 use loupe_engine::{FeatureLens, Tokenizer};
 use loupe_schema::proto::v1 as pb;
 use loupe_store::AlertRecord;
@@ -214,9 +214,7 @@ pub fn outcome(lens: &FeatureLens, snapshot: &Snapshot, m: &LiveMonitor, text: &
     let deciding = (0..verdicts.len()).max_by(|&a, &b| margin(verdicts[a].score, m.detectors[a].threshold).total_cmp(&margin(verdicts[b].score, m.detectors[b].threshold))).unwrap_or(0);
     let fired_detectors: Vec<usize> = (0..verdicts.len()).filter(|&i| verdicts[i].fired).collect();
     let fired = !fired_detectors.is_empty();
-    let chosen: Vec<&Detector> = if fired { fired_detectors.iter().map(|&i| &m.detectors[i]).collect() } else { vec![&m.detectors[deciding]] };
-    let severity = chosen.iter().map(|d| d.severity).max().unwrap_or_default();
-    let action = chosen.iter().map(|d| d.action).max().unwrap_or_default();
+    let (severity, action) = severity_and_action(m, if fired { &fired_detectors } else { std::slice::from_ref(&deciding) });
     let decided = &detectors[deciding];
     let mut result = pb::MonitorResult {
         monitor: m.monitor.name.clone(),
@@ -231,29 +229,51 @@ pub fn outcome(lens: &FeatureLens, snapshot: &Snapshot, m: &LiveMonitor, text: &
         alert_id: String::new(),
     };
     let alert = fired.then(|| {
-        let alert_id = new_id();
-        result.alert_id = alert_id.clone();
-        let spans: Vec<SpanJson> = result.spans.iter().map(SpanJson::from).collect();
         let first_token = verdicts[deciding].spans.first().map_or(0, |s| s.start as u32);
-        AlertRecord {
-            alert_id,
-            monitor: m.monitor.name.clone(),
-            version: m.version,
-            request_id: context.request_id.to_string(),
-            input_id: text.id.clone(),
-            caller: context.caller.to_string(),
-            created_at_us: now_us(),
-            severity: severity_name(severity).into(),
-            action: action_name(action).into(),
-            score: result.score,
-            threshold: result.threshold,
-            first_token,
-            spans: serde_json::to_string(&spans).unwrap_or_else(|_| "[]".into()),
-            text_sha256: sha256_hex(text.text.as_bytes()),
-            text: context.keep_text.then(|| text.text.clone()),
-        }
+        let firing = Firing { crossed: &fired_detectors, score: result.score, threshold: result.threshold, first_token, spans: &result.spans };
+        let alert = alert_of(m, &firing, &text.text, &text.id, context);
+        result.alert_id = alert.alert_id.clone();
+        alert
     });
     Ok(MonitorOutcome { result, alert })
+}
+
+/// The most severe severity and the strongest action among `detectors` of `m`.
+pub fn severity_and_action(m: &LiveMonitor, detectors: &[usize]) -> (Severity, Action) {
+    let chosen = || detectors.iter().map(|&i| &m.detectors[i]);
+    (chosen().map(|d| d.severity).max().unwrap_or_default(), chosen().map(|d| d.action).max().unwrap_or_default())
+}
+
+/// How a monitor crossed: which detectors, the deciding score and threshold, where.
+pub struct Firing<'a> {
+    pub crossed: &'a [usize],
+    pub score: f32,
+    pub threshold: f32,
+    pub first_token: u32,
+    pub spans: &'a [pb::Span],
+}
+
+/// The alerts-table row of a firing of `m` on `text` (Score, StreamScore, guardrails).
+pub fn alert_of(m: &LiveMonitor, firing: &Firing, text: &str, input_id: &str, context: &AlertContext) -> AlertRecord {
+    let (severity, action) = severity_and_action(m, firing.crossed);
+    let spans: Vec<SpanJson> = firing.spans.iter().map(SpanJson::from).collect();
+    AlertRecord {
+        alert_id: new_id(),
+        monitor: m.monitor.name.clone(),
+        version: m.version,
+        request_id: context.request_id.to_string(),
+        input_id: input_id.to_string(),
+        caller: context.caller.to_string(),
+        created_at_us: now_us(),
+        severity: severity_name(severity).into(),
+        action: action_name(action).into(),
+        score: firing.score,
+        threshold: firing.threshold,
+        first_token: firing.first_token,
+        spans: serde_json::to_string(&spans).unwrap_or_else(|_| "[]".into()),
+        text_sha256: sha256_hex(text.as_bytes()),
+        text: context.keep_text.then(|| text.to_string()),
+    }
 }
 
 /// A span as the alerts table keeps it (JSON).

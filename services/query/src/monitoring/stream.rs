@@ -17,9 +17,8 @@ use loupe_schema::proto::v1 as pb;
 use loupe_store::AlertRecord;
 use tokio::sync::mpsc;
 
-use super::definition::{action_name, severity_name};
 use super::registry::LiveMonitor;
-use super::score::{chosen_monitors, new_id, now_us, read_spec, sha256_hex};
+use super::score::{alert_of, chosen_monitors, new_id, read_spec, AlertContext, Firing};
 use crate::error::{Result, ServiceError};
 use crate::state::AppState;
 
@@ -231,27 +230,9 @@ impl StreamState {
                     continue;
                 }
                 w.first_token = Some(position as u32);
-                let detectors: Vec<&monitor::Detector> = crossed.iter().map(|&i| &w.monitor.detectors[i]).collect();
-                let first = crossed[0];
-                let severity = detectors.iter().map(|d| d.severity).max().unwrap_or_default();
-                let action = detectors.iter().map(|d| d.action).max().unwrap_or_default();
-                alerts.push(AlertRecord {
-                    alert_id: new_id(),
-                    monitor: w.monitor.monitor.name.clone(),
-                    version: w.monitor.version,
-                    request_id: self.request_id.clone(),
-                    input_id: self.id.clone(),
-                    caller: self.caller.clone(),
-                    created_at_us: now_us(),
-                    severity: severity_name(severity).into(),
-                    action: action_name(action).into(),
-                    score: w.running[first].score(),
-                    threshold: w.monitor.detectors[first].threshold,
-                    first_token: position as u32,
-                    spans: "[]".into(),
-                    text_sha256: sha256_hex(text.unwrap_or("").as_bytes()),
-                    text: (state.limits.store_alert_text).then(|| text.unwrap_or("").to_string()),
-                });
+                let firing = Firing { crossed: &crossed, score: w.running[crossed[0]].score(), threshold: w.monitor.detectors[crossed[0]].threshold, first_token: position as u32, spans: &[] };
+                let context = AlertContext { request_id: &self.request_id, caller: &self.caller, keep_text: state.limits.store_alert_text };
+                alerts.push(alert_of(&w.monitor, &firing, text.unwrap_or(""), &self.id, &context));
             }
         }
         self.ids.extend(new);

@@ -19,7 +19,7 @@ use loupe_schema::proto::v1 as pb;
 use tokio::sync::mpsc;
 
 use crate::error::{Result, ServiceError};
-use crate::monitoring::definition;
+use crate::monitoring::score::{alert_of, AlertContext, Firing};
 use crate::state::AppState;
 use plan::{SteerPlan, Watched};
 
@@ -335,27 +335,12 @@ impl Guards {
             let crossed: Vec<usize> = (0..m.detectors.len()).filter(|&d| self.running[row][i][d].score() > m.detectors[d].threshold).collect();
             let Some(&first) = crossed.first() else { continue };
             self.fired[row][i] = true;
-            let action = crossed.iter().map(|&d| m.detectors[d].action).max().unwrap_or_default();
-            let severity = crossed.iter().map(|&d| m.detectors[d].severity).max().unwrap_or_default();
-            blocked |= action == Action::Block;
+            blocked |= crate::monitoring::score::severity_and_action(m, &crossed).1 == Action::Block;
             let text = tokenizer.decode(ids)?;
-            records.push(loupe_store::AlertRecord {
-                alert_id: crate::monitoring::score::new_id(),
-                monitor: m.monitor.name.clone(),
-                version: m.version,
-                request_id: self.request_id.clone(),
-                input_id: if plan.rows[row] == plan::RowKind::Steered { "steered".into() } else { "default".into() },
-                caller: "anonymous".into(),
-                created_at_us: crate::monitoring::score::now_us(),
-                severity: definition::severity_name(severity).into(),
-                action: definition::action_name(action).into(),
-                score: self.running[row][i][first].score(),
-                threshold: m.detectors[first].threshold,
-                first_token: (ids.len() - 1) as u32,
-                spans: "[]".into(),
-                text_sha256: crate::monitoring::score::sha256_hex(text.as_bytes()),
-                text: state.limits.store_alert_text.then_some(text),
-            });
+            let firing = Firing { crossed: &crossed, score: self.running[row][i][first].score(), threshold: m.detectors[first].threshold, first_token: (ids.len() - 1) as u32, spans: &[] };
+            let context = AlertContext { request_id: &self.request_id, caller: "anonymous", keep_text: state.limits.store_alert_text };
+            let output = if plan.rows[row] == plan::RowKind::Steered { "steered" } else { "default" };
+            records.push(alert_of(m, &firing, &text, output, &context));
         }
         self.alerts[row].extend(records.iter().map(crate::monitoring::alerts::to_proto));
         state.monitoring.alerts.record(records).await?;
