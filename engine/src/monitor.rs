@@ -220,13 +220,16 @@ impl Detector {
         Detector { signal, aggregation, threshold, scope: Scope::default(), severity: Severity::default(), action: Action::default(), calibration: None }
     }
 
-    /// Thresholds are non-negative: a linear probe whose calibrated threshold `t` is below
-    /// zero scores `w·x + b - t` against 0 instead (the same decisions; every aggregation is
+    /// Thresholds are non-negative: a linear probe (or a weighted feature set) whose
+    /// calibrated threshold `t` is below zero scores `w·x + b - t` against 0 instead (the same decisions; every aggregation is
     /// shift-equivariant).
     pub fn with_offset_in_bias(self) -> Self {
         match self.signal {
             Signal::Linear { hook, weights, bias } if self.threshold < 0.0 => {
                 Detector { signal: Signal::Linear { hook, weights, bias: bias - self.threshold }, threshold: 0.0, ..self }
+            }
+            Signal::Features { dictionary, weights, bias } if self.threshold < 0.0 => {
+                Detector { signal: Signal::Features { dictionary, weights, bias: bias - self.threshold }, threshold: 0.0, ..self }
             }
             _ => self,
         }

@@ -432,12 +432,52 @@ async fn a_probe_trained_on_the_server_evaluates_the_same_token_by_token() {
     assert!((d.recall.clone().unwrap().value - report.test_recall_at_threshold).abs() < 1e-9);
     assert_eq!((evaluation.positives + evaluation.negatives) as usize, test.len());
 
+    assert!(report.bag_of_words_test_auroc > 0.9, "the bag-of-words baseline on the same split: {}", report.bag_of_words_test_auroc);
+
+    // A sparse probe: the 16 features that best separate the train split, stored as a
+    // weighted feature set read at the dictionary's hook, evaluates as it was trained too.
+    let sparse = pb::TrainProbeRequest { method: pb::ProbeMethod::Sparse as i32, hook: String::new(), dictionary_id: DICTIONARY.into(), k: 16, monitor_name: "trained-sparse".into(), ..request.clone() };
+    let trained_sparse = client.train_probe(sparse).await.unwrap().into_inner();
+    let sparse_report = trained_sparse.report.unwrap();
+    match trained_sparse.detector.unwrap().signal.unwrap().signal.unwrap() {
+        pb::signal::Signal::Features(f) => assert_eq!((f.dictionary_id.as_str(), f.weights.len()), (DICTIONARY, 16)),
+        other => panic!("a feature set, not {other:?}"),
+    }
+    let evaluation = client.evaluate_monitor(pb::EvaluateMonitorRequest { monitor: "trained-sparse".into(), examples: test.clone(), bootstrap: 50, ..Default::default() }).await.unwrap().into_inner();
+    let evaluated = evaluation.detectors[0].auroc.clone().unwrap().value;
+    assert!((evaluated - sparse_report.test_auroc).abs() < 1e-3, "sparse: evaluated {evaluated} vs trained {}", sparse_report.test_auroc);
+
     // DiffMean without storing; bad requests name the field.
     let diffmean = client.train_probe(pb::TrainProbeRequest { method: pb::ProbeMethod::Diffmean as i32, monitor_name: String::new(), ..request.clone() }).await.unwrap().into_inner();
     assert!(diffmean.monitor.is_none() && diffmean.report.unwrap().test_auroc > 0.9);
     assert_code(client.train_probe(pb::TrainProbeRequest { hook: "blocks.99.hook_resid_post".into(), ..request.clone() }).await, Code::InvalidArgument, "hook");
     let one_label: Vec<pb::LabelledText> = examples.iter().filter(|e| e.label).cloned().collect();
     assert_code(client.train_probe(pb::TrainProbeRequest { examples: one_label, ..request.clone() }).await, Code::InvalidArgument, "both labels");
-    assert_code(client.train_probe(pb::TrainProbeRequest { target_fpr: 1.0, ..request }).await, Code::InvalidArgument, "target_fpr");
+    assert_code(client.train_probe(pb::TrainProbeRequest { target_fpr: 1.0, ..request.clone() }).await, Code::InvalidArgument, "target_fpr");
+    assert_code(client.train_probe(pb::TrainProbeRequest { method: pb::ProbeMethod::Sparse as i32, dictionary_id: "nope".into(), ..request }).await, Code::InvalidArgument, "dictionary_id");
     assert_code(client.evaluate_monitor(pb::EvaluateMonitorRequest { monitor: "nope".into(), examples: test, ..Default::default() }).await, Code::NotFound, "nope");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_scoring_queue_is_resource_exhausted_and_the_server_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = private_store(dir.path()).await;
+    let server = start_server(&store, Limits { max_queued_texts: 2, ..Limits::default() }, true).await;
+    let mut client = monitoring(&server.addr).await;
+    client.create_monitor(create(&default_monitor("offensive.json"))).await.unwrap();
+    // One long text keeps the batcher in a pass...
+    let long = "the sea and the sky and the ships ".repeat(110);
+    let busy = {
+        let mut c = client.clone();
+        let request = pb::ScoreRequest { inputs: vec![input(&long)], ..Default::default() };
+        tokio::spawn(async move { c.score(request).await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // ...while eight more texts meet a queue of two.
+    let many = pb::ScoreRequest { inputs: (0..8).map(|i| input(&format!("text number {i}"))).collect(), ..Default::default() };
+    assert_code(client.score(many.clone()).await, Code::ResourceExhausted, "max_queued_texts");
+    assert!(busy.await.unwrap().is_ok(), "the long text is scored");
+    // Once the queue drains, texts are scored again.
+    let small = pb::ScoreRequest { inputs: many.inputs[..2].to_vec(), ..Default::default() };
+    assert_eq!(client.score(small).await.unwrap().into_inner().results.len(), 2);
 }

@@ -198,6 +198,42 @@ fn standardisation(x: &[Vec<f32>]) -> (Vec<f64>, Vec<f64>) {
     (mean, scale)
 }
 
+/// The bag-of-words baseline's features: presence of each token seen in at least two
+/// training texts.
+#[derive(Debug, Clone)]
+pub struct BagOfWords {
+    column: std::collections::HashMap<u32, usize>,
+}
+
+impl BagOfWords {
+    /// The vocabulary of the training texts' tokens.
+    pub fn fit<'a>(train: impl IntoIterator<Item = &'a [u32]>) -> Self {
+        let mut df: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+        for tokens in train {
+            let unique: std::collections::HashSet<u32> = tokens.iter().copied().collect();
+            unique.into_iter().for_each(|t| *df.entry(t).or_default() += 1);
+        }
+        let mut vocabulary: Vec<u32> = df.into_iter().filter(|(_, c)| *c >= 2).map(|(t, _)| t).collect();
+        vocabulary.sort_unstable();
+        BagOfWords { column: vocabulary.into_iter().enumerate().map(|(j, t)| (t, j)).collect() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.column.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.column.is_empty()
+    }
+
+    /// 1 for each vocabulary token present in `tokens`, else 0.
+    pub fn features(&self, tokens: &[u32]) -> Vec<f32> {
+        let mut row = vec![0f32; self.column.len()];
+        tokens.iter().filter_map(|t| self.column.get(t)).for_each(|&j| row[j] = 1.0);
+        row
+    }
+}
+
 /// The regularisation [`tuned_logistic`] chose.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Regularisation {

@@ -623,13 +623,17 @@ class Client:
             raise LoupeError(e.code().name, e.details() or str(e)) from None
 
     def train_probe(self, hook: str, examples: Sequence[tuple], method: str = "logistic", target_fpr: float = 0.01,
-                    monitor_name: str = "", severity: str = "medium", action: str = "alert", author: Optional[str] = None) -> dict:
-        """A linear probe from (text, label) pairs at ``hook`` on a held-out split, its threshold at
-        ``target_fpr``; stored as monitor ``monitor_name`` when given."""
+                    monitor_name: str = "", severity: str = "medium", action: str = "alert", author: Optional[str] = None,
+                    dictionary_id: str = "", k: int = 0) -> dict:
+        """A probe from (text, label) pairs on a held-out split, its threshold at ``target_fpr``;
+        stored as monitor ``monitor_name`` when given. ``method``: "logistic" or "diffmean" (on
+        the mean-pooled activation at ``hook``), or "sparse" (the ``k`` best features of
+        ``dictionary_id``; ``hook`` may be "")."""
         request = pb.TrainProbeRequest(hook=hook, examples=[pb.LabelledText(text=t, label=bool(l)) for t, l in examples],
                                        method=pb.ProbeMethod.Value("PROBE_METHOD_" + method.upper()), target_fpr=target_fpr,
                                        monitor_name=monitor_name, severity=pb.Severity.Value("SEVERITY_" + severity.upper()),
-                                       action=pb.Action.Value("ACTION_" + action.upper()), author=author)
+                                       action=pb.Action.Value("ACTION_" + action.upper()), author=author,
+                                       dictionary_id=dictionary_id, k=k)
         return _message_dict(self._call(self._monitoring.TrainProbe, request))
 
     def evaluate_monitor(self, name: str, examples: Sequence[tuple], version: int = 0, bootstrap: int = 0) -> dict:

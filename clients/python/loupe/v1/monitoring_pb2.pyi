@@ -34,6 +34,7 @@ class ProbeMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PROBE_METHOD_LOGISTIC: _ClassVar[ProbeMethod]
     PROBE_METHOD_DIFFMEAN: _ClassVar[ProbeMethod]
+    PROBE_METHOD_SPARSE: _ClassVar[ProbeMethod]
 AGGREGATION_MAX: Aggregation
 AGGREGATION_MEAN: Aggregation
 AGGREGATION_ROLLING_MEAN: Aggregation
@@ -49,6 +50,7 @@ ACTION_ALERT: Action
 ACTION_BLOCK: Action
 PROBE_METHOD_LOGISTIC: ProbeMethod
 PROBE_METHOD_DIFFMEAN: ProbeMethod
+PROBE_METHOD_SPARSE: ProbeMethod
 
 class WeightedFeature(_message.Message):
     __slots__ = ("feature", "weight")
@@ -215,7 +217,7 @@ class LabelledText(_message.Message):
     def __init__(self, text: _Optional[str] = ..., label: _Optional[bool] = ...) -> None: ...
 
 class TrainProbeRequest(_message.Message):
-    __slots__ = ("hook", "examples", "method", "target_fpr", "monitor_name", "severity", "action", "author")
+    __slots__ = ("hook", "examples", "method", "target_fpr", "monitor_name", "severity", "action", "author", "dictionary_id", "k")
     HOOK_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -224,6 +226,8 @@ class TrainProbeRequest(_message.Message):
     SEVERITY_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    DICTIONARY_ID_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
     hook: str
     examples: _containers.RepeatedCompositeFieldContainer[LabelledText]
     method: ProbeMethod
@@ -232,10 +236,12 @@ class TrainProbeRequest(_message.Message):
     severity: Severity
     action: Action
     author: str
-    def __init__(self, hook: _Optional[str] = ..., examples: _Optional[_Iterable[_Union[LabelledText, _Mapping]]] = ..., method: _Optional[_Union[ProbeMethod, str]] = ..., target_fpr: _Optional[float] = ..., monitor_name: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., action: _Optional[_Union[Action, str]] = ..., author: _Optional[str] = ...) -> None: ...
+    dictionary_id: str
+    k: int
+    def __init__(self, hook: _Optional[str] = ..., examples: _Optional[_Iterable[_Union[LabelledText, _Mapping]]] = ..., method: _Optional[_Union[ProbeMethod, str]] = ..., target_fpr: _Optional[float] = ..., monitor_name: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., action: _Optional[_Union[Action, str]] = ..., author: _Optional[str] = ..., dictionary_id: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
 
 class ProbeReport(_message.Message):
-    __slots__ = ("train_texts", "validation_texts", "test_texts", "l2", "validation_auroc", "test_auroc", "test_fpr_at_threshold", "test_recall_at_threshold", "split")
+    __slots__ = ("train_texts", "validation_texts", "test_texts", "l2", "validation_auroc", "test_auroc", "test_fpr_at_threshold", "test_recall_at_threshold", "split", "bag_of_words_test_auroc")
     TRAIN_TEXTS_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_TEXTS_FIELD_NUMBER: _ClassVar[int]
     TEST_TEXTS_FIELD_NUMBER: _ClassVar[int]
@@ -245,6 +251,7 @@ class ProbeReport(_message.Message):
     TEST_FPR_AT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     TEST_RECALL_AT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
+    BAG_OF_WORDS_TEST_AUROC_FIELD_NUMBER: _ClassVar[int]
     train_texts: int
     validation_texts: int
     test_texts: int
@@ -254,7 +261,8 @@ class ProbeReport(_message.Message):
     test_fpr_at_threshold: float
     test_recall_at_threshold: float
     split: str
-    def __init__(self, train_texts: _Optional[int] = ..., validation_texts: _Optional[int] = ..., test_texts: _Optional[int] = ..., l2: _Optional[float] = ..., validation_auroc: _Optional[float] = ..., test_auroc: _Optional[float] = ..., test_fpr_at_threshold: _Optional[float] = ..., test_recall_at_threshold: _Optional[float] = ..., split: _Optional[str] = ...) -> None: ...
+    bag_of_words_test_auroc: float
+    def __init__(self, train_texts: _Optional[int] = ..., validation_texts: _Optional[int] = ..., test_texts: _Optional[int] = ..., l2: _Optional[float] = ..., validation_auroc: _Optional[float] = ..., test_auroc: _Optional[float] = ..., test_fpr_at_threshold: _Optional[float] = ..., test_recall_at_threshold: _Optional[float] = ..., split: _Optional[str] = ..., bag_of_words_test_auroc: _Optional[float] = ...) -> None: ...
 
 class TrainProbeResponse(_message.Message):
     __slots__ = ("detector", "report", "monitor")

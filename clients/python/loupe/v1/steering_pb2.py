@@ -23,59 +23,60 @@ _sym_db = _symbol_database.Default()
 
 
 from . import common_pb2 as loupe_dot_v1_dot_common__pb2
+from . import monitoring_pb2 as loupe_dot_v1_dot_monitoring__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17loupe/v1/steering.proto\x12\x08loupe.v1\x1a\x15loupe/v1/common.proto\"*\n\nHookVector\x12\x0c\n\x04hook\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x02\"\xe4\x02\n\x0cIntervention\x12\'\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x14.loupe.v1.FeatureRefH\x00\x12&\n\x06vector\x18\x02 \x01(\x0b\x32\x14.loupe.v1.HookVectorH\x00\x12\x15\n\x0bvector_name\x18\x03 \x01(\tH\x00\x12&\n\toperation\x18\x04 \x01(\x0e\x32\x13.loupe.v1.Operation\x12\x10\n\x08strength\x18\x05 \x01(\x02\x12\x0f\n\x07\x63\x61p_low\x18\x06 \x01(\x02\x12\x10\n\x08\x63\x61p_high\x18\x07 \x01(\x02\x12\x1c\n\x04unit\x18\x08 \x01(\x0e\x32\x0e.loupe.v1.Unit\x12&\n\tpositions\x18\t \x01(\x0e\x32\x13.loupe.v1.Positions\x12\x1f\n\x06ranges\x18\n \x03(\x0b\x32\x0f.loupe.v1.Range\x12\x1e\n\x16include_special_tokens\x18\x0b \x01(\x08\x42\x08\n\x06target\"\x91\x02\n\x0cSteerRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.loupe.v1.ChatMessage\x12-\n\rinterventions\x18\x03 \x03(\x0b\x32\x16.loupe.v1.Intervention\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\r\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\x12\n\x05top_p\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x0c\n\x04seed\x18\x07 \x01(\x04\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12 \n\x06output\x18\t \x01(\x0e\x32\x10.loupe.v1.Output\x12\x10\n\x08logprobs\x18\n \x01(\x08\x42\x08\n\x06_top_p\"\xc3\x01\n\x13\x41ppliedIntervention\x12\x0c\n\x04hook\x18\x01 \x01(\t\x12&\n\toperation\x18\x02 \x01(\x0e\x32\x13.loupe.v1.Operation\x12\x10\n\x08strength\x18\x03 \x01(\x02\x12\x0f\n\x07\x63\x61p_low\x18\x04 \x01(\x02\x12\x10\n\x08\x63\x61p_high\x18\x05 \x01(\x02\x12\x18\n\x10prompt_positions\x18\x06 \x03(\r\x12\x17\n\x0f\x65\x64its_generated\x18\x07 \x01(\x08\x12\x0e\n\x06target\x18\x08 \x01(\t\"\x81\x01\n\x0eGeneratedToken\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x14\n\x07logprob\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12-\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x1b.loupe.v1.FeatureActivationB\n\n\x08_logprob\"Y\n\nCompletion\x12\x0c\n\x04text\x18\x01 \x01(\t\x12(\n\x06tokens\x18\x02 \x03(\x0b\x32\x18.loupe.v1.GeneratedToken\x12\x13\n\x0bstop_reason\x18\x03 \x01(\t\"\xbf\x01\n\rSteerResponse\x12\x13\n\x0bprompt_text\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12%\n\x07\x64\x65\x66\x61ult\x18\x03 \x01(\x0b\x32\x14.loupe.v1.Completion\x12%\n\x07steered\x18\x04 \x01(\x0b\x32\x14.loupe.v1.Completion\x12\x34\n\rinterventions\x18\x05 \x03(\x0b\x32\x1d.loupe.v1.AppliedIntervention\"p\n\x0cSteerStarted\x12\x13\n\x0bprompt_text\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x34\n\rinterventions\x18\x03 \x03(\x0b\x32\x1d.loupe.v1.AppliedIntervention\"f\n\nSteerToken\x12 \n\x06output\x18\x01 \x01(\x0e\x32\x10.loupe.v1.Output\x12\r\n\x05index\x18\x02 \x01(\r\x12\'\n\x05token\x18\x03 \x01(\x0b\x32\x18.loupe.v1.GeneratedToken\"P\n\tSteerDone\x12 \n\x06output\x18\x01 \x01(\x0e\x32\x10.loupe.v1.Output\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x13\n\x0bstop_reason\x18\x03 \x01(\t\"\x8c\x01\n\nSteerEvent\x12)\n\x07started\x18\x01 \x01(\x0b\x32\x16.loupe.v1.SteerStartedH\x00\x12%\n\x05token\x18\x02 \x01(\x0b\x32\x14.loupe.v1.SteerTokenH\x00\x12#\n\x04\x64one\x18\x03 \x01(\x0b\x32\x13.loupe.v1.SteerDoneH\x00\x42\x07\n\x05\x65vent\"\xab\x01\n\x13\x43reateVectorRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04hook\x18\x02 \x01(\t\x12\x10\n\x08positive\x18\x03 \x03(\t\x12\x10\n\x08negative\x18\x04 \x03(\t\x12\x0e\n\x06values\x18\x05 \x03(\x02\x12\x0f\n\x07replace\x18\x06 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x13\n\x06\x61uthor\x18\x08 \x01(\tH\x00\x88\x01\x01\x42\t\n\x07_author\"\x9a\x01\n\nVectorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04hook\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0c\n\x04norm\x18\x04 \x01(\x02\x12\x17\n\x0fprovenance_json\x18\x05 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x06 \x01(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\t\x12\x16\n\x0emodel_checksum\x18\x08 \x01(\t\"<\n\x14\x43reateVectorResponse\x12$\n\x06vector\x18\x01 \x01(\x0b\x32\x14.loupe.v1.VectorInfo\"\x14\n\x12ListVectorsRequest\"<\n\x13ListVectorsResponse\x12%\n\x07vectors\x18\x01 \x03(\x0b\x32\x14.loupe.v1.VectorInfo\"C\n\x13\x44\x65leteVectorRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x06\x61uthor\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\t\n\x07_author\"\x16\n\x14\x44\x65leteVectorResponse*\x91\x01\n\tOperation\x12\x19\n\x15OPERATION_UNSPECIFIED\x10\x00\x12\x11\n\rOPERATION_ADD\x10\x01\x12\x13\n\x0fOPERATION_CLAMP\x10\x02\x12\x14\n\x10OPERATION_ABLATE\x10\x03\x12\x18\n\x14OPERATION_ORTHOGONAL\x10\x04\x12\x11\n\rOPERATION_CAP\x10\x05*E\n\x04Unit\x12\x0c\n\x08UNIT_RAW\x10\x00\x12\x17\n\x13UNIT_MAX_ACTIVATION\x10\x01\x12\x16\n\x12UNIT_RESIDUAL_NORM\x10\x02*c\n\tPositions\x12\x11\n\rPOSITIONS_ALL\x10\x00\x12\x14\n\x10POSITIONS_PROMPT\x10\x01\x12\x17\n\x13POSITIONS_GENERATED\x10\x02\x12\x14\n\x10POSITIONS_RANGES\x10\x03*A\n\x06Output\x12\x0f\n\x0bOUTPUT_BOTH\x10\x00\x12\x12\n\x0eOUTPUT_STEERED\x10\x01\x12\x12\n\x0eOUTPUT_DEFAULT\x10\x02\x32\xed\x02\n\x08Steering\x12\x38\n\x05Steer\x12\x16.loupe.v1.SteerRequest\x1a\x17.loupe.v1.SteerResponse\x12=\n\x0bSteerStream\x12\x16.loupe.v1.SteerRequest\x1a\x14.loupe.v1.SteerEvent0\x01\x12M\n\x0c\x43reateVector\x12\x1d.loupe.v1.CreateVectorRequest\x1a\x1e.loupe.v1.CreateVectorResponse\x12J\n\x0bListVectors\x12\x1c.loupe.v1.ListVectorsRequest\x1a\x1d.loupe.v1.ListVectorsResponse\x12M\n\x0c\x44\x65leteVector\x12\x1d.loupe.v1.DeleteVectorRequest\x1a\x1e.loupe.v1.DeleteVectorResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17loupe/v1/steering.proto\x12\x08loupe.v1\x1a\x15loupe/v1/common.proto\x1a\x19loupe/v1/monitoring.proto\"*\n\nHookVector\x12\x0c\n\x04hook\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x02\"\xe4\x02\n\x0cIntervention\x12\'\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x14.loupe.v1.FeatureRefH\x00\x12&\n\x06vector\x18\x02 \x01(\x0b\x32\x14.loupe.v1.HookVectorH\x00\x12\x15\n\x0bvector_name\x18\x03 \x01(\tH\x00\x12&\n\toperation\x18\x04 \x01(\x0e\x32\x13.loupe.v1.Operation\x12\x10\n\x08strength\x18\x05 \x01(\x02\x12\x0f\n\x07\x63\x61p_low\x18\x06 \x01(\x02\x12\x10\n\x08\x63\x61p_high\x18\x07 \x01(\x02\x12\x1c\n\x04unit\x18\x08 \x01(\x0e\x32\x0e.loupe.v1.Unit\x12&\n\tpositions\x18\t \x01(\x0e\x32\x13.loupe.v1.Positions\x12\x1f\n\x06ranges\x18\n \x03(\x0b\x32\x0f.loupe.v1.Range\x12\x1e\n\x16include_special_tokens\x18\x0b \x01(\x08\x42\x08\n\x06target\"\xa3\x02\n\x0cSteerRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.loupe.v1.ChatMessage\x12-\n\rinterventions\x18\x03 \x03(\x0b\x32\x16.loupe.v1.Intervention\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\r\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\x12\n\x05top_p\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x0c\n\x04seed\x18\x07 \x01(\x04\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12 \n\x06output\x18\t \x01(\x0e\x32\x10.loupe.v1.Output\x12\x10\n\x08logprobs\x18\n \x01(\x08\x12\x10\n\x08monitors\x18\x0b \x03(\tB\x08\n\x06_top_p\"\xc3\x01\n\x13\x41ppliedIntervention\x12\x0c\n\x04hook\x18\x01 \x01(\t\x12&\n\toperation\x18\x02 \x01(\x0e\x32\x13.loupe.v1.Operation\x12\x10\n\x08strength\x18\x03 \x01(\x02\x12\x0f\n\x07\x63\x61p_low\x18\x04 \x01(\x02\x12\x10\n\x08\x63\x61p_high\x18\x05 \x01(\x02\x12\x18\n\x10prompt_positions\x18\x06 \x03(\r\x12\x17\n\x0f\x65\x64its_generated\x18\x07 \x01(\x08\x12\x0e\n\x06target\x18\x08 \x01(\t\"\x81\x01\n\x0eGeneratedToken\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x14\n\x07logprob\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12-\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x1b.loupe.v1.FeatureActivationB\n\n\x08_logprob\"z\n\nCompletion\x12\x0c\n\x04text\x18\x01 \x01(\t\x12(\n\x06tokens\x18\x02 \x03(\x0b\x32\x18.loupe.v1.GeneratedToken\x12\x13\n\x0bstop_reason\x18\x03 \x01(\t\x12\x1f\n\x06\x61lerts\x18\x04 \x03(\x0b\x32\x0f.loupe.v1.Alert\"\xbf\x01\n\rSteerResponse\x12\x13\n\x0bprompt_text\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12%\n\x07\x64\x65\x66\x61ult\x18\x03 \x01(\x0b\x32\x14.loupe.v1.Completion\x12%\n\x07steered\x18\x04 \x01(\x0b\x32\x14.loupe.v1.Completion\x12\x34\n\rinterventions\x18\x05 \x03(\x0b\x32\x1d.loupe.v1.AppliedIntervention\"p\n\x0cSteerStarted\x12\x13\n\x0bprompt_text\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x34\n\rinterventions\x18\x03 \x03(\x0b\x32\x1d.loupe.v1.AppliedIntervention\"f\n\nSteerToken\x12 \n\x06output\x18\x01 \x01(\x0e\x32\x10.loupe.v1.Output\x12\r\n\x05index\x18\x02 \x01(\r\x12\'\n\x05token\x18\x03 \x01(\x0b\x32\x18.loupe.v1.GeneratedToken\"q\n\tSteerDone\x12 \n\x06output\x18\x01 \x01(\x0e\x32\x10.loupe.v1.Output\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x13\n\x0bstop_reason\x18\x03 \x01(\t\x12\x1f\n\x06\x61lerts\x18\x04 \x03(\x0b\x32\x0f.loupe.v1.Alert\"\x8c\x01\n\nSteerEvent\x12)\n\x07started\x18\x01 \x01(\x0b\x32\x16.loupe.v1.SteerStartedH\x00\x12%\n\x05token\x18\x02 \x01(\x0b\x32\x14.loupe.v1.SteerTokenH\x00\x12#\n\x04\x64one\x18\x03 \x01(\x0b\x32\x13.loupe.v1.SteerDoneH\x00\x42\x07\n\x05\x65vent\"\xab\x01\n\x13\x43reateVectorRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04hook\x18\x02 \x01(\t\x12\x10\n\x08positive\x18\x03 \x03(\t\x12\x10\n\x08negative\x18\x04 \x03(\t\x12\x0e\n\x06values\x18\x05 \x03(\x02\x12\x0f\n\x07replace\x18\x06 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x13\n\x06\x61uthor\x18\x08 \x01(\tH\x00\x88\x01\x01\x42\t\n\x07_author\"\x9a\x01\n\nVectorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04hook\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0c\n\x04norm\x18\x04 \x01(\x02\x12\x17\n\x0fprovenance_json\x18\x05 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x06 \x01(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\t\x12\x16\n\x0emodel_checksum\x18\x08 \x01(\t\"<\n\x14\x43reateVectorResponse\x12$\n\x06vector\x18\x01 \x01(\x0b\x32\x14.loupe.v1.VectorInfo\"\x14\n\x12ListVectorsRequest\"<\n\x13ListVectorsResponse\x12%\n\x07vectors\x18\x01 \x03(\x0b\x32\x14.loupe.v1.VectorInfo\"C\n\x13\x44\x65leteVectorRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x06\x61uthor\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\t\n\x07_author\"\x16\n\x14\x44\x65leteVectorResponse*\x91\x01\n\tOperation\x12\x19\n\x15OPERATION_UNSPECIFIED\x10\x00\x12\x11\n\rOPERATION_ADD\x10\x01\x12\x13\n\x0fOPERATION_CLAMP\x10\x02\x12\x14\n\x10OPERATION_ABLATE\x10\x03\x12\x18\n\x14OPERATION_ORTHOGONAL\x10\x04\x12\x11\n\rOPERATION_CAP\x10\x05*E\n\x04Unit\x12\x0c\n\x08UNIT_RAW\x10\x00\x12\x17\n\x13UNIT_MAX_ACTIVATION\x10\x01\x12\x16\n\x12UNIT_RESIDUAL_NORM\x10\x02*c\n\tPositions\x12\x11\n\rPOSITIONS_ALL\x10\x00\x12\x14\n\x10POSITIONS_PROMPT\x10\x01\x12\x17\n\x13POSITIONS_GENERATED\x10\x02\x12\x14\n\x10POSITIONS_RANGES\x10\x03*A\n\x06Output\x12\x0f\n\x0bOUTPUT_BOTH\x10\x00\x12\x12\n\x0eOUTPUT_STEERED\x10\x01\x12\x12\n\x0eOUTPUT_DEFAULT\x10\x02\x32\xed\x02\n\x08Steering\x12\x38\n\x05Steer\x12\x16.loupe.v1.SteerRequest\x1a\x17.loupe.v1.SteerResponse\x12=\n\x0bSteerStream\x12\x16.loupe.v1.SteerRequest\x1a\x14.loupe.v1.SteerEvent0\x01\x12M\n\x0c\x43reateVector\x12\x1d.loupe.v1.CreateVectorRequest\x1a\x1e.loupe.v1.CreateVectorResponse\x12J\n\x0bListVectors\x12\x1c.loupe.v1.ListVectorsRequest\x1a\x1d.loupe.v1.ListVectorsResponse\x12M\n\x0c\x44\x65leteVector\x12\x1d.loupe.v1.DeleteVectorRequest\x1a\x1e.loupe.v1.DeleteVectorResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loupe.v1.steering_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OPERATION']._serialized_start=2368
-  _globals['_OPERATION']._serialized_end=2513
-  _globals['_UNIT']._serialized_start=2515
-  _globals['_UNIT']._serialized_end=2584
-  _globals['_POSITIONS']._serialized_start=2586
-  _globals['_POSITIONS']._serialized_end=2685
-  _globals['_OUTPUT']._serialized_start=2687
-  _globals['_OUTPUT']._serialized_end=2752
-  _globals['_HOOKVECTOR']._serialized_start=60
-  _globals['_HOOKVECTOR']._serialized_end=102
-  _globals['_INTERVENTION']._serialized_start=105
-  _globals['_INTERVENTION']._serialized_end=461
-  _globals['_STEERREQUEST']._serialized_start=464
-  _globals['_STEERREQUEST']._serialized_end=737
-  _globals['_APPLIEDINTERVENTION']._serialized_start=740
-  _globals['_APPLIEDINTERVENTION']._serialized_end=935
-  _globals['_GENERATEDTOKEN']._serialized_start=938
-  _globals['_GENERATEDTOKEN']._serialized_end=1067
-  _globals['_COMPLETION']._serialized_start=1069
-  _globals['_COMPLETION']._serialized_end=1158
-  _globals['_STEERRESPONSE']._serialized_start=1161
-  _globals['_STEERRESPONSE']._serialized_end=1352
-  _globals['_STEERSTARTED']._serialized_start=1354
-  _globals['_STEERSTARTED']._serialized_end=1466
-  _globals['_STEERTOKEN']._serialized_start=1468
-  _globals['_STEERTOKEN']._serialized_end=1570
-  _globals['_STEERDONE']._serialized_start=1572
-  _globals['_STEERDONE']._serialized_end=1652
-  _globals['_STEEREVENT']._serialized_start=1655
-  _globals['_STEEREVENT']._serialized_end=1795
-  _globals['_CREATEVECTORREQUEST']._serialized_start=1798
-  _globals['_CREATEVECTORREQUEST']._serialized_end=1969
-  _globals['_VECTORINFO']._serialized_start=1972
-  _globals['_VECTORINFO']._serialized_end=2126
-  _globals['_CREATEVECTORRESPONSE']._serialized_start=2128
-  _globals['_CREATEVECTORRESPONSE']._serialized_end=2188
-  _globals['_LISTVECTORSREQUEST']._serialized_start=2190
-  _globals['_LISTVECTORSREQUEST']._serialized_end=2210
-  _globals['_LISTVECTORSRESPONSE']._serialized_start=2212
-  _globals['_LISTVECTORSRESPONSE']._serialized_end=2272
-  _globals['_DELETEVECTORREQUEST']._serialized_start=2274
-  _globals['_DELETEVECTORREQUEST']._serialized_end=2341
-  _globals['_DELETEVECTORRESPONSE']._serialized_start=2343
-  _globals['_DELETEVECTORRESPONSE']._serialized_end=2365
-  _globals['_STEERING']._serialized_start=2755
-  _globals['_STEERING']._serialized_end=3120
+  _globals['_OPERATION']._serialized_start=2479
+  _globals['_OPERATION']._serialized_end=2624
+  _globals['_UNIT']._serialized_start=2626
+  _globals['_UNIT']._serialized_end=2695
+  _globals['_POSITIONS']._serialized_start=2697
+  _globals['_POSITIONS']._serialized_end=2796
+  _globals['_OUTPUT']._serialized_start=2798
+  _globals['_OUTPUT']._serialized_end=2863
+  _globals['_HOOKVECTOR']._serialized_start=87
+  _globals['_HOOKVECTOR']._serialized_end=129
+  _globals['_INTERVENTION']._serialized_start=132
+  _globals['_INTERVENTION']._serialized_end=488
+  _globals['_STEERREQUEST']._serialized_start=491
+  _globals['_STEERREQUEST']._serialized_end=782
+  _globals['_APPLIEDINTERVENTION']._serialized_start=785
+  _globals['_APPLIEDINTERVENTION']._serialized_end=980
+  _globals['_GENERATEDTOKEN']._serialized_start=983
+  _globals['_GENERATEDTOKEN']._serialized_end=1112
+  _globals['_COMPLETION']._serialized_start=1114
+  _globals['_COMPLETION']._serialized_end=1236
+  _globals['_STEERRESPONSE']._serialized_start=1239
+  _globals['_STEERRESPONSE']._serialized_end=1430
+  _globals['_STEERSTARTED']._serialized_start=1432
+  _globals['_STEERSTARTED']._serialized_end=1544
+  _globals['_STEERTOKEN']._serialized_start=1546
+  _globals['_STEERTOKEN']._serialized_end=1648
+  _globals['_STEERDONE']._serialized_start=1650
+  _globals['_STEERDONE']._serialized_end=1763
+  _globals['_STEEREVENT']._serialized_start=1766
+  _globals['_STEEREVENT']._serialized_end=1906
+  _globals['_CREATEVECTORREQUEST']._serialized_start=1909
+  _globals['_CREATEVECTORREQUEST']._serialized_end=2080
+  _globals['_VECTORINFO']._serialized_start=2083
+  _globals['_VECTORINFO']._serialized_end=2237
+  _globals['_CREATEVECTORRESPONSE']._serialized_start=2239
+  _globals['_CREATEVECTORRESPONSE']._serialized_end=2299
+  _globals['_LISTVECTORSREQUEST']._serialized_start=2301
+  _globals['_LISTVECTORSREQUEST']._serialized_end=2321
+  _globals['_LISTVECTORSRESPONSE']._serialized_start=2323
+  _globals['_LISTVECTORSRESPONSE']._serialized_end=2383
+  _globals['_DELETEVECTORREQUEST']._serialized_start=2385
+  _globals['_DELETEVECTORREQUEST']._serialized_end=2452
+  _globals['_DELETEVECTORRESPONSE']._serialized_start=2454
+  _globals['_DELETEVECTORRESPONSE']._serialized_end=2476
+  _globals['_STEERING']._serialized_start=2866
+  _globals['_STEERING']._serialized_end=3231
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,5 @@
 from . import common_pb2 as _common_pb2
+from . import monitoring_pb2 as _monitoring_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -87,7 +88,7 @@ class Intervention(_message.Message):
     def __init__(self, feature: _Optional[_Union[_common_pb2.FeatureRef, _Mapping]] = ..., vector: _Optional[_Union[HookVector, _Mapping]] = ..., vector_name: _Optional[str] = ..., operation: _Optional[_Union[Operation, str]] = ..., strength: _Optional[float] = ..., cap_low: _Optional[float] = ..., cap_high: _Optional[float] = ..., unit: _Optional[_Union[Unit, str]] = ..., positions: _Optional[_Union[Positions, str]] = ..., ranges: _Optional[_Iterable[_Union[_common_pb2.Range, _Mapping]]] = ..., include_special_tokens: _Optional[bool] = ...) -> None: ...
 
 class SteerRequest(_message.Message):
-    __slots__ = ("prompt", "messages", "interventions", "max_new_tokens", "temperature", "top_p", "seed", "stop", "output", "logprobs")
+    __slots__ = ("prompt", "messages", "interventions", "max_new_tokens", "temperature", "top_p", "seed", "stop", "output", "logprobs", "monitors")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     INTERVENTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +99,7 @@ class SteerRequest(_message.Message):
     STOP_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    MONITORS_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
     interventions: _containers.RepeatedCompositeFieldContainer[Intervention]
@@ -108,7 +110,8 @@ class SteerRequest(_message.Message):
     stop: _containers.RepeatedScalarFieldContainer[str]
     output: Output
     logprobs: bool
-    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., interventions: _Optional[_Iterable[_Union[Intervention, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., output: _Optional[_Union[Output, str]] = ..., logprobs: _Optional[bool] = ...) -> None: ...
+    monitors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., interventions: _Optional[_Iterable[_Union[Intervention, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., output: _Optional[_Union[Output, str]] = ..., logprobs: _Optional[bool] = ..., monitors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AppliedIntervention(_message.Message):
     __slots__ = ("hook", "operation", "strength", "cap_low", "cap_high", "prompt_positions", "edits_generated", "target")
@@ -143,14 +146,16 @@ class GeneratedToken(_message.Message):
     def __init__(self, token_id: _Optional[int] = ..., text: _Optional[str] = ..., logprob: _Optional[float] = ..., features: _Optional[_Iterable[_Union[_common_pb2.FeatureActivation, _Mapping]]] = ...) -> None: ...
 
 class Completion(_message.Message):
-    __slots__ = ("text", "tokens", "stop_reason")
+    __slots__ = ("text", "tokens", "stop_reason", "alerts")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     STOP_REASON_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
     text: str
     tokens: _containers.RepeatedCompositeFieldContainer[GeneratedToken]
     stop_reason: str
-    def __init__(self, text: _Optional[str] = ..., tokens: _Optional[_Iterable[_Union[GeneratedToken, _Mapping]]] = ..., stop_reason: _Optional[str] = ...) -> None: ...
+    alerts: _containers.RepeatedCompositeFieldContainer[_monitoring_pb2.Alert]
+    def __init__(self, text: _Optional[str] = ..., tokens: _Optional[_Iterable[_Union[GeneratedToken, _Mapping]]] = ..., stop_reason: _Optional[str] = ..., alerts: _Optional[_Iterable[_Union[_monitoring_pb2.Alert, _Mapping]]] = ...) -> None: ...
 
 class SteerResponse(_message.Message):
     __slots__ = ("prompt_text", "prompt_tokens", "default", "steered", "interventions")
@@ -187,14 +192,16 @@ class SteerToken(_message.Message):
     def __init__(self, output: _Optional[_Union[Output, str]] = ..., index: _Optional[int] = ..., token: _Optional[_Union[GeneratedToken, _Mapping]] = ...) -> None: ...
 
 class SteerDone(_message.Message):
-    __slots__ = ("output", "text", "stop_reason")
+    __slots__ = ("output", "text", "stop_reason", "alerts")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     STOP_REASON_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
     output: Output
     text: str
     stop_reason: str
-    def __init__(self, output: _Optional[_Union[Output, str]] = ..., text: _Optional[str] = ..., stop_reason: _Optional[str] = ...) -> None: ...
+    alerts: _containers.RepeatedCompositeFieldContainer[_monitoring_pb2.Alert]
+    def __init__(self, output: _Optional[_Union[Output, str]] = ..., text: _Optional[str] = ..., stop_reason: _Optional[str] = ..., alerts: _Optional[_Iterable[_Union[_monitoring_pb2.Alert, _Mapping]]] = ...) -> None: ...
 
 class SteerEvent(_message.Message):
     __slots__ = ("started", "token", "done")

@@ -214,19 +214,8 @@ pub fn run(command: Probe) -> anyhow::Result<()> {
         move |x: &Pooled| p.score(&chosen.iter().map(|f| x.features.get(f).copied().unwrap_or(0.0)).collect::<Vec<_>>())
     }), json!({"features": chosen, "probe": sparse}), None));
     // Bag of words: presence of each token seen in 2+ training texts.
-    let mut df: HashMap<u32, usize> = HashMap::new();
-    for &i in &train {
-        let unique: std::collections::HashSet<u32> = pooled[i].tokens.iter().copied().collect();
-        unique.into_iter().for_each(|t| *df.entry(t).or_default() += 1);
-    }
-    let mut vocabulary: Vec<u32> = df.into_iter().filter(|(_, c)| *c >= 2).map(|(t, _)| t).collect();
-    vocabulary.sort_unstable();
-    let column: HashMap<u32, usize> = vocabulary.iter().enumerate().map(|(j, &t)| (t, j)).collect();
-    let bag = move |x: &Pooled| -> Vec<f32> {
-        let mut row = vec![0f32; column.len()];
-        x.tokens.iter().filter_map(|t| column.get(t)).for_each(|&j| row[j] = 1.0);
-        row
-    };
+    let vocabulary = probes::BagOfWords::fit(train.iter().map(|&i| pooled[i].tokens.as_slice()));
+    let bag = { let v = vocabulary.clone(); move |x: &Pooled| -> Vec<f32> { v.features(&x.tokens) } };
     let bag_rows = |idx: &[usize]| -> Vec<Vec<f32>> { idx.iter().map(|&i| bag(&pooled[i])).collect() };
     let (bow, l2) = tuned_logistic(&bag_rows(&train), &y_train, &bag_rows(&validation), &y_validation);
     methods.push(("bag_of_words", format!("bag of words: logistic regression on {} token-presence features ({l2})", vocabulary.len()), Box::new({ let p = bow.clone(); move |x: &Pooled| p.score(&bag(x)) }), json!({"vocabulary": vocabulary.len()}), None));

@@ -2,10 +2,12 @@
 //! (the same split, probes and metrics as `loupe probe train`), and a monitor's metrics on
 //! labelled texts with bootstrap intervals.
 
+use std::collections::HashMap;
+
 use loupe_engine::monitor::{Aggregation, Calibration, Detector, Signal};
 use loupe_engine::{HookPoint, Hooks, Read, Rows, TokenBatch};
 use loupe_schema::proto::v1 as pb;
-use loupe_train::probes::{self, split_of, LinearProbe, Split};
+use loupe_train::probes::{self, split_of, Split};
 
 use crate::error::{Result, ServiceError};
 use crate::state::AppState;
@@ -15,6 +17,9 @@ const POOL_BATCH: usize = 16;
 /// Bootstrap resamples when the request does not say, and at most.
 const DEFAULT_BOOTSTRAP: usize = 1000;
 const MAX_BOOTSTRAP: usize = 10_000;
+/// Features in a sparse probe when the request does not say, and at most.
+const DEFAULT_SPARSE_K: usize = 16;
+const MAX_SPARSE_K: usize = 256;
 
 /// Checks labelled texts; training needs both labels, evaluation takes one-label sets too
 /// (a control set of negatives measures the false-positive rate alone).
@@ -34,8 +39,16 @@ fn check_examples(examples: &[pb::LabelledText], max: usize, max_bytes: usize, b
     Ok(())
 }
 
-/// Mean over the tokens after BOS of each text's activation at `hook`.
-async fn mean_pooled(state: &AppState, hook: HookPoint, texts: Vec<String>) -> Result<Vec<Vec<f32>>> {
+/// One text read for training: the mean over its tokens after BOS of the hook's activation
+/// (and of the dictionary's codes, when one is read), and those tokens.
+struct Pooled {
+    mean: Vec<f32>,
+    features: HashMap<u32, f32>,
+    tokens: Vec<u32>,
+}
+
+/// Reads `texts` at `hook` (and through the lens dictionary at `dictionary`), in batches.
+async fn pool(state: &AppState, hook: HookPoint, dictionary: Option<usize>, texts: Vec<String>) -> Result<Vec<Pooled>> {
     let lens = state.engine()?;
     let max_tokens = state.limits.max_tokens;
     let mut out = Vec::with_capacity(texts.len());
@@ -55,18 +68,26 @@ async fn mean_pooled(state: &AppState, hook: HookPoint, texts: Vec<String>) -> R
                     })
                     .collect::<Result<_>>()?;
                 let batch = TokenBatch::right_padded(&sequences, lens.model().pad_token_id())?;
-                let read = Read { hooks: Hooks::new().capture(hook).cancel_when(cancel), ..Read::only(vec![], Rows::RealAfterFirst) };
-                let rows: Vec<Vec<f32>> = lens.run(&batch, &read)?.captured[&hook].to_vec2()?;
+                let read = Read { hooks: Hooks::new().capture(hook).cancel_when(cancel), ..Read::only(dictionary.into_iter().collect(), Rows::RealAfterFirst) };
+                let output = lens.run(&batch, &read)?;
+                let rows: Vec<Vec<f32>> = output.captured[&hook].to_vec2()?;
                 let mut at = 0;
                 let mut pooled = Vec::with_capacity(sequences.len());
                 for ids in &sequences {
                     let n = ids.len().saturating_sub(1);
                     let mut mean = vec![0f32; rows.first().map_or(0, Vec::len)];
-                    for row in &rows[at..at + n] {
-                        mean.iter_mut().zip(row).for_each(|(m, v)| *m += v / n as f32);
+                    let mut features: HashMap<u32, f32> = HashMap::new();
+                    for r in at..at + n {
+                        mean.iter_mut().zip(&rows[r]).for_each(|(m, v)| *m += v / n as f32);
+                        if let Some(codes) = output.codes.first() {
+                            let (indices, values) = codes.features.token(r);
+                            for (&i, &v) in indices.iter().zip(values) {
+                                *features.entry(i).or_insert(0.0) += v / n as f32;
+                            }
+                        }
                     }
                     at += n;
-                    pooled.push(mean);
+                    pooled.push(Pooled { mean, features, tokens: ids.iter().skip(1).copied().collect() });
                 }
                 Ok(pooled)
             })
@@ -76,17 +97,53 @@ async fn mean_pooled(state: &AppState, hook: HookPoint, texts: Vec<String>) -> R
     Ok(out)
 }
 
+/// The `k` features whose pooled activation best separates the train texts (AUROC furthest
+/// from 0.5), most separating first.
+fn best_features(pooled: &[Pooled], train: &[usize], y_train: &[bool], d_sae: usize, k: usize) -> Vec<u32> {
+    let mut ranked: Vec<(u32, f64)> = (0..d_sae as u32)
+        .map(|f| {
+            let scores: Vec<f32> = train.iter().map(|&i| pooled[i].features.get(&f).copied().unwrap_or(0.0)).collect();
+            (f, probes::auroc(&scores, y_train))
+        })
+        .filter(|(_, a)| a.is_finite())
+        .collect();
+    ranked.sort_by(|a, b| (b.1 - 0.5).abs().total_cmp(&(a.1 - 0.5).abs()).then(a.0.cmp(&b.0)));
+    ranked.into_iter().take(k).map(|(f, _)| f).collect()
+}
+
 pub async fn train_probe(state: &AppState, r: &pb::TrainProbeRequest) -> Result<(Detector, pb::ProbeReport)> {
     let lens = state.engine()?;
-    let hook: HookPoint = r.hook.parse().map_err(|e| ServiceError::InvalidArgument(format!("hook: {e}")))?;
+    let method = pb::ProbeMethod::try_from(r.method).map_err(|_| ServiceError::InvalidArgument(format!("method: {} is not a probe method", r.method)))?;
+    // The sparse probe reads its dictionary's features at the dictionary's own hook.
+    let sparse = match method {
+        pb::ProbeMethod::Sparse => {
+            let at = lens.position(&r.dictionary_id).ok_or_else(|| ServiceError::InvalidArgument(format!("dictionary_id: {:?} is not a dictionary this server runs", r.dictionary_id)))?;
+            let k = match r.k as usize {
+                0 => DEFAULT_SPARSE_K,
+                k if k > MAX_SPARSE_K => return Err(ServiceError::InvalidArgument(format!("k: {k} is above {MAX_SPARSE_K}"))),
+                k => k,
+            };
+            Some((at, k))
+        }
+        _ => None,
+    };
+    let hook: HookPoint = match (sparse, r.hook.is_empty()) {
+        (Some((at, _)), true) => lens.dictionaries()[at].dictionary.info().hook_in,
+        _ => r.hook.parse().map_err(|e| ServiceError::InvalidArgument(format!("hook: {e}")))?,
+    };
     if lens.model().config().hook_width(hook).is_none() {
         return Err(ServiceError::InvalidArgument(format!("hook: {hook} is not a hook of this model ({} layers)", lens.model().config().n_layers)));
+    }
+    if let Some((at, _)) = sparse {
+        let reads = lens.dictionaries()[at].dictionary.info().hook_in;
+        if reads != hook {
+            return Err(ServiceError::InvalidArgument(format!("hook: dictionary {:?} reads {reads}, not {hook} (leave hook empty for a sparse probe)", r.dictionary_id)));
+        }
     }
     let target_fpr = if r.target_fpr == 0.0 { 0.01 } else { r.target_fpr };
     if !(target_fpr > 0.0 && target_fpr < 1.0) {
         return Err(ServiceError::InvalidArgument(format!("target_fpr: {target_fpr} must be in (0, 1)")));
     }
-    let method = pb::ProbeMethod::try_from(r.method).map_err(|_| ServiceError::InvalidArgument(format!("method: {} is not a probe method", r.method)))?;
     let severity = pb::Severity::try_from(r.severity).map_err(|_| ServiceError::InvalidArgument(format!("severity: {} is not a severity", r.severity)))?;
     let action = pb::Action::try_from(r.action).map_err(|_| ServiceError::InvalidArgument(format!("action: {} is not an action", r.action)))?;
     check_examples(&r.examples, state.limits.max_train_texts, state.limits.max_text_bytes, true)?;
@@ -102,28 +159,50 @@ pub async fn train_probe(state: &AppState, r: &pb::TrainProbeRequest) -> Result<
             )));
         }
     }
-    let pooled = mean_pooled(state, hook, r.examples.iter().map(|e| e.text.clone()).collect()).await?;
-    let rows = |idx: &[usize]| -> Vec<Vec<f32>> { idx.iter().map(|&i| pooled[i].clone()).collect() };
-    let (x_train, x_validation, x_test) = (rows(&train), rows(&validation), rows(&test));
-    let (probe, l2): (LinearProbe, f64) = tokio::task::spawn_blocking(move || match method {
-        pb::ProbeMethod::Diffmean => (probes::diffmean(&x_train, &y_train), 0.0),
-        pb::ProbeMethod::Logistic => {
-            let (probe, chosen) = probes::tuned_logistic(&x_train, &y_train, &x_validation, &y_validation);
-            (probe, chosen.l2)
-        }
+    let pooled = pool(state, hook, sparse.map(|(at, _)| at), r.examples.iter().map(|e| e.text.clone()).collect()).await?;
+    let d_sae = sparse.map_or(0, |(at, _)| lens.dictionaries()[at].dictionary.info().d_sae);
+    let dictionary_id = r.dictionary_id.clone();
+    let split = (train.clone(), validation.clone(), test.clone(), y_train.clone(), y_validation.clone(), y_test.clone());
+    let (signal, s_validation, s_test, l2, bag_auroc) = tokio::task::spawn_blocking(move || {
+        let (train, validation, test, y_train, y_validation, y_test) = split;
+        // The probe's inputs: the mean-pooled activation, or the chosen features' means.
+        let chosen = sparse.map(|(_, k)| best_features(&pooled, &train, &y_train, d_sae, k)).unwrap_or_default();
+        let row = |p: &Pooled| -> Vec<f32> {
+            if sparse.is_some() {
+                chosen.iter().map(|f| p.features.get(f).copied().unwrap_or(0.0)).collect()
+            } else {
+                p.mean.clone()
+            }
+        };
+        let rows = |idx: &[usize]| -> Vec<Vec<f32>> { idx.iter().map(|&i| row(&pooled[i])).collect() };
+        let (x_train, x_validation, x_test) = (rows(&train), rows(&validation), rows(&test));
+        let (probe, l2) = match method {
+            pb::ProbeMethod::Diffmean => (probes::diffmean(&x_train, &y_train), 0.0),
+            _ => {
+                let (probe, chosen) = probes::tuned_logistic(&x_train, &y_train, &x_validation, &y_validation);
+                (probe, chosen.l2)
+            }
+        };
+        // The bag-of-words baseline on the same split.
+        let bag = probes::BagOfWords::fit(train.iter().map(|&i| pooled[i].tokens.as_slice()));
+        let bag_rows = |idx: &[usize]| -> Vec<Vec<f32>> { idx.iter().map(|&i| bag.features(&pooled[i].tokens)).collect() };
+        let (bow, _) = probes::tuned_logistic(&bag_rows(&train), &y_train, &bag_rows(&validation), &y_validation);
+        let bag_auroc = probes::auroc(&bow.scores(&bag_rows(&test)), &y_test);
+        let signal = match sparse {
+            Some(_) => Signal::Features { dictionary: dictionary_id, weights: chosen.iter().copied().zip(probe.weights.iter().copied()).collect(), bias: probe.bias },
+            None => Signal::Linear { hook, weights: probe.weights.clone(), bias: probe.bias },
+        };
+        (signal, probe.scores(&x_validation), probe.scores(&x_test), l2, bag_auroc)
     })
     .await
     .map_err(|e| ServiceError::Internal(format!("training task: {e}")))?;
-    let s_validation = probe.scores(&rows(&validation));
-    let s_test = probe.scores(&x_test);
     let negatives: Vec<f32> = s_validation.iter().zip(labels(&validation)).filter(|(_, l)| !l).map(|(&s, _)| s).collect();
     let threshold = probes::threshold_at_fpr(&negatives, target_fpr);
     let (recall, fpr, _) = probes::rates(&s_test, &y_test, threshold);
     let validation_auroc = probes::auroc(&s_validation, &labels(&validation));
     let negative_texts: Vec<&str> = validation.iter().filter(|&&i| !r.examples[i].label).map(|&i| r.examples[i].text.as_str()).collect();
-    let method_name = if method == pb::ProbeMethod::Diffmean { "diffmean" } else { "logistic" };
     let mut details = serde_json::Map::new();
-    details.insert("method".into(), method_name.into());
+    details.insert("method".into(), method.as_str_name().trim_start_matches("PROBE_METHOD_").to_lowercase().into());
     details.insert("l2".into(), l2.into());
     details.insert("validation_auroc".into(), validation_auroc.into());
     let calibration = Calibration {
@@ -134,7 +213,7 @@ pub async fn train_probe(state: &AppState, r: &pb::TrainProbeRequest) -> Result<
         threshold,
         details,
     };
-    let mut detector = Detector::new(Signal::Linear { hook, weights: probe.weights.clone(), bias: probe.bias }, Aggregation::Mean, threshold);
+    let mut detector = Detector::new(signal, Aggregation::Mean, threshold);
     detector.calibration = Some(calibration);
     detector.severity = match severity {
         pb::Severity::Low => loupe_engine::monitor::Severity::Low,
@@ -157,6 +236,7 @@ pub async fn train_probe(state: &AppState, r: &pb::TrainProbeRequest) -> Result<
         test_fpr_at_threshold: fpr,
         test_recall_at_threshold: recall,
         split: "FNV-1a hash of the text mod 10: 0-5 train, 6-7 validation, 8-9 test; threshold at the target FPR on the validation negatives".into(),
+        bag_of_words_test_auroc: bag_auroc,
     };
     Ok((detector.with_offset_in_bias(), report))
 }
