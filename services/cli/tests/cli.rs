@@ -151,3 +151,40 @@ fn index_merge_of_zero_shards_is_a_clear_error() {
     assert!(err.contains("--shards 0") && err.contains("at least 1"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A monitor file whose one detector is a constant linear probe at layer 3 (zero weights:
+/// its value is `bias` at every token), so it crosses at the first generated token or never.
+fn constant_monitor(dir: &std::path::Path, name: &str, bias: f32, action: &str) -> std::path::PathBuf {
+    let monitor = serde_json::json!({
+        "name": name,
+        "detectors": [{
+            "signal": {"Linear": {"hook": {"Block": {"layer": 3, "site": "ResidPost"}}, "weights": vec![0.0f32; 576], "bias": bias}},
+            "aggregation": "Max", "threshold": 0.5, "action": action,
+        }],
+    });
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, monitor.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn generate_guardrails_block_at_the_token_that_crossed() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = ["generate", "What is the capital of France?", "--max-tokens", "8", "--json"];
+    let (ok, out, err) = loupe(&plain);
+    assert!(ok, "{err}");
+    let plain: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let with = |monitor: &std::path::Path| {
+        let (ok, out, err) = loupe(&["generate", "What is the capital of France?", "--max-tokens", "8", "--json", "--monitor", monitor.to_str().unwrap()]);
+        assert!(ok, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let logged = with(&constant_monitor(dir.path(), "always-log", 1.0, "log"));
+    assert_eq!(logged["completion_ids"], plain["completion_ids"], "a log monitor changes nothing");
+    assert_eq!((logged["monitors_fired"][0]["token"].as_u64(), logged["blocked"].as_bool()), (Some(0), Some(false)));
+    let blocked = with(&constant_monitor(dir.path(), "always-block", 1.0, "block"));
+    assert_eq!(blocked["completion_ids"].as_array().unwrap().as_slice(), &plain["completion_ids"].as_array().unwrap()[..1], "stopped after the first token");
+    assert_eq!(blocked["blocked"], true);
+    let quiet = with(&constant_monitor(dir.path(), "never", -1.0, "block"));
+    assert_eq!((quiet["completion_ids"].clone(), quiet["monitors_fired"].as_array().unwrap().len()), (plain["completion_ids"].clone(), 0));
+}

@@ -70,30 +70,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Scores the text with monitor files on the local model.
-fn score_here(args: &Args) -> anyhow::Result<Vec<pb::MonitorResult>> {
-    let files = if args.monitors.is_empty() { default_monitors()? } else { args.monitors.clone() };
+/// Monitor definition files, and the lens that runs them here: the model and, when a
+/// detector reads features, the dictionary at `dictionary` (default: the embedded one).
+pub fn local_monitors(files: &[PathBuf], model: loupe_engine::Model, dictionary: Option<PathBuf>) -> anyhow::Result<(Vec<Monitor>, FeatureLens)> {
     let mut monitors = Vec::new();
-    for file in &files {
+    for file in files {
         let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let monitor: Monitor = serde_json::from_str(&text).with_context(|| format!("{}: not a monitor definition ({{\"name\", \"detectors\": [...]}})", file.display()))?;
         monitor.validate().with_context(|| file.display().to_string())?;
         anyhow::ensure!(
             !monitor.detectors.iter().any(|d| matches!(d.signal, Signal::Vector { .. })),
-            "{}: stored-vector detectors need the store: score on a server (--server)",
+            "{}: stored-vector detectors need the store: run them on a server",
             file.display()
         );
         monitors.push(monitor);
     }
-    let model = args.model.load()?;
-    let dictionary_dir = args.dictionary.clone().unwrap_or_else(default_dictionary);
+    let dictionary_dir = dictionary.unwrap_or_else(default_dictionary);
     let needs_dictionary = monitors.iter().flat_map(|m| &m.detectors).any(|d| !matches!(d.signal, Signal::Linear { .. }));
     let mut dictionaries = Vec::new();
     if needs_dictionary {
         let id = dictionary_dir.file_name().map_or("dictionary".into(), |n| n.to_string_lossy().into_owned());
         dictionaries.push((id, Arc::new(Dictionary::load_for_model(&dictionary_dir, model.config())?)));
     }
-    let lens = FeatureLens::new(model, dictionaries)?;
+    Ok((monitors, FeatureLens::new(model, dictionaries)?))
+}
+
+/// Scores the text with monitor files on the local model.
+fn score_here(args: &Args) -> anyhow::Result<Vec<pb::MonitorResult>> {
+    let files = if args.monitors.is_empty() { default_monitors()? } else { args.monitors.clone() };
+    let (monitors, lens) = local_monitors(&files, args.model.load()?, args.dictionary.clone())?;
     let tokenizer = lens.model().tokenizer()?;
     let text = prepare(tokenizer, pb::ScoreInput { text: args.text.clone(), ..Default::default() }, usize::MAX, usize::MAX, "text")?;
     let mut results = Vec::new();
