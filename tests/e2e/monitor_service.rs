@@ -189,6 +189,7 @@ async fn bad_definitions_and_inputs_name_the_field() {
     assert_code(client.score(pb::ScoreRequest { inputs: vec![input("")], ..Default::default() }).await, Code::InvalidArgument, "inputs[0]");
     assert_code(client.score(pb::ScoreRequest { inputs: vec![input("a")], monitors: vec!["nope".into()], ..Default::default() }).await, Code::NotFound, "nope");
     assert_code(client.list_alerts(pb::ListAlertsRequest { since: "yesterday".into(), ..Default::default() }).await, Code::InvalidArgument, "since");
+    assert_code(client.create_monitor(with(&|d| d.description = "red \x1b[31m alert".into())).await, Code::InvalidArgument, "definition.description");
     // The server is still up and nothing was stored by the refused calls.
     let listed = client.list_monitors(pb::ListMonitorsRequest { include_archived: true }).await.unwrap().into_inner();
     assert_eq!(listed.monitors.len(), 1);
@@ -477,6 +478,19 @@ async fn a_full_scoring_queue_is_resource_exhausted_and_the_server_stays_up() {
     let many = pb::ScoreRequest { inputs: (0..8).map(|i| input(&format!("text number {i}"))).collect(), ..Default::default() };
     assert_code(client.score(many.clone()).await, Code::ResourceExhausted, "max_queued_texts");
     assert!(busy.await.unwrap().is_ok(), "the long text is scored");
+    // Streams beyond max_streams are refused while the others stay open.
+    let start = || pb::StreamScoreRequest { event: Some(pb::stream_score_request::Event::Start(pb::StreamStart::default())) };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(start()).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..Limits::default().max_streams {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(start()).await.unwrap();
+        held.push((tx, client.stream_score(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap()));
+    }
+    assert_code(client.stream_score(tokio_stream::wrappers::ReceiverStream::new(rx)).await, Code::ResourceExhausted, "max_streams");
+    drop(tx);
+    drop(held);
     // Once the queue drains, texts are scored again.
     let small = pb::ScoreRequest { inputs: many.inputs[..2].to_vec(), ..Default::default() };
     assert_eq!(client.score(small).await.unwrap().into_inner().results.len(), 2);

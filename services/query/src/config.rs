@@ -68,7 +68,9 @@ pub struct Limits {
     pub batch_wait_us: u64,
     pub max_batch_tokens: usize,
     pub max_queued_texts: usize,
-    /// Most tokens and bytes of text per StreamScore stream.
+    /// Most StreamScore streams open at once (each holds a KV cache), and most tokens and
+    /// bytes of text per stream.
+    pub max_streams: usize,
     pub max_stream_tokens: usize,
     pub max_stream_bytes: usize,
     /// Most labelled texts per TrainProbe or EvaluateMonitor call.
@@ -101,6 +103,7 @@ impl Default for Limits {
             batch_wait_us: 1000,
             max_batch_tokens: 8192,
             max_queued_texts: 1024,
+            max_streams: 32,
             max_stream_tokens: 4096,
             max_stream_bytes: 64 * 1024,
             max_train_texts: 10_000,
@@ -179,7 +182,7 @@ impl ServeSettings {
             self.no_model = Some(parse("LOUPE_NO_MODEL", v)?);
         }
         let l = &mut self.limits;
-        let usize_limits: [(&str, &mut usize); 22] = [
+        let usize_limits: [(&str, &mut usize); 23] = [
             ("LOUPE_MODEL_WORKERS", &mut l.model_workers),
             ("LOUPE_MAX_WAITING", &mut l.max_waiting),
             ("LOUPE_MAX_TEXT_BYTES", &mut l.max_text_bytes),
@@ -199,6 +202,7 @@ impl ServeSettings {
             ("LOUPE_MAX_EXPLAIN_FEATURES", &mut l.max_explain_features),
             ("LOUPE_MAX_BATCH_TOKENS", &mut l.max_batch_tokens),
             ("LOUPE_MAX_QUEUED_TEXTS", &mut l.max_queued_texts),
+            ("LOUPE_MAX_STREAMS", &mut l.max_streams),
             ("LOUPE_MAX_STREAM_TOKENS", &mut l.max_stream_tokens),
             ("LOUPE_MAX_STREAM_BYTES", &mut l.max_stream_bytes),
             ("LOUPE_MAX_TRAIN_TEXTS", &mut l.max_train_texts),

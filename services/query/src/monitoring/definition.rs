@@ -17,6 +17,8 @@ fn invalid(field: String, what: impl std::fmt::Display) -> ServiceError {
 /// reported in the second value: detector index and request).
 pub fn from_proto(d: pb::MonitorDefinition) -> Result<(Monitor, Vec<(usize, pb::CalibrateRequest)>)> {
     loupe_store::named_vectors::check_named("monitor", &d.name).map_err(|e| ServiceError::InvalidArgument(format!("definition.name: {e}")))?;
+    // Shown in terminals and pages: one line of printable text, as labels are.
+    loupe_store::labels::check_label(&d.description).map_err(|e| ServiceError::InvalidArgument(format!("definition.description: {e}")))?;
     let mut detectors = Vec::with_capacity(d.detectors.len());
     let mut to_calibrate = Vec::new();
     for (i, p) in d.detectors.into_iter().enumerate() {

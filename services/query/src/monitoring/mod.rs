@@ -30,13 +30,15 @@ use crate::state::AppState;
 pub struct MonitoringState {
     pub registry: Registry,
     pub alerts: AlertLog,
+    /// StreamScore streams open now.
+    pub(crate) open_streams: Arc<std::sync::atomic::AtomicUsize>,
     /// None without a model.
     batcher: Option<Batcher>,
 }
 
 impl MonitoringState {
     pub fn new(store_root: std::path::PathBuf, batcher: Option<Batcher>) -> Self {
-        MonitoringState { registry: Registry::default(), alerts: AlertLog::start(store_root), batcher }
+        MonitoringState { registry: Registry::default(), alerts: AlertLog::start(store_root), open_streams: Arc::default(), batcher }
     }
 
     pub fn batcher(&self) -> Result<&Batcher> {

@@ -8,6 +8,7 @@
 //! changes a token already scored, the stream is re-scored from its start (alerts already
 //! sent stand).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
@@ -53,6 +54,7 @@ struct StreamState {
 /// Starts a stream: the first message must be `start`; replies come on the returned channel.
 pub async fn stream_score(state: Arc<AppState>, mut inbound: impl Stream<Item = Result<pb::StreamScoreRequest>> + Send + Unpin + 'static) -> Result<StreamReplies> {
     let lens = state.engine()?;
+    let open = OpenStream::claim(&state.monitoring.open_streams, state.limits.max_streams)?;
     let start = match inbound.next().await {
         Some(Ok(pb::StreamScoreRequest { event: Some(pb::stream_score_request::Event::Start(start)) })) => start,
         Some(Err(e)) => return Err(e),
@@ -67,6 +69,7 @@ pub async fn stream_score(state: Arc<AppState>, mut inbound: impl Stream<Item = 
     let mut stream = StreamState { lens, read, cache, ids: Vec::new(), watches, mode: Mode::Unknown, id: start.id, caller, request_id: new_id() };
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
+        let _open = open;
         loop {
             let message = inbound.next().await;
             let outcome = match message {
@@ -252,4 +255,24 @@ fn deciding(w: &Watch) -> (usize, f32) {
     };
     let i = (0..w.running.len()).max_by(|&a, &b| margin(a).total_cmp(&margin(b))).unwrap_or(0);
     (i, w.running[i].score())
+}
+
+/// One of the server's open streams, released when the stream ends however it ends.
+struct OpenStream(Arc<AtomicUsize>);
+
+impl OpenStream {
+    fn claim(open: &Arc<AtomicUsize>, max: usize) -> Result<Self> {
+        let before = open.fetch_add(1, Ordering::SeqCst);
+        let claimed = OpenStream(open.clone());
+        if before >= max {
+            return Err(ServiceError::ResourceExhausted(format!("{before} streams are open; this server holds at most {max} (max_streams): retry later")));
+        }
+        Ok(claimed)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
