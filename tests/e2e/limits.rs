@@ -49,6 +49,14 @@ async fn deadlines_full_queues_and_missing_models_have_their_codes() {
         let mut internals = internals.clone();
         async move { internals.get_activations(long_call()).await }
     });
+    // Probe only once the long call holds the worker (a probe sent earlier could take the
+    // worker first and get the long call refused instead, on a loaded machine).
+    for _ in 0..1000 {
+        if server.state.workers.in_flight() >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let mut refused = None;
     for _ in 0..200 {
         match internals.clone().get_activations(short_call()).await {
