@@ -148,11 +148,6 @@ impl Monitor {
         }
         Ok(())
     }
-
-    /// The hooks and dictionaries its detectors read.
-    pub fn reads(&self) -> (Vec<HookPoint>, Vec<&str>) {
-        reads(&self.detectors)
-    }
 }
 
 /// The hooks (linear signals) and dictionaries (feature signals) that `detectors` read.

@@ -40,7 +40,12 @@ pub fn tokens_of(text: &str, token_ids: &[u32], tokenizer: &loupe_engine::Tokeni
 /// The caller's name recorded with a write ("anonymous" when none is given): one line of
 /// printable text, as labels are.
 pub fn author_of(author: Option<&str>) -> Result<&str> {
-    let author = author.map(str::trim).filter(|a| !a.is_empty()).unwrap_or("anonymous");
-    loupe_store::labels::check_label(author).map_err(|e| ServiceError::InvalidArgument(format!("author: {e}")))?;
-    Ok(author)
+    caller_of(author, "author")
+}
+
+/// [`author_of`] for a request field named `field` (a Score call's `caller`).
+pub fn caller_of<'a>(caller: Option<&'a str>, field: &str) -> Result<&'a str> {
+    let caller = caller.map(str::trim).filter(|a| !a.is_empty()).unwrap_or("anonymous");
+    loupe_store::labels::check_label(caller).map_err(|e| ServiceError::InvalidArgument(format!("{field}: {e}")))?;
+    Ok(caller)
 }

@@ -152,7 +152,6 @@ pub fn run(command: Probe) -> anyhow::Result<()> {
     let Probe::Train(args) = command;
     anyhow::ensure!(args.fpr > 0.0 && args.fpr < 1.0, "--fpr {} must be in (0, 1)", args.fpr);
     let data = read_data(&args.data)?;
-    let data_rows = &data;
     let model = args.model.load()?;
     let hook: HookPoint = args.hook.parse().map_err(|e| anyhow::anyhow!("--hook: {e}"))?;
     let dictionary_dir = args.dictionary.clone().unwrap_or_else(default_dictionary);
@@ -277,7 +276,7 @@ pub fn run(command: Probe) -> anyhow::Result<()> {
         anyhow::ensure!(args.template.is_none(), "--monitor: monitors read texts as they come; train it without --template");
         let (validation_auroc, method, detector) = best_detector.context("no method gives a detector")?;
         let test = results.iter().find(|r| r["method"] == *method).cloned().unwrap_or_default();
-        let data = std::fs::read(&args.data)?;
+        let data_bytes = std::fs::read(&args.data)?;
         let name = args.name.clone().unwrap_or_else(|| args.data.file_stem().map_or("monitor".into(), |s| s.to_string_lossy().into_owned()));
         let details = json!({
             "method": method,
@@ -289,7 +288,7 @@ pub fn run(command: Probe) -> anyhow::Result<()> {
         });
         let (control_set, control_sha256, control_texts) = match (&control, &args.control) {
             (Some((_, n, sha)), Some(path)) => (path.display().to_string(), sha.clone(), *n),
-            _ => (format!("{} (validation negatives)", args.data.display()), loupe_indexer::checksum::sha256_bytes(&data), validation.iter().filter(|&&i| !data_rows[i].1).count()),
+            _ => (format!("{} (validation negatives)", args.data.display()), loupe_indexer::checksum::sha256_bytes(&data_bytes), validation.iter().filter(|&&i| !data[i].1).count()),
         };
         let calibration = Calibration {
             target_fpr: args.fpr,

@@ -39,17 +39,8 @@ pub fn from_proto(d: pb::MonitorDefinition) -> Result<(Monitor, Vec<(usize, pb::
             pb::Aggregation::Last => Aggregation::Last,
             pb::Aggregation::RollingMean => Aggregation::RollingMean { window: p.window as usize },
         };
-        let severity = match pb::Severity::try_from(p.severity).map_err(|_| invalid(at("severity"), format!("{} is not a severity", p.severity)))? {
-            pb::Severity::Unspecified | pb::Severity::Medium => Severity::Medium,
-            pb::Severity::Low => Severity::Low,
-            pb::Severity::High => Severity::High,
-            pb::Severity::Critical => Severity::Critical,
-        };
-        let action = match pb::Action::try_from(p.action).map_err(|_| invalid(at("action"), format!("{} is not an action", p.action)))? {
-            pb::Action::Unspecified | pb::Action::Alert => Action::Alert,
-            pb::Action::Log => Action::Log,
-            pb::Action::Block => Action::Block,
-        };
+        let severity = severity_from_proto(p.severity, &at("severity"))?;
+        let action = action_from_proto(p.action, &at("action"))?;
         for role in &p.roles {
             if role.is_empty() || role.len() > 64 || role.chars().any(char::is_control) {
                 return Err(invalid(at("roles"), format!("{role:?} is not a role name (1-64 printable characters)")));
@@ -152,6 +143,25 @@ pub async fn resolve(state: &AppState, monitor: &Monitor) -> Result<Vec<Detector
     Ok(out)
 }
 
+/// A request's severity (UNSPECIFIED: medium); `field` names it in the error.
+pub fn severity_from_proto(value: i32, field: &str) -> Result<Severity> {
+    Ok(match pb::Severity::try_from(value).map_err(|_| invalid(field.to_string(), format!("{value} is not a severity")))? {
+        pb::Severity::Unspecified | pb::Severity::Medium => Severity::Medium,
+        pb::Severity::Low => Severity::Low,
+        pb::Severity::High => Severity::High,
+        pb::Severity::Critical => Severity::Critical,
+    })
+}
+
+/// A request's action (UNSPECIFIED: alert); `field` names it in the error.
+pub fn action_from_proto(value: i32, field: &str) -> Result<Action> {
+    Ok(match pb::Action::try_from(value).map_err(|_| invalid(field.to_string(), format!("{value} is not an action")))? {
+        pb::Action::Unspecified | pb::Action::Alert => Action::Alert,
+        pb::Action::Log => Action::Log,
+        pb::Action::Block => Action::Block,
+    })
+}
+
 pub fn severity_to_proto(s: Severity) -> pb::Severity {
     match s {
         Severity::Low => pb::Severity::Low,
@@ -216,38 +226,35 @@ fn calibration_to_proto(c: &Calibration) -> pb::Calibration {
 }
 
 pub fn to_proto(m: &Monitor) -> pb::MonitorDefinition {
-    let detectors = m
-        .detectors
-        .iter()
-        .map(|d| {
-            let (aggregation, window) = match d.aggregation {
-                Aggregation::Max => (pb::Aggregation::Max, 0),
-                Aggregation::Mean => (pb::Aggregation::Mean, 0),
-                Aggregation::Last => (pb::Aggregation::Last, 0),
-                Aggregation::RollingMean { window } => (pb::Aggregation::RollingMean, window as u32),
-            };
-            let signal = match &d.signal {
-                Signal::Feature { dictionary, feature } => pb::signal::Signal::Feature(crate::convert::feature_ref(dictionary, *feature).unwrap_or_default()),
-                Signal::Features { dictionary, weights, bias } => pb::signal::Signal::Features(pb::FeatureSet {
-                    dictionary_id: dictionary.clone(),
-                    weights: weights.iter().map(|&(feature, weight)| pb::WeightedFeature { feature, weight }).collect(),
-                    bias: *bias,
-                }),
-                Signal::Linear { hook, weights, bias } => pb::signal::Signal::Linear(pb::LinearProbe { hook: hook.to_string(), weights: weights.clone(), bias: *bias }),
-                Signal::Vector { name } => pb::signal::Signal::VectorName(name.clone()),
-            };
-            pb::Detector {
-                signal: Some(pb::Signal { signal: Some(signal) }),
-                aggregation: aggregation as i32,
-                window,
-                roles: d.scope.roles.clone(),
-                threshold: d.threshold,
-                calibrate: None,
-                calibration: d.calibration.as_ref().map(calibration_to_proto),
-                severity: severity_to_proto(d.severity) as i32,
-                action: action_to_proto(d.action) as i32,
-            }
-        })
-        .collect();
-    pb::MonitorDefinition { name: m.name.clone(), description: m.description.clone(), detectors }
+    pb::MonitorDefinition { name: m.name.clone(), description: m.description.clone(), detectors: m.detectors.iter().map(detector_to_proto).collect() }
+}
+
+pub fn detector_to_proto(d: &Detector) -> pb::Detector {
+    let (aggregation, window) = match d.aggregation {
+        Aggregation::Max => (pb::Aggregation::Max, 0),
+        Aggregation::Mean => (pb::Aggregation::Mean, 0),
+        Aggregation::Last => (pb::Aggregation::Last, 0),
+        Aggregation::RollingMean { window } => (pb::Aggregation::RollingMean, window as u32),
+    };
+    let signal = match &d.signal {
+        Signal::Feature { dictionary, feature } => pb::signal::Signal::Feature(crate::convert::feature_ref(dictionary, *feature).unwrap_or_default()),
+        Signal::Features { dictionary, weights, bias } => pb::signal::Signal::Features(pb::FeatureSet {
+            dictionary_id: dictionary.clone(),
+            weights: weights.iter().map(|&(feature, weight)| pb::WeightedFeature { feature, weight }).collect(),
+            bias: *bias,
+        }),
+        Signal::Linear { hook, weights, bias } => pb::signal::Signal::Linear(pb::LinearProbe { hook: hook.to_string(), weights: weights.clone(), bias: *bias }),
+        Signal::Vector { name } => pb::signal::Signal::VectorName(name.clone()),
+    };
+    pb::Detector {
+        signal: Some(pb::Signal { signal: Some(signal) }),
+        aggregation: aggregation as i32,
+        window,
+        roles: d.scope.roles.clone(),
+        threshold: d.threshold,
+        calibrate: None,
+        calibration: d.calibration.as_ref().map(calibration_to_proto),
+        severity: severity_to_proto(d.severity) as i32,
+        action: action_to_proto(d.action) as i32,
+    }
 }

@@ -133,12 +133,11 @@ impl MonitoringService {
         let monitor = if r.monitor_name.is_empty() {
             None
         } else {
-            let definition = pb::MonitorDefinition { name: r.monitor_name.clone(), description: format!("probe trained by TrainProbe at {}", r.hook), detectors: vec![definition::to_proto(&Monitor { name: String::new(), description: String::new(), detectors: vec![detector.clone()] }).detectors.remove(0)] };
+            let definition = pb::MonitorDefinition { name: r.monitor_name.clone(), description: format!("probe trained by TrainProbe at {}", r.hook), detectors: vec![definition::detector_to_proto(&detector)] };
             let update = latest(&self.state, &r.monitor_name).await?.is_some_and(|v| !v.archived);
             Some(self.write_definition(Some(definition), r.author.as_deref(), update).await?)
         };
-        let detector = definition::to_proto(&Monitor { name: String::new(), description: String::new(), detectors: vec![detector] }).detectors.remove(0);
-        Ok(pb::TrainProbeResponse { detector: Some(detector), report: Some(report), monitor })
+        Ok(pb::TrainProbeResponse { detector: Some(definition::detector_to_proto(&detector)), report: Some(report), monitor })
     }
 
     pub async fn evaluate_monitor(&self, r: pb::EvaluateMonitorRequest, deadline: Option<Duration>) -> Result<pb::EvaluateMonitorResponse> {

@@ -346,7 +346,7 @@ pub async fn score(state: &Arc<AppState>, r: pb::ScoreRequest) -> Result<pb::Sco
         k if k > limits.max_explain_features => return Err(ServiceError::InvalidArgument(format!("explain_features {k} is above this server's limit of {}", limits.max_explain_features))),
         k => k,
     };
-    let caller = crate::rpc::author_of(r.caller.as_deref()).map_err(|e| ServiceError::InvalidArgument(e.to_string().replace("author:", "caller:")))?.to_string();
+    let caller = crate::rpc::caller_of(r.caller.as_deref(), "caller")?.to_string();
     let monitors = chosen_monitors(state, &r.monitors)?;
     let tokenizer = lens.model().tokenizer()?;
     let texts: Vec<Prepared> = r.inputs.into_iter().enumerate().map(|(i, input)| prepare(tokenizer, input, limits.max_text_bytes, limits.max_tokens, &format!("inputs[{i}]"))).collect::<Result<_>>()?;

@@ -60,7 +60,7 @@ pub async fn stream_score(state: Arc<AppState>, mut inbound: impl Stream<Item = 
         Some(Err(e)) => return Err(e),
         _ => return Err(ServiceError::InvalidArgument("the first message of a stream must be start (the monitors to run)".into())),
     };
-    let caller = crate::rpc::author_of(start.caller.as_deref()).map_err(|e| ServiceError::InvalidArgument(e.to_string().replace("author:", "caller:")))?.to_string();
+    let caller = crate::rpc::caller_of(start.caller.as_deref(), "start.caller")?.to_string();
     let monitors = chosen_monitors(&state, &start.monitors)?;
     let spec = read_spec(&lens, &monitors)?;
     let read = Read { hooks: loupe_engine::Hooks::new().capture_all(spec.hooks.iter().copied()), ..Read::only(spec.dictionaries, loupe_engine::Rows::All) };

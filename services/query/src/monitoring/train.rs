@@ -144,8 +144,8 @@ pub async fn train_probe(state: &AppState, r: &pb::TrainProbeRequest) -> Result<
     if !(target_fpr > 0.0 && target_fpr < 1.0) {
         return Err(ServiceError::InvalidArgument(format!("target_fpr: {target_fpr} must be in (0, 1)")));
     }
-    let severity = pb::Severity::try_from(r.severity).map_err(|_| ServiceError::InvalidArgument(format!("severity: {} is not a severity", r.severity)))?;
-    let action = pb::Action::try_from(r.action).map_err(|_| ServiceError::InvalidArgument(format!("action: {} is not an action", r.action)))?;
+    let severity = super::definition::severity_from_proto(r.severity, "severity")?;
+    let action = super::definition::action_from_proto(r.action, "action")?;
     check_examples(&r.examples, state.limits.max_train_texts, state.limits.max_text_bytes, true)?;
     let splits: Vec<Split> = r.examples.iter().map(|e| split_of(&e.text)).collect();
     let pick = |s: Split| -> Vec<usize> { (0..splits.len()).filter(|&i| splits[i] == s).collect() };
@@ -215,17 +215,8 @@ pub async fn train_probe(state: &AppState, r: &pb::TrainProbeRequest) -> Result<
     };
     let mut detector = Detector::new(signal, Aggregation::Mean, threshold);
     detector.calibration = Some(calibration);
-    detector.severity = match severity {
-        pb::Severity::Low => loupe_engine::monitor::Severity::Low,
-        pb::Severity::High => loupe_engine::monitor::Severity::High,
-        pb::Severity::Critical => loupe_engine::monitor::Severity::Critical,
-        _ => loupe_engine::monitor::Severity::Medium,
-    };
-    detector.action = match action {
-        pb::Action::Log => loupe_engine::monitor::Action::Log,
-        pb::Action::Block => loupe_engine::monitor::Action::Block,
-        _ => loupe_engine::monitor::Action::Alert,
-    };
+    detector.severity = severity;
+    detector.action = action;
     let report = pb::ProbeReport {
         train_texts: train.len() as u32,
         validation_texts: validation.len() as u32,
