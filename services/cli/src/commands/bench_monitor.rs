@@ -25,7 +25,7 @@ use crate::output::print_json;
 #[derive(clap::Args)]
 pub struct MonitorArgs {
     /// An indexed store (default: the demo store that scripts/demo.sh builds); the bench
-    /// works on a hard-linked copy, so the store itself is not written.
+    /// works on a copy (large immutable files hard-linked), so the store itself is not written.
     #[arg(long)]
     pub store: Option<PathBuf>,
     /// Labelled JSONL whose texts are scored (default: $LOUPE_HOME/data/harmful.jsonl and
@@ -41,8 +41,14 @@ pub struct MonitorArgs {
     pub json: bool,
 }
 
-/// Copies `from` to `to` with hard links (Lance files are never modified in place, so the
-/// copy's appends do not reach the original), falling back to copies across filesystems.
+/// Files at least this large are hard-linked into the bench's copy of the store, smaller
+/// ones copied.
+const LINK_AT_BYTES: u64 = 1 << 20;
+
+/// Copies `from` to `to`: the large files (Lance data and index files, tantivy segments,
+/// all immutable once written) as hard links, so the copy costs little and the copy's
+/// appends (new files) never reach the original; every small file (manifests, version
+/// hints, pointers, locks, which a writer may rewrite in place) as a private copy.
 fn link_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
@@ -50,10 +56,7 @@ fn link_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
         let target = to.join(entry.file_name());
         if entry.file_type()?.is_dir() {
             link_tree(&entry.path(), &target)?;
-        } else if entry.file_name() == "writer.lock" || entry.file_name() == "CURRENT" {
-            // Replaced or locked in place: a private copy.
-            std::fs::copy(entry.path(), &target)?;
-        } else if std::fs::hard_link(entry.path(), &target).is_err() {
+        } else if entry.metadata()?.len() < LINK_AT_BYTES || std::fs::hard_link(entry.path(), &target).is_err() {
             std::fs::copy(entry.path(), &target)?;
         }
     }
@@ -134,7 +137,16 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<()> {
             if path.extension().is_some_and(|e| e == "json") {
                 let monitor: Monitor = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
                 names.push(monitor.name.clone());
-                client.create_monitor(pb::CreateMonitorRequest { definition: Some(loupe_query::monitoring::definition::to_proto(&monitor)), author: Some("bench".into()) }).await?;
+                // The store may hold them already (the demo stores the defaults): a new version.
+                let definition = Some(loupe_query::monitoring::definition::to_proto(&monitor));
+                match client.create_monitor(pb::CreateMonitorRequest { definition: definition.clone(), author: Some("bench".into()) }).await {
+                    Err(e) if e.code() == tonic::Code::AlreadyExists => {
+                        client.update_monitor(pb::UpdateMonitorRequest { definition, author: Some("bench".into()) }).await?;
+                    }
+                    other => {
+                        other?;
+                    }
+                }
             }
         }
         eprintln!("monitors {names:?}; {} texts; {} s per measurement", texts.len(), args.seconds);
