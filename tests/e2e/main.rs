@@ -8,5 +8,6 @@ mod limits;
 mod monitor_service;
 mod monitoring;
 mod reflection;
+mod security;
 mod service;
 mod steering;

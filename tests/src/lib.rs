@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use loupe_corpus::CorpusSource;
 use loupe_indexer::{DictionarySpec, Job, JobConfig, JobHooks, RunOptions, Shard};
+use loupe_query::config::AccessConfig;
 use loupe_query::{Limits, ServerConfig};
 use loupe_schema::proto::v1 as pb;
 use loupe_schema::proto::v1::features_client::FeaturesClient;
@@ -125,9 +126,15 @@ pub struct Server {
 
 /// Starts a server over `store` (with the default model when `model`), in this runtime.
 pub async fn start_server(store: &Path, limits: Limits, model: bool) -> Server {
+    start_server_with(store, limits, model, AccessConfig::default()).await
+}
+
+/// [`start_server`] with TLS and tokens as `access` says (the address is https:// with TLS).
+pub async fn start_server_with(store: &Path, limits: Limits, model: bool, access: AccessConfig) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    let config = ServerConfig { store: store.into(), addr: listener.local_addr().unwrap(), model: model.then(default_model), dictionaries: vec![], limits };
+    let scheme = if access.tls.cert.is_some() { "https" } else { "http" };
+    let addr = format!("{scheme}://{}", listener.local_addr().unwrap());
+    let config = ServerConfig { store: store.into(), addr: listener.local_addr().unwrap(), model: model.then(default_model), dictionaries: vec![], limits, access };
     let state = Arc::new(loupe_query::state::AppState::load(&config).await.unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(loupe_query::serve_state(state.clone(), listener, async {

@@ -18,6 +18,7 @@ Every call raises ``loupe.LoupeError`` with the server's status code and message
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -44,12 +45,23 @@ __all__ = ["Client", "LoupeError", "Dictionary", "Hit", "Example", "Feature", "T
 
 
 class LoupeError(Exception):
-    """A failed call: ``code`` is the gRPC status code name (e.g. "NOT_FOUND")."""
+    """A failed call: ``code`` is the gRPC status code name (e.g. "NOT_FOUND");
+    ``retry_after`` is the seconds to wait when a quota refused the call (else None)."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, retry_after: Optional[float] = None):
         super().__init__(f"{message} ({code})")
         self.code = code
         self.message = message
+        self.retry_after = retry_after
+
+
+def _error(e: grpc.RpcError) -> LoupeError:
+    retry_after = None
+    trailing = e.trailing_metadata() if hasattr(e, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == "retry-after-ms":
+            retry_after = int(value) / 1000.0
+    return LoupeError(e.code().name, e.details() or str(e), retry_after)
 
 
 @dataclass
@@ -385,11 +397,36 @@ def _activation(a) -> FeatureActivation:
 
 
 class Client:
-    """A connection to ``loupe serve`` (default address ``127.0.0.1:50051``)."""
+    """A connection to ``loupe serve`` (default address ``127.0.0.1:50051``).
 
-    def __init__(self, address: str = "127.0.0.1:50051", timeout: Optional[float] = 60.0):
-        address = address.removeprefix("http://")
-        self._channel = grpc.insecure_channel(address)
+    ``token`` (default: ``$LOUPE_TOKEN``) is sent as ``authorization: Bearer <token>`` with
+    every call. An ``https://`` address, or ``tls_ca``, connects with TLS, checking the
+    server's certificate against ``tls_ca`` (a PEM file; default: the system's roots);
+    ``client_cert`` and ``client_key`` (PEM files) answer a server that asks for a client
+    certificate (mutual TLS). Defaults come from ``$LOUPE_TLS_CA``, ``$LOUPE_CLIENT_CERT``
+    and ``$LOUPE_CLIENT_KEY``, as for the CLI.
+    """
+
+    def __init__(self, address: str = "127.0.0.1:50051", timeout: Optional[float] = 60.0, token: Optional[str] = None,
+                 tls_ca: Optional[str] = None, client_cert: Optional[str] = None, client_key: Optional[str] = None):
+        token = token if token is not None else os.environ.get("LOUPE_TOKEN")
+        tls_ca = tls_ca or os.environ.get("LOUPE_TLS_CA")
+        client_cert = client_cert or os.environ.get("LOUPE_CLIENT_CERT")
+        client_key = client_key or os.environ.get("LOUPE_CLIENT_KEY")
+        tls = address.startswith("https://") or tls_ca is not None
+        address = address.removeprefix("http://").removeprefix("https://")
+        if tls:
+            def read(path):
+                return open(path, "rb").read() if path else None
+            if (client_cert is None) != (client_key is None):
+                raise ValueError("client_cert and client_key go together (mutual TLS)")
+            credentials = grpc.ssl_channel_credentials(root_certificates=read(tls_ca), private_key=read(client_key), certificate_chain=read(client_cert))
+            self._channel = grpc.secure_channel(address, credentials)
+        else:
+            if client_cert is not None:
+                raise ValueError("client_cert needs TLS: give an https:// address or tls_ca")
+            self._channel = grpc.insecure_channel(address)
+        self._metadata = (("authorization", f"Bearer {token.strip()}"),) if token else ()
         self._features = features_pb2_grpc.FeaturesStub(self._channel)
         self._internals = internals_pb2_grpc.InternalsStub(self._channel)
         self._steering = steering_pb2_grpc.SteeringStub(self._channel)
@@ -407,9 +444,9 @@ class Client:
 
     def _call(self, method, request):
         try:
-            return method(request, timeout=self.timeout)
+            return method(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as e:  # a status from the server, or no server
-            raise LoupeError(e.code().name, e.details() or str(e)) from None
+            raise _error(e) from None
 
     def dictionaries(self) -> List[Dictionary]:
         r = self._call(self._features.ListDictionaries, pb.ListDictionariesRequest())
@@ -516,7 +553,7 @@ class Client:
         request = self._steer_request(prompt, interventions, **args)
         name = lambda output: pb.Output.Name(output).removeprefix("OUTPUT_").lower()
         try:
-            for event in self._steering.SteerStream(request, timeout=self.timeout):
+            for event in self._steering.SteerStream(request, timeout=self.timeout, metadata=self._metadata):
                 kind = event.WhichOneof("event")
                 if kind == "started":
                     yield ("started", event.started)
@@ -525,7 +562,7 @@ class Client:
                 elif kind == "done":
                     yield ("done", name(event.done.output), event.done.text, event.done.stop_reason)
         except grpc.RpcError as e:
-            raise LoupeError(e.code().name, e.details() or str(e)) from None
+            raise _error(e) from None
 
     def create_vector(self, name: str, hook: str, positive: Sequence[str] = (), negative: Sequence[str] = (), values=None,
                       replace: bool = False, description: str = "", author: Optional[str] = None) -> Vector:
@@ -600,11 +637,11 @@ class Client:
                     yield pb.StreamScoreRequest(tokens=pb.TokenChunk(ids=list(chunk)))
             yield pb.StreamScoreRequest(end=True)
         try:
-            for reply in self._monitoring.StreamScore(requests(), timeout=self.timeout):
+            for reply in self._monitoring.StreamScore(requests(), timeout=self.timeout, metadata=self._metadata):
                 scores = {s.monitor: (s.score, s.fired, s.first_token if s.HasField("first_token") else None) for s in reply.scores}
                 yield reply.tokens, scores, [_alert(a) for a in reply.alerts]
         except grpc.RpcError as e:
-            raise LoupeError(e.code().name, e.details() or str(e)) from None
+            raise _error(e) from None
 
     def alerts(self, monitor: str = "", min_severity: str = "", since: str = "", until: str = "", caller: str = "",
                limit: int = 0, page_token: str = "") -> List[Alert]:
@@ -617,10 +654,10 @@ class Client:
         """New alerts as they are raised (a generator; close it to stop)."""
         severity = pb.Severity.Value("SEVERITY_" + min_severity.upper()) if min_severity else 0
         try:
-            for alert in self._monitoring.SubscribeAlerts(pb.SubscribeAlertsRequest(monitor=monitor, min_severity=severity)):
+            for alert in self._monitoring.SubscribeAlerts(pb.SubscribeAlertsRequest(monitor=monitor, min_severity=severity), metadata=self._metadata):
                 yield _alert(alert)
         except grpc.RpcError as e:
-            raise LoupeError(e.code().name, e.details() or str(e)) from None
+            raise _error(e) from None
 
     def train_probe(self, hook: str, examples: Sequence[tuple], method: str = "logistic", target_fpr: float = 0.01,
                     monitor_name: str = "", severity: str = "medium", action: str = "alert", author: Optional[str] = None,

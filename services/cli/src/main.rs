@@ -76,6 +76,12 @@ enum Command {
     /// Named steering vectors in the store (DiffMean contrast vectors).
     #[command(subcommand)]
     Vector(commands::steer::Vector),
+    /// Bearer tokens for a server: create (scopes, quotas), list, revoke.
+    #[command(subcommand)]
+    Token(commands::access::Token),
+    /// TLS certificates: `loupe tls create DIR` makes a CA, a server and a client certificate.
+    #[command(subcommand)]
+    Tls(commands::access::Tls),
     /// Measure performance against this machine's peak.
     #[command(subcommand)]
     Bench(commands::bench::Bench),
@@ -94,10 +100,7 @@ fn quiet_on_closed_pipe() {
 fn main() -> std::process::ExitCode {
     quiet_on_closed_pipe();
     keep_freed_memory();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LOUPE_LOG").unwrap_or_else(|_| "warn,lance=error".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LOUPE_LOG").unwrap_or_else(|_| "warn,lance=error".into())).with_writer(std::io::stderr).init();
     // The matches too: `steer` pairs each operation with the target before it by position.
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
@@ -124,6 +127,8 @@ fn main() -> std::process::ExitCode {
         Command::Label(args) => commands::client::label(args),
         Command::Steer(args) => commands::steer::steer(args, matches.subcommand_matches("steer").expect("the steer subcommand's matches")),
         Command::Vector(command) => commands::steer::vector(command),
+        Command::Token(command) => commands::access::token(command),
+        Command::Tls(command) => commands::access::tls(command),
         Command::Bench(bench) => commands::bench::run(bench),
     };
     match result {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::access::tls::TlsSettings;
 use crate::error::{Result, ServiceError};
 
 /// What a running server needs, resolved.
@@ -21,6 +22,18 @@ pub struct ServerConfig {
     /// Dictionary folders by id, overriding the paths recorded in the store's manifests.
     pub dictionaries: Vec<(String, PathBuf)>,
     pub limits: Limits,
+    pub access: AccessConfig,
+}
+
+/// Who may connect and call, resolved.
+#[derive(Debug, Clone, Default)]
+pub struct AccessConfig {
+    pub tls: TlsSettings,
+    /// Callers need a token from this file; None: every caller may do everything (allowed
+    /// only on loopback or with `insecure`).
+    pub tokens_file: Option<PathBuf>,
+    /// Serve plain text or without tokens on a non-loopback address anyway.
+    pub insecure: bool,
 }
 
 /// Limits and per-request defaults of the server.
@@ -77,6 +90,10 @@ pub struct Limits {
     pub max_train_texts: usize,
     /// Keep each alert's text in the alerts table (off: only its SHA-256).
     pub store_alert_text: bool,
+    /// Default quotas of each caller (a token, or a peer address when the server runs
+    /// without tokens); a token's own quotas replace them. 0: unlimited.
+    pub caller_requests_per_second: f64,
+    pub caller_model_tokens_per_minute: u64,
 }
 
 impl Default for Limits {
@@ -108,6 +125,8 @@ impl Default for Limits {
             max_stream_bytes: 64 * 1024,
             max_train_texts: 10_000,
             store_alert_text: false,
+            caller_requests_per_second: 0.0,
+            caller_model_tokens_per_minute: 0,
         }
     }
 }
@@ -124,6 +143,10 @@ pub struct ServeSettings {
     /// Dictionary folders by id.
     pub dictionaries: BTreeMap<String, PathBuf>,
     pub limits: Limits,
+    pub tls: TlsSettings,
+    /// The token file (default: $LOUPE_HOME/tokens.json when it exists).
+    pub tokens_file: Option<PathBuf>,
+    pub insecure: Option<bool>,
 }
 
 /// The default listening address.
@@ -131,6 +154,11 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
 
 /// The embedded default model's file, which setup installs under `$LOUPE_HOME/models`.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Where `loupe token create` puts tokens and `loupe serve` looks for them by default.
+pub fn default_tokens_file() -> PathBuf {
+    loupe_home().join("tokens.json")
+}
 
 /// `$LOUPE_HOME`, else `~/.cache/loupe`: models, corpora and the default store live here.
 pub fn loupe_home() -> PathBuf {
@@ -181,6 +209,16 @@ impl ServeSettings {
         if let Some(v) = env("LOUPE_NO_MODEL") {
             self.no_model = Some(parse("LOUPE_NO_MODEL", v)?);
         }
+        for (name, slot) in
+            [("LOUPE_TLS_CERT", &mut self.tls.cert), ("LOUPE_TLS_KEY", &mut self.tls.key), ("LOUPE_TLS_CLIENT_CA", &mut self.tls.client_ca), ("LOUPE_TOKENS_FILE", &mut self.tokens_file)]
+        {
+            if let Some(v) = env(name) {
+                *slot = Some(v.into());
+            }
+        }
+        if let Some(v) = env("LOUPE_INSECURE") {
+            self.insecure = Some(parse("LOUPE_INSECURE", v)?);
+        }
         let l = &mut self.limits;
         let usize_limits: [(&str, &mut usize); 23] = [
             ("LOUPE_MODEL_WORKERS", &mut l.model_workers),
@@ -221,6 +259,12 @@ impl ServeSettings {
         if let Some(v) = env("LOUPE_STORE_ALERT_TEXT") {
             l.store_alert_text = parse("LOUPE_STORE_ALERT_TEXT", v)?;
         }
+        if let Some(v) = env("LOUPE_CALLER_REQUESTS_PER_SECOND") {
+            l.caller_requests_per_second = parse("LOUPE_CALLER_REQUESTS_PER_SECOND", v)?;
+        }
+        if let Some(v) = env("LOUPE_CALLER_MODEL_TOKENS_PER_MINUTE") {
+            l.caller_model_tokens_per_minute = parse("LOUPE_CALLER_MODEL_TOKENS_PER_MINUTE", v)?;
+        }
         Ok(())
     }
 
@@ -242,19 +286,28 @@ impl ServeSettings {
             }
         }
         if limits.default_new_tokens > limits.max_new_tokens {
-            return Err(ServiceError::InvalidArgument(format!(
-                "limits.default_new_tokens ({}) is above limits.max_new_tokens ({})",
-                limits.default_new_tokens, limits.max_new_tokens
-            )));
+            return Err(ServiceError::InvalidArgument(format!("limits.default_new_tokens ({}) is above limits.max_new_tokens ({})", limits.default_new_tokens, limits.max_new_tokens)));
+        }
+        if !(limits.caller_requests_per_second.is_finite() && limits.caller_requests_per_second >= 0.0) {
+            return Err(ServiceError::InvalidArgument(format!("limits.caller_requests_per_second is {}: expected 0 (unlimited) or a positive number", limits.caller_requests_per_second)));
         }
         let model = if self.no_model.unwrap_or(false) { None } else { Some(self.model.unwrap_or_else(default_model_path)) };
-        Ok(ServerConfig {
-            store: self.store.unwrap_or_else(|| loupe_home().join("store")),
-            addr: self.addr.unwrap_or_else(|| DEFAULT_ADDR.parse().expect("a valid default address")),
-            model,
-            dictionaries: self.dictionaries.into_iter().collect(),
-            limits,
-        })
+        let addr: SocketAddr = self.addr.unwrap_or_else(|| DEFAULT_ADDR.parse().expect("a valid default address"));
+        let tokens_file = self.tokens_file.or_else(|| Some(default_tokens_file()).filter(|f| f.exists()));
+        let access = AccessConfig { tls: self.tls, tokens_file, insecure: self.insecure.unwrap_or(false) };
+        if !addr.ip().is_loopback() && !access.insecure {
+            if !access.tls.enabled()? {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "{addr} is not a loopback address and no TLS is set: give tls.cert and tls.key (--tls-cert, --tls-key; `loupe tls create` makes a set), or --insecure to serve plain text on a trusted network"
+                )));
+            }
+            if access.tokens_file.is_none() {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "{addr} is not a loopback address and no token file is set: anyone who reaches it could call every method; create tokens (`loupe token create`) or pass --insecure"
+                )));
+            }
+        }
+        Ok(ServerConfig { store: self.store.unwrap_or_else(|| loupe_home().join("store")), addr, model, dictionaries: self.dictionaries.into_iter().collect(), limits, access })
     }
 }
 
@@ -272,7 +325,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("loupe.toml");
         std::fs::write(&file, "store = \"/data/store\"\nno_model = true\n[limits]\nmax_tokens = 512\nmax_page = 50\n[dictionaries]\nres-9 = \"/d/res9\"\n").unwrap();
-        let settings = ServeSettings::load(Some(&file), env_of(&[("LOUPE_MAX_PAGE", "7"), ("LOUPE_ADDR", "0.0.0.0:9000")])).unwrap();
+        let settings = ServeSettings::load(Some(&file), env_of(&[("LOUPE_MAX_PAGE", "7"), ("LOUPE_ADDR", "0.0.0.0:9000"), ("LOUPE_INSECURE", "true")])).unwrap();
         let config = settings.resolve().unwrap();
         assert_eq!(config.store, PathBuf::from("/data/store"));
         assert_eq!(config.addr, "0.0.0.0:9000".parse().unwrap());
@@ -280,6 +333,27 @@ mod tests {
         assert_eq!(config.dictionaries, vec![("res-9".to_string(), PathBuf::from("/d/res9"))]);
         assert_eq!((config.limits.max_tokens, config.limits.max_page), (512, 7), "file, then environment");
         assert_eq!(config.limits.max_waiting, Limits::default().max_waiting, "defaults fill the rest");
+    }
+
+    #[test]
+    fn a_non_loopback_address_needs_tls_and_tokens_or_insecure() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("loupe.toml");
+        std::fs::write(&file, "").unwrap();
+        let tokens = dir.path().join("tokens.json").display().to_string();
+        let resolve = |pairs: &[(&str, &str)]| ServeSettings::load(Some(&file), env_of(pairs)).and_then(ServeSettings::resolve);
+        let err = resolve(&[("LOUPE_ADDR", "0.0.0.0:9000"), ("LOUPE_TOKENS_FILE", &tokens)]).unwrap_err().to_string();
+        assert!(err.contains("tls.cert") && err.contains("--insecure"), "{err}");
+        let tls = [("LOUPE_ADDR", "0.0.0.0:9000"), ("LOUPE_TLS_CERT", "s.pem"), ("LOUPE_TLS_KEY", "s.key")];
+        let err = resolve(&tls).unwrap_err().to_string();
+        assert!(err.contains("token"), "{err}");
+        let config = resolve(&[tls[0], tls[1], tls[2], ("LOUPE_TOKENS_FILE", &tokens)]).unwrap();
+        assert_eq!(config.access.tokens_file.as_deref(), Some(Path::new(&tokens)));
+        assert!(resolve(&[("LOUPE_ADDR", "0.0.0.0:9000"), ("LOUPE_INSECURE", "1")]).is_err(), "a bool is true or false");
+        assert!(resolve(&[("LOUPE_ADDR", "0.0.0.0:9000"), ("LOUPE_INSECURE", "true")]).unwrap().access.insecure);
+        assert!(resolve(&[("LOUPE_ADDR", "127.0.0.1:9000")]).is_ok(), "loopback may stay plain");
+        let err = resolve(&[("LOUPE_CALLER_REQUESTS_PER_SECOND", "NaN")]).unwrap_err().to_string();
+        assert!(err.contains("caller_requests_per_second"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,13 @@ pub enum ServiceError {
     Unavailable(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Over a quota: RESOURCE_EXHAUSTED with the wait in the `retry-after-ms` trailer.
+    #[error("{message}")]
+    Throttled { message: String, retry_after: std::time::Duration },
     #[error("store: {0}")]
     Store(#[from] loupe_store::StoreError),
     #[error("engine: {0}")]
@@ -44,6 +51,9 @@ impl From<ServiceError> for Status {
             ServiceError::FailedPrecondition(_) => Code::FailedPrecondition,
             ServiceError::Unavailable(_) => Code::Unavailable,
             ServiceError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ServiceError::Unauthenticated(_) => Code::Unauthenticated,
+            ServiceError::PermissionDenied(_) => Code::PermissionDenied,
+            ServiceError::Throttled { .. } => Code::ResourceExhausted,
             ServiceError::Store(S::Query { .. }) | ServiceError::Store(S::InvalidRecord(_)) => Code::InvalidArgument,
             ServiceError::Store(S::Locked { .. }) => Code::Unavailable,
             ServiceError::Store(S::NoVectors { .. }) => Code::FailedPrecondition,
@@ -51,8 +61,18 @@ impl From<ServiceError> for Status {
             ServiceError::Engine(E::UnknownHook(_)) | ServiceError::Engine(E::HookOutOfRange { .. }) | ServiceError::Engine(E::InvalidInput(_)) => Code::InvalidArgument,
             ServiceError::Store(_) | ServiceError::Engine(_) | ServiceError::Internal(_) => Code::Internal,
         };
-        Status::new(code, e.to_string())
+        let mut status = Status::new(code, e.to_string());
+        if let ServiceError::Throttled { retry_after, .. } = &e {
+            let ms = retry_after.as_millis().max(1).to_string();
+            if let Ok(value) = ms.parse() {
+                status.metadata_mut().insert(RETRY_AFTER_MS, value);
+            }
+        }
+        status
     }
 }
+
+/// The trailer that tells a throttled caller how long to wait, in milliseconds.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 
 pub type Result<T, E = ServiceError> = std::result::Result<T, E>;

@@ -55,9 +55,7 @@ impl FeaturesService {
         }
         let filter = SearchFilter { dictionary_id: r.dictionary_id, hook: r.hook, layer: r.layer, min_density: r.min_density, max_density: r.max_density };
         let offset = r.offset as usize;
-        let results = tokio::task::spawn_blocking(move || snapshot.reader.search(&r.query, &filter, offset, limit))
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))??;
+        let results = tokio::task::spawn_blocking(move || snapshot.reader.search(&r.query, &filter, offset, limit)).await.map_err(|e| ServiceError::Internal(e.to_string()))??;
         Ok(pb::SearchFeaturesResponse {
             total: results.total as u64,
             hits: results
@@ -113,9 +111,7 @@ impl FeaturesService {
         let mut found = snapshot.reader.similar(&feature.decoder, &target_refs, k + 1, Search::Indexed).await?;
         found.retain(|n| !(n.dictionary_id == f.dictionary_id && n.feature == f.feature));
         found.truncate(k);
-        Ok(pb::SimilarFeaturesResponse {
-            neighbours: found.into_iter().map(|n| pb::Neighbour { feature: convert::feature_ref(&n.dictionary_id, n.feature), cosine: n.cosine }).collect(),
-        })
+        Ok(pb::SimilarFeaturesResponse { neighbours: found.into_iter().map(|n| pb::Neighbour { feature: convert::feature_ref(&n.dictionary_id, n.feature), cosine: n.cosine }).collect() })
     }
 
     pub async fn top_features_for_text(&self, r: pb::TopFeaturesForTextRequest, deadline: Option<Duration>) -> Result<pb::TopFeaturesForTextResponse> {
@@ -200,7 +196,7 @@ impl FeaturesService {
         let label = r.label.trim();
         loupe_store::labels::check_label(label)?;
         let author = author_of(r.author.as_deref())?;
-        let record = LabelRecord::now(&f.dictionary_id, f.feature, (!label.is_empty()).then(|| label.to_string()), author);
+        let record = LabelRecord::now(&f.dictionary_id, f.feature, (!label.is_empty()).then(|| label.to_string()), &author);
         state.labels.write(vec![record]).await?;
         // Read this server's own write before answering (others see it within a poll).
         snapshot.reader.refresh_labels().await?;

@@ -4,6 +4,7 @@
 
 #![recursion_limit = "256"]
 
+pub mod access;
 pub mod config;
 mod convert;
 pub mod error;
@@ -20,9 +21,9 @@ pub mod steering;
 pub mod workers;
 
 pub use config::{Limits, ServeSettings, ServerConfig};
+pub use error::ServiceError;
 pub use features::FeaturesService;
 pub use internals::InternalsService;
 pub use monitoring::MonitoringService;
-pub use steering::SteeringService;
-pub use error::ServiceError;
 pub use server::{serve, serve_state};
+pub use steering::SteeringService;

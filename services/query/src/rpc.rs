@@ -34,18 +34,23 @@ pub fn tokens_of(text: &str, token_ids: &[u32], tokenizer: &loupe_engine::Tokeni
     if ids.len() > limits.max_tokens {
         return Err(ServiceError::ResourceExhausted(format!("the input is {} tokens; this server runs at most {} per call", ids.len(), limits.max_tokens)));
     }
+    crate::access::charge_model_tokens(ids.len());
     Ok(ids)
 }
 
-/// The caller's name recorded with a write ("anonymous" when none is given): one line of
-/// printable text, as labels are.
-pub fn author_of(author: Option<&str>) -> Result<&str> {
+/// The caller's name recorded with a write: the name of the caller's token when the server
+/// checks tokens (a request cannot claim to be someone else), else the request's `author`
+/// ("anonymous" when none is given), one line of printable text as labels are.
+pub fn author_of(author: Option<&str>) -> Result<String> {
     caller_of(author, "author")
 }
 
 /// [`author_of`] for a request field named `field` (a Score call's `caller`).
-pub fn caller_of<'a>(caller: Option<&'a str>, field: &str) -> Result<&'a str> {
+pub fn caller_of(caller: Option<&str>, field: &str) -> Result<String> {
+    if let Some(name) = crate::access::current_name() {
+        return Ok(name);
+    }
     let caller = caller.map(str::trim).filter(|a| !a.is_empty()).unwrap_or("anonymous");
     loupe_store::labels::check_label(caller).map_err(|e| ServiceError::InvalidArgument(format!("{field}: {e}")))?;
-    Ok(caller)
+    Ok(caller.to_string())
 }

@@ -17,8 +17,8 @@ use crate::error::{Result, ServiceError};
 use crate::features::FeaturesService;
 use crate::grpc_adapter::Grpc;
 use crate::internals::InternalsService;
-use crate::monitoring::MonitoringService;
 use crate::labels::follow_labels;
+use crate::monitoring::MonitoringService;
 use crate::state::AppState;
 use crate::steering::SteeringService;
 
@@ -40,11 +40,8 @@ pub async fn serve_state(state: Arc<AppState>, listener: TcpListener, shutdown: 
     health.set_serving::<MonitoringServer<Grpc<MonitoringService>>>().await;
     // Reflection in both protocol versions: grpcurl speaks v1, while Python's
     // grpcio-reflection and several GUI clients speak only v1alpha.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
+    let reflection =
+        || tonic_reflection::server::Builder::configure().register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET).register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
     let reflection_error = |e: tonic_reflection::server::Error| ServiceError::Internal(format!("reflection: {e}"));
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
@@ -57,7 +54,11 @@ pub async fn serve_state(state: Arc<AppState>, listener: TcpListener, shutdown: 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let follower = follow_labels(state.clone(), Duration::from_millis(state.limits.label_poll_ms.max(1)));
     let monitors = crate::monitoring::follow_monitors(state.clone(), Duration::from_millis(state.limits.label_poll_ms.max(1)));
-    let served = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = state.access.tls.server_config()? {
+        builder = builder.tls_config(tls).map_err(|e| ServiceError::InvalidArgument(format!("tls: {e}")))?;
+    }
+    let served = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

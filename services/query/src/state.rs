@@ -36,6 +36,8 @@ pub struct AppState {
     pub engine: Option<Arc<FeatureLens>>,
     pub workers: Arc<ModelWorkers>,
     pub limits: Limits,
+    /// Tokens, scopes and quotas of callers.
+    pub access: crate::access::Access,
     /// Appends label writes to the store (group commits).
     pub labels: LabelWriter,
     /// SHA-256 of the model's file (as dictionaries and vectors record the model).
@@ -69,6 +71,7 @@ impl AppState {
             engine,
             workers,
             limits: config.limits,
+            access: crate::access::Access::new(&config.access, &config.limits)?,
             labels: crate::labels::label_writer(config.store.clone()),
             model_checksum,
             residual_norms: Mutex::new(HashMap::new()),
@@ -88,11 +91,9 @@ impl AppState {
     }
 
     pub fn engine(&self) -> Result<Arc<FeatureLens>> {
-        self.engine.clone().ok_or_else(|| {
-            ServiceError::FailedPrecondition(
-                "this server has no model loaded: restart it with one (`loupe serve --model PATH`, or without --no-model for the default model)".into(),
-            )
-        })
+        self.engine
+            .clone()
+            .ok_or_else(|| ServiceError::FailedPrecondition("this server has no model loaded: restart it with one (`loupe serve --model PATH`, or without --no-model for the default model)".into()))
     }
 }
 
@@ -150,9 +151,7 @@ fn load_engine(model_path: &Path, snapshot: &Snapshot, overrides: &[(String, Pat
     let model = Model::load(model_path)?;
     let mut dictionaries = Vec::new();
     for (id, record) in &snapshot.dictionaries {
-        let path = overrides.iter().find(|(o, _)| o == id).map(|(_, p)| p.clone()).or_else(|| {
-            record.manifest.pointer("/dictionary/path").and_then(|p| p.as_str()).map(PathBuf::from)
-        });
+        let path = overrides.iter().find(|(o, _)| o == id).map(|(_, p)| p.clone()).or_else(|| record.manifest.pointer("/dictionary/path").and_then(|p| p.as_str()).map(PathBuf::from));
         let Some(path) = path.filter(|p| p.exists()) else {
             tracing::warn!(dictionary = %id, "dictionary files not found; serving its index only (give --dictionary {id}=DIR)");
             continue;
@@ -161,7 +160,9 @@ fn load_engine(model_path: &Path, snapshot: &Snapshot, overrides: &[(String, Pat
             Ok(dictionary) => {
                 dictionaries.push((id.clone(), Arc::new(dictionary)));
             }
-            Err(e) => tracing::warn!(dictionary = %id, error = %e, "cannot run this dictionary on the model; serving its index only"),
+            Err(e) => {
+                tracing::warn!(dictionary = %id, error = %e, "cannot run this dictionary on the model; serving its index only")
+            }
         }
     }
     Ok(FeatureLens::new(model, dictionaries)?)

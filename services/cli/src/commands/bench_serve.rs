@@ -64,7 +64,7 @@ pub(crate) async fn start(store: &PathBuf, with_model: bool) -> anyhow::Result<R
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let model = with_model.then(loupe_query::config::default_model_path);
-    let config = ServerConfig { store: store.clone(), addr, model, dictionaries: vec![], limits: Limits { max_waiting: 1024, ..Limits::default() } };
+    let config = ServerConfig { store: store.clone(), addr, model, dictionaries: vec![], limits: Limits { max_waiting: 1024, ..Limits::default() }, access: Default::default() };
     let state = Arc::new(loupe_query::state::AppState::load(&config).await.with_context(|| format!("loading {}", store.display()))?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(loupe_query::serve_state(state.clone(), listener, async {
@@ -301,10 +301,26 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("{:<13} {:<40} {:>7} {:>9} {:>9} {:>9}", "store", "call", "clients", "p50 ms", "p99 ms", "QPS");
     for r in &report {
         if r.get("ratio").is_some() {
-            println!("{:<13} {:<40} {:>7} idle p99 {:.2} ms, loaded p99 {:.2} ms: {:.2}x (target <= 2x)", r["store"].as_str().unwrap_or(""), r["call"].as_str().unwrap_or(""), r["clients"], r["p99_idle_ms"].as_f64().unwrap_or(0.0), r["p99_loaded_ms"].as_f64().unwrap_or(0.0), r["ratio"].as_f64().unwrap_or(0.0));
+            println!(
+                "{:<13} {:<40} {:>7} idle p99 {:.2} ms, loaded p99 {:.2} ms: {:.2}x (target <= 2x)",
+                r["store"].as_str().unwrap_or(""),
+                r["call"].as_str().unwrap_or(""),
+                r["clients"],
+                r["p99_idle_ms"].as_f64().unwrap_or(0.0),
+                r["p99_loaded_ms"].as_f64().unwrap_or(0.0),
+                r["ratio"].as_f64().unwrap_or(0.0)
+            );
         } else {
             let of_floor = r["fraction_of_floor_qps"].as_f64().map_or(String::new(), |f| format!("  {:>5.1}% of floor QPS", 100.0 * f));
-            println!("{:<13} {:<40} {:>7} {:>9.2} {:>9.2} {:>9.0}{of_floor}", r["store"].as_str().unwrap_or(""), r["call"].as_str().unwrap_or(""), r["clients"], r["p50_ms"].as_f64().unwrap_or(0.0), r["p99_ms"].as_f64().unwrap_or(0.0), r["qps"].as_f64().unwrap_or(0.0));
+            println!(
+                "{:<13} {:<40} {:>7} {:>9.2} {:>9.2} {:>9.0}{of_floor}",
+                r["store"].as_str().unwrap_or(""),
+                r["call"].as_str().unwrap_or(""),
+                r["clients"],
+                r["p50_ms"].as_f64().unwrap_or(0.0),
+                r["p99_ms"].as_f64().unwrap_or(0.0),
+                r["qps"].as_f64().unwrap_or(0.0)
+            );
         }
     }
     println!("targets on the 1M store with 64 clients: SearchFeatures p99 <= 10 ms, GetFeature p99 <= 20 ms");

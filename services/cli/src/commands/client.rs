@@ -5,18 +5,59 @@ use std::io::IsTerminal;
 use anyhow::Context;
 use loupe_schema::proto::v1 as pb;
 use loupe_schema::proto::v1::features_client::FeaturesClient;
-use tonic::transport::Channel;
+use std::path::PathBuf;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::output::print_json;
 
 #[derive(clap::Args, Clone)]
 pub struct ServerArgs {
-    /// Address of `loupe serve`.
+    /// Address of `loupe serve` (https://... for a server with TLS).
     #[arg(long, env = "LOUPE_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
+    #[command(flatten)]
+    pub credentials: Credentials,
     /// Print the response as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// How the client proves who it is and checks whom it talks to.
+#[derive(clap::Args, Clone, Default)]
+pub struct Credentials {
+    /// Bearer token for a server that checks tokens (from `loupe token create`).
+    #[arg(long, env = "LOUPE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// With https://: the CA certificate (PEM) that signed the server's certificate
+    /// (default: the system's roots).
+    #[arg(long, env = "LOUPE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// With https://: this client's certificate and key (PEM), for a server that asks for
+    /// one (mutual TLS).
+    #[arg(long, env = "LOUPE_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    #[arg(long, env = "LOUPE_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+/// A connection to `loupe serve` that sends the caller's token with every call.
+pub type Conn = InterceptedService<Channel, BearerToken>;
+
+/// Adds `authorization: Bearer <token>` to each call (nothing without a token).
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
 }
 
 #[derive(clap::Args)]
@@ -82,14 +123,50 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
-async fn connect(server: &str) -> anyhow::Result<FeaturesClient<Channel>> {
-    Ok(FeaturesClient::new(channel(server).await?))
+async fn connect(server: &ServerArgs) -> anyhow::Result<FeaturesClient<Conn>> {
+    Ok(FeaturesClient::new(channel(&server.server, &server.credentials).await?))
 }
 
-/// A connection to `loupe serve` at `server`.
-pub async fn channel(server: &str) -> anyhow::Result<Channel> {
-    let endpoint = Channel::from_shared(server.to_string()).with_context(|| format!("--server {server:?} is not a URL (e.g. http://127.0.0.1:50051)"))?;
-    endpoint.connect().await.with_context(|| format!("cannot reach loupe serve at {server}: start it with `loupe serve`, or set --server / LOUPE_SERVER"))
+/// A connection to `loupe serve` at `server`: TLS for https:// (checked against --tls-ca,
+/// else the system's roots), the token on every call.
+pub async fn channel(server: &str, credentials: &Credentials) -> anyhow::Result<Conn> {
+    let mut endpoint = Channel::from_shared(server.to_string()).with_context(|| format!("--server {server:?} is not a URL (e.g. http://127.0.0.1:50051)"))?;
+    if server.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        tls = match &credentials.tls_ca {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(loupe_query::access::tls::read_pem(ca, "--tls-ca", "CERTIFICATE")?)),
+            None => tls.with_native_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&credentials.client_cert, &credentials.client_key) {
+            let cert = loupe_query::access::tls::read_pem(cert, "--client-cert", "CERTIFICATE")?;
+            let key = loupe_query::access::tls::read_pem(key, "--client-key", "PRIVATE KEY")?;
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint.tls_config(tls).context("TLS settings")?;
+    } else if credentials.tls_ca.is_some() || credentials.client_cert.is_some() {
+        anyhow::bail!("--tls-ca and --client-cert need an https:// --server (it is {server})");
+    }
+    let token = match &credentials.token {
+        Some(token) => Some(format!("Bearer {}", token.trim()).parse().context("--token: a token is printable ASCII (as `loupe token create` prints it)")?),
+        None => None,
+    };
+    let channel =
+        endpoint.connect().await.map_err(|e| anyhow::anyhow!("cannot reach loupe serve at {server}: {}", error_chain(&e))).context("start it with `loupe serve`, or set --server / LOUPE_SERVER")?;
+    Ok(InterceptedService::new(channel, BearerToken(token)))
+}
+
+/// An error and its sources on one line (a TLS failure is only named deep in the chain).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
 }
 
 /// A gRPC status as an error a person can act on.
@@ -105,7 +182,7 @@ pub fn parse_feature(text: &str) -> anyhow::Result<pb::FeatureRef> {
 
 pub fn dictionaries(args: ServerArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let mut client = connect(&args.server).await?;
+        let mut client = connect(&args).await?;
         let r = client.list_dictionaries(pb::ListDictionariesRequest {}).await.map_err(status)?.into_inner();
         if args.json {
             return print_json(&r);
@@ -121,7 +198,7 @@ pub fn dictionaries(args: ServerArgs) -> anyhow::Result<()> {
 
 pub fn search(args: SearchArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let mut client = connect(&args.server.server).await?;
+        let mut client = connect(&args.server).await?;
         let request = pb::SearchFeaturesRequest {
             query: args.query.clone(),
             dictionary_id: args.dictionary.clone(),
@@ -155,7 +232,11 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
             snippet.push_str(&h.snippet[at..]);
             println!(
                 "{}/{}  score {:.2}  max {:.2}  density {:.2e}{}\n    {}",
-                f.dictionary_id, f.feature, h.score, h.max_activation, h.density,
+                f.dictionary_id,
+                f.feature,
+                h.score,
+                h.max_activation,
+                h.density,
                 h.label.as_ref().map(|l| format!("  \"{l}\"")).unwrap_or_default(),
                 // The snippet may span several top examples' contexts, one per line.
                 snippet.replace('\n', " … ")
@@ -182,7 +263,7 @@ fn paint(token: &str, activation: f32, max: f32, color: bool) -> String {
 pub fn show(args: ShowArgs) -> anyhow::Result<()> {
     let feature = parse_feature(&args.feature)?;
     runtime()?.block_on(async {
-        let mut client = connect(&args.server.server).await?;
+        let mut client = connect(&args.server).await?;
         let request = pb::GetFeatureRequest { feature: Some(feature), max_top_examples: args.examples, max_interval_examples: 2 };
         let d = client.get_feature(request).await.map_err(status)?.into_inner().dashboard.context("empty dashboard")?;
         if args.server.json {
@@ -222,7 +303,7 @@ pub fn show(args: ShowArgs) -> anyhow::Result<()> {
 
 pub fn text(args: TextArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let mut client = connect(&args.server.server).await?;
+        let mut client = connect(&args.server).await?;
         let request = pb::TopFeaturesForTextRequest {
             text: args.text.clone(),
             token_ids: Vec::new(),
@@ -255,7 +336,7 @@ pub fn text(args: TextArgs) -> anyhow::Result<()> {
 pub fn label(args: LabelArgs) -> anyhow::Result<()> {
     let feature = parse_feature(&args.feature)?;
     runtime()?.block_on(async {
-        let mut client = connect(&args.server.server).await?;
+        let mut client = connect(&args.server).await?;
         let request = pb::SetFeatureLabelRequest { feature: Some(feature), label: args.label.clone(), author: args.author.clone() };
         let r = client.set_feature_label(request).await.map_err(status)?.into_inner();
         if args.server.json {

@@ -10,9 +10,8 @@ use loupe_engine::monitor::Monitor;
 use loupe_schema::proto::v1 as pb;
 use loupe_schema::proto::v1::monitoring_client::MonitoringClient;
 use loupe_train::probes::{split_of, Split};
-use tonic::transport::Channel;
 
-use super::client::{channel, runtime, status, ServerArgs};
+use super::client::{channel, runtime, status, Conn, ServerArgs};
 use crate::output::print_json;
 
 #[derive(clap::Subcommand)]
@@ -117,8 +116,8 @@ pub struct AlertsArgs {
     pub server: ServerArgs,
 }
 
-async fn connect(server: &str) -> anyhow::Result<MonitoringClient<Channel>> {
-    Ok(MonitoringClient::new(channel(server).await?).max_decoding_message_size(64 << 20))
+async fn connect(server: &ServerArgs) -> anyhow::Result<MonitoringClient<Conn>> {
+    Ok(MonitoringClient::new(channel(&server.server, &server.credentials).await?).max_decoding_message_size(64 << 20))
 }
 
 /// Labelled rows of a JSONL file ({"text", "label": 0|1|true|false}).
@@ -188,9 +187,15 @@ fn print_info(m: &pb::MonitorInfo) {
     println!("{} v{}{}  by {} at {}  {}", d.name, m.version, if m.archived { " (archived)" } else { "" }, m.author, m.created_at, d.description);
     for (i, det) in d.detectors.iter().enumerate() {
         let signal = match det.signal.as_ref().and_then(|s| s.signal.as_ref()) {
-            Some(pb::signal::Signal::Feature(f)) => format!("feature {}/{}", f.dictionary_id, f.feature),
-            Some(pb::signal::Signal::Features(f)) => format!("{} features of {}", f.weights.len(), f.dictionary_id),
-            Some(pb::signal::Signal::Linear(l)) => format!("linear probe at {} ({} weights)", l.hook, l.weights.len()),
+            Some(pb::signal::Signal::Feature(f)) => {
+                format!("feature {}/{}", f.dictionary_id, f.feature)
+            }
+            Some(pb::signal::Signal::Features(f)) => {
+                format!("{} features of {}", f.weights.len(), f.dictionary_id)
+            }
+            Some(pb::signal::Signal::Linear(l)) => {
+                format!("linear probe at {} ({} weights)", l.hook, l.weights.len())
+            }
             Some(pb::signal::Signal::VectorName(n)) => format!("vector {n}"),
             None => "?".into(),
         };
@@ -205,7 +210,7 @@ pub fn run(command: MonitorCommand) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         match command {
             MonitorCommand::Create(args) => {
-                let mut client = connect(&args.server.server).await?;
+                let mut client = connect(&args.server).await?;
                 let definition = definition_of(&args)?;
                 let r = match client.create_monitor(pb::CreateMonitorRequest { definition: Some(definition.clone()), author: args.author.clone() }).await {
                     Err(e) if e.code() == tonic::Code::AlreadyExists && args.replace => {
@@ -219,7 +224,7 @@ pub fn run(command: MonitorCommand) -> anyhow::Result<()> {
                 print_info(&r);
             }
             MonitorCommand::Update(args) => {
-                let mut client = connect(&args.server.server).await?;
+                let mut client = connect(&args.server).await?;
                 let r = client.update_monitor(pb::UpdateMonitorRequest { definition: Some(definition_of(&args)?), author: args.author.clone() }).await.map_err(status)?.into_inner();
                 if args.server.json {
                     return print_json(&r);
@@ -227,7 +232,7 @@ pub fn run(command: MonitorCommand) -> anyhow::Result<()> {
                 print_info(&r);
             }
             MonitorCommand::List { all, server } => {
-                let r = connect(&server.server).await?.list_monitors(pb::ListMonitorsRequest { include_archived: all }).await.map_err(status)?.into_inner();
+                let r = connect(&server).await?.list_monitors(pb::ListMonitorsRequest { include_archived: all }).await.map_err(status)?.into_inner();
                 if server.json {
                     return print_json(&r);
                 }
@@ -237,14 +242,14 @@ pub fn run(command: MonitorCommand) -> anyhow::Result<()> {
                 r.monitors.iter().for_each(print_info);
             }
             MonitorCommand::Show { name, version, server } => {
-                let r = connect(&server.server).await?.get_monitor(pb::GetMonitorRequest { name, version }).await.map_err(status)?.into_inner();
+                let r = connect(&server).await?.get_monitor(pb::GetMonitorRequest { name, version }).await.map_err(status)?.into_inner();
                 if server.json {
                     return print_json(&r);
                 }
                 print_info(&r);
             }
             MonitorCommand::Delete { name, author, server } => {
-                let r = connect(&server.server).await?.delete_monitor(pb::DeleteMonitorRequest { name, author }).await.map_err(status)?.into_inner();
+                let r = connect(&server).await?.delete_monitor(pb::DeleteMonitorRequest { name, author }).await.map_err(status)?.into_inner();
                 if server.json {
                     return print_json(&r);
                 }
@@ -268,7 +273,7 @@ async fn eval(args: EvalArgs) -> anyhow::Result<()> {
         "all" => rows,
         other => anyhow::bail!("--split {other:?}: expected test or all"),
     };
-    let mut client = connect(&args.server.server).await?;
+    let mut client = connect(&args.server).await?;
     let examples = |rows: &[(String, bool)]| rows.iter().map(|(text, label)| pb::LabelledText { text: text.clone(), label: *label }).collect();
     let request = pb::EvaluateMonitorRequest { monitor: args.name.clone(), version: args.version, examples: examples(&rows), bootstrap: args.bootstrap, target_fpr: 0.01 };
     let r = client.evaluate_monitor(request).await.map_err(status)?.into_inner();
@@ -304,7 +309,18 @@ fn print_alert(a: &pb::Alert, color: bool) {
     let severity = severity_name(a.severity);
     let tag = if color { format!("\x1b[1;31m{severity}\x1b[0m") } else { severity.to_string() };
     let spans: Vec<String> = a.spans.iter().take(3).map(|s| format!("{:?}", s.text)).collect();
-    println!("{}  {tag:<8} {} v{}  score {:.3} > {:.3}  {}  caller {}  id {}{}", a.created_at, a.monitor, a.version, a.score, a.threshold, action_name(a.action), a.caller, a.alert_id, if spans.is_empty() { String::new() } else { format!("  at {}", spans.join(", ")) });
+    println!(
+        "{}  {tag:<8} {} v{}  score {:.3} > {:.3}  {}  caller {}  id {}{}",
+        a.created_at,
+        a.monitor,
+        a.version,
+        a.score,
+        a.threshold,
+        action_name(a.action),
+        a.caller,
+        a.alert_id,
+        if spans.is_empty() { String::new() } else { format!("  at {}", spans.join(", ")) }
+    );
 }
 
 pub fn alerts(args: AlertsArgs) -> anyhow::Result<()> {
@@ -315,9 +331,11 @@ pub fn alerts(args: AlertsArgs) -> anyhow::Result<()> {
             Some("medium") => pb::Severity::Medium,
             Some("high") => pb::Severity::High,
             Some("critical") => pb::Severity::Critical,
-            Some(other) => anyhow::bail!("--severity {other:?}: expected low, medium, high or critical"),
+            Some(other) => {
+                anyhow::bail!("--severity {other:?}: expected low, medium, high or critical")
+            }
         } as i32;
-        let mut client = connect(&args.server.server).await?;
+        let mut client = connect(&args.server).await?;
         let color = std::io::stdout().is_terminal();
         if args.follow {
             let mut stream = client.subscribe_alerts(pb::SubscribeAlertsRequest { monitor: args.monitor.clone().unwrap_or_default(), min_severity }).await.map_err(status)?.into_inner();

@@ -24,6 +24,8 @@ pub struct Args {
     /// Score on this server with its live monitors (alerts are recorded there).
     #[arg(long)]
     pub server: Option<String>,
+    #[command(flatten)]
+    pub credentials: super::client::Credentials,
     /// With --server: only these monitors (repeatable; default: every live one).
     #[arg(long = "name")]
     pub names: Vec<String>,
@@ -56,7 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(!args.text.trim().is_empty(), "the text is empty: give the text to score");
     let results = match &args.server {
         Some(server) => runtime()?.block_on(async {
-            let mut client = MonitoringClient::new(channel(server).await?);
+            let mut client = MonitoringClient::new(channel(server, &args.credentials).await?);
             let request = pb::ScoreRequest { inputs: vec![pb::ScoreInput { text: args.text.clone(), ..Default::default() }], monitors: args.names.clone(), ..Default::default() };
             let r = client.score(request).await.map_err(status)?.into_inner();
             anyhow::Ok(r.results.into_iter().next().map(|t| t.monitors).unwrap_or_default())
@@ -78,11 +80,7 @@ pub fn local_monitors(files: &[PathBuf], model: loupe_engine::Model, dictionary:
         let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let monitor: Monitor = serde_json::from_str(&text).with_context(|| format!("{}: not a monitor definition ({{\"name\", \"detectors\": [...]}})", file.display()))?;
         monitor.validate().with_context(|| file.display().to_string())?;
-        anyhow::ensure!(
-            !monitor.detectors.iter().any(|d| matches!(d.signal, Signal::Vector { .. })),
-            "{}: stored-vector detectors need the store: run them on a server",
-            file.display()
-        );
+        anyhow::ensure!(!monitor.detectors.iter().any(|d| matches!(d.signal, Signal::Vector { .. })), "{}: stored-vector detectors need the store: run them on a server", file.display());
         monitors.push(monitor);
     }
     let dictionary_dir = dictionary.unwrap_or_else(default_dictionary);

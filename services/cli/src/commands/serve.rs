@@ -42,6 +42,22 @@ pub struct Args {
     /// Most tokens per model call (default: 1024).
     #[arg(long)]
     pub max_tokens: Option<usize>,
+    /// TLS: the server's certificate chain and private key (PEM; `loupe tls create` makes
+    /// a set).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: accept only clients with a certificate this CA (PEM) signed.
+    #[arg(long)]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Callers need a token from this file (default: $LOUPE_HOME/tokens.json when it
+    /// exists; `loupe token create` writes it).
+    #[arg(long)]
+    pub tokens_file: Option<PathBuf>,
+    /// Serve plain text, or without tokens, on an address other than loopback.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 impl Args {
@@ -58,8 +74,17 @@ impl Args {
             let (id, dir) = entry.split_once('=').with_context(|| format!("--dictionary {entry:?}: expected ID=DIR"))?;
             settings.dictionaries.insert(id.to_string(), PathBuf::from(dir));
         }
+        settings.tls.cert = self.tls_cert.clone().or(settings.tls.cert);
+        settings.tls.key = self.tls_key.clone().or(settings.tls.key);
+        settings.tls.client_ca = self.tls_client_ca.clone().or(settings.tls.client_ca);
+        settings.tokens_file = self.tokens_file.clone().or(settings.tokens_file);
+        if self.insecure {
+            settings.insecure = Some(true);
+        }
         let limits = &mut settings.limits;
-        for (flag, slot) in [(self.model_workers, &mut limits.model_workers), (self.max_waiting, &mut limits.max_waiting), (self.max_text_bytes, &mut limits.max_text_bytes), (self.max_tokens, &mut limits.max_tokens)] {
+        for (flag, slot) in
+            [(self.model_workers, &mut limits.model_workers), (self.max_waiting, &mut limits.max_waiting), (self.max_text_bytes, &mut limits.max_text_bytes), (self.max_tokens, &mut limits.max_tokens)]
+        {
             if let Some(value) = flag {
                 *slot = value;
             }
@@ -75,9 +100,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
         eprintln!("loupe serving {} on {} (Ctrl-C stops)", store.display(), listener.local_addr()?);
+        eprintln!("{}", access_summary(&config));
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
         loupe_query::serve(config, listener, shutdown).await.with_context(|| format!("serving store {}", store.display()))
     })
+}
+
+/// What the server says at start about who may connect and call.
+fn access_summary(config: &loupe_query::ServerConfig) -> String {
+    let access = &config.access;
+    let transport = match (&access.tls.cert, &access.tls.client_ca) {
+        (Some(_), Some(_)) => "TLS with client certificates (mutual TLS)".to_string(),
+        (Some(_), None) => "TLS".to_string(),
+        (None, _) if config.addr.ip().is_loopback() => "plain text (loopback only)".to_string(),
+        (None, _) => "PLAIN TEXT on a network address (--insecure): anyone on the path can read and change calls".to_string(),
+    };
+    let callers = match &access.tokens_file {
+        Some(file) => {
+            let live = loupe_query::access::tokens::TokenFile::new(file.clone()).load().map(|t| t.iter().filter(|t| t.is_live()).count()).unwrap_or(0);
+            format!("callers need a token ({live} live in {})", file.display())
+        }
+        None => "NO TOKENS: every caller may do everything (create one with `loupe token create`)".to_string(),
+    };
+    format!("access: {transport}; {callers}")
 }

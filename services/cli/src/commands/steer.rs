@@ -9,9 +9,8 @@ use anyhow::{bail, Context};
 use clap::ArgMatches;
 use loupe_schema::proto::v1 as pb;
 use loupe_schema::proto::v1::steering_client::SteeringClient;
-use tonic::transport::Channel;
 
-use super::client::{parse_feature, runtime, status, ServerArgs};
+use super::client::{parse_feature, runtime, status, Conn, ServerArgs};
 use crate::output::print_json;
 
 #[derive(clap::Args)]
@@ -120,8 +119,8 @@ pub struct DeleteArgs {
     pub server: ServerArgs,
 }
 
-async fn connect(server: &str) -> anyhow::Result<SteeringClient<Channel>> {
-    Ok(SteeringClient::new(super::client::channel(server).await?))
+async fn connect(server: &ServerArgs) -> anyhow::Result<SteeringClient<Conn>> {
+    Ok(SteeringClient::new(super::client::channel(&server.server, &server.credentials).await?))
 }
 
 /// A strength: `8` raw, `8x` max activations, `0.5r` residual-norm fractions.
@@ -210,7 +209,9 @@ fn interventions(args: &Args, matches: &ArgMatches) -> anyhow::Result<Vec<pb::In
 
 fn describe(target: Option<&pb::intervention::Target>) -> String {
     match target {
-        Some(pb::intervention::Target::Feature(f)) => format!("--feature {}/{}", f.dictionary_id, f.feature),
+        Some(pb::intervention::Target::Feature(f)) => {
+            format!("--feature {}/{}", f.dictionary_id, f.feature)
+        }
         Some(pb::intervention::Target::VectorName(n)) => format!("--vector {n}"),
         _ => "the target".into(),
     }
@@ -263,7 +264,7 @@ pub fn steer(args: Args, matches: &ArgMatches) -> anyhow::Result<()> {
         monitors: args.monitors.clone(),
     };
     runtime()?.block_on(async {
-        let mut client = connect(&args.server.server).await?;
+        let mut client = connect(&args.server).await?;
         let r = client.steer(request).await.map_err(status)?.into_inner();
         if args.server.json {
             return print_json(&r);
@@ -397,7 +398,7 @@ pub fn vector(command: Vector) -> anyhow::Result<()> {
                 author: args.author.clone(),
             };
             runtime()?.block_on(async {
-                let mut client = connect(&args.server.server).await?;
+                let mut client = connect(&args.server).await?;
                 let r = client.create_vector(request).await.map_err(status)?.into_inner();
                 if args.server.json {
                     return print_json(&r);
@@ -409,7 +410,7 @@ pub fn vector(command: Vector) -> anyhow::Result<()> {
             })
         }
         Vector::List(server) => runtime()?.block_on(async {
-            let mut client = connect(&server.server).await?;
+            let mut client = connect(&server).await?;
             let r = client.list_vectors(pb::ListVectorsRequest {}).await.map_err(status)?.into_inner();
             if server.json {
                 return print_json(&r);
@@ -421,7 +422,7 @@ pub fn vector(command: Vector) -> anyhow::Result<()> {
             Ok(())
         }),
         Vector::Delete(args) => runtime()?.block_on(async {
-            let mut client = connect(&args.server.server).await?;
+            let mut client = connect(&args.server).await?;
             let r = client.delete_vector(pb::DeleteVectorRequest { name: args.name.clone(), author: args.author.clone() }).await.map_err(status)?.into_inner();
             if args.server.json {
                 return print_json(&r);
@@ -459,7 +460,9 @@ mod tests {
             .iter()
             .map(|iv| {
                 let target = match iv.target.as_ref().unwrap() {
-                    pb::intervention::Target::Feature(f) => format!("{}/{}", f.dictionary_id, f.feature),
+                    pb::intervention::Target::Feature(f) => {
+                        format!("{}/{}", f.dictionary_id, f.feature)
+                    }
                     pb::intervention::Target::VectorName(n) => n.clone(),
                     _ => unreachable!(),
                 };

@@ -63,7 +63,7 @@ impl MonitoringService {
     }
 
     async fn write_definition(&self, definition: Option<pb::MonitorDefinition>, author: Option<&str>, update: bool) -> Result<pb::MonitorInfo> {
-        let author = crate::rpc::author_of(author)?.to_string();
+        let author = crate::rpc::author_of(author)?;
         let definition = definition.ok_or_else(|| ServiceError::InvalidArgument("definition is missing".into()))?;
         let (mut monitor, to_calibrate) = definition::from_proto(definition)?;
         let live = latest(&self.state, &monitor.name).await?.is_some_and(|v| !v.archived);
@@ -82,7 +82,9 @@ impl MonitoringService {
             // unless its offset had to move (then it is stored as the probe it resolved to).
             let stored = &monitor.detectors[i];
             monitor.detectors[i] = match &stored.signal {
-                loupe_engine::monitor::Signal::Vector { .. } if detector.signal == resolved[i].signal => Detector { calibration: detector.calibration.clone(), threshold: detector.threshold, ..stored.clone() },
+                loupe_engine::monitor::Signal::Vector { .. } if detector.signal == resolved[i].signal => {
+                    Detector { calibration: detector.calibration.clone(), threshold: detector.threshold, ..stored.clone() }
+                }
                 _ => detector,
             };
         }
@@ -112,7 +114,7 @@ impl MonitoringService {
     }
 
     pub async fn delete_monitor(&self, r: pb::DeleteMonitorRequest) -> Result<pb::MonitorInfo> {
-        let author = crate::rpc::author_of(r.author.as_deref())?.to_string();
+        let author = crate::rpc::author_of(r.author.as_deref())?;
         let current = latest(&self.state, &r.name).await?.filter(|v| !v.archived).ok_or_else(|| ServiceError::NotFound(format!("no live monitor {:?}", r.name)))?;
         let write = MonitorWrite { name: r.name.clone(), definition: current.definition, archived: true, author };
         loupe_store::append_monitor(&self.state.store_root, &write).await?;
@@ -133,7 +135,8 @@ impl MonitoringService {
         let monitor = if r.monitor_name.is_empty() {
             None
         } else {
-            let definition = pb::MonitorDefinition { name: r.monitor_name.clone(), description: format!("probe trained by TrainProbe at {}", r.hook), detectors: vec![definition::detector_to_proto(&detector)] };
+            let definition =
+                pb::MonitorDefinition { name: r.monitor_name.clone(), description: format!("probe trained by TrainProbe at {}", r.hook), detectors: vec![definition::detector_to_proto(&detector)] };
             let update = latest(&self.state, &r.monitor_name).await?.is_some_and(|v| !v.archived);
             Some(self.write_definition(Some(definition), r.author.as_deref(), update).await?)
         };

@@ -194,7 +194,16 @@ pub struct AlertContext<'a> {
 }
 
 /// Scores one text with one monitor: per-detector results, the deciding detector, the alert.
-pub fn outcome(lens: &FeatureLens, snapshot: &Snapshot, m: &LiveMonitor, text: &Prepared, rows: &TextRows, verdicts: Vec<monitor::Scored>, explain_k: usize, context: &AlertContext) -> Result<MonitorOutcome> {
+pub fn outcome(
+    lens: &FeatureLens,
+    snapshot: &Snapshot,
+    m: &LiveMonitor,
+    text: &Prepared,
+    rows: &TextRows,
+    verdicts: Vec<monitor::Scored>,
+    explain_k: usize,
+    context: &AlertContext,
+) -> Result<MonitorOutcome> {
     let mut detectors = Vec::with_capacity(verdicts.len());
     for (i, (d, v)) in m.detectors.iter().zip(&verdicts).enumerate() {
         let (explanation, explained_token) = match v.spans.iter().max_by(|a, b| a.peak_value.total_cmp(&b.peak_value)) {
@@ -346,10 +355,12 @@ pub async fn score(state: &Arc<AppState>, r: pb::ScoreRequest) -> Result<pb::Sco
         k if k > limits.max_explain_features => return Err(ServiceError::InvalidArgument(format!("explain_features {k} is above this server's limit of {}", limits.max_explain_features))),
         k => k,
     };
-    let caller = crate::rpc::caller_of(r.caller.as_deref(), "caller")?.to_string();
+    let caller = crate::rpc::caller_of(r.caller.as_deref(), "caller")?;
     let monitors = chosen_monitors(state, &r.monitors)?;
     let tokenizer = lens.model().tokenizer()?;
-    let texts: Vec<Prepared> = r.inputs.into_iter().enumerate().map(|(i, input)| prepare(tokenizer, input, limits.max_text_bytes, limits.max_tokens, &format!("inputs[{i}]"))).collect::<Result<_>>()?;
+    let texts: Vec<Prepared> =
+        r.inputs.into_iter().enumerate().map(|(i, input)| prepare(tokenizer, input, limits.max_text_bytes, limits.max_tokens, &format!("inputs[{i}]"))).collect::<Result<_>>()?;
+    crate::access::charge_model_tokens(texts.iter().map(|t| t.ids.len()).sum());
     let spec = read_spec(&lens, &monitors)?;
     let batcher = state.monitoring.batcher()?;
     let passes = futures::future::try_join_all(texts.iter().map(|t| batcher.run(t.ids.clone(), spec.clone()))).await?;
@@ -379,11 +390,7 @@ pub async fn score(state: &Arc<AppState>, r: pb::ScoreRequest) -> Result<pb::Sco
             Ok((results, alerts))
         }
     };
-    let (results, alerts) = if explains {
-        tokio::task::spawn_blocking(finish).await.map_err(|e| ServiceError::Internal(format!("scoring task: {e}")))??
-    } else {
-        finish()?
-    };
+    let (results, alerts) = if explains { tokio::task::spawn_blocking(finish).await.map_err(|e| ServiceError::Internal(format!("scoring task: {e}")))?? } else { finish()? };
     state.monitoring.alerts.record(alerts).await?;
     Ok(pb::ScoreResponse { results, request_id })
 }

@@ -48,6 +48,8 @@ struct StreamState {
     mode: Mode,
     id: String,
     caller: String,
+    /// The caller's quota, charged as chunks arrive (the stream's task outlives the call).
+    owner: Option<Arc<crate::access::Caller>>,
     request_id: String,
 }
 
@@ -60,13 +62,13 @@ pub async fn stream_score(state: Arc<AppState>, mut inbound: impl Stream<Item = 
         Some(Err(e)) => return Err(e),
         _ => return Err(ServiceError::InvalidArgument("the first message of a stream must be start (the monitors to run)".into())),
     };
-    let caller = crate::rpc::caller_of(start.caller.as_deref(), "start.caller")?.to_string();
+    let caller = crate::rpc::caller_of(start.caller.as_deref(), "start.caller")?;
     let monitors = chosen_monitors(&state, &start.monitors)?;
     let spec = read_spec(&lens, &monitors)?;
     let read = Read { hooks: loupe_engine::Hooks::new().capture_all(spec.hooks.iter().copied()), ..Read::only(spec.dictionaries, loupe_engine::Rows::All) };
     let watches = monitors.into_iter().map(|m| Watch { running: m.detectors.iter().map(|d| Running::new(d.aggregation)).collect(), monitor: m, first_token: None }).collect();
     let cache = Some(lens.model().new_cache());
-    let mut stream = StreamState { lens, read, cache, ids: Vec::new(), watches, mode: Mode::Unknown, id: start.id, caller, request_id: new_id() };
+    let mut stream = StreamState { lens, read, cache, ids: Vec::new(), watches, mode: Mode::Unknown, id: start.id, caller, owner: crate::access::current(), request_id: new_id() };
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let _open = open;
@@ -154,6 +156,9 @@ impl StreamState {
         let new: Vec<u32> = target[self.ids.len()..].to_vec();
         let mut alerts = Vec::new();
         if !new.is_empty() {
+            if let Some(owner) = &self.owner {
+                owner.charge_model_tokens(new.len());
+            }
             alerts = self.score_tokens(state, new).await?;
         }
         let protos: Vec<pb::Alert> = alerts.iter().map(super::alerts::to_proto).collect();
@@ -178,7 +183,9 @@ impl StreamState {
 
     /// BOS and the text's tokens, the last held back unless the text is complete.
     fn text_tokens(&self, bos: &[u32], complete: bool) -> Result<Vec<u32>> {
-        let Mode::Text(text) = &self.mode else { return Ok(self.ids.clone()) };
+        let Mode::Text(text) = &self.mode else {
+            return Ok(self.ids.clone());
+        };
         let mut ids = bos.to_vec();
         ids.extend(self.lens.model().tokenizer()?.encode(text)?);
         if !complete && ids.len() > bos.len() {

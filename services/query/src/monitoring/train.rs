@@ -92,6 +92,7 @@ async fn pool(state: &AppState, hook: HookPoint, dictionary: Option<usize>, text
                 Ok(pooled)
             })
             .await?;
+        crate::access::charge_model_tokens(pooled.iter().map(|p| p.tokens.len() + 1).sum());
         out.extend(pooled);
     }
     Ok(out)
@@ -283,10 +284,15 @@ pub async fn evaluate(state: &AppState, r: pb::EvaluateMonitorRequest) -> Result
                 threshold: t,
                 precision: Some(estimate(s, &labels, |s, l| probes::rates(s, l, t).2, resamples)),
                 recall: Some(estimate(s, &labels, |s, l| probes::rates(s, l, t).0, resamples)),
-                f1: Some(estimate(s, &labels, |s, l| {
-                    let (recall, _, precision) = probes::rates(s, l, t);
-                    f1(precision, recall)
-                }, resamples)),
+                f1: Some(estimate(
+                    s,
+                    &labels,
+                    |s, l| {
+                        let (recall, _, precision) = probes::rates(s, l, t);
+                        f1(precision, recall)
+                    },
+                    resamples,
+                )),
                 fpr: Some(estimate(s, &labels, |s, l| probes::rates(s, l, t).1, resamples)),
             });
         }

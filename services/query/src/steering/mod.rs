@@ -133,12 +133,7 @@ async fn run(state: &Arc<AppState>, plan: SteerPlan, deadline: Option<Duration>,
     let mut generation = Generation::new(lens.model(), &plan.prompt, plan.rows.len(), plan.params.clone())?;
     let mut rows: Vec<RowProgress> = (0..plan.rows.len()).map(|_| RowProgress::default()).collect();
     let token_event = |plan: &SteerPlan, row: usize, index: usize, emitted: Emitted, features: Vec<pb::FeatureActivation>| {
-        let token = pb::GeneratedToken {
-            token_id: emitted.token,
-            text: tokenizer.decode(&[emitted.token]).unwrap_or_default(),
-            logprob: plan.logprobs.then_some(emitted.logprob),
-            features,
-        };
+        let token = pb::GeneratedToken { token_id: emitted.token, text: tokenizer.decode(&[emitted.token]).unwrap_or_default(), logprob: plan.logprobs.then_some(emitted.logprob), features };
         pb::SteerEvent { event: Some(Event::Token(pb::SteerToken { output: plan.rows[row].output() as i32, index: index as u32, token: Some(token) })) }
     };
     while !generation.is_finished() {
@@ -275,10 +270,7 @@ fn guard_values(lens: &FeatureLens, plan: &SteerPlan, captured: &std::collection
     let codes: Vec<(&str, &loupe_engine::SparseActs)> = encoded.iter().map(|(id, e)| (*id, &e.features)).collect();
     (0..plan.rows.len())
         .map(|row| {
-            plan.guards
-                .iter()
-                .map(|m| m.detectors.iter().map(|d| Ok(monitor::token_values(&d.signal, &codes, captured, row..row + 1)?[0])).collect::<Result<Vec<f32>>>())
-                .collect::<Result<Vec<_>>>()
+            plan.guards.iter().map(|m| m.detectors.iter().map(|d| Ok(monitor::token_values(&d.signal, &codes, captured, row..row + 1)?[0])).collect::<Result<Vec<f32>>>()).collect::<Result<Vec<_>>>()
         })
         .collect()
 }
@@ -321,7 +313,9 @@ impl Guards {
         if !std::mem::take(&mut self.expecting[row]) || values.is_empty() {
             return Ok(false);
         }
-        let Some(&token) = ids.last() else { return Ok(false) };
+        let Some(&token) = ids.last() else {
+            return Ok(false);
+        };
         let in_scope = !tokenizer.is_special(token);
         let mut blocked = false;
         let mut records = Vec::new();
@@ -333,12 +327,14 @@ impl Guards {
                 continue;
             }
             let crossed: Vec<usize> = (0..m.detectors.len()).filter(|&d| self.running[row][i][d].score() > m.detectors[d].threshold).collect();
-            let Some(&first) = crossed.first() else { continue };
+            let Some(&first) = crossed.first() else {
+                continue;
+            };
             self.fired[row][i] = true;
             blocked |= crate::monitoring::score::severity_and_action(m, &crossed).1 == Action::Block;
             let text = tokenizer.decode(ids)?;
             let firing = Firing { crossed: &crossed, score: self.running[row][i][first].score(), threshold: m.detectors[first].threshold, first_token: (ids.len() - 1) as u32, spans: &[] };
-            let context = AlertContext { request_id: &self.request_id, caller: "anonymous", keep_text: state.limits.store_alert_text };
+            let context = AlertContext { request_id: &self.request_id, caller: &plan.caller, keep_text: state.limits.store_alert_text };
             let output = if plan.rows[row] == plan::RowKind::Steered { "steered" } else { "default" };
             records.push(alert_of(m, &firing, &text, output, &context));
         }

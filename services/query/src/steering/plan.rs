@@ -57,6 +57,8 @@ pub struct SteerPlan {
     /// Guardrail monitors run on the generated tokens, and what they read.
     pub guards: Vec<Arc<LiveMonitor>>,
     pub guard_reads: ReadSpec,
+    /// Who asked (recorded on guardrail alerts).
+    pub caller: String,
 }
 
 impl SteerPlan {
@@ -82,9 +84,7 @@ pub async fn plan(state: &AppState, r: pb::SteerRequest, deadline: Option<Durati
     }
     let max_new_tokens = match r.max_new_tokens as usize {
         0 => limits.default_new_tokens,
-        n if n > limits.max_new_tokens => {
-            return Err(ServiceError::InvalidArgument(format!("max_new_tokens {n} is above this server's limit of {}", limits.max_new_tokens)))
-        }
+        n if n > limits.max_new_tokens => return Err(ServiceError::InvalidArgument(format!("max_new_tokens {n} is above this server's limit of {}", limits.max_new_tokens))),
         n => n,
     };
     if !(r.temperature.is_finite() && r.temperature >= 0.0) {
@@ -102,11 +102,7 @@ pub async fn plan(state: &AppState, r: pb::SteerRequest, deadline: Option<Durati
     }
     let output = pb::Output::try_from(r.output).map_err(|_| ServiceError::InvalidArgument(format!("output {} is not one of BOTH, STEERED, DEFAULT", r.output)))?;
     if r.interventions.len() > limits.max_interventions {
-        return Err(ServiceError::InvalidArgument(format!(
-            "{} interventions given; this server applies at most {} per call (max_interventions)",
-            r.interventions.len(),
-            limits.max_interventions
-        )));
+        return Err(ServiceError::InvalidArgument(format!("{} interventions given; this server applies at most {} per call (max_interventions)", r.interventions.len(), limits.max_interventions)));
     }
     if r.interventions.is_empty() && output != pb::Output::Default {
         return Err(ServiceError::InvalidArgument("interventions is empty: give at least one (or ask for output DEFAULT only)".into()));
@@ -131,12 +127,19 @@ pub async fn plan(state: &AppState, r: pb::SteerRequest, deadline: Option<Durati
     let mut names = r.monitors.clone();
     names.sort();
     names.dedup();
-    let guards = if names.is_empty() { Vec::new() } else { chosen_monitors(state, &names).map_err(|e| match e {
-        ServiceError::NotFound(m) => ServiceError::NotFound(format!("monitors: {m}")),
-        other => other,
-    })? };
+    let guards = if names.is_empty() {
+        Vec::new()
+    } else {
+        chosen_monitors(state, &names).map_err(|e| match e {
+            ServiceError::NotFound(m) => ServiceError::NotFound(format!("monitors: {m}")),
+            other => other,
+        })?
+    };
     let guard_reads = read_spec(&lens, &guards)?;
-    Ok(SteerPlan { prompt_text, prompt, edits, applied, watched, params, rows, stop: r.stop, logprobs: r.logprobs, guards, guard_reads })
+    // Each row runs the prompt and up to max_new_tokens more.
+    crate::access::charge_model_tokens(rows.len() * (prompt.len() + max_new_tokens));
+    let caller = crate::rpc::caller_of(None, "caller")?;
+    Ok(SteerPlan { prompt_text, prompt, edits, applied, watched, params, rows, stop: r.stop, logprobs: r.logprobs, guards, guard_reads, caller })
 }
 
 /// The text to run: the raw prompt, or the chat messages rendered with the model's template
@@ -194,12 +197,7 @@ impl Resolver<'_> {
                     let record = snapshot.reader.feature(&f.dictionary_id, f.feature).await?;
                     let max = record.map_or(0.0, |r| r.max_activation);
                     if !(max > 0.0) {
-                        return Err(bad(format!(
-                            "{}: feature {}/{} never fired in the indexed corpus, so it has no max activation: use UNIT_RAW",
-                            field("unit"),
-                            f.dictionary_id,
-                            f.feature
-                        )));
+                        return Err(bad(format!("{}: feature {}/{} never fired in the indexed corpus, so it has no max activation: use UNIT_RAW", field("unit"), f.dictionary_id, f.feature)));
                     }
                     Some(max)
                 } else {

@@ -23,9 +23,8 @@ pub async fn create(state: &AppState, r: pb::CreateVectorRequest, deadline: Opti
     }
     let hook: HookPoint = r.hook.parse().map_err(|e| ServiceError::InvalidArgument(format!("hook: {e}")))?;
     let config = lens.model().config();
-    let width = config.hook_width(hook).ok_or_else(|| {
-        ServiceError::InvalidArgument(format!("hook: {hook} is past the model's depth: it has {} layers (0..={})", config.n_layers, config.n_layers - 1))
-    })?;
+    let width =
+        config.hook_width(hook).ok_or_else(|| ServiceError::InvalidArgument(format!("hook: {hook} is past the model's depth: it has {} layers (0..={})", config.n_layers, config.n_layers - 1)))?;
     if !r.replace && loupe_store::named_vector(&state.store_root, &r.name).await?.is_some() {
         return Err(ServiceError::AlreadyExists(format!("a vector named {:?} exists: delete it or set replace", r.name)));
     }
@@ -57,10 +56,7 @@ pub async fn create(state: &AppState, r: pb::CreateVectorRequest, deadline: Opti
         let tokenize = |texts: &[String]| -> Result<Vec<Vec<u32>>> { texts.iter().map(|t| tokens_of(t, &[], tokenizer, &limits, true)).collect() };
         let (positive, negative) = (tokenize(&r.positive)?, tokenize(&r.negative)?);
         let work = lens.clone();
-        let contrast = state
-            .workers
-            .run(deadline, move |cancel| Ok(loupe_engine::steering::diffmean(work.model(), hook, &positive, &negative, &Hooks::new().cancel_when(cancel))?))
-            .await?;
+        let contrast = state.workers.run(deadline, move |cancel| Ok(loupe_engine::steering::diffmean(work.model(), hook, &positive, &negative, &Hooks::new().cancel_when(cancel))?)).await?;
         let (pos_tokens, neg_tokens) = (contrast.positive_tokens, contrast.negative_tokens);
         let direction = contrast.direction;
         let digest = |texts: &[String]| sha256_bytes(texts.join("\u{1e}").as_bytes());
@@ -75,7 +71,7 @@ pub async fn create(state: &AppState, r: pb::CreateVectorRequest, deadline: Opti
         });
         (direction, provenance)
     };
-    let record = NamedVector::now(&r.name, &model_checksum, &hook.to_string(), Some(direction), provenance, author);
+    let record = NamedVector::now(&r.name, &model_checksum, &hook.to_string(), Some(direction), provenance, &author);
     loupe_store::append_vector(&state.store_root, &record).await?;
     Ok(pb::CreateVectorResponse { vector: Some(info(&record)) })
 }
@@ -88,10 +84,8 @@ pub async fn list(state: &AppState) -> Result<pb::ListVectorsResponse> {
 pub async fn delete(state: &AppState, r: pb::DeleteVectorRequest) -> Result<pb::DeleteVectorResponse> {
     loupe_store::named_vectors::check_name(&r.name).map_err(|e| ServiceError::InvalidArgument(format!("name: {e}")))?;
     let author = author_of(r.author.as_deref())?;
-    let existing = loupe_store::named_vector(&state.store_root, &r.name)
-        .await?
-        .ok_or_else(|| ServiceError::NotFound(format!("no vector named {:?} in the store", r.name)))?;
-    let tombstone = NamedVector::now(&r.name, &existing.model_checksum, &existing.hook, None, json!({"method": "deleted"}), author);
+    let existing = loupe_store::named_vector(&state.store_root, &r.name).await?.ok_or_else(|| ServiceError::NotFound(format!("no vector named {:?} in the store", r.name)))?;
+    let tombstone = NamedVector::now(&r.name, &existing.model_checksum, &existing.hook, None, json!({"method": "deleted"}), &author);
     loupe_store::append_vector(&state.store_root, &tombstone).await?;
     Ok(pb::DeleteVectorResponse {})
 }
