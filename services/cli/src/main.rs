@@ -97,8 +97,43 @@ fn quiet_on_closed_pipe() {
     }
 }
 
+/// Errors are messages for people: libraries that capture a backtrace into their errors
+/// (candle does when RUST_BACKTRACE is set) would print its frames after the message.
+/// Backtraces stay available with LOUPE_LOG=debug (or trace); panics follow RUST_BACKTRACE.
+fn errors_without_backtraces() {
+    let debugging = std::env::var("LOUPE_LOG").is_ok_and(|v| v.contains("debug") || v.contains("trace"));
+    if !debugging {
+        // Before any thread starts, so nothing reads the environment concurrently.
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
+}
+
+/// An error and its causes as one message: each cause that the message so far does not
+/// already say (many errors include their source's text in their own) is added after ": ",
+/// without repeating the path the message ends with ("loading X" + "X: not valid").
+fn one_message(err: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in err.chain() {
+        let full = cause.to_string();
+        if message.contains(full.trim()) {
+            continue;
+        }
+        let last_word = message.rsplit(' ').next().unwrap_or_default();
+        let text = match full.strip_prefix(last_word).and_then(|rest| rest.strip_prefix(": ")) {
+            Some(rest) if !last_word.is_empty() => rest,
+            _ => full.as_str(),
+        };
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(text.trim());
+    }
+    message
+}
+
 fn main() -> std::process::ExitCode {
     quiet_on_closed_pipe();
+    errors_without_backtraces();
     keep_freed_memory();
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LOUPE_LOG").unwrap_or_else(|_| "warn,lance=error".into())).with_writer(std::io::stderr).init();
     // The matches too: `steer` pairs each operation with the target before it by position.
@@ -134,7 +169,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", one_message(&err));
             std::process::ExitCode::FAILURE
         }
     }

@@ -20,13 +20,10 @@ impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<Model> {
         let path = self.model.clone().unwrap_or_else(loupe_query::config::default_model_path);
         if !path.exists() {
-            anyhow::bail!(
-                "model not found at {}: run scripts/setup.sh to install the default model, or pass --model",
-                path.display()
-            );
+            anyhow::bail!("model not found at {}: run scripts/setup.sh to install the default model, or pass --model", path.display());
         }
         let spinner = spinner(format!("loading {}", path.display()));
-        let model = Model::load(&path).with_context(|| format!("loading model {}", path.display()))?;
+        let model = Model::load(&path).context("loading the model")?;
         spinner.finish_and_clear();
         Ok(model)
     }
@@ -65,8 +62,47 @@ pub fn spinner(message: String) -> ProgressBar {
     bar
 }
 
+/// Stored or user text as a terminal may show it: control characters (escape sequences
+/// start with one) and the invisible characters that reorder or hide text (bidirectional
+/// overrides, zero-width marks) are written as visible escapes, so a label, a monitor name
+/// or corpus text cannot move the cursor, recolour the terminal or disguise what it says.
+/// Newlines and tabs become `\n` and `\t`.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    fn hidden(c: char) -> bool {
+        c.is_control() || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+    }
+    if !text.chars().any(hidden) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if hidden(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// `--json` output: any serializable value (the gRPC responses derive it), pretty-printed.
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn escapes_control_and_invisible_characters_only() {
+        assert_eq!(printable("plain text, ünïcode ✓"), "plain text, ünïcode ✓");
+        assert_eq!(printable("a\x00b\x1b[31m"), "a\\u{0}b\\u{1b}[31m");
+        assert_eq!(printable("line\nnext\ttab"), "line\\nnext\\ttab");
+        assert_eq!(printable("abc\u{202E}fed"), "abc\\u{202e}fed");
+        assert_eq!(printable("\u{9b}2J"), "\\u{9b}2J", "C1 control sequence introducer");
+    }
 }

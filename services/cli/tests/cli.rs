@@ -79,8 +79,25 @@ fn train_then_info_then_eval_a_dictionary() {
     let corpus = tiny_corpus(dir.path());
     let out = dir.path().join("sae");
     let (ok, _, err) = loupe(&[
-        "train", "--hook", "blocks.3.hook_resid_post", "--out", out.to_str().unwrap(), "--corpus", corpus.to_str().unwrap(),
-        "--latents", "256", "--k", "8", "--tokens", "2048", "--batch-tokens", "256", "--context", "32", "--buffer-windows", "16",
+        "train",
+        "--hook",
+        "blocks.3.hook_resid_post",
+        "--out",
+        out.to_str().unwrap(),
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--latents",
+        "256",
+        "--k",
+        "8",
+        "--tokens",
+        "2048",
+        "--batch-tokens",
+        "256",
+        "--context",
+        "32",
+        "--buffer-windows",
+        "16",
     ]);
     assert!(ok, "{err}");
 
@@ -92,10 +109,8 @@ fn train_then_info_then_eval_a_dictionary() {
     assert_eq!((info["d_in"].as_u64(), info["d_sae"].as_u64()), (Some(576), Some(256)));
 
     let report_path = dir.path().join("report.json");
-    let (ok, report, err) = loupe(&[
-        "dict", "eval", out.to_str().unwrap(), "--corpus", corpus.to_str().unwrap(), "--tokens", "256", "--context", "32",
-        "--json", "--out", report_path.to_str().unwrap(),
-    ]);
+    let (ok, report, err) =
+        loupe(&["dict", "eval", out.to_str().unwrap(), "--corpus", corpus.to_str().unwrap(), "--tokens", "256", "--context", "32", "--json", "--out", report_path.to_str().unwrap()]);
     assert!(ok, "{err}");
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
     assert_eq!(report, serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&report_path).unwrap()).unwrap());
@@ -187,4 +202,50 @@ fn generate_guardrails_block_at_the_token_that_crossed() {
     assert_eq!(blocked["blocked"], true);
     let quiet = with(&constant_monitor(dir.path(), "never", -1.0, "block"));
     assert_eq!((quiet["completion_ids"].clone(), quiet["monitors_fired"].as_array().unwrap().len()), (plain["completion_ids"].clone(), 0));
+}
+
+/// Every command handed a missing path, a file of the wrong kind or an unreachable server
+/// says so in one line naming it: no backtrace (even with RUST_BACKTRACE=1), no panic, no
+/// cause repeated.
+#[test]
+fn bad_paths_and_files_give_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let (missing, garbage, not_json, folder) = (path("missing.bin"), path("garbage.gguf"), path("notes.json"), dir.path().display().to_string());
+    std::fs::write(&garbage, b"\x00\x01 not a model at all").unwrap();
+    std::fs::write(&not_json, "this is not JSON {").unwrap();
+    let store = path("store");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["generate", "hi", "--model", &garbage], &garbage),
+        (vec!["generate", "hi", "--model", &missing], &missing),
+        (vec!["generate", "hi", "--monitor", &not_json], &not_json),
+        (vec!["tokenize", "hi", "--model", &garbage], &garbage),
+        (vec!["activations", "hi", "--hook", "hook_embed", "--model", &folder], &folder),
+        (vec!["dict", "info", &missing], &missing),
+        (vec!["dict", "info", &garbage], &garbage),
+        (vec!["index", "--corpus", &missing, "--store", &store], &missing),
+        (vec!["train", "--hook", "blocks.9.hook_resid_post", "--out", &store, "--corpus", &missing], &missing),
+        (vec!["score", "hi", "--monitor", &missing], &missing),
+        (vec!["score", "hi", "--monitor", &not_json], &not_json),
+        (vec!["monitor", "create", &missing], &missing),
+        (vec!["probe", "train", "--data", &missing], &missing),
+        (vec!["serve", "--store", &missing], &missing),
+        (vec!["serve", "--store", &folder, "--tls-cert", &missing, "--tls-key", &garbage], &missing),
+        (vec!["token", "list", "--file", &folder], &folder),
+        (vec!["tls", "create", &garbage], &garbage),
+        (vec!["search", "word", "--server", "http://127.0.0.1:9"], "127.0.0.1:9"),
+    ];
+    for (args, named) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_loupe")).args(&args).env("RUST_BACKTRACE", "1").env_remove("LOUPE_LOG").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let shown = format!("loupe {}: {err}", args.join(" "));
+        assert!(!out.status.success(), "{shown}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "one line: {shown}");
+        assert!(lines[0].starts_with("error: ") && lines[0].contains(named), "{shown}");
+        assert!(!err.contains("panicked") && !err.contains("backtrace"), "{shown}");
+        for cause in lines[0].split(": ").filter(|c| c.len() > 12) {
+            assert_eq!(lines[0].matches(cause).count(), 1, "{cause:?} said twice: {shown}");
+        }
+    }
 }

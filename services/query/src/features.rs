@@ -53,6 +53,7 @@ impl FeaturesService {
         if let Some(id) = &r.dictionary_id {
             snapshot.dictionary(id)?;
         }
+        crate::rpc::check_density_range(r.min_density, r.max_density)?;
         let filter = SearchFilter { dictionary_id: r.dictionary_id, hook: r.hook, layer: r.layer, min_density: r.min_density, max_density: r.max_density };
         let offset = r.offset as usize;
         let results = tokio::task::spawn_blocking(move || snapshot.reader.search(&r.query, &filter, offset, limit)).await.map_err(|e| ServiceError::Internal(e.to_string()))??;
@@ -132,6 +133,7 @@ impl FeaturesService {
         let k = if r.k == 0 { state.limits.default_token_features } else { r.k as usize };
         let k_text = if r.k_text == 0 { state.limits.default_text_features } else { r.k_text as usize };
         let ignore_bos = r.ignore_bos.unwrap_or(true);
+        crate::rpc::check_density(r.max_density, "max_density")?;
         let max_density = r.max_density;
         let work_engine = engine.clone();
         let work_tokens = tokens.clone();

@@ -54,3 +54,38 @@ pub fn caller_of(caller: Option<&str>, field: &str) -> Result<String> {
     loupe_store::labels::check_label(caller).map_err(|e| ServiceError::InvalidArgument(format!("{field}: {e}")))?;
     Ok(caller.to_string())
 }
+
+/// A density bound of a request: a fraction of tokens, so a number in [0, 1] (NaN is not).
+pub fn check_density(value: Option<f64>, field: &str) -> Result<()> {
+    match value {
+        Some(v) if !(0.0..=1.0).contains(&v) => Err(ServiceError::InvalidArgument(format!("{field} is {v}: a density is a fraction of tokens, from 0 to 1"))),
+        _ => Ok(()),
+    }
+}
+
+/// A [min, max] density range of a request: each bound valid, and min not above max.
+pub fn check_density_range(min: Option<f64>, max: Option<f64>) -> Result<()> {
+    check_density(min, "min_density")?;
+    check_density(max, "max_density")?;
+    match (min, max) {
+        (Some(lo), Some(hi)) if lo > hi => Err(ServiceError::InvalidArgument(format!("min_density {lo} is above max_density {hi}: the range is empty"))),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn density_bounds_refuse_nan_out_of_range_and_inverted() {
+        assert!(check_density_range(Some(0.0), Some(1.0)).is_ok());
+        assert!(check_density_range(None, None).is_ok());
+        for (min, max, needle) in
+            [(Some(f64::NAN), None, "min_density is NaN"), (None, Some(1.5), "max_density is 1.5"), (Some(0.5), Some(0.1), "above max_density"), (None, Some(f64::INFINITY), "max_density")]
+        {
+            let err = check_density_range(min, max).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+}

@@ -52,6 +52,8 @@ pub struct AppState {
 
 impl AppState {
     pub async fn load(config: &ServerConfig) -> Result<AppState> {
+        // Access settings first: a wrong TLS or token file stops the server before it loads.
+        let access = crate::access::Access::new(&config.access, &config.limits)?;
         let reader = StoreReader::open(&config.store).await?;
         let snapshot = Snapshot::build(reader, None).await?;
         let engine = match &config.model {
@@ -71,7 +73,7 @@ impl AppState {
             engine,
             workers,
             limits: config.limits,
-            access: crate::access::Access::new(&config.access, &config.limits)?,
+            access,
             labels: crate::labels::label_writer(config.store.clone()),
             model_checksum,
             residual_norms: Mutex::new(HashMap::new()),

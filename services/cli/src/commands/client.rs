@@ -12,7 +12,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use crate::output::print_json;
+use crate::output::{print_json, printable};
 
 #[derive(clap::Args, Clone)]
 pub struct ServerArgs {
@@ -150,8 +150,7 @@ pub async fn channel(server: &str, credentials: &Credentials) -> anyhow::Result<
         Some(token) => Some(format!("Bearer {}", token.trim()).parse().context("--token: a token is printable ASCII (as `loupe token create` prints it)")?),
         None => None,
     };
-    let channel =
-        endpoint.connect().await.map_err(|e| anyhow::anyhow!("cannot reach loupe serve at {server}: {}", error_chain(&e))).context("start it with `loupe serve`, or set --server / LOUPE_SERVER")?;
+    let channel = endpoint.connect().await.map_err(|e| anyhow::anyhow!("cannot reach loupe serve at {server} ({}): start it with `loupe serve`, or set --server / LOUPE_SERVER", error_chain(&e)))?;
     Ok(InterceptedService::new(channel, BearerToken(token)))
 }
 
@@ -224,12 +223,12 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
                 if start < at || end > h.snippet.len() || !h.snippet.is_char_boundary(start) || !h.snippet.is_char_boundary(end) {
                     continue;
                 }
-                snippet.push_str(&h.snippet[at..start]);
-                let word = &h.snippet[start..end];
+                snippet.push_str(&printable(&h.snippet[at..start].replace('\n', " … ")));
+                let word = printable(&h.snippet[start..end]);
                 snippet.push_str(&if color { format!("\x1b[1;33m{word}\x1b[0m") } else { format!("[{word}]") });
                 at = end;
             }
-            snippet.push_str(&h.snippet[at..]);
+            snippet.push_str(&printable(&h.snippet[at..].replace('\n', " … ")));
             println!(
                 "{}/{}  score {:.2}  max {:.2}  density {:.2e}{}\n    {}",
                 f.dictionary_id,
@@ -237,9 +236,9 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
                 h.score,
                 h.max_activation,
                 h.density,
-                h.label.as_ref().map(|l| format!("  \"{l}\"")).unwrap_or_default(),
+                h.label.as_ref().map(|l| format!("  \"{}\"", printable(l))).unwrap_or_default(),
                 // The snippet may span several top examples' contexts, one per line.
-                snippet.replace('\n', " … ")
+                snippet
             );
         }
         Ok(())
@@ -248,7 +247,7 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
 
 /// A token on a background whose strength follows the activation.
 fn paint(token: &str, activation: f32, max: f32, color: bool) -> String {
-    let shown = token.replace('\n', "\\n");
+    let shown = printable(token).into_owned();
     if activation <= 0.0 {
         return shown;
     }
@@ -270,7 +269,7 @@ pub fn show(args: ShowArgs) -> anyhow::Result<()> {
             return print_json(&d);
         }
         let color = std::io::stdout().is_terminal();
-        println!("{}  ({}){}", args.feature, d.hook, d.label.as_ref().map(|l| format!("  \"{l}\"")).unwrap_or_default());
+        println!("{}  ({}){}", args.feature, d.hook, d.label.as_ref().map(|l| format!("  \"{}\"", printable(l))).unwrap_or_default());
         println!("max {:.3}  mean {:.3}  density {:.3e} ({} tokens)  decoder norm {:.3}", d.max_activation, d.mean_activation, d.density, d.fire_count, d.decoder_norm);
         println!("\ntop examples (max token in the middle of the shown text):");
         for e in &d.top_examples {
@@ -327,7 +326,7 @@ pub fn text(args: TextArgs) -> anyhow::Result<()> {
         }
         println!("\nstrongest over the text:");
         for f in &r.text_features {
-            println!("  {:<40} {:.3}{}", name(f), f.activation, f.label.as_ref().map(|l| format!("  \"{l}\"")).unwrap_or_default());
+            println!("  {:<40} {:.3}{}", name(f), f.activation, f.label.as_ref().map(|l| format!("  \"{}\"", printable(l))).unwrap_or_default());
         }
         Ok(())
     })

@@ -12,7 +12,7 @@ use loupe_schema::proto::v1::monitoring_client::MonitoringClient;
 use loupe_train::probes::{split_of, Split};
 
 use super::client::{channel, runtime, status, Conn, ServerArgs};
-use crate::output::print_json;
+use crate::output::{print_json, printable};
 
 #[derive(clap::Subcommand)]
 pub enum MonitorCommand {
@@ -184,7 +184,7 @@ fn action_name(a: i32) -> &'static str {
 
 fn print_info(m: &pb::MonitorInfo) {
     let d = m.definition.clone().unwrap_or_default();
-    println!("{} v{}{}  by {} at {}  {}", d.name, m.version, if m.archived { " (archived)" } else { "" }, m.author, m.created_at, d.description);
+    println!("{} v{}{}  by {} at {}  {}", printable(&d.name), m.version, if m.archived { " (archived)" } else { "" }, printable(&m.author), m.created_at, printable(&d.description));
     for (i, det) in d.detectors.iter().enumerate() {
         let signal = match det.signal.as_ref().and_then(|s| s.signal.as_ref()) {
             Some(pb::signal::Signal::Feature(f)) => {
@@ -210,8 +210,8 @@ pub fn run(command: MonitorCommand) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         match command {
             MonitorCommand::Create(args) => {
-                let mut client = connect(&args.server).await?;
                 let definition = definition_of(&args)?;
+                let mut client = connect(&args.server).await?;
                 let r = match client.create_monitor(pb::CreateMonitorRequest { definition: Some(definition.clone()), author: args.author.clone() }).await {
                     Err(e) if e.code() == tonic::Code::AlreadyExists && args.replace => {
                         client.update_monitor(pb::UpdateMonitorRequest { definition: Some(definition), author: args.author.clone() }).await.map_err(status)?.into_inner()
@@ -224,8 +224,9 @@ pub fn run(command: MonitorCommand) -> anyhow::Result<()> {
                 print_info(&r);
             }
             MonitorCommand::Update(args) => {
+                let definition = definition_of(&args)?;
                 let mut client = connect(&args.server).await?;
-                let r = client.update_monitor(pb::UpdateMonitorRequest { definition: Some(definition_of(&args)?), author: args.author.clone() }).await.map_err(status)?.into_inner();
+                let r = client.update_monitor(pb::UpdateMonitorRequest { definition: Some(definition), author: args.author.clone() }).await.map_err(status)?.into_inner();
                 if args.server.json {
                     return print_json(&r);
                 }
@@ -312,12 +313,12 @@ fn print_alert(a: &pb::Alert, color: bool) {
     println!(
         "{}  {tag:<8} {} v{}  score {:.3} > {:.3}  {}  caller {}  id {}{}",
         a.created_at,
-        a.monitor,
+        printable(&a.monitor),
         a.version,
         a.score,
         a.threshold,
         action_name(a.action),
-        a.caller,
+        printable(&a.caller),
         a.alert_id,
         if spans.is_empty() { String::new() } else { format!("  at {}", spans.join(", ")) }
     );

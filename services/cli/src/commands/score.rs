@@ -128,6 +128,12 @@ fn score_here(args: &Args) -> anyhow::Result<Vec<pb::MonitorResult>> {
     Ok(results)
 }
 
+/// Characters of the scored text as the terminal shows them (newlines kept).
+fn shown(chars: &[char]) -> String {
+    let text: String = chars.iter().collect();
+    text.split('\n').map(|line| crate::output::printable(line).into_owned()).collect::<Vec<_>>().join("\n")
+}
+
 /// The text with spans marked: red when printing to a terminal, [[...]] otherwise.
 fn highlighted(text: &str, spans: &[pb::Span], color: bool) -> String {
     let chars: Vec<char> = text.chars().collect();
@@ -139,14 +145,14 @@ fn highlighted(text: &str, spans: &[pb::Span], color: bool) -> String {
         if start < at || start >= end {
             continue;
         }
-        out.extend(&chars[at..start]);
+        out.push_str(&shown(&chars[at..start]));
         let (open, close) = if color { ("\x1b[1;31m", "\x1b[0m") } else { ("[[", "]]") };
         out.push_str(open);
-        out.extend(&chars[start..end]);
+        out.push_str(&shown(&chars[start..end]));
         out.push_str(close);
         at = end;
     }
-    out.extend(&chars[at.min(chars.len())..]);
+    out.push_str(&shown(&chars[at.min(chars.len())..]));
     out
 }
 

@@ -99,12 +99,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
+        loupe_query::workers::lower_model_priority();
+        let state = std::sync::Arc::new(loupe_query::state::AppState::load(&config).await.with_context(|| format!("serving store {}", store.display()))?);
         eprintln!("loupe serving {} on {} (Ctrl-C stops)", store.display(), listener.local_addr()?);
         eprintln!("{}", access_summary(&config));
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        loupe_query::serve(config, listener, shutdown).await.with_context(|| format!("serving store {}", store.display()))
+        loupe_query::serve_state(state, listener, shutdown).await.with_context(|| format!("serving store {}", store.display()))
     })
 }
 

@@ -100,6 +100,8 @@ impl Access {
             requests_per_second: (limits.caller_requests_per_second > 0.0).then_some(limits.caller_requests_per_second),
             model_tokens_per_minute: (limits.caller_model_tokens_per_minute > 0).then_some(limits.caller_model_tokens_per_minute),
         };
+        // The TLS files are read now, so that a wrong path stops the server before it serves.
+        config.tls.server_config()?;
         let tokens = match &config.tokens_file {
             Some(path) => {
                 let tokens = Tokens { file: TokenFile::new(path.clone()), loaded: Mutex::new(Loaded::default()) };
