@@ -61,7 +61,13 @@ impl CorpusSource {
         } else {
             files.push(self.path.clone());
         }
-        Ok(files.into_iter().map(|f| { let format = self.format.unwrap_or_else(|| detect_format(&f)); (f, format) }).collect())
+        Ok(files
+            .into_iter()
+            .map(|f| {
+                let format = self.format.unwrap_or_else(|| detect_format(&f));
+                (f, format)
+            })
+            .collect())
     }
 
     /// Total bytes of the source's files (for progress).

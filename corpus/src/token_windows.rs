@@ -44,10 +44,7 @@ impl TokenWindows {
             Ok::<_, CorpusError>(!full(&tokens))
         })?;
         if tokens.is_empty() {
-            return Err(CorpusError::BadCorpus {
-                path: source.path.clone(),
-                reason: format!("fewer than {context} tokens of text: nothing to make a window from"),
-            });
+            return Err(CorpusError::BadCorpus { path: source.path.clone(), reason: format!("fewer than {context} tokens of text: nothing to make a window from") });
         }
         Ok(TokenWindows { context, tokens })
     }

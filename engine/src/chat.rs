@@ -27,9 +27,7 @@ const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['r
 /// Renders `messages` into the prompt text; `add_generation_prompt` opens the assistant turn.
 pub fn render(template: Option<&str>, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
     let mut env = minijinja::Environment::new();
-    env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-    });
+    env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> { Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg)) });
     let source = template.unwrap_or(CHATML);
     let bad = |e: minijinja::Error| EngineError::InvalidInput(format!("chat template: {e}"));
     env.add_template("chat", source).map_err(bad)?;

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use candle_core::quantized::gguf_file;
-use serde::Deserialize;
 use loupe_schema::hook::{BlockSite, HookPoint};
+use serde::Deserialize;
 
 use crate::error::{EngineError, Result};
 
@@ -48,14 +48,7 @@ impl ModelConfig {
         let arch = gguf_string(path, content, "general.architecture")?;
         let architecture = match arch.as_str() {
             "llama" => Architecture::Llama,
-            other => {
-                return Err(EngineError::UnknownArchitecture {
-                    path: path.into(),
-                    field: "general.architecture",
-                    architecture: other.into(),
-                    supported: Architecture::SUPPORTED,
-                })
-            }
+            other => return Err(EngineError::UnknownArchitecture { path: path.into(), field: "general.architecture", architecture: other.into(), supported: Architecture::SUPPORTED }),
         };
         let usize_field = |key: &str| gguf_usize(path, content, &format!("{arch}.{key}"));
         let hidden_size = usize_field("embedding_length")?;
@@ -96,27 +89,13 @@ impl ModelConfig {
     /// Reads a Hugging Face `config.json` (transformers 4 and 5 spellings of RoPE theta).
     pub fn from_hf_config(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
-        let raw: HfConfig = serde_json::from_str(&text).map_err(|e| EngineError::BadFile {
-            path: path.into(),
-            format: "config.json",
-            reason: e.to_string(),
-        })?;
+        let raw: HfConfig = serde_json::from_str(&text).map_err(|e| EngineError::BadFile { path: path.into(), format: "config.json", reason: e.to_string() })?;
         let architecture = match raw.model_type.as_str() {
             "llama" => Architecture::Llama,
-            other => {
-                return Err(EngineError::UnknownArchitecture {
-                    path: path.into(),
-                    field: "model_type",
-                    architecture: other.into(),
-                    supported: Architecture::SUPPORTED,
-                })
-            }
+            other => return Err(EngineError::UnknownArchitecture { path: path.into(), field: "model_type", architecture: other.into(), supported: Architecture::SUPPORTED }),
         };
         let n_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
-        let rope_theta = raw
-            .rope_theta
-            .or_else(|| raw.rope_parameters.as_ref().and_then(|p| p.rope_theta))
-            .unwrap_or(10_000.0);
+        let rope_theta = raw.rope_theta.or_else(|| raw.rope_parameters.as_ref().and_then(|p| p.rope_theta)).unwrap_or(10_000.0);
         let config = ModelConfig {
             architecture,
             vocab_size: raw.vocab_size,
@@ -150,10 +129,7 @@ impl ModelConfig {
             }
         }
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
-            return Err(bad(
-                "n_kv_heads",
-                format!("({}) must divide the number of attention heads ({})", self.n_kv_heads, self.n_heads),
-            ));
+            return Err(bad("n_kv_heads", format!("({}) must divide the number of attention heads ({})", self.n_kv_heads, self.n_heads)));
         }
         if !self.head_dim.is_multiple_of(2) {
             return Err(bad("head_dim", format!("({}) must be even for rotary embeddings", self.head_dim)));
@@ -218,11 +194,7 @@ pub(crate) fn gguf_value<'a>(path: &Path, content: &'a gguf_file::Content, key: 
 }
 
 pub(crate) fn gguf_string(path: &Path, content: &gguf_file::Content, key: &str) -> Result<String> {
-    gguf_value(path, content, key)?.to_string().cloned().map_err(|_| EngineError::BadField {
-        path: path.into(),
-        field: key.into(),
-        problem: "should be a string".into(),
-    })
+    gguf_value(path, content, key)?.to_string().cloned().map_err(|_| EngineError::BadField { path: path.into(), field: key.into(), problem: "should be a string".into() })
 }
 
 pub(crate) fn gguf_usize(path: &Path, content: &gguf_file::Content, key: &str) -> Result<usize> {
@@ -239,11 +211,7 @@ pub(crate) fn gguf_usize(path: &Path, content: &gguf_file::Content, key: &str) -
         I64(v) => u64::try_from(*v).ok(),
         _ => None,
     };
-    n.map(|n| n as usize).ok_or_else(|| EngineError::BadField {
-        path: path.into(),
-        field: key.into(),
-        problem: format!("should be a non-negative integer, found {value:?}"),
-    })
+    n.map(|n| n as usize).ok_or_else(|| EngineError::BadField { path: path.into(), field: key.into(), problem: format!("should be a non-negative integer, found {value:?}") })
 }
 
 pub(crate) fn gguf_f64(path: &Path, content: &gguf_file::Content, key: &str) -> Result<f64> {
@@ -251,10 +219,6 @@ pub(crate) fn gguf_f64(path: &Path, content: &gguf_file::Content, key: &str) -> 
     match gguf_value(path, content, key)? {
         F32(v) => Ok(*v as f64),
         F64(v) => Ok(*v),
-        other => Err(EngineError::BadField {
-            path: path.into(),
-            field: key.into(),
-            problem: format!("should be a float, found {other:?}"),
-        }),
+        other => Err(EngineError::BadField { path: path.into(), field: key.into(), problem: format!("should be a float, found {other:?}") }),
     }
 }

@@ -44,13 +44,7 @@ impl SamplingParams {
 
 /// Generates up to `max_new_tokens` after `prompt`, calling `on_token` as each arrives
 /// (for streaming). `hooks` apply at every step (e.g. steering interventions).
-pub fn generate(
-    model: &Model,
-    prompt: &[u32],
-    params: &SamplingParams,
-    hooks: &Hooks,
-    mut on_token: impl FnMut(u32),
-) -> Result<Vec<u32>> {
+pub fn generate(model: &Model, prompt: &[u32], params: &SamplingParams, hooks: &Hooks, mut on_token: impl FnMut(u32)) -> Result<Vec<u32>> {
     let mut rows = generate_rows(model, prompt, 1, params, hooks, |_, token| on_token(token))?;
     Ok(rows.pop().unwrap_or_default())
 }
@@ -60,14 +54,7 @@ pub fn generate(
 /// where `hooks` edit them differently (a default and a steered run: edit row 1 only).
 /// `on_token(row, token)` is called as tokens arrive. A row that emits a stop token is done;
 /// it keeps feeding that token (so the batch stays rectangular) and its outputs are dropped.
-pub fn generate_rows(
-    model: &Model,
-    prompt: &[u32],
-    rows: usize,
-    params: &SamplingParams,
-    hooks: &Hooks,
-    mut on_token: impl FnMut(usize, u32),
-) -> Result<Vec<Vec<u32>>> {
+pub fn generate_rows(model: &Model, prompt: &[u32], rows: usize, params: &SamplingParams, hooks: &Hooks, mut on_token: impl FnMut(usize, u32)) -> Result<Vec<Vec<u32>>> {
     let mut generation = Generation::new(model, prompt, rows, params.clone())?;
     while !generation.is_finished() {
         let step = generation.step(model, hooks)?;
@@ -215,8 +202,7 @@ pub fn sample(logits: &Tensor, params: &SamplingParams, rng: &mut impl Rng) -> R
         return Ok(argmax(&logits));
     }
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<(u32, f32)> =
-        logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) / params.temperature).exp())).collect();
+    let mut probs: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) / params.temperature).exp())).collect();
     let total: f32 = probs.iter().map(|p| p.1).sum();
     probs.iter_mut().for_each(|p| p.1 /= total);
     if params.top_p >= 1.0 {
@@ -228,10 +214,13 @@ pub fn sample(logits: &Tensor, params: &SamplingParams, rng: &mut impl Rng) -> R
     // the most likely NUCLEUS_GUESS first and the whole vocabulary only if they fall short.
     let nucleus = |probs: &[(u32, f32)]| -> Option<(usize, f32)> {
         let mut kept = 0.0;
-        probs.iter().position(|p| {
-            kept += p.1;
-            kept >= params.top_p
-        }).map(|i| (i + 1, kept))
+        probs
+            .iter()
+            .position(|p| {
+                kept += p.1;
+                kept >= params.top_p
+            })
+            .map(|i| (i + 1, kept))
     };
     if probs.len() > NUCLEUS_GUESS {
         probs.select_nth_unstable_by(NUCLEUS_GUESS, order);

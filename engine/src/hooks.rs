@@ -113,22 +113,12 @@ impl Hooks {
     }
 
     /// Runs the edits registered at `hook`, then records it if captured.
-    pub(crate) fn apply(
-        &self,
-        hook: HookPoint,
-        mut activation: Tensor,
-        ctx: &ForwardContext,
-        captured: &mut BTreeMap<HookPoint, Tensor>,
-    ) -> Result<Tensor> {
+    pub(crate) fn apply(&self, hook: HookPoint, mut activation: Tensor, ctx: &ForwardContext, captured: &mut BTreeMap<HookPoint, Tensor>) -> Result<Tensor> {
         if let Some(edits) = self.edits.get(&hook) {
             for edit in edits {
                 let edited = edit.edit(hook, &activation, ctx)?;
                 if edited.dims() != activation.dims() {
-                    return Err(EngineError::InvalidInput(format!(
-                        "intervention at {hook} returned shape {:?}, expected {:?}",
-                        edited.dims(),
-                        activation.dims()
-                    )));
+                    return Err(EngineError::InvalidInput(format!("intervention at {hook} returned shape {:?}, expected {:?}", edited.dims(), activation.dims())));
                 }
                 activation = edited;
             }

@@ -169,7 +169,9 @@ pub enum Aggregation {
     Max,
     Mean,
     /// The largest mean over `window` consecutive tokens in scope (all of them if fewer).
-    RollingMean { window: usize },
+    RollingMean {
+        window: usize,
+    },
     /// The last token in scope.
     Last,
 }
@@ -220,9 +222,7 @@ impl Detector {
     /// shift-equivariant).
     pub fn with_offset_in_bias(self) -> Self {
         match self.signal {
-            Signal::Linear { hook, weights, bias } if self.threshold < 0.0 => {
-                Detector { signal: Signal::Linear { hook, weights, bias: bias - self.threshold }, threshold: 0.0, ..self }
-            }
+            Signal::Linear { hook, weights, bias } if self.threshold < 0.0 => Detector { signal: Signal::Linear { hook, weights, bias: bias - self.threshold }, threshold: 0.0, ..self },
             Signal::Features { dictionary, weights, bias } if self.threshold < 0.0 => {
                 Detector { signal: Signal::Features { dictionary, weights, bias: bias - self.threshold }, threshold: 0.0, ..self }
             }
@@ -407,14 +407,7 @@ mod tests {
         let values = [0.0, 3.0, 4.0, 1.0, 5.0, 6.0, 7.0];
         let scope = [true, true, true, true, true, false, true];
         let found = spans(&values, &scope, 2.0);
-        assert_eq!(
-            found,
-            vec![
-                Span { start: 1, end: 3, peak: 2, peak_value: 4.0 },
-                Span { start: 4, end: 5, peak: 4, peak_value: 5.0 },
-                Span { start: 6, end: 7, peak: 6, peak_value: 7.0 },
-            ]
-        );
+        assert_eq!(found, vec![Span { start: 1, end: 3, peak: 2, peak_value: 4.0 }, Span { start: 4, end: 5, peak: 4, peak_value: 5.0 }, Span { start: 6, end: 7, peak: 6, peak_value: 7.0 },]);
         let verdict = score(&values, &scope, Aggregation::Mean, 2.0);
         assert!(verdict.fired && (verdict.score - 20.0 / 6.0).abs() < 1e-6);
     }
@@ -469,9 +462,6 @@ pub fn run_detectors(lens: &crate::FeatureLens, detectors: &[Detector], ids: &[u
 /// every real row.
 pub fn read_for(lens: &crate::FeatureLens, detectors: &[Detector]) -> Result<crate::Read> {
     let (hooks, dictionaries) = reads(detectors);
-    let dictionaries = dictionaries
-        .into_iter()
-        .map(|d| lens.position(d).ok_or_else(|| EngineError::InvalidInput(format!("dictionary {d:?} is not loaded"))))
-        .collect::<Result<Vec<usize>>>()?;
+    let dictionaries = dictionaries.into_iter().map(|d| lens.position(d).ok_or_else(|| EngineError::InvalidInput(format!("dictionary {d:?} is not loaded")))).collect::<Result<Vec<usize>>>()?;
     Ok(crate::Read { hooks: crate::Hooks::new().capture_all(hooks), ..crate::Read::only(dictionaries, crate::Rows::Real) })
 }

@@ -53,9 +53,13 @@ pub enum Operation {
 pub enum Positions {
     All,
     /// Positions before `prompt_len`.
-    Prompt { prompt_len: usize },
+    Prompt {
+        prompt_len: usize,
+    },
     /// Positions from `prompt_len` on.
-    Generated { prompt_len: usize },
+    Generated {
+        prompt_len: usize,
+    },
     Ranges(Vec<Range<usize>>),
 }
 

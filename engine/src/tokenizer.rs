@@ -42,16 +42,11 @@ impl Tokenizer {
             .iter()
             .enumerate()
             .map(|(i, m)| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| bad("tokenizer.ggml.merges", format!("entry {i} ('{m}') is not two tokens separated by a space")))
+                m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| bad("tokenizer.ggml.merges", format!("entry {i} ('{m}') is not two tokens separated by a space")))
             })
             .collect::<Result<Vec<_>>>()?;
         let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))?;
 
         let pre = match content.metadata.get("tokenizer.ggml.pre") {
             Some(_) => gguf_string(path, content, "tokenizer.ggml.pre")?,
@@ -62,21 +57,14 @@ impl Tokenizer {
             "default" | "gpt2" => byte_level.into(),
             // SmolLM/StarCoder: every digit is its own pre-token before the GPT-2 split.
             "smollm" | "starcoder" | "refact" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
-            other => {
-                return Err(bad(
-                    "tokenizer.ggml.pre",
-                    format!("is '{other}'; supported pre-tokenizers: default, gpt2, smollm, starcoder, refact"),
-                ))
-            }
+            other => return Err(bad("tokenizer.ggml.pre", format!("is '{other}'; supported pre-tokenizers: default, gpt2, smollm, starcoder, refact"))),
         };
 
         let mut inner = tokenizers::Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(pre_tokenizer));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         let special = special_tokens(path, content, &tokens)?;
-        inner
-            .add_special_tokens(special)
-            .map_err(|e| EngineError::Tokenizer(format!("{}: special tokens: {e}", path.display())))?;
+        inner.add_special_tokens(special).map_err(|e| EngineError::Tokenizer(format!("{}: special tokens: {e}", path.display())))?;
 
         let id = |key: &str| -> Result<Option<u32>> {
             match content.metadata.get(key) {
@@ -89,31 +77,20 @@ impl Tokenizer {
             None => None,
         };
         let special_ids = special_ids(&inner);
-        Ok(Tokenizer {
-            inner,
-            bos_token_id: id("tokenizer.ggml.bos_token_id")?,
-            eos_token_id: id("tokenizer.ggml.eos_token_id")?,
-            chat_template,
-            special_ids,
-        })
+        Ok(Tokenizer { inner, bos_token_id: id("tokenizer.ggml.bos_token_id")?, eos_token_id: id("tokenizer.ggml.eos_token_id")?, chat_template, special_ids })
     }
 
     /// Loads `tokenizer.json` (and, when present beside it, `tokenizer_config.json` for the
     /// chat template and the BOS/EOS tokens).
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let file = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&file)
-            .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", file.display())))?;
+        let inner = tokenizers::Tokenizer::from_file(&file).map_err(|e| EngineError::Tokenizer(format!("{}: {e}", file.display())))?;
         let special_ids = special_ids(&inner);
         let mut tokenizer = Tokenizer { inner, bos_token_id: None, eos_token_id: None, chat_template: None, special_ids };
         let config_path = dir.join("tokenizer_config.json");
         if config_path.exists() {
             let text = std::fs::read_to_string(&config_path).map_err(|e| EngineError::io(&config_path, e))?;
-            let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| EngineError::BadFile {
-                path: config_path.clone(),
-                format: "tokenizer_config.json",
-                reason: e.to_string(),
-            })?;
+            let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| EngineError::BadFile { path: config_path.clone(), format: "tokenizer_config.json", reason: e.to_string() })?;
             let token_id = |key: &str| config.get(key).and_then(|v| v.as_str()).and_then(|t| tokenizer.inner.token_to_id(t));
             tokenizer.bos_token_id = token_id("bos_token");
             tokenizer.eos_token_id = token_id("eos_token");
@@ -186,36 +163,14 @@ fn special_ids(inner: &tokenizers::Tokenizer) -> std::collections::HashSet<u32> 
 }
 
 fn string_array(path: &Path, content: &gguf_file::Content, key: &str) -> Result<Vec<String>> {
-    let values = gguf_value(path, content, key)?.to_vec().map_err(|_| EngineError::BadField {
-        path: path.into(),
-        field: key.into(),
-        problem: "should be an array of strings".into(),
-    })?;
-    values
-        .iter()
-        .map(|v| {
-            v.to_string().cloned().map_err(|_| EngineError::BadField {
-                path: path.into(),
-                field: key.into(),
-                problem: "should contain only strings".into(),
-            })
-        })
-        .collect()
+    let values = gguf_value(path, content, key)?.to_vec().map_err(|_| EngineError::BadField { path: path.into(), field: key.into(), problem: "should be an array of strings".into() })?;
+    values.iter().map(|v| v.to_string().cloned().map_err(|_| EngineError::BadField { path: path.into(), field: key.into(), problem: "should contain only strings".into() })).collect()
 }
 
 fn special_tokens(path: &Path, content: &gguf_file::Content, tokens: &[String]) -> Result<Vec<AddedToken>> {
     let Some(types) = content.metadata.get("tokenizer.ggml.token_type") else {
         return Ok(Vec::new());
     };
-    let types = types.to_vec().map_err(|_| EngineError::BadField {
-        path: path.into(),
-        field: "tokenizer.ggml.token_type".into(),
-        problem: "should be an array of integers".into(),
-    })?;
-    Ok(types
-        .iter()
-        .zip(tokens)
-        .filter(|(t, _)| matches!(t.to_i32(), Ok(TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED)))
-        .map(|(_, token)| AddedToken::from(token.clone(), true))
-        .collect())
+    let types = types.to_vec().map_err(|_| EngineError::BadField { path: path.into(), field: "tokenizer.ggml.token_type".into(), problem: "should be an array of integers".into() })?;
+    Ok(types.iter().zip(tokens).filter(|(t, _)| matches!(t.to_i32(), Ok(TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED))).map(|(_, token)| AddedToken::from(token.clone(), true)).collect())
 }

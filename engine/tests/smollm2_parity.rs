@@ -127,12 +127,7 @@ fn greedy_chat_generation_matches_transformers() {
     let prompt: Vec<u32> = serde_json::from_value(chat["prompt_ids"].clone()).unwrap();
     let expected: Vec<u32> = serde_json::from_value(chat["greedy_completion_ids"].clone()).unwrap();
     // Our chat template renders the same prompt transformers was given.
-    let text = loupe_engine::chat::render(
-        model.tokenizer().unwrap().chat_template(),
-        &[loupe_engine::chat::ChatMessage::user(chat["user"].as_str().unwrap())],
-        true,
-    )
-    .unwrap();
+    let text = loupe_engine::chat::render(model.tokenizer().unwrap().chat_template(), &[loupe_engine::chat::ChatMessage::user(chat["user"].as_str().unwrap())], true).unwrap();
     assert_eq!(model.tokenizer().unwrap().encode(&text).unwrap(), prompt);
     let params = SamplingParams { max_new_tokens: expected.len(), stop_tokens: vec![2], ..Default::default() };
     let first = generate(model, &prompt, &params, &Hooks::new(), |_| {}).unwrap();

@@ -229,10 +229,7 @@ fn steered_logits_match_transformers_hooks_on_the_same_weights() {
             ("none", vec![]),
             ("add", vec![feature_edit(&dictionary, feature("add_feature"), Operation::Add { strength: number("add_strength") }, Positions::All)]),
             ("clamp", vec![feature_edit(&dictionary, feature("clamp_feature"), Operation::Clamp { value: number("clamp_value") }, Positions::All)]),
-            (
-                "orthogonal",
-                vec![feature_edit(&dictionary, feature("orthogonal_feature"), Operation::Orthogonal { strength: number("orthogonal_strength") }, Positions::All)],
-            ),
+            ("orthogonal", vec![feature_edit(&dictionary, feature("orthogonal_feature"), Operation::Orthogonal { strength: number("orthogonal_strength") }, Positions::All)]),
         ];
         let clean: Vec<Vec<f32>> = reference[&format!("p{p}.none")].to_vec2().unwrap();
         for (name, edits) in edits {

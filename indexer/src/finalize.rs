@@ -100,9 +100,7 @@ pub fn feature_records(model: &Model, dictionary: &Dictionary, dictionary_id: &s
 }
 
 fn window_of<'w>(windows: &'w BTreeMap<u64, Window>, example: &Example, feature: u32) -> Result<&'w Window> {
-    windows
-        .get(&example.window)
-        .ok_or_else(|| IndexError::InvalidJob(format!("state has no window {} for feature {feature}; the checkpoint is inconsistent", example.window)))
+    windows.get(&example.window).ok_or_else(|| IndexError::InvalidJob(format!("state has no window {} for feature {feature}; the checkpoint is inconsistent", example.window)))
 }
 
 /// Every example of a dictionary (each feature's top examples, then its interval samples),

@@ -20,12 +20,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::checksum::{sha256_bytes, sha256_path};
-use loupe_corpus::CorpusSource;
 use crate::error::{IndexError, Result};
 use crate::finalize::{example_chunks, feature_records};
 use crate::pipeline::{run_pass, PassHooks, PassPlan, PassTimings, Progress, Shard};
 use crate::reducer::{DictionaryState, ReducerConfig, HISTOGRAM_BINS, INTERVAL_BINS};
 use crate::state::{Checkpoint, IndexState};
+use loupe_corpus::CorpusSource;
 
 /// Bumped when the reducer state or its meaning changes: old checkpoints are not resumed.
 const STATE_FORMAT: u32 = 1;
@@ -169,7 +169,10 @@ pub enum Outcome {
     /// store's last commit, this generation; nothing was done.
     UpToDate(Generation),
     /// This shard is done; `loupe index merge` commits when all are.
-    ShardDone { shard: Shard, pending: Vec<u64> },
+    ShardDone {
+        shard: Shard,
+        pending: Vec<u64>,
+    },
     Interrupted,
 }
 
@@ -299,7 +302,15 @@ impl Job {
         let run_key = self.run_key(first_ids)?;
         if !options.append && !options.force && options.shard == Shard::WHOLE {
             if let Some(generation) = self.up_to_date(&run_key)? {
-                return Ok(RunReport { outcome: Outcome::UpToDate(generation), tokens: 0, windows: 0, timings: PassTimings::default(), finalize: Duration::ZERO, commit: Duration::ZERO, resumed_from: 0 });
+                return Ok(RunReport {
+                    outcome: Outcome::UpToDate(generation),
+                    tokens: 0,
+                    windows: 0,
+                    timings: PassTimings::default(),
+                    finalize: Duration::ZERO,
+                    commit: Duration::ZERO,
+                    resumed_from: 0,
+                });
             }
         }
         let checkpoint_path = self.checkpoint_path(&run_key, options.shard);
@@ -376,9 +387,8 @@ impl Job {
         let mut merged: Option<IndexState> = None;
         for index in 0..count {
             let path = self.checkpoint_path(&run_key, Shard { index, count });
-            let state = Checkpoint::load(&path)?
-                .ok_or_else(|| IndexError::InvalidJob(format!("shard {index}/{count}'s checkpoint {} vanished during the merge; run the shard again", path.display())))?
-                .state;
+            let state =
+                Checkpoint::load(&path)?.ok_or_else(|| IndexError::InvalidJob(format!("shard {index}/{count}'s checkpoint {} vanished during the merge; run the shard again", path.display())))?.state;
             match merged.as_mut() {
                 None => merged = Some(state),
                 Some(m) => m.merge_shard(state)?,

@@ -11,9 +11,9 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use loupe_engine::lens::{self, Rows};
 use loupe_engine::{FeatureLens, SparseActs, TokenBatch};
 
-use loupe_corpus::{read_documents, CorpusSource, Document, Skipped};
 use crate::error::{IndexError, Result};
 use crate::state::{IndexState, SourceSummary};
+use loupe_corpus::{read_documents, CorpusSource, Document, Skipped};
 use loupe_corpus::{Window, WindowPacker};
 
 /// Which windows this process indexes: those with `index % count == index_of_shard`.

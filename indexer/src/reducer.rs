@@ -95,14 +95,7 @@ pub struct FeatureState {
 
 impl FeatureState {
     fn new() -> Self {
-        FeatureState {
-            fire_count: 0,
-            sum_fixed: 0,
-            max: 0.0,
-            histogram: DoublingBins::new(HISTOGRAM_BINS),
-            intervals: DoublingBins::new(INTERVAL_BINS),
-            top: Vec::new(),
-        }
+        FeatureState { fire_count: 0, sum_fixed: 0, max: 0.0, histogram: DoublingBins::new(HISTOGRAM_BINS), intervals: DoublingBins::new(INTERVAL_BINS), top: Vec::new() }
     }
 
     pub fn mean(&self) -> f64 {
@@ -249,11 +242,8 @@ mod tests {
         let items = stream();
         let state = run(&items);
         for feature in 0..4u32 {
-            let mut expected: Vec<(f32, u64)> = items
-                .iter()
-                .filter(|(f, ..)| *f == feature)
-                .filter_map(|(_, w, acts)| acts.iter().filter(|(p, v)| *p > 0 && *v > 0.0).map(|(_, v)| *v).reduce(f32::max).map(|m| (m, *w)))
-                .collect();
+            let mut expected: Vec<(f32, u64)> =
+                items.iter().filter(|(f, ..)| *f == feature).filter_map(|(_, w, acts)| acts.iter().filter(|(p, v)| *p > 0 && *v > 0.0).map(|(_, v)| *v).reduce(f32::max).map(|m| (m, *w))).collect();
             expected.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             expected.truncate(3);
             let got: Vec<(f32, u64)> = state.features[feature as usize].top.iter().map(|e| (e.activation, e.window)).collect();

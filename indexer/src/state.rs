@@ -5,10 +5,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use loupe_corpus::{CorpusSource, Skipped};
 use crate::error::{IndexError, Result};
 use crate::reducer::DictionaryState;
 use loupe_corpus::Window;
+use loupe_corpus::{CorpusSource, Skipped};
 
 /// What one corpus source contributed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,9 +93,7 @@ impl Checkpoint {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(IndexError::io(path, e)),
         };
-        bincode::deserialize(&bytes)
-            .map(Some)
-            .map_err(|e| IndexError::BadCheckpoint { path: path.into(), reason: format!("cannot be read ({e}); delete it to start the run over") })
+        bincode::deserialize(&bytes).map(Some).map_err(|e| IndexError::BadCheckpoint { path: path.into(), reason: format!("cannot be read ({e}); delete it to start the run over") })
     }
 
     /// Saves atomically: a kill at any moment leaves the previous or the new checkpoint.

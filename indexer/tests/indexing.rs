@@ -6,9 +6,9 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
+use loupe_corpus::CorpusSource;
 use loupe_corpus::TokenWindows;
 use loupe_engine::{Dictionary, Hooks, Logits, Model, TokenBatch};
-use loupe_corpus::CorpusSource;
 use loupe_indexer::reducer::{priority, HISTOGRAM_BINS, INTERVAL_BINS};
 use loupe_indexer::{DictionarySpec, Job, JobConfig, JobHooks, Outcome, RunOptions, Shard};
 use loupe_store::{ExampleKind, ExampleRecord, StoreReader};
@@ -18,7 +18,6 @@ use loupe_store::{ExampleKind, ExampleRecord, StoreReader};
 fn setup_home() -> PathBuf {
     std::env::var_os("LOUPE_HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/loupe"))
 }
-
 
 const CONTEXT: usize = 32;
 const BATCH: usize = 4;
@@ -157,11 +156,7 @@ fn top_examples_equal_a_brute_force_reference_and_reencode_alone() {
         expected.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         expected.truncate(TOP_K);
         let stored = by_feature.get(&(f as u32)).cloned().unwrap_or_default();
-        let top: Vec<Reference> = stored
-            .iter()
-            .filter(|e| e.kind == ExampleKind::Top)
-            .map(|e| (e.max_activation, e.window, e.max_position, e.activations.clone()))
-            .collect();
+        let top: Vec<Reference> = stored.iter().filter(|e| e.kind == ExampleKind::Top).map(|e| (e.max_activation, e.window, e.max_position, e.activations.clone())).collect();
         assert_eq!(top, expected, "feature {f}");
         let record = &features[f];
         assert_eq!(record.fire_count, fire_count[f], "feature {f}");

@@ -28,15 +28,7 @@ pub enum BlockSite {
 }
 
 impl BlockSite {
-    pub const ALL: [BlockSite; 7] = [
-        BlockSite::ResidPre,
-        BlockSite::AttnOut,
-        BlockSite::ResidMid,
-        BlockSite::Ln2Normalized,
-        BlockSite::MlpPost,
-        BlockSite::MlpOut,
-        BlockSite::ResidPost,
-    ];
+    pub const ALL: [BlockSite; 7] = [BlockSite::ResidPre, BlockSite::AttnOut, BlockSite::ResidMid, BlockSite::Ln2Normalized, BlockSite::MlpPost, BlockSite::MlpOut, BlockSite::ResidPost];
 
     /// The suffix after `blocks.{L}.`.
     pub fn suffix(self) -> &'static str {
@@ -60,7 +52,10 @@ impl BlockSite {
 pub enum HookPoint {
     /// Token embeddings (the residual stream entering block 0).
     Embed,
-    Block { layer: usize, site: BlockSite },
+    Block {
+        layer: usize,
+        site: BlockSite,
+    },
     /// Residual stream after the final norm, the input of the unembedding.
     FinalNormalized,
 }
@@ -148,11 +143,7 @@ impl FromStr for HookPoint {
         let rest = trimmed.strip_prefix("blocks.").ok_or_else(unknown)?;
         let (layer, suffix) = rest.split_once('.').ok_or_else(unknown)?;
         let layer = layer.parse::<usize>().map_err(|_| unknown())?;
-        let site = BlockSite::ALL
-            .iter()
-            .copied()
-            .find(|s| s.suffix() == suffix)
-            .ok_or_else(unknown)?;
+        let site = BlockSite::ALL.iter().copied().find(|s| s.suffix() == suffix).ok_or_else(unknown)?;
         Ok(HookPoint::block(layer, site))
     }
 }

@@ -240,8 +240,7 @@ pub fn dictionaries_from_batch(batch: &RecordBatch) -> Result<Vec<DictionaryReco
                 d_sae: c.u32("d_sae")?.value(i),
                 source_format: c.str("source_format")?.value(i).into(),
                 source_checksum: c.str("source_checksum")?.value(i).into(),
-                manifest: serde_json::from_str(manifest)
-                    .map_err(|e| StoreError::Column { table: tables::DICTIONARIES.into(), column: "manifest".into(), reason: e.to_string() })?,
+                manifest: serde_json::from_str(manifest).map_err(|e| StoreError::Column { table: tables::DICTIONARIES.into(), column: "manifest".into(), reason: e.to_string() })?,
                 created_at: c.str("created_at")?.value(i).into(),
             })
         })
@@ -289,11 +288,7 @@ pub fn examples_from_batch(batch: &RecordBatch) -> Result<Vec<ExampleRecord>> {
         .map(|i| {
             let kind = match c.str("kind")?.value(i) {
                 tables::KIND_TOP => ExampleKind::Top,
-                tables::KIND_INTERVAL => ExampleKind::Interval {
-                    index: c.u32("interval")?.value(i),
-                    low: c.f32("interval_low")?.value(i),
-                    high: c.f32("interval_high")?.value(i),
-                },
+                tables::KIND_INTERVAL => ExampleKind::Interval { index: c.u32("interval")?.value(i), low: c.f32("interval_low")?.value(i), high: c.f32("interval_high")?.value(i) },
                 other => return Err(StoreError::Column { table: tables::EXAMPLES.into(), column: "kind".into(), reason: format!("unknown kind {other:?}") }),
             };
             Ok(ExampleRecord {
@@ -330,14 +325,6 @@ pub fn labels_from_batch(batch: &RecordBatch) -> Result<Vec<LabelRecord>> {
     let (ids, features, authors) = (c.str("dictionary_id")?, c.u32("feature")?, c.str("author")?);
     let created = c.timestamp_us("created_at")?;
     (0..batch.num_rows())
-        .map(|i| {
-            Ok(LabelRecord {
-                dictionary_id: ids.value(i).into(),
-                feature: features.value(i),
-                label: c.opt_str("label", i)?,
-                author: authors.value(i).into(),
-                created_at_us: created.value(i),
-            })
-        })
+        .map(|i| Ok(LabelRecord { dictionary_id: ids.value(i).into(), feature: features.value(i), label: c.opt_str("label", i)?, author: authors.value(i).into(), created_at_us: created.value(i) }))
         .collect()
 }

@@ -73,10 +73,7 @@ pub fn create_or_check(root: &Path) -> Result<()> {
     if root.exists() {
         let mut entries = std::fs::read_dir(root).map_err(|e| StoreError::io(root, e))?;
         if entries.next().is_some() {
-            return Err(StoreError::NotAStore {
-                path: root.into(),
-                reason: format!("the directory is not empty and has no {MARKER} file; refusing to write into it (give a new or empty directory)"),
-            });
+            return Err(StoreError::NotAStore { path: root.into(), reason: format!("the directory is not empty and has no {MARKER} file; refusing to write into it (give a new or empty directory)") });
         }
     }
     std::fs::create_dir_all(root.join("generations")).map_err(|e| StoreError::io(root, e))?;
@@ -97,8 +94,7 @@ pub fn current(root: &Path) -> Result<Option<Generation>> {
 pub fn generation(root: &Path, generation: u64) -> Result<Generation> {
     let path = root.join("generations").join(format!("{generation}.json"));
     let latest = current(root)?.ok_or_else(|| StoreError::Empty { path: root.into() })?;
-    let text = std::fs::read_to_string(&path)
-        .map_err(|_| StoreError::NoSuchGeneration { path: root.into(), generation, latest: latest.generation })?;
+    let text = std::fs::read_to_string(&path).map_err(|_| StoreError::NoSuchGeneration { path: root.into(), generation, latest: latest.generation })?;
     serde_json::from_str(&text).map_err(|e| StoreError::Corrupt { path, reason: format!("not a generation record: {e}") })
 }
 

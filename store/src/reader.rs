@@ -6,15 +6,15 @@ use std::sync::{Arc, RwLock};
 
 use arrow_array::RecordBatch;
 use lance::Dataset;
-use tokio::sync::OnceCell;
 use loupe_schema::tables::{DICTIONARIES, EXAMPLES, FEATURES};
+use tokio::sync::OnceCell;
 
 use crate::arrow::{dictionaries_from_batch, examples_from_batch, features_from_batch};
 use crate::error::{Result, StoreError};
+use crate::labels::LabelCursor;
 use crate::layout::{self, Generation};
 use crate::locator::RowLocator;
 use crate::records::{DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord};
-use crate::labels::LabelCursor;
 use crate::search::{FeatureSite, SearchFilter, SearchIndex, SearchResults};
 use crate::tables::{open_at, quote, scan};
 use crate::taker::RowTaker;
@@ -97,10 +97,11 @@ impl StoreReader {
     async fn open_generation_record(root: &Path, generation: Generation) -> Result<Self> {
         let root = root.canonicalize().map_err(|e| StoreError::io(root, e))?;
         let version = |table: &str| {
-            generation.versions.get(table).copied().ok_or_else(|| StoreError::Corrupt {
-                path: root.join("CURRENT"),
-                reason: format!("generation {} names no version of table {table}", generation.generation),
-            })
+            generation
+                .versions
+                .get(table)
+                .copied()
+                .ok_or_else(|| StoreError::Corrupt { path: root.join("CURRENT"), reason: format!("generation {} names no version of table {table}", generation.generation) })
         };
         let dictionaries = open_at(&root, DICTIONARIES, version(DICTIONARIES)?).await?;
         let features = open_at(&root, FEATURES, version(FEATURES)?).await?;

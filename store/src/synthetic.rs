@@ -58,8 +58,18 @@ pub fn synthetic_dictionary(id: &str, n_features: usize, d: usize, seed: u64) ->
         let max = 1.0 + 20.0 * rng.unit();
         let density = 1e-5 + 0.05 * f64::from(rng.unit()).powi(3);
         let logit = |rng: &mut Rng, sign: f32, word: String| LogitEffect { token_id: rng.below(49_152) as u32, token: word, value: sign * rng.unit() };
-        let top_logits = (0..3).map(|_| { let w = word(&mut rng); logit(&mut rng, 1.0, w) }).collect();
-        let bottom_logits = (0..3).map(|_| { let w = word(&mut rng); logit(&mut rng, -1.0, w) }).collect();
+        let top_logits = (0..3)
+            .map(|_| {
+                let w = word(&mut rng);
+                logit(&mut rng, 1.0, w)
+            })
+            .collect();
+        let bottom_logits = (0..3)
+            .map(|_| {
+                let w = word(&mut rng);
+                logit(&mut rng, -1.0, w)
+            })
+            .collect();
         let decoder: Vec<f32> = (0..d).map(|_| rng.unit() - 0.5).collect();
         features.push(FeatureRecord {
             dictionary_id: id.into(),

@@ -36,10 +36,7 @@ pub async fn open_at(root: &Path, table: &str, version: u64) -> Result<Dataset> 
 
 /// One batch as the stream of moderate batches that Lance writes best.
 pub fn sliced(batch: RecordBatch) -> impl RecordBatchReader + Send + 'static {
-    let batches: Vec<RecordBatch> = (0..batch.num_rows())
-        .step_by(WRITE_BATCH_ROWS)
-        .map(|start| batch.slice(start, WRITE_BATCH_ROWS.min(batch.num_rows() - start)))
-        .collect();
+    let batches: Vec<RecordBatch> = (0..batch.num_rows()).step_by(WRITE_BATCH_ROWS).map(|start| batch.slice(start, WRITE_BATCH_ROWS.min(batch.num_rows() - start))).collect();
     RecordBatchIterator::new(batches.into_iter().map(Ok), batch.schema())
 }
 
@@ -85,10 +82,7 @@ pub async fn index_feature_column(dataset: &mut Dataset, table: &str) -> Result<
     if dataset.schema().field("feature").is_none() {
         return Ok(());
     }
-    dataset
-        .create_index(&["feature"], IndexType::BTree, Some("feature_idx".into()), &ScalarIndexParams::default(), true)
-        .await
-        .map_err(|e| StoreError::lance(table, e))?;
+    dataset.create_index(&["feature"], IndexType::BTree, Some("feature_idx".into()), &ScalarIndexParams::default(), true).await.map_err(|e| StoreError::lance(table, e))?;
     Ok(())
 }
 

@@ -63,7 +63,8 @@ impl RowTaker {
         })?;
         cell.get_or_try_init(|| async {
             let lance_err = |e| StoreError::lance(&self.table, e);
-            let fragment = self.dataset.get_fragment(id as usize).ok_or_else(|| StoreError::Corrupt { path: self.dataset.uri().into(), reason: format!("fragment {id} of {} is missing", self.table) })?;
+            let fragment =
+                self.dataset.get_fragment(id as usize).ok_or_else(|| StoreError::Corrupt { path: self.dataset.uri().into(), reason: format!("fragment {id} of {} is missing", self.table) })?;
             fragment.open(&self.projection, FragReadConfig::default()).await.map_err(lance_err)
         })
         .await

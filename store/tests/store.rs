@@ -1,6 +1,8 @@
 //! The store against real Lance datasets and a real tantivy index in temporary folders.
 
-use loupe_store::{append_labels, label_history, DictionaryCommit, DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord, LabelRecord, LogitEffect, Neighbour, SearchFilter, StoreReader, StoreWriter};
+use loupe_store::{
+    append_labels, label_history, DictionaryCommit, DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord, LabelRecord, LogitEffect, Neighbour, SearchFilter, StoreReader, StoreWriter,
+};
 
 fn dictionary(id: &str, layer: u32) -> DictionaryRecord {
     DictionaryRecord {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use loupe_query::Limits;
 use loupe_schema::proto::v1 as pb;
-use loupe_tests::{private_store, assert_code, clients, start_server};
+use loupe_tests::{assert_code, clients, private_store, start_server};
 use tonic::{Code, Request};
 
 /// A GetActivations call that runs every layer over ~1,000 tokens: long enough to be caught

@@ -233,7 +233,8 @@ async fn calibration_streams_roles_and_subscriptions() {
     let heard = tokio::time::timeout(Duration::from_secs(10), subscription.next()).await.expect("an alert within 10 s").unwrap().unwrap();
     assert_eq!(heard.alert_id, whole.alert_id);
     let words: Vec<String> = HARMFUL.split_inclusive(' ').map(String::from).collect();
-    let mut messages = vec![pb::StreamScoreRequest { event: Some(pb::stream_score_request::Event::Start(pb::StreamStart { monitors: vec!["calibrated".into()], id: "s1".into(), caller: Some("streamer".into()) })) }];
+    let mut messages =
+        vec![pb::StreamScoreRequest { event: Some(pb::stream_score_request::Event::Start(pb::StreamStart { monitors: vec!["calibrated".into()], id: "s1".into(), caller: Some("streamer".into()) })) }];
     messages.extend(words.iter().map(|w| pb::StreamScoreRequest { event: Some(pb::stream_score_request::Event::Text(w.clone())) }));
     messages.push(pb::StreamScoreRequest { event: Some(pb::stream_score_request::Event::End(true)) });
     let replies: Vec<pb::StreamScoreResponse> = client.stream_score(tokio_stream::iter(messages)).await.unwrap().into_inner().map(|r| r.unwrap()).collect().await;
@@ -251,10 +252,14 @@ async fn calibration_streams_roles_and_subscriptions() {
     assert_eq!(last.tokens as usize, ids.len(), "every token scored once the stream ends");
     let threshold = stored.threshold;
     let detector: Detector = default_monitor("harmful-request.json").detectors[0].clone();
-    let detector = Detector { threshold, signal: match &stored.signal.as_ref().unwrap().signal {
-        Some(pb::signal::Signal::Linear(l)) => Signal::Linear { hook: l.hook.parse().unwrap(), weights: l.weights.clone(), bias: l.bias },
-        _ => panic!("linear"),
-    }, ..detector };
+    let detector = Detector {
+        threshold,
+        signal: match &stored.signal.as_ref().unwrap().signal {
+            Some(pb::signal::Signal::Linear(l)) => Signal::Linear { hook: l.hook.parse().unwrap(), weights: l.weights.clone(), bias: l.bias },
+            _ => panic!("linear"),
+        },
+        ..detector
+    };
     let scope: Vec<bool> = ids.iter().map(|&t| !tokenizer.is_special(t)).collect();
     let (values, _) = run_detectors(&lens, std::slice::from_ref(&detector), &ids, &scope).unwrap().remove(0);
     let crossed = (1..ids.len()).find(|&t| loupe_engine::monitor::aggregate(&values[..=t], &scope[..=t], detector.aggregation) > threshold).unwrap();
@@ -424,7 +429,8 @@ async fn a_probe_trained_on_the_server_evaluates_the_same_token_by_token() {
     // The stored monitor reads the hook token by token and averages: on the test split it
     // ranks and decides exactly as the pooled probe did in training.
     let test: Vec<pb::LabelledText> = examples.iter().filter(|e| split_of(&e.text) == Split::Test).cloned().collect();
-    let evaluation = client.evaluate_monitor(pb::EvaluateMonitorRequest { monitor: "trained-harmful".into(), examples: test.clone(), bootstrap: 200, ..Default::default() }).await.unwrap().into_inner();
+    let evaluation =
+        client.evaluate_monitor(pb::EvaluateMonitorRequest { monitor: "trained-harmful".into(), examples: test.clone(), bootstrap: 200, ..Default::default() }).await.unwrap().into_inner();
     let d = &evaluation.detectors[0];
     let auroc = d.auroc.clone().unwrap();
     assert!((auroc.value - report.test_auroc).abs() < 1e-3, "evaluated {} vs trained {}", auroc.value, report.test_auroc);
@@ -437,7 +443,8 @@ async fn a_probe_trained_on_the_server_evaluates_the_same_token_by_token() {
 
     // A sparse probe: the 16 features that best separate the train split, stored as a
     // weighted feature set read at the dictionary's hook, evaluates as it was trained too.
-    let sparse = pb::TrainProbeRequest { method: pb::ProbeMethod::Sparse as i32, hook: String::new(), dictionary_id: DICTIONARY.into(), k: 16, monitor_name: "trained-sparse".into(), ..request.clone() };
+    let sparse =
+        pb::TrainProbeRequest { method: pb::ProbeMethod::Sparse as i32, hook: String::new(), dictionary_id: DICTIONARY.into(), k: 16, monitor_name: "trained-sparse".into(), ..request.clone() };
     let trained_sparse = client.train_probe(sparse).await.unwrap().into_inner();
     let sparse_report = trained_sparse.report.unwrap();
     match trained_sparse.detector.unwrap().signal.unwrap().signal.unwrap() {

@@ -3,7 +3,7 @@
 //! descriptors with their imports.
 
 use loupe_query::Limits;
-use loupe_tests::{private_store, channel, start_server};
+use loupe_tests::{channel, private_store, start_server};
 
 /// Lists the services, fetches the file declaring `loupe.v1.Features` and the shared file it
 /// imports, through one reflection version's generated client.

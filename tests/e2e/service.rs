@@ -4,7 +4,7 @@
 
 use loupe_query::Limits;
 use loupe_schema::proto::v1 as pb;
-use loupe_tests::{private_store, assert_code, clients, fref, start_server, DICTIONARY};
+use loupe_tests::{assert_code, clients, fref, private_store, start_server, DICTIONARY};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -45,11 +45,7 @@ async fn every_rpc_over_loopback() {
     assert!(dash.top_examples.windows(2).all(|w| w[0].max_activation >= w[1].max_activation));
 
     // SearchFeatures: the peak word of its best example finds it on the first page.
-    let hits = features
-        .search_features(pb::SearchFeaturesRequest { query: word.clone(), dictionary_id: Some(DICTIONARY.into()), limit: 20, ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner();
+    let hits = features.search_features(pb::SearchFeaturesRequest { query: word.clone(), dictionary_id: Some(DICTIONARY.into()), limit: 20, ..Default::default() }).await.unwrap().into_inner();
     assert!(hits.hits.iter().any(|h| h.feature.as_ref().unwrap().feature == f), "{word:?} did not find feature {f}: {hits:?}");
     let hit = &hits.hits[0];
     assert!(!hit.snippet.is_empty() && hit.score > 0.0);
@@ -61,11 +57,7 @@ async fn every_rpc_over_loopback() {
     // TopFeaturesForText on the stored top example: the feature is among the top features
     // of its max token, with the stored activation.
     let e = &dash.top_examples[0];
-    let text = features
-        .top_features_for_text(pb::TopFeaturesForTextRequest { token_ids: e.token_ids.clone(), k: 32, ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner();
+    let text = features.top_features_for_text(pb::TopFeaturesForTextRequest { token_ids: e.token_ids.clone(), k: 32, ..Default::default() }).await.unwrap().into_inner();
     let at_max = &text.tokens[e.max_position as usize];
     assert_eq!(at_max.position, e.max_position);
     let found = at_max.features.iter().find(|a| a.feature.as_ref().unwrap().feature == f).expect("feature among the max token's features");

@@ -23,13 +23,7 @@ async fn steering(addr: &str) -> SteeringClient<Channel> {
 }
 
 fn on_feature(feature: u32, operation: pb::Operation, strength: f32, unit: pb::Unit) -> pb::Intervention {
-    pb::Intervention {
-        target: Some(pb::intervention::Target::Feature(fref(feature).unwrap())),
-        operation: operation as i32,
-        strength,
-        unit: unit as i32,
-        ..Default::default()
-    }
+    pb::Intervention { target: Some(pb::intervention::Target::Feature(fref(feature).unwrap())), operation: operation as i32, strength, unit: unit as i32, ..Default::default() }
 }
 
 fn request(interventions: Vec<pb::Intervention>, max_new_tokens: u32) -> pb::SteerRequest {
@@ -42,12 +36,7 @@ fn ids(c: &Option<pb::Completion>) -> Vec<u32> {
 
 /// The activations of `feature` reported on each token of a completion.
 fn activations(c: &Option<pb::Completion>, feature: u32) -> Vec<f32> {
-    c.as_ref()
-        .expect("completion")
-        .tokens
-        .iter()
-        .map(|t| t.features.iter().find(|f| f.feature.as_ref().is_some_and(|r| r.feature == feature)).expect("the feature is reported").activation)
-        .collect()
+    c.as_ref().expect("completion").tokens.iter().map(|t| t.features.iter().find(|f| f.feature.as_ref().is_some_and(|r| r.feature == feature)).expect("the feature is reported").activation).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,10 +130,13 @@ async fn streams_match_the_unary_call_and_vectors_round_trip() {
     }
     assert!(matches!(events.first(), Some(pb::steer_event::Event::Started(_))));
     let streamed = |output: pb::Output| -> Vec<u32> {
-        events.iter().filter_map(|e| match e {
-            pb::steer_event::Event::Token(t) if t.output == output as i32 => t.token.as_ref().map(|t| t.token_id),
-            _ => None,
-        }).collect()
+        events
+            .iter()
+            .filter_map(|e| match e {
+                pb::steer_event::Event::Token(t) if t.output == output as i32 => t.token.as_ref().map(|t| t.token_id),
+                _ => None,
+            })
+            .collect()
     };
     assert_eq!(streamed(pb::Output::Default), ids(&unary.default));
     assert_eq!(streamed(pb::Output::Steered), ids(&unary.steered));
@@ -198,12 +190,7 @@ async fn streams_match_the_unary_call_and_vectors_round_trip() {
     assert_code(client.create_vector(create.clone()).await, Code::AlreadyExists, "weddings");
     let listed = client.list_vectors(pb::ListVectorsRequest {}).await.unwrap().into_inner();
     assert_eq!(listed.vectors.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), vec!["weddings"]);
-    let by_name = pb::Intervention {
-        target: Some(pb::intervention::Target::VectorName("weddings".into())),
-        operation: pb::Operation::Add as i32,
-        strength: 8.0,
-        ..Default::default()
-    };
+    let by_name = pb::Intervention { target: Some(pb::intervention::Target::VectorName("weddings".into())), operation: pb::Operation::Add as i32, strength: 8.0, ..Default::default() };
     let r = client.steer(pb::SteerRequest { temperature: 0.0, ..request(vec![by_name.clone()], 12) }).await.unwrap().into_inner();
     assert_ne!(ids(&r.default), ids(&r.steered), "adding 8x the contrast vector changes the completion");
     assert_eq!(r.interventions[0].target, "vector weddings");

@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use candle_core::{Tensor, D};
 use loupe_schema::hook::HookPoint;
 
-use loupe_engine::Dictionary;
-use loupe_corpus::TokenWindows;
 use crate::error::Result;
-use loupe_engine::{ForwardContext, Hooks};
+use loupe_corpus::TokenWindows;
 use loupe_engine::lens::{run_parts, Read, Rows};
+use loupe_engine::Dictionary;
+use loupe_engine::{ForwardContext, Hooks};
 use loupe_engine::{Logits, Model, TokenBatch};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -55,13 +55,7 @@ struct Sums {
 
 /// Evaluates `dictionary` on the windows, `batch_size` windows per forward pass.
 /// `progress` is told how many windows were done after each batch.
-pub fn evaluate(
-    model: &Model,
-    dictionary: Arc<Dictionary>,
-    windows: &TokenWindows,
-    batch_size: usize,
-    mut progress: impl FnMut(usize),
-) -> Result<QualityReport> {
+pub fn evaluate(model: &Model, dictionary: Arc<Dictionary>, windows: &TokenWindows, batch_size: usize, mut progress: impl FnMut(usize)) -> Result<QualityReport> {
     dictionary.check_model(model.config())?;
     let info = dictionary.info().clone();
     let mut sums = Sums { sum: vec![0.0; info.d_out], sum_squares: vec![0.0; info.d_out], fired: vec![false; info.d_sae], ..Sums::default() };

@@ -273,8 +273,7 @@ fn save_checkpoint(dir: &Path, run: &Run) -> Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     let tensors_path = tmp.join("state.safetensors");
-    candle_core::safetensors::save(&tensors, &tensors_path)
-        .map_err(|e| TrainError::BadFile { path: tensors_path.clone(), format: "safetensors", reason: format!("cannot write: {e}") })?;
+    candle_core::safetensors::save(&tensors, &tensors_path).map_err(|e| TrainError::BadFile { path: tensors_path.clone(), format: "safetensors", reason: format!("cannot write: {e}") })?;
     let state_path = tmp.join("state.json");
     std::fs::write(&state_path, serde_json::to_string_pretty(&run.state).unwrap_or_default()).map_err(|e| TrainError::io(&state_path, e))?;
     let old = dir.with_extension("old");
@@ -293,20 +292,13 @@ fn load_checkpoint(dir: &Path, config: &TrainConfig) -> Result<Option<Run>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
-    let state: CheckpointState = serde_json::from_str(&text)
-        .map_err(|e| TrainError::BadFile { path: state_path.clone(), format: "checkpoint state", reason: e.to_string() })?;
+    let state: CheckpointState = serde_json::from_str(&text).map_err(|e| TrainError::BadFile { path: state_path.clone(), format: "checkpoint state", reason: e.to_string() })?;
     if &state.config != config {
-        return Err(TrainError::InvalidInput(format!(
-            "{} holds a checkpoint of a run with other settings; resume it with the same settings, or delete it to start over",
-            dir.display()
-        )));
+        return Err(TrainError::InvalidInput(format!("{} holds a checkpoint of a run with other settings; resume it with the same settings, or delete it to start over", dir.display())));
     }
     let tensors_path = dir.join("state.safetensors");
-    let mut tensors = candle_core::safetensors::load(&tensors_path, &Device::Cpu)
-        .map_err(|e| TrainError::BadFile { path: tensors_path.clone(), format: "safetensors", reason: e.to_string() })?;
-    let mut take = |name: &str| {
-        tensors.remove(name).ok_or_else(|| TrainError::MissingTensor { path: tensors_path.clone(), tensor: name.into(), family: "a training checkpoint".into() })
-    };
+    let mut tensors = candle_core::safetensors::load(&tensors_path, &Device::Cpu).map_err(|e| TrainError::BadFile { path: tensors_path.clone(), format: "safetensors", reason: e.to_string() })?;
+    let mut take = |name: &str| tensors.remove(name).ok_or_else(|| TrainError::MissingTensor { path: tensors_path.clone(), tensor: name.into(), family: "a training checkpoint".into() });
     let mut host = |name: &str| -> Result<Vec<f32>> { Ok(take(name)?.to_dtype(DType::F32)?.to_vec1()?) };
     let mut params = Vec::new();
     let mut moments = Vec::new();

@@ -13,8 +13,8 @@ use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
 use super::adam::{self, AdamParams, Moments};
-use loupe_engine::dictionary::activation::top_k;
 use crate::error::Result;
+use loupe_engine::dictionary::activation::top_k;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -207,22 +207,17 @@ impl TrainableSae {
         let mut grad_w_enc_t = vec![0f32; n * d];
         let mut grad_w_dec = vec![0f32; n * d];
         let mut grad_b_enc = vec![0f32; n];
-        grad_w_enc_t
-            .par_chunks_mut(d)
-            .zip(grad_w_dec.par_chunks_mut(d))
-            .zip(grad_b_enc.par_iter_mut())
-            .enumerate()
-            .for_each(|(j, ((g_enc, g_dec), g_b))| {
-                for &i in &order[starts[j]..starts[j + 1]] {
-                    let term = &terms[i as usize];
-                    let t = term.token as usize;
-                    let x_row = &xc[t * d..(t + 1) * d];
-                    let out_grad = if term.aux { &grad_aux[t * d..(t + 1) * d] } else { &grad_x_hat[t * d..(t + 1) * d] };
-                    *g_b += term.grad_pre;
-                    g_enc.iter_mut().zip(x_row).for_each(|(g, x)| *g += term.grad_pre * x);
-                    g_dec.iter_mut().zip(out_grad).for_each(|(g, o)| *g += term.value * o);
-                }
-            });
+        grad_w_enc_t.par_chunks_mut(d).zip(grad_w_dec.par_chunks_mut(d)).zip(grad_b_enc.par_iter_mut()).enumerate().for_each(|(j, ((g_enc, g_dec), g_b))| {
+            for &i in &order[starts[j]..starts[j + 1]] {
+                let term = &terms[i as usize];
+                let t = term.token as usize;
+                let x_row = &xc[t * d..(t + 1) * d];
+                let out_grad = if term.aux { &grad_aux[t * d..(t + 1) * d] } else { &grad_x_hat[t * d..(t + 1) * d] };
+                *g_b += term.grad_pre;
+                g_enc.iter_mut().zip(x_row).for_each(|(g, x)| *g += term.grad_pre * x);
+                g_dec.iter_mut().zip(out_grad).for_each(|(g, o)| *g += term.value * o);
+            }
+        });
 
         // b_dec enters the reconstruction directly and the encoder input as -b_dec.
         let mut by_token: Vec<Vec<&Term>> = (0..batch).map(|_| Vec::new()).collect();
@@ -347,10 +342,7 @@ mod tests {
             let err: Vec<f32> = sae.decode_rows(&codes, true).iter().zip(&x).map(|(h, v)| h - v).collect();
             let fvu = err.iter().map(|e| (*e as f64).powi(2)).sum::<f64>() / total_variance(&x, d);
             let Some(resid) = residual else { return (err, fvu) };
-            let aux_codes: Vec<_> = pre
-                .chunks(n)
-                .map(|r| top_k(&r.iter().zip(&dead).map(|(&v, &dd)| if dd { v } else { f32::NEG_INFINITY }).collect::<Vec<_>>(), 2))
-                .collect();
+            let aux_codes: Vec<_> = pre.chunks(n).map(|r| top_k(&r.iter().zip(&dead).map(|(&v, &dd)| if dd { v } else { f32::NEG_INFINITY }).collect::<Vec<_>>(), 2)).collect();
             let pred = sae.decode_rows(&aux_codes, false);
             let aux = pred.iter().zip(resid).map(|(p, r)| ((p - r) as f64).powi(2)).sum::<f64>() / total_variance(resid, d);
             (err, fvu + 0.5 * aux)

@@ -10,10 +10,10 @@ use loupe_schema::hook::HookPoint;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use loupe_corpus::TokenWindows;
 use crate::error::Result;
-use loupe_engine::Hooks;
+use loupe_corpus::TokenWindows;
 use loupe_engine::lens::{run_parts, Read, Rows};
+use loupe_engine::Hooks;
 use loupe_engine::{Model, TokenBatch};
 
 pub struct ActivationStream<'a> {

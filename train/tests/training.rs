@@ -16,7 +16,6 @@ fn setup_home() -> PathBuf {
     std::env::var_os("LOUPE_HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/loupe"))
 }
 
-
 fn engine_fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures")
 }
@@ -168,4 +167,3 @@ fn the_default_dictionary_meets_its_quality_bar_on_held_out_text() {
     assert!(report.ce_loss_recovered >= 0.8, "CE loss recovered {}", report.ce_loss_recovered);
     assert!((report.l0 - 32.0).abs() < 1e-9, "a TopK-32 dictionary: L0 {}", report.l0);
 }
-

@@ -42,16 +42,8 @@ impl Activation {
     fn apply_row(&self, row: &[f32]) -> Vec<(u32, f32)> {
         match self {
             Activation::Relu => nonzero(row.iter().map(|&h| h.max(0.0))),
-            Activation::JumpRelu { threshold } => {
-                nonzero(row.iter().zip(threshold).map(|(&h, &t)| if h > t { h.max(0.0) } else { 0.0 }))
-            }
-            Activation::Gated { r_mag_exp, b_mag, b_gate } => nonzero(row.iter().enumerate().map(|(i, &h)| {
-                if h + b_gate[i] > 0.0 {
-                    (h * r_mag_exp[i] + b_mag[i]).max(0.0)
-                } else {
-                    0.0
-                }
-            })),
+            Activation::JumpRelu { threshold } => nonzero(row.iter().zip(threshold).map(|(&h, &t)| if h > t { h.max(0.0) } else { 0.0 })),
+            Activation::Gated { r_mag_exp, b_mag, b_gate } => nonzero(row.iter().enumerate().map(|(i, &h)| if h + b_gate[i] > 0.0 { (h * r_mag_exp[i] + b_mag[i]).max(0.0) } else { 0.0 })),
             Activation::TopK { k } => top_k(row, *k),
             Activation::GroupMax { k } => group_max(row, *k),
         }
@@ -74,8 +66,7 @@ pub fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
     if k < row.len() {
         order.select_nth_unstable_by(k - 1, descending);
     }
-    let mut chosen: Vec<(u32, f32)> =
-        order[..k].iter().map(|&i| (i, row[i as usize].max(0.0))).filter(|&(_, v)| v > 0.0).collect();
+    let mut chosen: Vec<(u32, f32)> = order[..k].iter().map(|&i| (i, row[i as usize].max(0.0))).filter(|&(_, v)| v > 0.0).collect();
     chosen.sort_unstable_by_key(|&(i, _)| i);
     chosen
 }
@@ -89,8 +80,7 @@ fn group_max(row: &[f32], k: usize) -> Vec<(u32, f32)> {
         .enumerate()
         .filter_map(|(g, values)| {
             // First maximum of the group, as torch's max() returns.
-            let (offset, &value) =
-                values.iter().enumerate().fold((0, &f32::NEG_INFINITY), |best, (i, v)| if *v > *best.1 { (i, v) } else { best });
+            let (offset, &value) = values.iter().enumerate().fold((0, &f32::NEG_INFINITY), |best, (i, v)| if *v > *best.1 { (i, v) } else { best });
             let value = value.max(0.0);
             (value > 0.0).then_some(((g * group + offset) as u32, value))
         })

@@ -70,7 +70,9 @@ pub enum InputNorm {
     ConstantNormRescale,
     /// `(x - mean) / (std + eps)` with torch's unbiased std; the output is `y · std + mean`
     /// (SAELens adds eps on the way in only).
-    LayerNorm { eps: f32 },
+    LayerNorm {
+        eps: f32,
+    },
 }
 
 /// How one token's output is de-normalised: `y * out_scale + shift`.
@@ -155,10 +157,7 @@ impl Dictionary {
                     return Err(EngineError::HookOutOfRange { hook: hook.to_string(), n_layers: model.n_layers });
                 }
                 Some(expected) if expected != width => {
-                    return Err(EngineError::DictionaryMismatch {
-                        path: info.source.clone(),
-                        reason: format!("{field} is {width}, but the model's {hook} has width {expected}"),
-                    });
+                    return Err(EngineError::DictionaryMismatch { path: info.source.clone(), reason: format!("{field} is {width}, but the model's {hook} has width {expected}") });
                 }
                 Some(_) => {}
             }
@@ -168,8 +167,7 @@ impl Dictionary {
 
     /// Validates shapes and values and prepares the decoder for sparse use.
     pub fn from_parts(parts: DictionaryParts) -> Result<Self> {
-        let DictionaryParts { info, w_enc, b_enc, w_dec, b_dec, input_bias, input_norm, activation, rescale_by_decoder_norm, skip } =
-            parts;
+        let DictionaryParts { info, w_enc, b_enc, w_dec, b_dec, input_bias, input_norm, activation, rescale_by_decoder_norm, skip } = parts;
         let (d_in, d_sae, d_out) = (info.d_in, info.d_sae, info.d_out);
         let mut checks: Vec<(&str, &Tensor, Vec<usize>)> =
             vec![("W_enc", &w_enc, vec![d_in, d_sae]), ("b_enc", &b_enc, vec![d_sae]), ("W_dec", &w_dec, vec![d_sae, d_out]), ("b_dec", &b_dec, vec![d_out])];
@@ -192,26 +190,11 @@ impl Dictionary {
             Activation::Relu => true,
         };
         if !per_latent_ok {
-            return Err(EngineError::DictionaryMismatch {
-                path: info.source.clone(),
-                reason: format!("{} parameters do not fit d_sae = {d_sae}", activation.name()),
-            });
+            return Err(EngineError::DictionaryMismatch { path: info.source.clone(), reason: format!("{} parameters do not fit d_sae = {d_sae}", activation.name()) });
         }
         let w_dec_host: Vec<f32> = w_dec.flatten_all()?.to_vec1()?;
-        let decoder_norms = rescale_by_decoder_norm
-            .then(|| w_dec_host.chunks(d_out).map(|row| row.iter().map(|v| v * v).sum::<f32>().sqrt()).collect());
-        Ok(Dictionary {
-            info,
-            w_enc: w_enc.contiguous()?,
-            b_enc,
-            w_dec: w_dec_host,
-            b_dec: b_dec.to_vec1()?,
-            input_bias,
-            input_norm,
-            activation,
-            decoder_norms,
-            skip,
-        })
+        let decoder_norms = rescale_by_decoder_norm.then(|| w_dec_host.chunks(d_out).map(|row| row.iter().map(|v| v * v).sum::<f32>().sqrt()).collect());
+        Ok(Dictionary { info, w_enc: w_enc.contiguous()?, b_enc, w_dec: w_dec_host, b_dec: b_dec.to_vec1()?, input_bias, input_norm, activation, decoder_norms, skip })
     }
 
     pub fn info(&self) -> &DictionaryInfo {
@@ -322,10 +305,7 @@ impl Dictionary {
     fn as_rows(&self, x: &Tensor, width: usize, what: &str) -> Result<Tensor> {
         let dims = x.dims();
         if dims.last() != Some(&width) {
-            return Err(EngineError::InvalidInput(format!(
-                "{what} of dictionary {} has shape {dims:?}, expected [..., {width}]",
-                self.info.source.display()
-            )));
+            return Err(EngineError::InvalidInput(format!("{what} of dictionary {} has shape {dims:?}, expected [..., {width}]", self.info.source.display())));
         }
         Ok(x.to_dtype(DType::F32)?.reshape(((), width))?)
     }
@@ -358,20 +338,12 @@ pub(crate) fn check_tensor(path: &Path, name: &str, tensor: &Tensor, shape: &[us
     let dims = tensor.dims();
     if dims != shape {
         let transposed = dims.len() == 2 && shape.len() == 2 && dims[0] == shape[1] && dims[1] == shape[0];
-        let reason = if transposed {
-            format!("has shape {dims:?}, expected {shape:?}: it looks transposed")
-        } else {
-            format!("has shape {dims:?}, expected {shape:?}")
-        };
+        let reason = if transposed { format!("has shape {dims:?}, expected {shape:?}: it looks transposed") } else { format!("has shape {dims:?}, expected {shape:?}") };
         return Err(EngineError::BadTensor { path: path.into(), tensor: name.into(), reason });
     }
     let values: Vec<f32> = tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     if let Some(at) = values.iter().position(|v| !v.is_finite()) {
-        return Err(EngineError::BadTensor {
-            path: path.into(),
-            tensor: name.into(),
-            reason: format!("value {} at flat index {at} is not finite (NaN or infinity)", values[at]),
-        });
+        return Err(EngineError::BadTensor { path: path.into(), tensor: name.into(), reason: format!("value {} at flat index {at} is not finite (NaN or infinity)", values[at]) });
     }
     Ok(())
 }

@@ -68,21 +68,19 @@ impl CustomOp1 for MaskedSoftmax<'_> {
         }
         let mut dst = vec![0f32; src.len()];
         let rows_per_seq = heads * seq;
-        dst.par_chunks_mut(kv_len).zip(src.par_chunks(kv_len)).enumerate().with_min_len(MIN_ROWS_PER_TASK).for_each(
-            |(row, (out, scores))| {
-                let b = row / rows_per_seq;
-                let i = row % seq;
-                let visible = (self.offset + i + 1).min(self.offset + self.lengths[b]).min(kv_len);
-                let max = scores[..visible].iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s)) * self.scale;
-                let mut sum = 0f32;
-                for (o, &s) in out[..visible].iter_mut().zip(&scores[..visible]) {
-                    *o = (s * self.scale - max).exp();
-                    sum += *o;
-                }
-                let inv = 1.0 / sum;
-                out[..visible].iter_mut().for_each(|o| *o *= inv);
-            },
-        );
+        dst.par_chunks_mut(kv_len).zip(src.par_chunks(kv_len)).enumerate().with_min_len(MIN_ROWS_PER_TASK).for_each(|(row, (out, scores))| {
+            let b = row / rows_per_seq;
+            let i = row % seq;
+            let visible = (self.offset + i + 1).min(self.offset + self.lengths[b]).min(kv_len);
+            let max = scores[..visible].iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s)) * self.scale;
+            let mut sum = 0f32;
+            for (o, &s) in out[..visible].iter_mut().zip(&scores[..visible]) {
+                *o = (s * self.scale - max).exp();
+                sum += *o;
+            }
+            let inv = 1.0 / sum;
+            out[..visible].iter_mut().for_each(|o| *o *= inv);
+        });
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
 }

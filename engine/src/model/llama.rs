@@ -61,11 +61,7 @@ impl Llama {
         let kv_out = config.n_kv_heads * config.head_dim;
         let ff = config.intermediate_size;
         let embed = weights.take("model.embed_tokens.weight", &[config.vocab_size, d], FAMILY)?;
-        let unembed = if weights.contains("lm_head.weight") {
-            weights.take("lm_head.weight", &[config.vocab_size, d], FAMILY)?
-        } else {
-            embed.clone()
-        };
+        let unembed = if weights.contains("lm_head.weight") { weights.take("lm_head.weight", &[config.vocab_size, d], FAMILY)? } else { embed.clone() };
         let unembed = unembed.t()?.contiguous()?;
         let mut blocks = Vec::with_capacity(config.n_layers);
         for layer in 0..config.n_layers {
@@ -129,9 +125,7 @@ impl Llama {
         let (h, kv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
         let groups = h / kv;
         let qkv = cpu_ops::linear(&x.reshape((b * t, c.hidden_size))?, &w.qkv)?;
-        let heads = |start: usize, n: usize| -> candle_core::Result<Tensor> {
-            qkv.narrow(1, start * hd, n * hd)?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
-        };
+        let heads = |start: usize, n: usize| -> candle_core::Result<Tensor> { qkv.narrow(1, start * hd, n * hd)?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous() };
         let q = candle_nn::rotary_emb::rope(&heads(0, h)?, &pass.cos, &pass.sin)?;
         let k = candle_nn::rotary_emb::rope(&heads(h, kv)?, &pass.cos, &pass.sin)?;
         let v = heads(h + kv, kv)?;
@@ -144,8 +138,7 @@ impl Llama {
         // needs no copy of K and V per query head.
         let scores = q.reshape((b, kv, groups * t, hd))?.matmul(&k.t()?)?.reshape((b, h, t, kv_len))?;
         let scale = 1.0 / (hd as f32).sqrt();
-        let probs = cpu_ops::masked_softmax(&scores, scale, &pass.ctx.lengths, pass.ctx.position_offset)?
-            .reshape((b, kv, groups * t, kv_len))?;
+        let probs = cpu_ops::masked_softmax(&scores, scale, &pass.ctx.lengths, pass.ctx.position_offset)?.reshape((b, kv, groups * t, kv_len))?;
         let mixed = probs.matmul(&v.contiguous()?)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b * t, h * hd))?;
         Ok(cpu_ops::linear(&mixed, &w.out)?.reshape((b, t, c.hidden_size))?)
     }
@@ -200,10 +193,7 @@ impl LanguageModel for Llama {
         hooks.validate(c.n_layers)?;
         let (b, t) = batch.ids.dims2()?;
         if b != batch.lengths.len() || batch.lengths.iter().any(|&l| l == 0 || l > t) {
-            return Err(EngineError::InvalidInput(format!(
-                "batch lengths {:?} do not fit token ids of shape [{b}, {t}]",
-                batch.lengths
-            )));
+            return Err(EngineError::InvalidInput(format!("batch lengths {:?} do not fit token ids of shape [{b}, {t}]", batch.lengths)));
         }
         let offset = cache.as_ref().map_or(0, |c| c.seq_len());
         let last_block = self.last_block(hooks, logits);
@@ -227,15 +217,7 @@ impl LanguageModel for Llama {
             return Err(EngineError::InvalidInput(format!("token id {max_id} is outside the vocabulary (size {})", c.vocab_size)));
         }
         let (cos, sin) = rope::tables(c.rope_theta, c.head_dim, offset, t)?;
-        let mut pass = Pass {
-            hooks,
-            ctx: ForwardContext { position_offset: offset, lengths: batch.lengths.clone() },
-            captured: BTreeMap::new(),
-            cos,
-            sin,
-            batch: b,
-            seq: t,
-        };
+        let mut pass = Pass { hooks, ctx: ForwardContext { position_offset: offset, lengths: batch.lengths.clone() }, captured: BTreeMap::new(), cos, sin, batch: b, seq: t };
         let x = self.embed.index_select(&batch.ids.flatten_all()?, 0)?.reshape((b, t, c.hidden_size))?;
         let mut x = pass.hook(HookPoint::Embed, x)?;
         if let Some(last) = last_block {

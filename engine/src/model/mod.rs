@@ -160,9 +160,7 @@ impl Model {
     }
 
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
-        self.tokenizer.as_ref().ok_or_else(|| {
-            EngineError::Tokenizer(format!("{} has no tokenizer (expected tokenizer.json beside config.json)", self.source.display()))
-        })
+        self.tokenizer.as_ref().ok_or_else(|| EngineError::Tokenizer(format!("{} has no tokenizer (expected tokenizer.json beside config.json)", self.source.display())))
     }
 
     pub fn forward(&self, batch: &TokenBatch, hooks: &Hooks, logits: Logits, cache: Option<&mut KvCache>) -> Result<ForwardOutput> {
@@ -193,4 +191,3 @@ fn build_family(config: ModelConfig, mut weights: weights::WeightMap) -> Result<
     }
     Ok(model)
 }
-

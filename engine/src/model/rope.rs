@@ -6,9 +6,7 @@ use candle_core::{Device, Tensor};
 /// computed in f32 the way transformers does (inverse frequencies, then position products).
 pub fn tables(theta: f64, head_dim: usize, offset: usize, seq: usize) -> candle_core::Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0f32 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
-        .collect();
+    let inv_freq: Vec<f32> = (0..half).map(|i| 1.0f32 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
     let mut cos = Vec::with_capacity(seq * half);
     let mut sin = Vec::with_capacity(seq * half);
     for pos in offset..offset + seq {

@@ -27,11 +27,7 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
         let mut reader = BufReader::new(file);
-        let content = gguf_file::Content::read(&mut reader).map_err(|e| EngineError::BadFile {
-            path: path.into(),
-            format: "GGUF",
-            reason: e.to_string(),
-        })?;
+        let content = gguf_file::Content::read(&mut reader).map_err(|e| EngineError::BadFile { path: path.into(), format: "GGUF", reason: e.to_string() })?;
         Ok(GgufFile { path: path.into(), content })
     }
 
@@ -111,11 +107,7 @@ fn unpermute_rope_rows(hf_name: &str, w: Tensor, config: &ModelConfig) -> Result
         // Leave it to the model's shape check, which names the tensor and both shapes.
         return Ok(w);
     }
-    let w = w
-        .reshape((n_heads, config.head_dim / 2, 2, cols))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((rows, cols))?;
+    let w = w.reshape((n_heads, config.head_dim / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?;
     Ok(w)
 }
 
@@ -135,11 +127,7 @@ mod tests {
         // llama.cpp: w.reshape(n_head, 2, hd/2, cols).swapaxes(1, 2).reshape(rows, cols)
         let (n_heads, head_dim, cols) = (2usize, 4usize, 3usize);
         let hf = Tensor::arange(0f32, (n_heads * head_dim * cols) as f32, &Device::Cpu)?.reshape((n_heads * head_dim, cols))?;
-        let permuted = hf
-            .reshape((n_heads, 2, head_dim / 2, cols))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((n_heads * head_dim, cols))?;
+        let permuted = hf.reshape((n_heads, 2, head_dim / 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((n_heads * head_dim, cols))?;
         let config = ModelConfig {
             architecture: crate::config::Architecture::Llama,
             vocab_size: 1,

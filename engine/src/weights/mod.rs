@@ -34,18 +34,9 @@ impl WeightMap {
     /// Removes and returns a tensor, checking its shape. `family` names the model that needs
     /// it, for the error message.
     pub fn take(&mut self, name: &str, shape: &[usize], family: &'static str) -> Result<Tensor> {
-        let tensor = self.tensors.remove(name).ok_or_else(|| EngineError::MissingTensor {
-            path: self.path.clone(),
-            tensor: name.into(),
-            family: family.into(),
-        })?;
+        let tensor = self.tensors.remove(name).ok_or_else(|| EngineError::MissingTensor { path: self.path.clone(), tensor: name.into(), family: family.into() })?;
         if tensor.dims() != shape {
-            return Err(EngineError::WrongShape {
-                path: self.path.clone(),
-                tensor: name.into(),
-                expected: shape.to_vec(),
-                actual: tensor.dims().to_vec(),
-            });
+            return Err(EngineError::WrongShape { path: self.path.clone(), tensor: name.into(), expected: shape.to_vec(), actual: tensor.dims().to_vec() });
         }
         Ok(tensor)
     }

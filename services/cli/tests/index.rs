@@ -34,9 +34,9 @@ fn index_command(store: &Path, corpora: &[&Path], extra: &[&str]) -> Command {
 /// Whether a run checkpoint under `store/jobs/` was written after `since`.
 fn checkpointed_since(store: &Path, since: std::time::SystemTime) -> bool {
     let Ok(jobs) = std::fs::read_dir(store.join("jobs")) else { return false };
-    jobs.flatten().flat_map(|job| std::fs::read_dir(job.path()).into_iter().flatten().flatten()).any(|f| {
-        f.file_name().to_string_lossy().ends_with(".ckpt") && f.metadata().and_then(|m| m.modified()).is_ok_and(|m| m > since)
-    })
+    jobs.flatten()
+        .flat_map(|job| std::fs::read_dir(job.path()).into_iter().flatten().flatten())
+        .any(|f| f.file_name().to_string_lossy().ends_with(".ckpt") && f.metadata().and_then(|m| m.modified()).is_ok_and(|m| m > since))
 }
 
 fn run_ok(mut command: Command) -> serde_json::Value {

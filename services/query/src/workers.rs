@@ -92,10 +92,7 @@ impl ModelWorkers {
         let queued = self.in_flight.fetch_add(1, Ordering::SeqCst);
         let _guard = InFlight(&self.in_flight);
         if queued >= self.workers + self.max_waiting {
-            return Err(ServiceError::ResourceExhausted(format!(
-                "the model is busy: {queued} requests are running or waiting (limit {}); retry later",
-                self.workers + self.max_waiting
-            )));
+            return Err(ServiceError::ResourceExhausted(format!("the model is busy: {queued} requests are running or waiting (limit {}); retry later", self.workers + self.max_waiting)));
         }
         let cancel = Arc::new(AtomicBool::new(false));
         let _cancel_on_drop = CancelOnDrop(cancel.clone());
@@ -111,9 +108,9 @@ impl ModelWorkers {
             result.await.map_err(|_| ServiceError::Internal("the model worker dropped the call".into()))?
         };
         match deadline {
-            Some(deadline) => tokio::time::timeout(deadline, job)
-                .await
-                .map_err(|_| ServiceError::DeadlineExceeded(format!("the deadline of {} ms passed before the model finished", deadline.as_millis())))?,
+            Some(deadline) => {
+                tokio::time::timeout(deadline, job).await.map_err(|_| ServiceError::DeadlineExceeded(format!("the deadline of {} ms passed before the model finished", deadline.as_millis())))?
+            }
             None => job.await,
         }
     }

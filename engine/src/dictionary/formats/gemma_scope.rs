@@ -29,35 +29,14 @@ pub fn load_v1(npz: &Path) -> Result<DictionaryParts> {
     let b_enc = tensors.take("b_enc", &[d_sae])?;
     let b_dec = tensors.take("b_dec", &[d_in])?;
     let threshold = host(&tensors.take("threshold", &[d_sae])?)?;
-    let info = DictionaryInfo {
-        format: Format::GemmaScope,
-        architecture: "jumprelu".into(),
-        hook_in: hook,
-        hook_out: hook,
-        d_in,
-        d_sae,
-        d_out: d_in,
-        model_name: None,
-        source: npz.into(),
-    };
+    let info = DictionaryInfo { format: Format::GemmaScope, architecture: "jumprelu".into(), hook_in: hook, hook_out: hook, d_in, d_sae, d_out: d_in, model_name: None, source: npz.into() };
     Ok(jumprelu_parts(info, [w_enc, b_enc, w_dec, b_dec], threshold, None))
 }
 
 /// Both Gemma Scope versions: JumpReLU on `x · W_enc + b_enc`, nothing subtracted or
 /// normalised on the way in.
 fn jumprelu_parts(info: DictionaryInfo, [w_enc, b_enc, w_dec, b_dec]: [Tensor; 4], threshold: Vec<f32>, skip: Option<Skip>) -> DictionaryParts {
-    DictionaryParts {
-        info,
-        w_enc,
-        b_enc,
-        w_dec,
-        b_dec,
-        input_bias: None,
-        input_norm: InputNorm::None,
-        activation: Activation::JumpRelu { threshold },
-        rescale_by_decoder_norm: false,
-        skip,
-    }
+    DictionaryParts { info, w_enc, b_enc, w_dec, b_dec, input_bias: None, input_norm: InputNorm::None, activation: Activation::JumpRelu { threshold }, rescale_by_decoder_norm: false, skip }
 }
 
 /// `layer_N` and the release's site (`-res`, `-mlp`, `-transcoders`) in the path name the hook.

@@ -71,11 +71,7 @@ impl Config<'_> {
     pub fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
         match self.get(field) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .filter(|&n| n > 0)
-                .map(|n| Some(n as usize))
-                .ok_or_else(|| self.bad(field, format!("is {v}, expected a positive integer"))),
+            Some(v) => v.as_u64().filter(|&n| n > 0).map(|n| Some(n as usize)).ok_or_else(|| self.bad(field, format!("is {v}, expected a positive integer"))),
         }
     }
 
@@ -112,23 +108,19 @@ pub(crate) struct Tensors {
 
 impl Tensors {
     pub fn safetensors(path: &Path, architecture: &str) -> Result<Self> {
-        let loaded = candle_core::safetensors::load(path, &Device::Cpu)
-            .map_err(|e| EngineError::BadFile { path: path.into(), format: "safetensors", reason: e.to_string() })?;
+        let loaded = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| EngineError::BadFile { path: path.into(), format: "safetensors", reason: e.to_string() })?;
         Self::new(path, loaded.into_iter().collect(), architecture)
     }
 
     pub fn npz(path: &Path, architecture: &str) -> Result<Self> {
-        let loaded = Tensor::read_npz(path)
-            .map_err(|e| EngineError::BadFile { path: path.into(), format: "npz", reason: e.to_string() })?;
+        let loaded = Tensor::read_npz(path).map_err(|e| EngineError::BadFile { path: path.into(), format: "npz", reason: e.to_string() })?;
         Self::new(path, loaded, architecture)
     }
 
     fn new(path: &Path, loaded: Vec<(String, Tensor)>, architecture: &str) -> Result<Self> {
         let mut tensors = HashMap::new();
         for (name, tensor) in loaded {
-            let tensor = tensor
-                .to_dtype(DType::F32)
-                .map_err(|e| EngineError::BadTensor { path: path.into(), tensor: name.clone(), reason: e.to_string() })?;
+            let tensor = tensor.to_dtype(DType::F32).map_err(|e| EngineError::BadTensor { path: path.into(), tensor: name.clone(), reason: e.to_string() })?;
             tensors.insert(name, tensor);
         }
         Ok(Tensors { path: path.into(), tensors, architecture: architecture.into() })
@@ -140,11 +132,7 @@ impl Tensors {
 
     /// The tensor `name` with `shape` (a `[d]` vector may also be stored as `[1, d]`).
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let tensor = self.tensors.remove(name).ok_or_else(|| EngineError::MissingTensor {
-            path: self.path.clone(),
-            tensor: name.into(),
-            family: format!("a {} dictionary", self.architecture),
-        })?;
+        let tensor = self.tensors.remove(name).ok_or_else(|| EngineError::MissingTensor { path: self.path.clone(), tensor: name.into(), family: format!("a {} dictionary", self.architecture) })?;
         let tensor = if shape.len() == 1 && tensor.dims() == [1, shape[0]] { tensor.squeeze(0)? } else { tensor };
         super::check_tensor(&self.path, name, &tensor, shape)?;
         Ok(tensor)

@@ -57,9 +57,7 @@ pub fn load(dir: &Path) -> Result<DictionaryParts> {
             let k = k.ok_or_else(|| cfg.bad("k", "is missing (a topk dictionary needs k)"))?;
             (Activation::TopK { k }, tensors.take("b_enc", &[d_sae])?)
         }
-        ("standard" | "transcoder" | "skip_transcoder", None | Some("relu")) => {
-            (Activation::Relu, tensors.take("b_enc", &[d_sae])?)
-        }
+        ("standard" | "transcoder" | "skip_transcoder", None | Some("relu")) => (Activation::Relu, tensors.take("b_enc", &[d_sae])?),
         ("jumprelu" | "batchtopk" | "jumprelu_transcoder" | "jumprelu_skip_transcoder", None | Some("relu")) => {
             let threshold = host(&tensors.take("threshold", &[d_sae])?)?;
             (Activation::JumpRelu { threshold }, tensors.take("b_enc", &[d_sae])?)
@@ -71,21 +69,9 @@ pub fn load(dir: &Path) -> Result<DictionaryParts> {
             (Activation::Gated { r_mag_exp, b_mag, b_gate: host(&b_gate)? }, b_gate)
         }
         (_, Some(other)) if !["relu", "topk"].contains(&other) => {
-            return Err(EngineError::UnknownArchitecture {
-                path: cfg_path.clone(),
-                field: "activation_fn_str",
-                architecture: other.into(),
-                supported: "relu, topk",
-            })
+            return Err(EngineError::UnknownArchitecture { path: cfg_path.clone(), field: "activation_fn_str", architecture: other.into(), supported: "relu, topk" })
         }
-        (other, _) => {
-            return Err(EngineError::UnknownArchitecture {
-                path: cfg_path.clone(),
-                field: "architecture",
-                architecture: other.into(),
-                supported: SUPPORTED,
-            })
-        }
+        (other, _) => return Err(EngineError::UnknownArchitecture { path: cfg_path.clone(), field: "architecture", architecture: other.into(), supported: SUPPORTED }),
     };
 
     // Older SAEs fine-tuned a per-latent scale applied to the features before decoding;
@@ -109,12 +95,7 @@ pub fn load(dir: &Path) -> Result<DictionaryParts> {
         "none" | "expected_average_only_in" => InputNorm::None,
         "constant_norm_rescale" => InputNorm::ConstantNormRescale,
         "layer_norm" => InputNorm::LayerNorm { eps: 1e-5 },
-        other => {
-            return Err(cfg.bad(
-                "normalize_activations",
-                format!("is '{other}', expected none, expected_average_only_in, constant_norm_rescale or layer_norm"),
-            ))
-        }
+        other => return Err(cfg.bad("normalize_activations", format!("is '{other}', expected none, expected_average_only_in, constant_norm_rescale or layer_norm"))),
     };
     // Transcoders never subtract b_dec (it lives in the output space).
     let apply_b_dec = !is_transcoder && cfg.bool_or("apply_b_dec_to_input", true)?;

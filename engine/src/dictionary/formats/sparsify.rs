@@ -26,14 +26,7 @@ pub fn load(dir: &Path) -> Result<DictionaryParts> {
     let activation = match cfg.opt_str("activation")?.unwrap_or("topk") {
         "topk" => Activation::TopK { k },
         "groupmax" => Activation::GroupMax { k },
-        other => {
-            return Err(EngineError::UnknownArchitecture {
-                path: cfg_path.clone(),
-                field: "activation",
-                architecture: other.into(),
-                supported: "topk, groupmax",
-            })
-        }
+        other => return Err(EngineError::UnknownArchitecture { path: cfg_path.clone(), field: "activation", architecture: other.into(), supported: "topk, groupmax" }),
     };
     let encoder_dims = tensors.dims("encoder.weight")?;
     let [d_sae, d_in] = encoder_dims[..] else {
@@ -62,11 +55,7 @@ pub fn load(dir: &Path) -> Result<DictionaryParts> {
     }
 
     let hookpoint = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    let hook = hookpoint.parse::<HookPoint>().map_err(|e| EngineError::BadFile {
-        path: dir.into(),
-        format: "sparsify dictionary",
-        reason: format!("the folder name is the hookpoint: {e}"),
-    })?;
+    let hook = hookpoint.parse::<HookPoint>().map_err(|e| EngineError::BadFile { path: dir.into(), format: "sparsify dictionary", reason: format!("the folder name is the hookpoint: {e}") })?;
     // A transcoder on `layers.L.mlp` reads the MLP's input and writes its output.
     let (hook_in, hook_out) = match hook {
         HookPoint::Block { layer, site: BlockSite::MlpOut } if transcode => (HookPoint::block(layer, BlockSite::Ln2Normalized), hook),

@@ -230,16 +230,12 @@ fn bench_batch(model: &Model, batch: usize, seq: usize) -> anyhow::Result<TokenB
                 including both the natural and social sciences. Mathematics, 1234567890, and code such as \
                 fn main() { println!(\"hello\"); } appear too. ";
     let ids = model.tokenizer()?.encode(text)?;
-    let windows: Vec<Vec<u32>> =
-        (0..batch).map(|b| (0..seq).map(|i| ids[(b * 7 + i) % ids.len()]).collect()).collect();
+    let windows: Vec<Vec<u32>> = (0..batch).map(|b| (0..seq).map(|i| ids[(b * 7 + i) % ids.len()]).collect()).collect();
     Ok(TokenBatch::right_padded(&windows, 0)?)
 }
 
 fn rayon_threads() -> usize {
-    std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Tokens/s of transformers for the same two cases, from the reference script.

@@ -29,11 +29,7 @@ pub struct IndexArgs {
 /// Peak resident memory of this process (VmHWM), in MiB.
 fn peak_memory_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn single(args: &IndexArgs) -> anyhow::Result<serde_json::Value> {
@@ -102,8 +98,16 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
         let share = |k: &str| format!("{:.1}%", 100.0 * s[k].as_f64().unwrap_or(0.0) / total);
         println!(
             "{:>9} {:>8.0} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8.1}% {:>9.0}",
-            r["tokens"], r["tokens_per_s"].as_f64().unwrap_or(0.0), share("forward"), share("encode"), share("reduce"), share("checkpoint"),
-            share("finalize"), share("commit"), 100.0 * r["overhead_over_engine"].as_f64().unwrap_or(0.0), r["peak_memory_mib"].as_f64().unwrap_or(0.0)
+            r["tokens"],
+            r["tokens_per_s"].as_f64().unwrap_or(0.0),
+            share("forward"),
+            share("encode"),
+            share("reduce"),
+            share("checkpoint"),
+            share("finalize"),
+            share("commit"),
+            100.0 * r["overhead_over_engine"].as_f64().unwrap_or(0.0),
+            r["peak_memory_mib"].as_f64().unwrap_or(0.0)
         );
     }
     println!("shares are of each run's wall time; reduce runs on its own thread, overlapped with the model.");

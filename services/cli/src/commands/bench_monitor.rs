@@ -273,13 +273,29 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<()> {
     println!("{:>7} {:>9} {:>10} {:>8} {:>8} {:>8} {:>12} {:>8}", "clients", "texts/s", "tokens/s", "p50 ms", "p99 ms", "texts/pass", "forward tok/s", "ratio");
     for r in report["throughput"].as_array().into_iter().flatten() {
         let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
-        println!("{:>7} {:>9.1} {:>10.0} {:>8.0} {:>8.0} {:>10.1} {:>12.0} {:>7.2}x", r["clients"], f("texts_per_s"), f("tokens_per_s"), f("p50_ms"), f("p99_ms"), f("mean_texts_per_pass"), f("forward_only_tokens_per_s"), f("vs_forward_only"));
+        println!(
+            "{:>7} {:>9.1} {:>10.0} {:>8.0} {:>8.0} {:>10.1} {:>12.0} {:>7.2}x",
+            r["clients"],
+            f("texts_per_s"),
+            f("tokens_per_s"),
+            f("p50_ms"),
+            f("p99_ms"),
+            f("mean_texts_per_pass"),
+            f("forward_only_tokens_per_s"),
+            f("vs_forward_only")
+        );
     }
     println!("ratio: tokens scored per second through gRPC against the forward pass alone on the same batch shapes (target >= 0.85x at 16+ clients)");
     let l = &report["long_text"];
     println!("512-token text, one at a time: p50 {:.0} ms, p99 {:.0} ms", l["p50_ms"].as_f64().unwrap_or(0.0), l["p99_ms"].as_f64().unwrap_or(0.0));
     for r in report["search_under_monitoring"].as_array().into_iter().flatten() {
-        println!("{} p99 idle {:.2} ms, under monitoring load {:.2} ms: {:.2}x (target <= 2x)", r["call"].as_str().unwrap_or(""), r["p99_idle_ms"].as_f64().unwrap_or(0.0), r["p99_loaded_ms"].as_f64().unwrap_or(0.0), r["p99_ratio"].as_f64().unwrap_or(0.0));
+        println!(
+            "{} p99 idle {:.2} ms, under monitoring load {:.2} ms: {:.2}x (target <= 2x)",
+            r["call"].as_str().unwrap_or(""),
+            r["p99_idle_ms"].as_f64().unwrap_or(0.0),
+            r["p99_loaded_ms"].as_f64().unwrap_or(0.0),
+            r["p99_ratio"].as_f64().unwrap_or(0.0)
+        );
     }
     Ok(())
 }

@@ -111,7 +111,13 @@ pub fn run(args: StoreArgs) -> anyhow::Result<()> {
     println!("store with {n_docs} features opens in {:.3} s (target < 2 s)", open_seconds);
     println!("{:<26} {:>9} {:>9} {:>10}", "query (20 hits/page)", "p50 ms", "p99 ms", "mean hits");
     for r in &rows {
-        println!("{:<26} {:>9.2} {:>9.2} {:>10.0}", r["query"].as_str().unwrap_or(""), r["p50_ms"].as_f64().unwrap_or(0.0), r["p99_ms"].as_f64().unwrap_or(0.0), r["mean_hits"].as_f64().unwrap_or(0.0));
+        println!(
+            "{:<26} {:>9.2} {:>9.2} {:>10.0}",
+            r["query"].as_str().unwrap_or(""),
+            r["p50_ms"].as_f64().unwrap_or(0.0),
+            r["p99_ms"].as_f64().unwrap_or(0.0),
+            r["mean_hits"].as_f64().unwrap_or(0.0)
+        );
     }
     println!(
         "dashboard reads (feature row + its examples by row address): p50 {:.2} ms, p99 {:.2} ms; row addresses read once in {:.0} ms",

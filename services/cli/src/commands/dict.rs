@@ -6,8 +6,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use loupe_corpus::TokenWindows;
-use loupe_train::eval;
 use loupe_engine::{Dictionary, FeatureLens, Read, Rows, TokenBatch};
+use loupe_train::eval;
 use serde_json::json;
 
 use crate::output::{default_dictionary, default_heldout_corpus, print_json, spinner, ModelArgs};
@@ -103,12 +103,10 @@ fn info(args: InfoArgs) -> anyhow::Result<()> {
 fn evaluate(args: EvalArgs) -> anyhow::Result<()> {
     let model = args.model.load()?;
     let path = args.dictionary.clone().unwrap_or_else(default_dictionary);
-    let dictionary =
-        Arc::new(Dictionary::load_for_model(&path, model.config()).with_context(|| format!("loading dictionary {}", path.display()))?);
+    let dictionary = Arc::new(Dictionary::load_for_model(&path, model.config()).with_context(|| format!("loading dictionary {}", path.display()))?);
     let corpus = args.corpus.clone().unwrap_or_else(default_heldout_corpus);
     let tokenizing = spinner(format!("tokenizing {}", corpus.display()));
-    let windows = TokenWindows::from_file(&corpus, model.tokenizer()?, args.context, Some(args.tokens))
-        .context("reading the corpus")?;
+    let windows = TokenWindows::from_file(&corpus, model.tokenizer()?, args.context, Some(args.tokens)).context("reading the corpus")?;
     tokenizing.finish_and_clear();
     let bar = ProgressBar::new(windows.len() as u64);
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} windows eta {eta}").expect("valid template"));
@@ -163,10 +161,7 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
     }
     println!("{} at {hook}: top {} features per token", path.display(), args.top);
     for token in &tokens {
-        let features: Vec<String> = token["features"]
-            .as_array()
-            .map(|fs| fs.iter().map(|f| format!("#{}={:.2}", f["feature"], f["activation"].as_f64().unwrap_or(0.0))).collect())
-            .unwrap_or_default();
+        let features: Vec<String> = token["features"].as_array().map(|fs| fs.iter().map(|f| format!("#{}={:.2}", f["feature"], f["activation"].as_f64().unwrap_or(0.0))).collect()).unwrap_or_default();
         println!("  {:<14} {}", format!("{:?}", token["token"].as_str().unwrap_or_default()), features.join("  "));
     }
     Ok(())

@@ -96,16 +96,167 @@ const NEUTRAL_PROMPTS: [&str; 8] = [
 /// English function words (pronouns, determiners, prepositions, conjunctions, auxiliaries,
 /// and the commonest adverbs and quantifiers): never concepts.
 const FUNCTION_WORDS: &[&str] = &[
-    "the", "and", "for", "that", "with", "this", "from", "was", "were", "are", "have", "has", "had", "not", "but", "his", "her", "hers", "their",
-    "theirs", "they", "you", "your", "yours", "she", "him", "its", "our", "ours", "will", "would", "could", "should", "shall", "might", "must",
-    "may", "can", "which", "what", "when", "where", "who", "whom", "whose", "why", "how", "all", "any", "each", "every", "both", "either",
-    "neither", "one", "two", "been", "being", "into", "onto", "upon", "than", "then", "them", "there", "these", "those", "also", "did", "does",
-    "doing", "done", "out", "about", "above", "below", "over", "under", "again", "further", "more", "most", "some", "such", "very", "just",
-    "only", "own", "same", "too", "even", "still", "yet", "ever", "never", "often", "here", "now", "off", "once", "between", "through",
-    "during", "before", "after", "while", "because", "until", "against", "among", "within", "without", "toward", "towards", "like", "unto",
-    "thee", "thou", "thy", "thine", "hath", "doth", "shalt", "ye", "myself", "yourself", "himself", "herself", "itself", "ourselves",
-    "themselves", "other", "another", "much", "many", "few", "less", "least", "well", "also", "though", "although", "whether", "since",
-    "per", "via", "etc", "let", "get", "got", "say", "said", "says", "make", "made", "take", "took", "come", "came", "went", "goes",
+    "the",
+    "and",
+    "for",
+    "that",
+    "with",
+    "this",
+    "from",
+    "was",
+    "were",
+    "are",
+    "have",
+    "has",
+    "had",
+    "not",
+    "but",
+    "his",
+    "her",
+    "hers",
+    "their",
+    "theirs",
+    "they",
+    "you",
+    "your",
+    "yours",
+    "she",
+    "him",
+    "its",
+    "our",
+    "ours",
+    "will",
+    "would",
+    "could",
+    "should",
+    "shall",
+    "might",
+    "must",
+    "may",
+    "can",
+    "which",
+    "what",
+    "when",
+    "where",
+    "who",
+    "whom",
+    "whose",
+    "why",
+    "how",
+    "all",
+    "any",
+    "each",
+    "every",
+    "both",
+    "either",
+    "neither",
+    "one",
+    "two",
+    "been",
+    "being",
+    "into",
+    "onto",
+    "upon",
+    "than",
+    "then",
+    "them",
+    "there",
+    "these",
+    "those",
+    "also",
+    "did",
+    "does",
+    "doing",
+    "done",
+    "out",
+    "about",
+    "above",
+    "below",
+    "over",
+    "under",
+    "again",
+    "further",
+    "more",
+    "most",
+    "some",
+    "such",
+    "very",
+    "just",
+    "only",
+    "own",
+    "same",
+    "too",
+    "even",
+    "still",
+    "yet",
+    "ever",
+    "never",
+    "often",
+    "here",
+    "now",
+    "off",
+    "once",
+    "between",
+    "through",
+    "during",
+    "before",
+    "after",
+    "while",
+    "because",
+    "until",
+    "against",
+    "among",
+    "within",
+    "without",
+    "toward",
+    "towards",
+    "like",
+    "unto",
+    "thee",
+    "thou",
+    "thy",
+    "thine",
+    "hath",
+    "doth",
+    "shalt",
+    "ye",
+    "myself",
+    "yourself",
+    "himself",
+    "herself",
+    "itself",
+    "ourselves",
+    "themselves",
+    "other",
+    "another",
+    "much",
+    "many",
+    "few",
+    "less",
+    "least",
+    "well",
+    "also",
+    "though",
+    "although",
+    "whether",
+    "since",
+    "per",
+    "via",
+    "etc",
+    "let",
+    "get",
+    "got",
+    "say",
+    "said",
+    "says",
+    "make",
+    "made",
+    "take",
+    "took",
+    "come",
+    "came",
+    "went",
+    "goes",
 ];
 /// A feature chosen for the sweep, with its concept.
 struct Chosen {
@@ -245,11 +396,8 @@ pub fn run(command: Eval) -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>((record, features, examples))
     })?;
     let model = args.model.load()?;
-    let dictionary_dir = args
-        .dictionary_dir
-        .clone()
-        .or_else(|| record.manifest.pointer("/dictionary/path").and_then(|p| p.as_str()).map(PathBuf::from).filter(|p| p.exists()))
-        .unwrap_or_else(default_dictionary);
+    let dictionary_dir =
+        args.dictionary_dir.clone().or_else(|| record.manifest.pointer("/dictionary/path").and_then(|p| p.as_str()).map(PathBuf::from).filter(|p| p.exists())).unwrap_or_else(default_dictionary);
     let dictionary = Arc::new(Dictionary::load_for_model(&dictionary_dir, model.config())?);
     let hook = dictionary.info().hook_out;
     let chosen = choose(&features, &examples, args.features);
@@ -269,9 +417,7 @@ pub fn run(command: Eval) -> anyhow::Result<()> {
         // DiffMean from text that has nothing to do with the steered direction's weights: the
         // feature's top examples against the other chosen features' top examples.
         let negative: Vec<String> = chosen.iter().enumerate().filter(|(j, _)| *j != ci).flat_map(|(_, o)| o.examples.iter().take(2).cloned()).collect();
-        let with_bos = |texts: &[String]| -> anyhow::Result<Vec<Vec<u32>>> {
-            texts.iter().map(|t| Ok(tokenizer.bos_token_id().into_iter().chain(tokenizer.encode(t)?).collect())).collect()
-        };
+        let with_bos = |texts: &[String]| -> anyhow::Result<Vec<Vec<u32>>> { texts.iter().map(|t| Ok(tokenizer.bos_token_id().into_iter().chain(tokenizer.encode(t)?).collect())).collect() };
         let vector = diffmean(&model, hook, &with_bos(&c.examples)?, &with_bos(&negative)?, &Hooks::new())?.direction;
         let decoder_norm = dictionary.decoder_row(c.feature as usize).iter().map(|v| v * v).sum::<f32>().sqrt();
         let vector_norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
@@ -393,13 +539,16 @@ fn summarize(rows: &[serde_json::Value]) -> serde_json::Value {
             steered += usize::from(b > default);
             steered_any += usize::from(a > default);
         }
-        out.insert(method.into(), json!({
-            "mean_best_incidence": best.iter().sum::<f64>() / best.len().max(1) as f64,
-            "features_above_default": steered,
-            "mean_max_incidence_any_strength": any.iter().sum::<f64>() / any.len().max(1) as f64,
-            "features_above_default_any_strength": steered_any,
-            "features": rows.len(),
-        }));
+        out.insert(
+            method.into(),
+            json!({
+                "mean_best_incidence": best.iter().sum::<f64>() / best.len().max(1) as f64,
+                "features_above_default": steered,
+                "mean_max_incidence_any_strength": any.iter().sum::<f64>() / any.len().max(1) as f64,
+                "features_above_default_any_strength": steered_any,
+                "features": rows.len(),
+            }),
+        );
     }
     let default: Vec<f64> = rows.iter().map(|r| r["default"]["incidence"].as_f64().unwrap_or(0.0)).collect();
     out.insert("default".into(), json!({"mean_incidence": default.iter().sum::<f64>() / default.len().max(1) as f64}));
@@ -408,15 +557,27 @@ fn summarize(rows: &[serde_json::Value]) -> serde_json::Value {
 
 fn print_table(report: &serde_json::Value) {
     let strengths: Vec<f64> = report["strengths_x_max_activation"].as_array().map(|a| a.iter().filter_map(|v| v.as_f64()).collect()).unwrap_or_default();
-    println!("steering eval: {} on {} prompts x {} tokens; incidence (perplexity) per strength in x max activation", report["dictionary"].as_str().unwrap_or(""), report["prompts"].as_array().map_or(0, Vec::len), report["tokens"]);
+    println!(
+        "steering eval: {} on {} prompts x {} tokens; incidence (perplexity) per strength in x max activation",
+        report["dictionary"].as_str().unwrap_or(""),
+        report["prompts"].as_array().map_or(0, Vec::len),
+        report["tokens"]
+    );
     println!("{:<7} {:<14} {:<9} {}", "feature", "concept", "method", strengths.iter().map(|s| format!("{s:>12}")).collect::<String>());
     for r in report["features"].as_array().into_iter().flatten() {
         for method in ["feature", "diffmean", "prompting"] {
             let sweep = r["methods"][method]["sweep"].as_array().cloned().unwrap_or_default();
-            let cells: String = sweep.iter().map(|c| format!("{:>5.2} ({:>4.0})", c["incidence"].as_f64().unwrap_or(0.0), c["perplexity"].as_f64().unwrap_or(0.0))).map(|c| format!("{c:>12}")).collect();
+            let cells: String =
+                sweep.iter().map(|c| format!("{:>5.2} ({:>4.0})", c["incidence"].as_f64().unwrap_or(0.0), c["perplexity"].as_f64().unwrap_or(0.0))).map(|c| format!("{c:>12}")).collect();
             let default = format!("{:>5.2} ({:>4.0})", r["default"]["incidence"].as_f64().unwrap_or(0.0), r["default"]["perplexity"].as_f64().unwrap_or(0.0));
             let best = &r["methods"][method]["best"];
-            println!("{:<7} {:<14} {:<9} {default:>12}{cells}   best {}", r["feature"], r["concept"].as_str().unwrap_or(""), method, if best.is_null() { "-".into() } else { format!("{}x: {:.2}", best["strength"], best["incidence"].as_f64().unwrap_or(0.0)) });
+            println!(
+                "{:<7} {:<14} {:<9} {default:>12}{cells}   best {}",
+                r["feature"],
+                r["concept"].as_str().unwrap_or(""),
+                method,
+                if best.is_null() { "-".into() } else { format!("{}x: {:.2}", best["strength"], best["incidence"].as_f64().unwrap_or(0.0)) }
+            );
         }
     }
     println!("summary: {}", report["summary"]);

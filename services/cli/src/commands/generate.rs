@@ -113,13 +113,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.prompt.clone()
     };
     let prompt = tokenizer.encode(&text)?;
-    let params = SamplingParams {
-        temperature: args.temperature,
-        top_p: args.top_p,
-        seed: args.seed,
-        max_new_tokens: args.max_tokens,
-        stop_tokens: tokenizer.eos_token_id().into_iter().collect(),
-    };
+    let params = SamplingParams { temperature: args.temperature, top_p: args.top_p, seed: args.seed, max_new_tokens: args.max_tokens, stop_tokens: tokenizer.eos_token_id().into_iter().collect() };
     let start = Instant::now();
     let mut shown = String::new();
     let mut so_far = Vec::new();
@@ -186,7 +180,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     println!();
     for f in &firings {
-        eprintln!("[monitor {} fired at generated token {} (score {:.3} > {:.3}){}]", f["monitor"].as_str().unwrap_or(""), f["token"], f["score"].as_f64().unwrap_or(0.0), f["threshold"].as_f64().unwrap_or(0.0), if f["action"] == "block" { ": generation blocked" } else { "" });
+        eprintln!(
+            "[monitor {} fired at generated token {} (score {:.3} > {:.3}){}]",
+            f["monitor"].as_str().unwrap_or(""),
+            f["token"],
+            f["score"].as_f64().unwrap_or(0.0),
+            f["threshold"].as_f64().unwrap_or(0.0),
+            if f["action"] == "block" { ": generation blocked" } else { "" }
+        );
     }
     eprintln!("[{} tokens in {:.2}s, {:.1} tokens/s]", completion.len(), seconds, completion.len() as f64 / seconds);
     Ok(())

@@ -167,11 +167,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let flag = interrupted.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} indexing [{bar:30}] {bytes}/{total_bytes} of corpus  {msg}  ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    bar.set_style(ProgressStyle::with_template("{spinner} indexing [{bar:30}] {bytes}/{total_bytes} of corpus  {msg}  ETA {eta}").expect("valid template").progress_chars("=> "));
     let start = Instant::now();
     let progress = |p: loupe_indexer::Progress, total: u64| {
         bar.set_length(total);

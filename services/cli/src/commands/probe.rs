@@ -185,39 +185,98 @@ pub fn run(command: Probe) -> anyhow::Result<()> {
     let linear = |p: &LinearProbe| Some(Detector::new(Signal::Linear { hook, weights: p.weights.clone(), bias: p.bias }, Aggregation::Mean, 0.0));
     let dense = |idx: &[usize]| -> Vec<Vec<f32>> { idx.iter().map(|&i| pooled[i].mean.clone()).collect() };
     let (probe, l2) = tuned_logistic(&dense(&train), &y_train, &dense(&validation), &y_validation);
-    methods.push(("logistic", format!("logistic regression on mean-pooled {hook} ({l2})"), Box::new({ let p = probe.clone(); move |x: &Pooled| p.score(&x.mean) }), json!(probe), linear(&probe)));
+    methods.push((
+        "logistic",
+        format!("logistic regression on mean-pooled {hook} ({l2})"),
+        Box::new({
+            let p = probe.clone();
+            move |x: &Pooled| p.score(&x.mean)
+        }),
+        json!(probe),
+        linear(&probe),
+    ));
     // Report only (no per-token linear read matches a max over tokens): logistic regression
     // on the mean and the max over tokens side by side.
     let both = |idx: &[usize]| -> Vec<Vec<f32>> { idx.iter().map(|&i| pooled[i].mean.iter().chain(&pooled[i].max).copied().collect()).collect() };
     let (mean_max, l2) = tuned_logistic(&both(&train), &y_train, &both(&validation), &y_validation);
-    methods.push(("logistic_mean_max", format!("logistic regression on mean- and max-pooled {hook} ({l2})"), Box::new({ let p = mean_max.clone(); move |x: &Pooled| p.score(&x.mean.iter().chain(&x.max).copied().collect::<Vec<_>>()) }), json!(mean_max), None));
+    methods.push((
+        "logistic_mean_max",
+        format!("logistic regression on mean- and max-pooled {hook} ({l2})"),
+        Box::new({
+            let p = mean_max.clone();
+            move |x: &Pooled| p.score(&x.mean.iter().chain(&x.max).copied().collect::<Vec<_>>())
+        }),
+        json!(mean_max),
+        None,
+    ));
     let last = |idx: &[usize]| -> Vec<Vec<f32>> { idx.iter().map(|&i| pooled[i].last.clone()).collect() };
     let (at_last, l2) = tuned_logistic(&last(&train), &y_train, &last(&validation), &y_validation);
-    methods.push(("logistic_last", format!("logistic regression on the last token at {hook} ({l2})"), Box::new({ let p = at_last.clone(); move |x: &Pooled| p.score(&x.last) }), json!(at_last), None));
+    methods.push((
+        "logistic_last",
+        format!("logistic regression on the last token at {hook} ({l2})"),
+        Box::new({
+            let p = at_last.clone();
+            move |x: &Pooled| p.score(&x.last)
+        }),
+        json!(at_last),
+        None,
+    ));
     let dm = probes::diffmean(&dense(&train), &y_train);
-    methods.push(("diffmean", format!("DiffMean on mean-pooled {hook}"), Box::new({ let p = dm.clone(); move |x: &Pooled| p.score(&x.mean) }), json!(dm), linear(&dm)));
+    methods.push((
+        "diffmean",
+        format!("DiffMean on mean-pooled {hook}"),
+        Box::new({
+            let p = dm.clone();
+            move |x: &Pooled| p.score(&x.mean)
+        }),
+        json!(dm),
+        linear(&dm),
+    ));
     // Features ranked by their own train AUROC (max over tokens as the score).
     let feature_scores = |f: u32, idx: &[usize]| -> Vec<f32> { idx.iter().map(|&i| pooled[i].features.get(&f).copied().unwrap_or(0.0)).collect() };
     let mut ranked: Vec<(u32, f64)> = (0..d_sae as u32).map(|f| (f, probes::auroc(&feature_scores(f, &train), &y_train))).filter(|(_, a)| a.is_finite()).collect();
     ranked.sort_by(|a, b| (b.1 - 0.5).abs().total_cmp(&(a.1 - 0.5).abs()).then(a.0.cmp(&b.0)));
     let (best_feature, best_auc) = ranked.first().copied().context("no feature")?;
     let sign = if best_auc >= 0.5 { 1.0 } else { -1.0 };
-    methods.push(("feature", format!("single best feature {best_feature} (max over tokens)"), Box::new(move |x: &Pooled| sign * x.features.get(&best_feature).copied().unwrap_or(0.0)), json!({"feature": best_feature, "sign": sign}),
+    methods.push((
+        "feature",
+        format!("single best feature {best_feature} (max over tokens)"),
+        Box::new(move |x: &Pooled| sign * x.features.get(&best_feature).copied().unwrap_or(0.0)),
+        json!({"feature": best_feature, "sign": sign}),
         // A feature that fires on the negatives is no detector of the positives.
-        (sign > 0.0).then(|| Detector::new(Signal::Feature { dictionary: dictionary_id.clone(), feature: best_feature }, Aggregation::Max, 0.0))));
+        (sign > 0.0).then(|| Detector::new(Signal::Feature { dictionary: dictionary_id.clone(), feature: best_feature }, Aggregation::Max, 0.0)),
+    ));
     let chosen: Vec<u32> = ranked.iter().take(args.k).map(|r| r.0).collect();
     let sparse_rows = |idx: &[usize]| -> Vec<Vec<f32>> { idx.iter().map(|&i| chosen.iter().map(|f| pooled[i].features.get(f).copied().unwrap_or(0.0)).collect()).collect() };
     let (sparse, l2) = tuned_logistic(&sparse_rows(&train), &y_train, &sparse_rows(&validation), &y_validation);
-    methods.push(("sparse", format!("logistic regression on the {} best features ({l2})", chosen.len()), Box::new({
-        let (p, chosen) = (sparse.clone(), chosen.clone());
-        move |x: &Pooled| p.score(&chosen.iter().map(|f| x.features.get(f).copied().unwrap_or(0.0)).collect::<Vec<_>>())
-    }), json!({"features": chosen, "probe": sparse}), None));
+    methods.push((
+        "sparse",
+        format!("logistic regression on the {} best features ({l2})", chosen.len()),
+        Box::new({
+            let (p, chosen) = (sparse.clone(), chosen.clone());
+            move |x: &Pooled| p.score(&chosen.iter().map(|f| x.features.get(f).copied().unwrap_or(0.0)).collect::<Vec<_>>())
+        }),
+        json!({"features": chosen, "probe": sparse}),
+        None,
+    ));
     // Bag of words: presence of each token seen in 2+ training texts.
     let vocabulary = probes::BagOfWords::fit(train.iter().map(|&i| pooled[i].tokens.as_slice()));
-    let bag = { let v = vocabulary.clone(); move |x: &Pooled| -> Vec<f32> { v.features(&x.tokens) } };
+    let bag = {
+        let v = vocabulary.clone();
+        move |x: &Pooled| -> Vec<f32> { v.features(&x.tokens) }
+    };
     let bag_rows = |idx: &[usize]| -> Vec<Vec<f32>> { idx.iter().map(|&i| bag(&pooled[i])).collect() };
     let (bow, l2) = tuned_logistic(&bag_rows(&train), &y_train, &bag_rows(&validation), &y_validation);
-    methods.push(("bag_of_words", format!("bag of words: logistic regression on {} token-presence features ({l2})", vocabulary.len()), Box::new({ let p = bow.clone(); move |x: &Pooled| p.score(&bag(x)) }), json!({"vocabulary": vocabulary.len()}), None));
+    methods.push((
+        "bag_of_words",
+        format!("bag of words: logistic regression on {} token-presence features ({l2})", vocabulary.len()),
+        Box::new({
+            let p = bow.clone();
+            move |x: &Pooled| p.score(&bag(x))
+        }),
+        json!({"vocabulary": vocabulary.len()}),
+        None,
+    ));
 
     let mut results = Vec::new();
     let mut best_detector: Option<(f64, &str, Detector)> = None;
@@ -290,14 +349,7 @@ pub fn run(command: Probe) -> anyhow::Result<()> {
             (Some((_, n, sha)), Some(path)) => (path.display().to_string(), sha.clone(), *n),
             _ => (format!("{} (validation negatives)", args.data.display()), loupe_indexer::checksum::sha256_bytes(&data_bytes), validation.iter().filter(|&&i| !data[i].1).count()),
         };
-        let calibration = Calibration {
-            target_fpr: args.fpr,
-            control_set,
-            control_sha256,
-            control_texts,
-            threshold: detector.threshold,
-            details: details.as_object().cloned().unwrap_or_default(),
-        };
+        let calibration = Calibration { target_fpr: args.fpr, control_set, control_sha256, control_texts, threshold: detector.threshold, details: details.as_object().cloned().unwrap_or_default() };
         let detector = Detector { calibration: Some(calibration), ..detector.with_offset_in_bias() };
         let monitor = Monitor { name: name.clone(), description: format!("{method} probe trained by loupe probe train on {}", args.data.display()), detectors: vec![detector.clone()] };
         std::fs::write(path, serde_json::to_string(&monitor)? + "\n").with_context(|| format!("writing {}", path.display()))?;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use loupe_corpus::TokenWindows;
-use loupe_train::{self as train, SaveDType, Sparsity, TrainConfig};
 use loupe_engine::HookPoint;
+use loupe_train::{self as train, SaveDType, Sparsity, TrainConfig};
 
 use crate::output::{default_corpus, spinner, ModelArgs};
 
@@ -62,10 +62,7 @@ pub enum SparsityArg {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let hook: HookPoint = args.hook.parse()?;
     let model = args.model.load()?;
-    let d_in = model
-        .config()
-        .hook_width(hook)
-        .with_context(|| format!("hook {hook} is beyond the model's {} layers", model.config().n_layers))?;
+    let d_in = model.config().hook_width(hook).with_context(|| format!("hook {hook} is beyond the model's {} layers", model.config().n_layers))?;
     let corpus = args.corpus.clone().unwrap_or_else(default_corpus);
     let mut config = TrainConfig::new(hook, d_in, args.latents, args.k, args.tokens);
     config.sparsity = match args.sparsity {
@@ -84,8 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let tokenizing = spinner(format!("tokenizing {}", corpus.display()));
     // Enough windows for the run (plus BOS positions), so a small run reads a small prefix.
     let windows_tokens = args.tokens / args.context.saturating_sub(1).max(1) * args.context + args.context * args.buffer_windows;
-    let windows = TokenWindows::from_file(&corpus, model.tokenizer()?, args.context, Some(windows_tokens))
-        .context("reading the corpus")?;
+    let windows = TokenWindows::from_file(&corpus, model.tokenizer()?, args.context, Some(windows_tokens)).context("reading the corpus")?;
     tokenizing.finish_and_clear();
     let passes = args.tokens as f64 / (windows.len() * args.context.saturating_sub(1)).max(1) as f64;
     if passes > 1.0 {
@@ -93,10 +89,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let bar = ProgressBar::new(args.tokens as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} tokens {per_sec} eta {eta} | {msg}")
-            .expect("valid template"),
-    );
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} tokens {per_sec} eta {eta} | {msg}").expect("valid template"));
     // Ctrl-C stops after the current step; the last checkpoint stays and the same command resumes.
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
