@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = ["proto/loupe/v1/common.proto", "proto/loupe/v1/features.proto", "proto/loupe/v1/internals.proto", "proto/loupe/v1/steering.proto", "proto/loupe/v1/monitoring.proto"];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("loupe_v1_descriptor.bin"))
+        // Requests that do not decode are INVALID_ARGUMENT, not INTERNAL.
+        .codec_path("crate::proto::codec::Codec")
         // `--json` output of the CLI (and any other JSON view) comes from the messages.
         .type_attribute(".loupe.v1", "#[derive(serde::Serialize)]")
         .field_attribute(".loupe.v1.Dictionary.manifest_json", "#[serde(rename = \"manifest\", serialize_with = \"crate::proto::embedded_json\")]")

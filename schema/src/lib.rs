@@ -4,6 +4,8 @@ pub mod tables;
 /// The gRPC API (package `loupe.v1`), generated from `proto/loupe/v1`.
 #[cfg(feature = "grpc")]
 pub mod proto {
+    pub mod codec;
+
     pub mod v1 {
         tonic::include_proto!("loupe.v1");
 

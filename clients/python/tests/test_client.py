@@ -204,3 +204,33 @@ def test_monitors_score_alert_and_stream(client):
     with pytest.raises(loupe.LoupeError) as e:
         client.score([HARMFUL], monitors=["py-harmful"])
     assert e.value.code == "NOT_FOUND"
+
+
+def test_malformed_nested_and_oversized_requests_are_refused_and_the_server_stays_up(client):
+    import grpc
+    channel = grpc.insecure_channel(ADDRESS)
+    raw = channel.unary_unary("/loupe.v1.Features/SearchFeatures")  # bytes in, bytes out
+    cases = [
+        (b"\xff\xff\xff\xff\xff", "not a varint tag"),
+        (b"\x0a\x40abc", "a string field cut short"),
+        (b"\x0d\x00", "field 1 (a string) sent as a fixed32"),
+        (b"\x5b" * 500, "groups nested 500 deep"),
+    ]
+    for payload, what in cases:
+        with pytest.raises(grpc.RpcError) as e:
+            raw(payload, timeout=30)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (what, e.value.code(), e.value.details())
+        assert "SearchFeaturesRequest" in e.value.details(), e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        raw(b"\x0a\x80\x80\x80\x03" + b"a" * (6 << 20), timeout=30)  # a 6 MiB query; the server takes 4 MiB
+    assert e.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OUT_OF_RANGE), e.value.code()
+    for bad in [dict(min_density=float("nan")), dict(min_density=0.5, max_density=0.1), dict(max_density=2.0)]:
+        with pytest.raises(loupe.LoupeError) as e:
+            client.search("the", **bad)
+        assert e.value.code == "INVALID_ARGUMENT" and "density" in e.value.message, bad
+    d = client.dictionaries()[0]
+    with pytest.raises(loupe.LoupeError) as e:
+        client.label(d.dictionary_id, 0, "a\x00b\x1b[31m")
+    assert e.value.code == "INVALID_ARGUMENT" and "control character" in e.value.message
+    assert client.dictionaries(), "the server still answers"
+    channel.close()
