@@ -3,6 +3,7 @@
 //! the `loupe_tests` library (`tests/src/lib.rs`). They need the default model and the demo
 //! corpus: `scripts/setup.sh` fetches both (CI always runs it).
 
+mod faults;
 mod labels;
 mod limits;
 mod monitor_service;
@@ -10,4 +11,5 @@ mod monitoring;
 mod reflection;
 mod security;
 mod service;
+mod soak;
 mod steering;

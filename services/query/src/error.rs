@@ -61,7 +61,10 @@ impl From<ServiceError> for Status {
             ServiceError::Engine(E::UnknownHook(_)) | ServiceError::Engine(E::HookOutOfRange { .. }) | ServiceError::Engine(E::InvalidInput(_)) => Code::InvalidArgument,
             ServiceError::Store(_) | ServiceError::Engine(_) | ServiceError::Internal(_) => Code::Internal,
         };
-        let mut status = Status::new(code, e.to_string());
+        let mut status = match (&e, storage_failure(&e.to_string())) {
+            (ServiceError::Store(_) | ServiceError::Internal(_), Some((code, what))) => Status::new(code, format!("{what}: {e}")),
+            _ => Status::new(code, e.to_string()),
+        };
         if let ServiceError::Throttled { retry_after, .. } = &e {
             let ms = retry_after.as_millis().max(1).to_string();
             if let Ok(value) = ms.parse() {
@@ -69,6 +72,20 @@ impl From<ServiceError> for Status {
             }
         }
         status
+    }
+}
+
+/// A write that failed because of the store's file system, which the caller should hear
+/// about as such (reads go on; the server stays up): a full disk is RESOURCE_EXHAUSTED, a
+/// read-only one FAILED_PRECONDITION. Lance and object_store report I/O errors as text, so
+/// this reads the OS's messages (and errno 28 / 30) in it.
+fn storage_failure(message: &str) -> Option<(Code, &'static str)> {
+    if message.contains("No space left on device") || message.contains("os error 28") {
+        Some((Code::ResourceExhausted, "the store's disk is full (reads go on; writes fail until space is freed)"))
+    } else if message.contains("Read-only file system") || message.contains("os error 30") {
+        Some((Code::FailedPrecondition, "the store is on a read-only file system (reads go on; writes fail)"))
+    } else {
+        None
     }
 }
 
