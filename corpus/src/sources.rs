@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CorpusError, Result};
@@ -235,12 +235,34 @@ fn read_text<E: From<CorpusError>>(file: &Path, skipped: &mut Skipped, visit: &m
     }
 }
 
+/// Reads a Parquet file's text column. A damaged file must be an error, not a crash: the
+/// Arrow schema that writers embed in the metadata is not read (arrow-ipc panicked on a
+/// malformed one the fuzzer made; the Parquet schema says what is needed), and a panic
+/// left in the decoders is caught and reported as a bad file.
 fn read_parquet<E: From<CorpusError>>(file: &Path, column: &str, skipped: &mut Skipped, visit: &mut Visit<E>) -> Result<bool, E> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_parquet_unguarded(file, column, skipped, visit))) {
+        Ok(result) => result,
+        Err(_) => Err(CorpusError::BadCorpus { path: file.into(), reason: "not a readable Parquet file (its decoder failed on damaged data)".into() }.into()),
+    }
+}
+
+fn read_parquet_unguarded<E: From<CorpusError>>(file: &Path, column: &str, skipped: &mut Skipped, visit: &mut Visit<E>) -> Result<bool, E> {
     let bad = |reason: String| CorpusError::BadCorpus { path: file.into(), reason };
     let handle = File::open(file).map_err(|e| CorpusError::io(file, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(handle).map_err(|e| bad(format!("not a readable Parquet file: {e}")))?;
+    let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(handle, options).map_err(|e| bad(format!("not a readable Parquet file: {e}")))?;
     let total_rows = builder.metadata().file_metadata().num_rows().max(1) as u64;
     let size = std::fs::metadata(file).map_err(|e| CorpusError::io(file, e))?.len();
+    // The decoders assert on column chunks outside the file (a damaged footer): check first.
+    for (g, group) in builder.metadata().row_groups().iter().enumerate() {
+        for chunk in group.columns() {
+            let start = chunk.dictionary_page_offset().unwrap_or_else(|| chunk.data_page_offset());
+            let length = chunk.compressed_size();
+            if start < 0 || length < 0 || (start as u64).saturating_add(length as u64) > size {
+                return Err(bad(format!("not a readable Parquet file: row group {g} has a column chunk at {start}+{length} bytes, outside the file's {size}")).into());
+            }
+        }
+    }
     let reader = builder.with_batch_size(1024).build().map_err(|e| bad(e.to_string()))?;
     let mut rows_read = 0u64;
     for batch in reader {
