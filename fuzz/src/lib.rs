@@ -8,6 +8,8 @@
 //! at [`SEPARATOR`], so the fuzzer can vary each part.
 
 
+pub mod mutate;
+
 /// Separates the files of a multi-file input.
 pub const SEPARATOR: &[u8] = b"\n--8<--\n";
 

@@ -9,6 +9,7 @@ mod limits;
 mod monitor_service;
 mod monitoring;
 mod reflection;
+mod request_fuzz;
 mod security;
 mod service;
 mod soak;
