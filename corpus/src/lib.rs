@@ -5,6 +5,7 @@
 //! and the same windows to every command.
 
 pub mod error;
+mod parquet_footer;
 pub mod sources;
 pub mod token_windows;
 pub mod windows;

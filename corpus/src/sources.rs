@@ -248,6 +248,7 @@ fn read_parquet<E: From<CorpusError>>(file: &Path, column: &str, skipped: &mut S
 
 fn read_parquet_unguarded<E: From<CorpusError>>(file: &Path, column: &str, skipped: &mut Skipped, visit: &mut Visit<E>) -> Result<bool, E> {
     let bad = |reason: String| CorpusError::BadCorpus { path: file.into(), reason };
+    crate::parquet_footer::check(file).map_err(|why| bad(format!("not a readable Parquet file: {why}")))?;
     let handle = File::open(file).map_err(|e| CorpusError::io(file, e))?;
     let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
     let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(handle, options).map_err(|e| bad(format!("not a readable Parquet file: {e}")))?;

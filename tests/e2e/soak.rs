@@ -47,8 +47,25 @@ impl Rng {
     }
 }
 
-fn spawn_serve(store: &Path, port: u16) -> std::process::Child {
-    std::process::Command::new(loupe_binary())
+/// A server process, SIGKILLed when dropped: a failing run leaves no server behind.
+struct Serve(std::process::Child);
+
+impl Serve {
+    fn kill(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_serve(store: &Path, port: u16) -> Serve {
+    let child = std::process::Command::new(loupe_binary())
         .args(["serve", "--store"])
         .arg(store)
         .args(["--addr", &format!("127.0.0.1:{port}"), "--model"])
@@ -56,7 +73,8 @@ fn spawn_serve(store: &Path, port: u16) -> std::process::Child {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Serve(child)
 }
 
 /// A monitor that fires on every text (a constant probe above its threshold), or never.
@@ -178,8 +196,7 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
     while start.elapsed() < Duration::from_secs(seconds) {
         // The server: up for 1 to 3 s of load, then SIGKILL at whatever it was doing.
         tokio::time::sleep(Duration::from_millis(1000 + rng.below(2000))).await;
-        server.kill().unwrap();
-        server.wait().unwrap();
+        server.kill();
         kills += 1;
         if !index_killed && index.try_wait().unwrap().is_none() {
             index.kill().unwrap(); // SIGKILL the job too, then run the same command: it resumes
@@ -198,9 +215,8 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
     assert!(output.status.success(), "the resumed index job failed: {}", String::from_utf8_lossy(&output.stderr));
 
     // One more SIGKILL right after the last acknowledged writes, then check everything.
-    server.kill().unwrap();
-    server.wait().unwrap();
-    let mut server = spawn_serve(&store, port);
+    server.kill();
+    let server = spawn_serve(&store, port);
     let channel = until_up(&addr).await;
     let reader = StoreReader::open(&store).await.expect("the store opens");
     assert!(reader.generation().generation > before, "the index job committed its generation");
@@ -242,8 +258,7 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
     }
     lost.extend(alerts_acked.iter().filter(|a| !stored.contains(*a)).map(|a| format!("alert {a}")));
     FeaturesClient::new(channel).search_features(pb::SearchFeaturesRequest { query: "the".into(), ..Default::default() }).await.expect("the server answers");
-    server.kill().unwrap();
-    let _ = server.wait();
+    drop(server);
 
     let (served, failed) = (ledger.served.load(Ordering::Relaxed), ledger.failed.load(Ordering::Relaxed));
     eprintln!(
