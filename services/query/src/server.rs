@@ -25,6 +25,20 @@ use crate::steering::SteeringService;
 /// Largest request message accepted (texts are also limited in bytes and tokens).
 const MAX_MESSAGE_BYTES: usize = 4 << 20;
 
+/// A request larger than the message limit is refused by tonic with OUT_OF_RANGE before any
+/// service sees it; gRPC's own servers answer RESOURCE_EXHAUSTED, which is what clients
+/// retry or report as "too large", so the status is rewritten on its way out.
+fn oversized_is_resource_exhausted(mut response: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    let out_of_range = headers.get("grpc-status").is_some_and(|s| s.as_bytes() == b"11");
+    // grpc-message is percent-encoded on the wire.
+    let too_large = headers.get("grpc-message").is_some_and(|m| String::from_utf8_lossy(m.as_bytes()).replace("%20", " ").contains("message length too large"));
+    if out_of_range && too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
 /// Loads the store (and model) and serves on `listener` until `shutdown` resolves.
 pub async fn serve(config: ServerConfig, listener: TcpListener, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<()> {
     crate::workers::lower_model_priority();
@@ -59,6 +73,7 @@ pub async fn serve_state(state: Arc<AppState>, listener: TcpListener, shutdown: 
         builder = builder.tls_config(tls).map_err(|e| ServiceError::InvalidArgument(format!("tls: {e}")))?;
     }
     let served = builder
+        .layer(tower::util::MapResponseLayer::new(oversized_is_resource_exhausted))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
