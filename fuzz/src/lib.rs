@@ -7,7 +7,6 @@
 //! Inputs that stand for several files (a dictionary folder: config + weights) are split
 //! at [`SEPARATOR`], so the fuzzer can vary each part.
 
-
 pub mod mutate;
 
 /// Separates the files of a multi-file input.

@@ -80,7 +80,10 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let examples = vec![labelled("a kind word", false), labelled("a cruel word", true), labelled("hello there", false), labelled("go away now", true)];
     vec![
         ("/loupe.v1.Features/ListDictionaries", pb::ListDictionariesRequest {}.encode_to_vec()),
-        ("/loupe.v1.Features/SearchFeatures", pb::SearchFeaturesRequest { query: "the \"a b\" c*".into(), limit: 5, min_density: Some(0.0), max_density: Some(0.5), ..Default::default() }.encode_to_vec()),
+        (
+            "/loupe.v1.Features/SearchFeatures",
+            pb::SearchFeaturesRequest { query: "the \"a b\" c*".into(), limit: 5, min_density: Some(0.0), max_density: Some(0.5), ..Default::default() }.encode_to_vec(),
+        ),
         ("/loupe.v1.Features/GetFeature", pb::GetFeatureRequest { feature: fref(1), max_top_examples: 3, max_interval_examples: 1 }.encode_to_vec()),
         ("/loupe.v1.Features/SimilarFeatures", pb::SimilarFeaturesRequest { feature: fref(1), k: 3, ..Default::default() }.encode_to_vec()),
         ("/loupe.v1.Features/TopFeaturesForText", pb::TopFeaturesForTextRequest { text: "The cat sat".into(), k: 3, ..Default::default() }.encode_to_vec()),
@@ -91,13 +94,21 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             "/loupe.v1.Steering/Steer",
             pb::SteerRequest {
                 prompt: "Once".into(),
-                interventions: vec![pb::Intervention { target: Some(pb::intervention::Target::Feature(pb::FeatureRef { dictionary_id: loupe_tests::DICTIONARY.into(), feature: 3 })), strength: 2.0, ..Default::default() }],
+                interventions: vec![pb::Intervention {
+                    target: Some(pb::intervention::Target::Feature(pb::FeatureRef { dictionary_id: loupe_tests::DICTIONARY.into(), feature: 3 })),
+                    strength: 2.0,
+                    ..Default::default()
+                }],
                 max_new_tokens: 2,
                 ..Default::default()
             }
             .encode_to_vec(),
         ),
-        ("/loupe.v1.Steering/CreateVector", pb::CreateVectorRequest { name: "fuzzed".into(), hook: "blocks.1.hook_resid_post".into(), positive: vec!["happy".into()], negative: vec!["sad".into()], ..Default::default() }.encode_to_vec()),
+        (
+            "/loupe.v1.Steering/CreateVector",
+            pb::CreateVectorRequest { name: "fuzzed".into(), hook: "blocks.1.hook_resid_post".into(), positive: vec!["happy".into()], negative: vec!["sad".into()], ..Default::default() }
+                .encode_to_vec(),
+        ),
         ("/loupe.v1.Steering/ListVectors", pb::ListVectorsRequest {}.encode_to_vec()),
         ("/loupe.v1.Steering/DeleteVector", pb::DeleteVectorRequest { name: "fuzzed".into(), author: None }.encode_to_vec()),
         ("/loupe.v1.Monitoring/CreateMonitor", pb::CreateMonitorRequest { definition: Some(monitor.clone()), author: None }.encode_to_vec()),

@@ -130,6 +130,7 @@ impl FeaturesService {
             }
         }
         let tokens = tokens_of(&r.text, &r.token_ids, engine.model().tokenizer()?, &state.limits, true)?;
+        crate::access::charge_model_tokens(tokens.len());
         let k = if r.k == 0 { state.limits.default_token_features } else { r.k as usize };
         let k_text = if r.k_text == 0 { state.limits.default_text_features } else { r.k_text as usize };
         let ignore_bos = r.ignore_bos.unwrap_or(true);

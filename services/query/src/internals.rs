@@ -37,6 +37,7 @@ impl InternalsService {
         let capture = Hooks::new().capture_all(hooks.iter().copied());
         capture.validate(engine.model().config().n_layers)?;
         let tokens = tokens_of(&r.text, &r.token_ids, engine.model().tokenizer()?, &state.limits, true)?;
+        crate::access::charge_model_tokens(tokens.len());
         let work_tokens = tokens.clone();
         let tensors = state
             .workers

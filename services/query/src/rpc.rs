@@ -34,7 +34,6 @@ pub fn tokens_of(text: &str, token_ids: &[u32], tokenizer: &loupe_engine::Tokeni
     if ids.len() > limits.max_tokens {
         return Err(ServiceError::ResourceExhausted(format!("the input is {} tokens; this server runs at most {} per call", ids.len(), limits.max_tokens)));
     }
-    crate::access::charge_model_tokens(ids.len());
     Ok(ids)
 }
 

@@ -150,22 +150,9 @@ pub async fn channel(server: &str, credentials: &Credentials) -> anyhow::Result<
         Some(token) => Some(format!("Bearer {}", token.trim()).parse().context("--token: a token is printable ASCII (as `loupe token create` prints it)")?),
         None => None,
     };
-    let channel = endpoint.connect().await.map_err(|e| anyhow::anyhow!("cannot reach loupe serve at {server} ({}): start it with `loupe serve`, or set --server / LOUPE_SERVER", error_chain(&e)))?;
+    // The transport error's causes (refused, TLS) follow on the same line (main's one_message).
+    let channel = endpoint.connect().await.with_context(|| format!("cannot reach loupe serve at {server} (start it with `loupe serve`, or set --server / LOUPE_SERVER)"))?;
     Ok(InterceptedService::new(channel, BearerToken(token)))
-}
-
-/// An error and its sources on one line (a TLS failure is only named deep in the chain).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
 }
 
 /// A gRPC status as an error a person can act on.

@@ -102,7 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         loupe_query::workers::lower_model_priority();
         let state = std::sync::Arc::new(loupe_query::state::AppState::load(&config).await.with_context(|| format!("serving store {}", store.display()))?);
         eprintln!("loupe serving {} on {} (Ctrl-C stops)", store.display(), listener.local_addr()?);
-        eprintln!("{}", access_summary(&config));
+        eprintln!("{}", access_summary(&config, state.access.live_tokens()));
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
@@ -111,7 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// What the server says at start about who may connect and call.
-fn access_summary(config: &loupe_query::ServerConfig) -> String {
+fn access_summary(config: &loupe_query::ServerConfig, live_tokens: usize) -> String {
     let access = &config.access;
     let transport = match (&access.tls.cert, &access.tls.client_ca) {
         (Some(_), Some(_)) => "TLS with client certificates (mutual TLS)".to_string(),
@@ -120,10 +120,7 @@ fn access_summary(config: &loupe_query::ServerConfig) -> String {
         (None, _) => "PLAIN TEXT on a network address (--insecure): anyone on the path can read and change calls".to_string(),
     };
     let callers = match &access.tokens_file {
-        Some(file) => {
-            let live = loupe_query::access::tokens::TokenFile::new(file.clone()).load().map(|t| t.iter().filter(|t| t.is_live()).count()).unwrap_or(0);
-            format!("callers need a token ({live} live in {})", file.display())
-        }
+        Some(file) => format!("callers need a token ({live_tokens} live in {})", file.display()),
         None => "NO TOKENS: every caller may do everything (create one with `loupe token create`)".to_string(),
     };
     format!("access: {transport}; {callers}")

@@ -28,13 +28,14 @@ pub struct Caller {
     /// The token's name; None when the server runs without tokens.
     pub name: Option<String>,
     pub scopes: Vec<Scope>,
-    quota: Arc<Mutex<CallerQuota>>,
+    /// None when the caller has no quota: nothing to count.
+    quota: Option<Arc<Mutex<CallerQuota>>>,
 }
 
 impl Caller {
     /// Charges model tokens to this caller's quota.
     pub fn charge_model_tokens(&self, tokens: usize) {
-        if let Ok(mut quota) = self.quota.lock() {
+        if let Some(Ok(mut quota)) = self.quota.as_ref().map(|q| q.lock()) {
             quota.charge_model_tokens(tokens, Instant::now());
         }
     }
@@ -128,10 +129,7 @@ impl Access {
     pub async fn authorize(&self, method: &str, authorization: Option<&str>, peer: Option<SocketAddr>) -> Result<Arc<Caller>> {
         let needed = scope_of(method);
         let (key, name, scopes, limits) = match &self.tokens {
-            None => {
-                let peer = peer.map(|p| p.ip().to_string()).unwrap_or_else(|| "unknown".into());
-                (format!("peer {peer}"), None, vec![Scope::Admin], self.defaults)
-            }
+            None => (None, None, vec![Scope::Admin], self.defaults),
             Some(tokens) => {
                 let record = self.authenticate(tokens, authorization).await?;
                 let scopes = record.scopes();
@@ -143,8 +141,17 @@ impl Access {
                     requests_per_second: record.requests_per_second.or(self.defaults.requests_per_second),
                     model_tokens_per_minute: record.model_tokens_per_minute.or(self.defaults.model_tokens_per_minute),
                 };
-                (format!("token {}", record.id), Some(record.name), scopes, limits)
+                (Some(record.id.clone()), Some(record.name), scopes, limits)
             }
+        };
+        // Without a quota there is nothing to count: no lock and no map entry per call.
+        if limits.requests_per_second.is_none() && limits.model_tokens_per_minute.is_none() {
+            return Ok(Arc::new(Caller { name, scopes, quota: None }));
+        }
+        // A token's bucket, or (without tokens) the peer address's.
+        let key = match key {
+            Some(token_id) => format!("token {token_id}"),
+            None => format!("peer {}", peer.map_or_else(|| "unknown".into(), |p| p.ip().to_string())),
         };
         let quota = self.quota_of(&key, limits);
         let admitted = quota.lock().map_err(|_| ServiceError::Internal("quota lock poisoned".into()))?.admit(scope::is_model_call(method), Instant::now());
@@ -152,7 +159,7 @@ impl Access {
             let who = name.as_deref().map(|n| format!("{n:?}")).unwrap_or(key);
             return Err(ServiceError::Throttled { message: format!("{who} is over its quota of {what}; retry in {:.2} s", retry_after.as_secs_f64()), retry_after });
         }
-        Ok(Arc::new(Caller { name, scopes, quota }))
+        Ok(Arc::new(Caller { name, scopes, quota: Some(quota) }))
     }
 
     fn quota_of(&self, key: &str, limits: QuotaLimits) -> Arc<Mutex<CallerQuota>> {

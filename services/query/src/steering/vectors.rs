@@ -55,6 +55,7 @@ pub async fn create(state: &AppState, r: pb::CreateVectorRequest, deadline: Opti
         let tokenizer = lens.model().tokenizer()?;
         let tokenize = |texts: &[String]| -> Result<Vec<Vec<u32>>> { texts.iter().map(|t| tokens_of(t, &[], tokenizer, &limits, true)).collect() };
         let (positive, negative) = (tokenize(&r.positive)?, tokenize(&r.negative)?);
+        crate::access::charge_model_tokens(positive.iter().chain(&negative).map(Vec::len).sum());
         let work = lens.clone();
         let contrast = state.workers.run(deadline, move |cancel| Ok(loupe_engine::steering::diffmean(work.model(), hook, &positive, &negative, &Hooks::new().cancel_when(cancel))?)).await?;
         let (pos_tokens, neg_tokens) = (contrast.positive_tokens, contrast.negative_tokens);
