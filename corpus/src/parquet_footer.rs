@@ -5,7 +5,11 @@
 //! ~100 GB and abort the process (found by fuzzing: fuzz/corpus/corpus_parquet/crash-footer-list-length). This walks the footer's
 //! Thrift compact encoding without interpreting it and refuses any declared length that the
 //! bytes left could not hold (every list element, map entry or string byte takes at least
-//! one byte). Remove it once the decoder bounds its allocations itself.
+//! one byte). It also checks the one count the decoder trusts that is not a length: each schema
+//! element's `num_children`, which it allocates for before reading the children (a 437-byte
+//! file declaring 800 million children made it allocate 6.4 GB:
+//! fuzz/corpus/corpus_parquet/crash-schema-children). Remove it once the decoder bounds its
+//! allocations itself.
 
 /// Why a footer is refused.
 pub type Reason = String;
@@ -32,8 +36,46 @@ pub fn check(file: &std::path::Path) -> Result<(), Reason> {
     }
     let mut metadata = vec![0u8; length as usize];
     handle.seek(SeekFrom::End(-8 - length as i64)).and_then(|_| handle.read_exact(&mut metadata)).map_err(|e| e.to_string())?;
-    let mut walker = Walker { bytes: &metadata, at: 0 };
-    walker.skip_struct(0)
+    Walker { bytes: &metadata, at: 0 }.skip_struct(0)?;
+    check_schema(&metadata)
+}
+
+/// Thrift field ids and types of the `FileMetaData` fields read here.
+const FILE_METADATA_SCHEMA: i16 = 2;
+const SCHEMA_ELEMENT_NUM_CHILDREN: i16 = 5;
+const TYPE_I32: u8 = 5;
+const TYPE_LIST: u8 = 9;
+const TYPE_STRUCT: u8 = 12;
+
+/// Every schema element declares fewer children than there are elements in the schema.
+fn check_schema(metadata: &[u8]) -> Result<(), Reason> {
+    let mut walker = Walker { bytes: metadata, at: 0 };
+    let mut id = 0i16;
+    while let Some((field, kind)) = walker.field_header(&mut id)? {
+        if field != FILE_METADATA_SCHEMA || kind != TYPE_LIST {
+            walker.skip(kind, 0)?;
+            continue;
+        }
+        let (n, element) = walker.list_header()?;
+        if element != TYPE_STRUCT {
+            return Err("the schema is not a list of schema elements".into());
+        }
+        for _ in 0..n {
+            let mut id = 0i16;
+            while let Some((field, kind)) = walker.field_header(&mut id)? {
+                if field == SCHEMA_ELEMENT_NUM_CHILDREN && kind == TYPE_I32 {
+                    let zigzag = walker.varint()?;
+                    let children = (zigzag >> 1) as i64 ^ -((zigzag & 1) as i64);
+                    if children < 0 || children as u64 >= n as u64 {
+                        return Err(format!("a schema element declares {children} children in a schema of {n} elements"));
+                    }
+                } else {
+                    walker.skip(kind, 1)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 struct Walker<'a> {
@@ -72,6 +114,33 @@ impl Walker<'_> {
         Ok(n as usize)
     }
 
+    /// The next field's id and type in a struct (ids are deltas from the previous one), or
+    /// None at the struct's end.
+    fn field_header(&mut self, id: &mut i16) -> Result<Option<(i16, u8)>, Reason> {
+        let header = self.byte()?;
+        if header == 0 {
+            return Ok(None);
+        }
+        *id = match header >> 4 {
+            0 => {
+                let zigzag = self.varint()?;
+                ((zigzag >> 1) as i64 ^ -((zigzag & 1) as i64)) as i16
+            }
+            delta => id.wrapping_add(i16::from(delta)),
+        };
+        Ok(Some((*id, header & 0x0f)))
+    }
+
+    /// A list's length and element type.
+    fn list_header(&mut self) -> Result<(usize, u8), Reason> {
+        let header = self.byte()?;
+        let n = match header >> 4 {
+            15 => self.varint()?,
+            short => u64::from(short),
+        };
+        Ok((self.count(n, "list")?, header & 0x0f))
+    }
+
     fn skip(&mut self, kind: u8, depth: usize) -> Result<(), Reason> {
         if depth > MAX_DEPTH {
             return Err("values nested too deeply".into());
@@ -94,14 +163,9 @@ impl Walker<'_> {
                 Ok(())
             }
             9 | 10 => {
-                let header = self.byte()?;
-                let n = match header >> 4 {
-                    15 => self.varint()?,
-                    short => u64::from(short),
-                };
-                let n = self.count(n, "list")?;
+                let (n, element) = self.list_header()?;
                 // Bools in a list take one byte each.
-                let element = match header & 0x0f {
+                let element = match element {
                     1 | 2 => 3,
                     other => other,
                 };
@@ -126,16 +190,11 @@ impl Walker<'_> {
         if depth > MAX_DEPTH {
             return Err("structs nested too deeply".into());
         }
-        loop {
-            let header = self.byte()?;
-            if header == 0 {
-                return Ok(());
-            }
-            if header >> 4 == 0 {
-                self.varint()?; // a field id in long form
-            }
-            self.skip(header & 0x0f, depth)?;
+        let mut id = 0;
+        while let Some((_, kind)) = self.field_header(&mut id)? {
+            self.skip(kind, depth)?;
         }
+        Ok(())
     }
 }
 
@@ -158,5 +217,15 @@ mod tests {
         assert!(err.contains("string declares"), "{err}");
         assert!(walk(&[0x1c; 200]).unwrap_err().contains("nested too deeply"));
         assert!(walk(&[0x15]).is_err(), "truncated");
+    }
+
+    #[test]
+    fn schema_elements_may_not_declare_more_children_than_the_schema_holds() {
+        // FileMetaData { 2: list<SchemaElement> [{ 5: num_children = c }, {}] } STOP
+        let metadata = |c: u8| vec![0x29, 0x2c, 0x55, c, 0x00, 0x00, 0x00];
+        assert!(check_schema(&metadata(2)).is_ok(), "1 child of 2 elements"); // zigzag 2 = 1
+        let err = check_schema(&metadata(4)).unwrap_err(); // zigzag 4 = 2
+        assert!(err.contains("declares 2 children in a schema of 2"), "{err}");
+        assert!(check_schema(&metadata(1)).unwrap_err().contains("-1 children"));
     }
 }

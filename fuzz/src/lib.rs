@@ -20,7 +20,7 @@ pub struct Target {
 
 /// Every target, light ones first.
 pub fn targets() -> Vec<Target> {
-    let all = vec![
+    vec![
         Target { name: "gguf", run: gguf },
         Target { name: "hf_model", run: hf_model },
         Target { name: "saelens", run: saelens },
@@ -30,14 +30,9 @@ pub fn targets() -> Vec<Target> {
         Target { name: "corpus_jsonl", run: corpus_jsonl },
         Target { name: "corpus_parquet", run: corpus_parquet },
         Target { name: "corpus_text", run: corpus_text },
-    ];
-    #[cfg(feature = "services")]
-    let all = {
-        let mut all = all;
-        all.extend([Target { name: "job_config", run: services::job_config }, Target { name: "search_query", run: services::search_query }]);
-        all
-    };
-    all
+        Target { name: "job_config", run: job_config },
+        Target { name: "search_query", run: search_query },
+    ]
 }
 
 /// The parts of a multi-file input (missing parts are empty).
@@ -132,35 +127,34 @@ pub fn corpus_text(data: &[u8]) {
     corpus("corpus.txt", data);
 }
 
-#[cfg(feature = "services")]
-mod services {
-    use std::sync::OnceLock;
+/// An index job's TOML config, then its validation.
+pub fn job_config(data: &[u8]) {
+    let dir = folder(&[("job.toml", data)]);
+    if let Ok(config) = loupe_indexer::JobConfig::from_file(&dir.path().join("job.toml")) {
+        let _ = config.validate();
+    }
+}
 
-    /// An index job's TOML config, then its validation.
-    pub fn job_config(data: &[u8]) {
-        let dir = super::folder(&[("job.toml", data)]);
-        if let Ok(config) = loupe_indexer::JobConfig::from_file(&dir.path().join("job.toml")) {
-            let _ = config.validate();
+/// A search query (tantivy's syntax plus loupe's prefixes and filters) against the feature
+/// index of a small synthetic dictionary, built once.
+pub fn search_query(data: &[u8]) {
+    use loupe_store::search::{FeatureSite, IndexBuilder, SearchIndex};
+    static INDEX: std::sync::OnceLock<(tempfile::TempDir, SearchIndex)> = std::sync::OnceLock::new();
+    let (_, index) = INDEX.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let commit = loupe_store::synthetic::synthetic_dictionary("fuzz", 64, 4, 1);
+        let path = dir.path().join("search");
+        let mut builder = IndexBuilder::create(&path).expect("a feature index");
+        let site = FeatureSite { hook: &commit.dictionary.hook, layer: commit.dictionary.layer };
+        for feature in &commit.features {
+            builder.add(feature, &site).expect("a synthetic feature indexes");
         }
-    }
-
-    /// A search query (tantivy's syntax plus loupe's prefixes and filters) against a small
-    /// synthetic store's index.
-    pub fn search_query(data: &[u8]) {
-        static STORE: OnceLock<(tempfile::TempDir, tokio::runtime::Runtime, loupe_store::StoreReader)> = OnceLock::new();
-        let (_, _, reader) = STORE.get_or_init(|| {
-            let dir = tempfile::tempdir().expect("a temporary folder");
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-            let writer = loupe_store::StoreWriter::open_or_create(dir.path()).expect("a store");
-            let reader = runtime.block_on(async {
-                writer.commit(&[loupe_store::synthetic::synthetic_dictionary("fuzz", 64, 4, 1)]).await.expect("a synthetic generation");
-                loupe_store::StoreReader::open(dir.path()).await.expect("the synthetic store opens")
-            });
-            (dir, runtime, reader)
-        });
-        let Ok(query) = std::str::from_utf8(data) else { return };
-        let _ = reader.search(query, &loupe_store::SearchFilter::default(), 0, 10);
-    }
+        builder.finish().expect("the feature index commits");
+        let index = SearchIndex::open(&path).expect("the feature index opens");
+        (dir, index)
+    });
+    let Ok(query) = std::str::from_utf8(data) else { return };
+    let _ = index.search(query, &loupe_store::SearchFilter::default(), 0, 10);
 }
 
 #[cfg(test)]

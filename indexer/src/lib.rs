@@ -3,13 +3,17 @@
 
 mod bins;
 pub mod checksum;
+pub mod config;
 pub mod error;
 pub mod finalize;
+#[cfg(feature = "run")]
 pub mod job;
 pub mod pipeline;
 pub mod reducer;
 pub mod state;
 
 pub use error::{IndexError, Result};
-pub use job::{DictionarySpec, Job, JobConfig, JobHooks, Outcome, RunOptions, RunReport};
+pub use config::{DictionarySpec, JobConfig};
+#[cfg(feature = "run")]
+pub use job::{Job, JobHooks, Outcome, RunOptions, RunReport};
 pub use pipeline::{Progress, Shard};

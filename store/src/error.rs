@@ -14,6 +14,7 @@ pub enum StoreError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[cfg(feature = "tables")]
     #[error("lance table {table}: {source}")]
     Lance { table: String, source: lance::Error },
     #[error("table {table}, column {column}: {reason}")]
@@ -38,6 +39,7 @@ impl StoreError {
         StoreError::Io { path: path.into(), source }
     }
 
+    #[cfg(feature = "tables")]
     pub fn lance(table: &str, source: lance::Error) -> Self {
         StoreError::Lance { table: table.to_string(), source }
     }

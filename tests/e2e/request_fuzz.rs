@@ -1,11 +1,13 @@
-//! The request validation of every unary RPC, fuzzed against a real server: a valid request
-//! per method, then seeded mutations of its encoding (loupe-fuzz's mutator) sent as raw
-//! bytes. Every answer must be a deliberate status (OK, INVALID_ARGUMENT, NOT_FOUND,
-//! RESOURCE_EXHAUSTED, ...): INTERNAL or UNKNOWN would be a panic or an unchecked input, and
-//! the server must still answer at the end. `LOUPE_FUZZ_REQUESTS` mutations per method
-//! (default 40).
+//! The request validation of every RPC, fuzzed against a real server: a valid request per
+//! method, then seeded mutations of its encoding (loupe-fuzz's mutator) sent as raw bytes;
+//! the streaming methods get the same for each message they take (StreamScore: one of its
+//! start, text and end messages mutated). Every answer must be a deliberate status (OK,
+//! INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, ...): INTERNAL or UNKNOWN would be a panic
+//! or an unchecked input; a stream must end once the client's side has; and the server must
+//! still answer at the end. `LOUPE_FUZZ_REQUESTS` mutations per method (default 40).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut};
 use loupe_fuzz::mutate::{mutate, Mutator};
@@ -13,7 +15,7 @@ use loupe_query::Limits;
 use loupe_schema::proto::v1 as pb;
 use loupe_tests::{fref, private_store, start_server};
 use prost::Message;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder, Streaming};
 use tonic::{Code, Status};
 
 /// Bytes in, bytes out: the request goes on the wire exactly as mutated.
@@ -62,6 +64,57 @@ impl Decoder for RawDecoder {
 
     fn buffer_settings(&self) -> BufferSettings {
         BufferSettings::default()
+    }
+}
+
+/// How a method takes its requests and gives its answers.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    Unary,
+    /// One request, a stream of answers that ends.
+    ServerStream,
+    /// One request, a stream of answers that goes on while the server runs (a subscription):
+    /// its status and first answer are read.
+    Subscription,
+    /// A stream of requests, a stream of answers that ends after the requests do.
+    BothStream,
+}
+
+/// A stream that must end once the client's side has: longer than this is a hang.
+const STREAM_END: Duration = Duration::from_secs(60);
+/// How long a subscription is read for its first answer.
+const SUBSCRIPTION_READ: Duration = Duration::from_millis(200);
+
+/// The streaming methods and a valid request sequence for each, encoded.
+fn stream_seeds(steer: &[u8]) -> Vec<(&'static str, Shape, Vec<Vec<u8>>)> {
+    use pb::stream_score_request::Event;
+    let event = |event: Event| pb::StreamScoreRequest { event: Some(event) }.encode_to_vec();
+    let start = event(Event::Start(pb::StreamStart { monitors: vec![], id: "fuzz".into(), caller: None }));
+    vec![
+        ("/loupe.v1.Steering/SteerStream", Shape::ServerStream, vec![steer.to_vec()]),
+        ("/loupe.v1.Monitoring/SubscribeAlerts", Shape::Subscription, vec![pb::SubscribeAlertsRequest { monitor: String::new(), min_severity: 0 }.encode_to_vec()]),
+        (
+            "/loupe.v1.Monitoring/StreamScore",
+            Shape::BothStream,
+            vec![start.clone(), event(Event::Text("stream this text".into())), event(Event::Text(" and this".into())), event(Event::End(true))],
+        ),
+        ("/loupe.v1.Monitoring/StreamScore", Shape::BothStream, vec![start, event(Event::Tokens(pb::TokenChunk { ids: vec![1, 2, 3] })), event(Event::End(true))]),
+    ]
+}
+
+/// Reads a stream's answers: to its end, or (a subscription) its first answer or a short
+/// wait; the first error status it carries.
+async fn drain(mut answers: Streaming<Vec<u8>>, shape: Shape, path: &str) -> Result<(), Status> {
+    loop {
+        let wait = if shape == Shape::Subscription { SUBSCRIPTION_READ } else { STREAM_END };
+        match tokio::time::timeout(wait, answers.message()).await {
+            Ok(Ok(Some(_))) if shape == Shape::Subscription => return Ok(()),
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(status)) => return Err(status),
+            Err(_) if shape == Shape::Subscription => return Ok(()),
+            Err(_) => panic!("{path}: the stream did not end within {STREAM_END:?} of the client's side"),
+        }
     }
 }
 
@@ -134,22 +187,41 @@ async fn mutated_requests_get_deliberate_statuses_and_the_server_stays_up() {
     let channel = loupe_tests::channel(&server.addr).await;
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     let seeds = seeds();
+    let steer = &seeds.iter().find(|(path, _)| path.ends_with("/Steer")).expect("a Steer seed").1;
+    let mut methods: Vec<(&str, Shape, Vec<Vec<u8>>)> = seeds.iter().map(|(path, seed)| (*path, Shape::Unary, vec![seed.clone()])).collect();
+    methods.extend(stream_seeds(steer));
+    // Mutations splice in parts of any method's messages.
+    let donors: Vec<&Vec<u8>> = methods.iter().flat_map(|(_, _, messages)| messages).collect();
     let mut codes: BTreeMap<String, usize> = BTreeMap::new();
     let mut rng = Mutator::seeded(0xF022);
-    for (path, seed) in &seeds {
+    for (path, shape, valid) in &methods {
         for i in 0..=mutations {
-            let body = if i == 0 { seed.clone() } else { mutate(seed, &seeds[rng.below(seeds.len())].1, &mut rng) };
+            let mut messages = valid.clone();
+            if i > 0 {
+                let which = rng.below(messages.len());
+                messages[which] = mutate(&messages[which], donors[rng.below(donors.len())], &mut rng);
+            }
             grpc.ready().await.unwrap();
             let path_and_query = tonic::codegen::http::uri::PathAndQuery::from_static(path);
-            let outcome = grpc.unary(tonic::Request::new(body.clone()), path_and_query, Raw).await;
+            let outcome = match shape {
+                Shape::Unary => grpc.unary(tonic::Request::new(messages[0].clone()), path_and_query, Raw).await.map(|_| ()),
+                Shape::ServerStream | Shape::Subscription => match grpc.server_streaming(tonic::Request::new(messages[0].clone()), path_and_query, Raw).await {
+                    Ok(answers) => drain(answers.into_inner(), *shape, path).await,
+                    Err(status) => Err(status),
+                },
+                Shape::BothStream => match grpc.streaming(tonic::Request::new(futures::stream::iter(messages.clone())), path_and_query, Raw).await {
+                    Ok(answers) => drain(answers.into_inner(), *shape, path).await,
+                    Err(status) => Err(status),
+                },
+            };
             let code = outcome.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
             if let Err(status) = &outcome {
+                let hex: Vec<String> = messages.iter().map(|m| m.iter().map(|b| format!("{b:02x}")).collect()).collect();
                 assert!(
                     !matches!(status.code(), Code::Internal | Code::Unknown),
-                    "{path} answered {:?} {:?} to a mutated request (hex {})",
+                    "{path} answered {:?} {:?} to a mutated request (messages in hex: {hex:?})",
                     status.code(),
                     status.message(),
-                    body.iter().map(|b| format!("{b:02x}")).collect::<String>()
                 );
             }
             *codes.entry(format!("{code:?}")).or_default() += 1;
@@ -157,6 +229,6 @@ async fn mutated_requests_get_deliberate_statuses_and_the_server_stays_up() {
     }
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.expect("the server still answers");
-    eprintln!("{} methods x {} requests: {codes:?}", seeds.len(), mutations + 1);
-    assert!(codes.get("Ok").copied().unwrap_or(0) >= seeds.len(), "the valid seeds succeed: {codes:?}");
+    eprintln!("{} methods x {} requests: {codes:?}", methods.len(), mutations + 1);
+    assert!(codes.get("Ok").copied().unwrap_or(0) >= methods.len(), "the valid seeds succeed: {codes:?}");
 }
