@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Times transformers (torch, f32, CPU) on the forward pass that `loupe bench forward` times:
-a batch of `--batch` x `--seq` tokens, once stopped after `--layer` and once through every
-layer with logits. Prints JSON with tokens/s for each. Called by `loupe bench forward`.
+batches of `--batch` (a comma-separated list) x `--seq` tokens, each once stopped after
+`--layer` and once through every layer with logits. Prints JSON with tokens/s for each batch
+size. Called by `loupe bench forward`.
 """
 import argparse
 import json
@@ -25,7 +26,7 @@ def best_time(fn, repeats):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True, help="GGUF file")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", default="32", help="batch sizes, comma-separated")
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--layer", type=int, default=15)
     p.add_argument("--threads", type=int, default=os.cpu_count())
@@ -35,18 +36,25 @@ def main():
     folder, name = os.path.split(a.model)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
     torch.manual_seed(0)
-    ids = torch.randint(100, model.config.vocab_size, (a.batch, a.seq))
-    tokens = a.batch * a.seq
+    batches = [int(b) for b in a.batch.split(",")]
+    inputs = {b: torch.randint(100, model.config.vocab_size, (b, a.seq)) for b in batches}
+    layers = model.model.layers
+    results = []
     with torch.inference_mode():
-        full = best_time(lambda: model(ids).logits, a.repeats)
-        # Stop after --layer: keep only the first layer+1 blocks of the decoder stack.
-        model.model.layers = model.model.layers[: a.layer + 1]
-        to_layer = best_time(lambda: model.model(ids).last_hidden_state, a.repeats)
-    print(json.dumps({
-        "threads": a.threads,
-        "to_layer_tokens_per_second": tokens / to_layer,
-        "logits_tokens_per_second": tokens / full,
-    }))
+        for b in batches:
+            ids = inputs[b]
+            model.model.layers = layers
+            full = best_time(lambda: model(ids).logits, a.repeats)
+            # Stop after --layer: keep only the first layer+1 blocks of the decoder stack.
+            model.model.layers = layers[: a.layer + 1]
+            to_layer = best_time(lambda: model.model(ids).last_hidden_state, a.repeats)
+            tokens = b * a.seq
+            results.append({
+                "batch": b,
+                "to_layer_tokens_per_second": tokens / to_layer,
+                "logits_tokens_per_second": tokens / full,
+            })
+    print(json.dumps({"threads": a.threads, "results": results}))
 
 
 if __name__ == "__main__":

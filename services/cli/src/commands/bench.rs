@@ -52,8 +52,9 @@ pub struct EncodeArgs {
 pub struct ForwardArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
+    /// Batch sizes (comma-separated): 1 and 8 are the server's shapes, 32 the indexer's.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 32])]
+    pub batch: Vec<usize>,
     #[arg(long, default_value_t = 128)]
     pub seq: usize,
     /// The shallow measurement stops after this layer.
@@ -85,6 +86,7 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
 }
 
 struct Timing {
+    batch: usize,
     name: String,
     seconds: f64,
     gflop: f64,
@@ -96,30 +98,35 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
     if args.layer >= config.n_layers {
         anyhow::bail!("--layer {} is beyond the model's last layer ({})", args.layer, config.n_layers - 1);
     }
+    if args.batch.is_empty() || args.batch.contains(&0) || args.seq == 0 {
+        anyhow::bail!("--batch takes sizes of at least 1 (e.g. 1,8,32) and --seq at least 1");
+    }
     let threads = rayon_threads();
     eprintln!("measuring f32 matmul peak ({threads} threads)...");
     let peak = loupe_engine::perf::matmul_peak_gflops(2048, 10)?;
-    let batch = bench_batch(&model, args.batch, args.seq)?;
-    let tokens = args.batch * args.seq;
     // Attention cost: each query attends to (seq + 1) / 2 keys on average under the causal mask.
     let context = args.seq.div_ceil(2);
-    let cases = [
-        (format!("to layer {}", args.layer), Hooks::new().capture(HookPoint::resid_post(args.layer)), Logits::None, args.layer + 1),
-        ("all layers + logits".to_string(), Hooks::new(), Logits::All, config.n_layers),
-    ];
     let mut timings = Vec::new();
-    for (name, hooks, logits, layers) in cases {
-        eprintln!("timing forward {name} ({} x {} tokens)...", args.batch, args.seq);
-        model.forward(&batch, &hooks, logits, None)?; // warm-up
-        let mut best = f64::INFINITY;
-        for _ in 0..args.repeats.max(1) {
-            let start = Instant::now();
-            let out = model.forward(&batch, &hooks, logits, None)?;
-            best = best.min(start.elapsed().as_secs_f64());
-            drop(out);
+    for &batch_size in &args.batch {
+        let batch = bench_batch(&model, batch_size, args.seq)?;
+        let tokens = batch_size * args.seq;
+        let cases = [
+            (format!("to layer {}", args.layer), Hooks::new().capture(HookPoint::resid_post(args.layer)), Logits::None, args.layer + 1),
+            ("all layers + logits".to_string(), Hooks::new(), Logits::All, config.n_layers),
+        ];
+        for (name, hooks, logits, layers) in cases {
+            eprintln!("timing forward {name} ({batch_size} x {} tokens)...", args.seq);
+            model.forward(&batch, &hooks, logits, None)?; // warm-up
+            let mut best = f64::INFINITY;
+            for _ in 0..args.repeats.max(1) {
+                let start = Instant::now();
+                let out = model.forward(&batch, &hooks, logits, None)?;
+                best = best.min(start.elapsed().as_secs_f64());
+                drop(out);
+            }
+            let gflop = config.forward_flops(tokens, layers, context, logits != Logits::None) / 1e9;
+            timings.push(Timing { batch: batch_size, name, seconds: best, gflop });
         }
-        let gflop = config.forward_flops(tokens, layers, context, logits != Logits::None) / 1e9;
-        timings.push(Timing { name, seconds: best, gflop });
     }
     let reference = if args.no_reference { Err(anyhow::anyhow!("disabled by --no-reference")) } else { transformers_timings(&args, &model, threads) };
 
@@ -127,10 +134,11 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            let tokens_per_s = tokens as f64 / t.seconds;
+            let tokens_per_s = (t.batch * args.seq) as f64 / t.seconds;
             let gflops = t.gflop / t.seconds;
             let torch = reference.as_ref().ok().and_then(|r| r.get(i).copied());
             json!({
+                "batch": t.batch,
                 "case": t.name,
                 "seconds": t.seconds,
                 "tokens_per_second": tokens_per_s,
@@ -142,9 +150,9 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
         })
         .collect();
     let report = json!({
+        "provenance": provenance(),
         "model": model.source(),
         "threads": threads,
-        "batch": args.batch,
         "seq": args.seq,
         "matmul_peak_gflops": peak,
         "results": rows,
@@ -153,13 +161,14 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
     if args.json {
         return print_json(&report);
     }
-    println!("forward pass, batch {} x {} tokens, {threads} threads", args.batch, args.seq);
+    println!("forward pass, batches of {} tokens, {threads} threads", args.seq);
     println!("f32 matmul peak (candle, 2048^3): {peak:.1} GFLOP/s");
-    println!("{:<22} {:>10} {:>10} {:>9} {:>14} {:>9}", "case", "tokens/s", "GFLOP/s", "of peak", "transformers", "ratio");
+    println!("{:>5} {:<22} {:>10} {:>10} {:>9} {:>14} {:>9}", "batch", "case", "tokens/s", "GFLOP/s", "of peak", "transformers", "ratio");
     for row in &rows {
         let torch = row["transformers_tokens_per_second"].as_f64();
         println!(
-            "{:<22} {:>10.0} {:>10.1} {:>8.1}% {:>14} {:>9}",
+            "{:>5} {:<22} {:>10.0} {:>10.1} {:>8.1}% {:>14} {:>9}",
+            row["batch"].as_u64().unwrap_or(0),
             row["case"].as_str().unwrap_or_default(),
             row["tokens_per_second"].as_f64().unwrap_or(0.0),
             row["gflops"].as_f64().unwrap_or(0.0),
@@ -234,11 +243,34 @@ fn bench_batch(model: &Model, batch: usize, seq: usize) -> anyhow::Result<TokenB
     Ok(TokenBatch::right_padded(&windows, 0)?)
 }
 
+/// Where a benchmark ran, so that a committed result can be traced: the CPU, cores and
+/// memory, the build profile and the commit (`git` in the working directory, when there).
+pub fn provenance() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo.lines().find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()));
+    let avx512 = cpuinfo.lines().find(|l| l.starts_with("flags")).map(|l| l.split_whitespace().any(|f| f == "avx512f"));
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_kib = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    let git = |args: &[&str]| Command::new("git").args(args).output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty());
+    json!({
+        "cpu": cpu,
+        "avx512": avx512,
+        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "memory_gib": memory_kib.map(|k| (k as f64 / (1 << 20) as f64 * 10.0).round() / 10.0),
+        "build_profile": if cfg!(debug_assertions) { "dev" } else { "release" },
+        "commit": git(&["rev-parse", "--short", "HEAD"]),
+        "uncommitted_changes": dirty,
+        "loupe_version": env!("CARGO_PKG_VERSION"),
+    })
+}
+
 fn rayon_threads() -> usize {
     std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Tokens/s of transformers for the same two cases, from the reference script.
+/// Tokens/s of transformers for the same cases (per batch size: to the layer, with logits),
+/// from the reference script.
 fn transformers_timings(args: &ForwardArgs, model: &Model, threads: usize) -> anyhow::Result<Vec<f64>> {
     if !args.reference.exists() {
         anyhow::bail!("{} not found (run from the repository root)", args.reference.display());
@@ -247,7 +279,7 @@ fn transformers_timings(args: &ForwardArgs, model: &Model, threads: usize) -> an
     let output = Command::new("python3")
         .arg(&args.reference)
         .args(["--model", &model.source().display().to_string()])
-        .args(["--batch", &args.batch.to_string(), "--seq", &args.seq.to_string()])
+        .args(["--batch", &args.batch.iter().map(usize::to_string).collect::<Vec<_>>().join(","), "--seq", &args.seq.to_string()])
         .args(["--layer", &args.layer.to_string(), "--threads", &threads.to_string()])
         .args(["--repeats", &args.repeats.to_string()])
         .output()
@@ -257,6 +289,12 @@ fn transformers_timings(args: &ForwardArgs, model: &Model, threads: usize) -> an
         anyhow::bail!("reference script failed: {}", stderr.lines().last().unwrap_or("no output"));
     }
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("parsing the reference script's JSON")?;
-    let get = |key: &str| report[key].as_f64().with_context(|| format!("reference output lacks '{key}'"));
-    Ok(vec![get("to_layer_tokens_per_second")?, get("logits_tokens_per_second")?])
+    let results = report["results"].as_array().context("reference output lacks 'results'")?;
+    let mut timings = Vec::new();
+    for result in results {
+        for key in ["to_layer_tokens_per_second", "logits_tokens_per_second"] {
+            timings.push(result[key].as_f64().with_context(|| format!("reference output lacks '{key}'"))?);
+        }
+    }
+    Ok(timings)
 }
