@@ -6,10 +6,11 @@
 //! Thrift compact encoding without interpreting it and refuses any declared length that the
 //! bytes left could not hold (every list element, map entry or string byte takes at least
 //! one byte). It also checks the one count the decoder trusts that is not a length: each schema
-//! element's `num_children`, which it allocates for before reading the children (a 437-byte
-//! file declaring 800 million children made it allocate 6.4 GB:
-//! fuzz/corpus/corpus_parquet/crash-schema-children). Remove it once the decoder bounds its
-//! allocations itself.
+//! element's `num_children`, which it allocates for before reading the children (437-byte
+//! files declaring 800 million children made it allocate 6.4 GB:
+//! fuzz/corpus/corpus_parquet/crash-schema-children*), and that the schema's fields have the
+//! wire types the format gives them (parquet reads them by id, so a damaged type byte made it
+//! read a count from a name's bytes). Remove it once the decoder bounds its allocations itself.
 
 /// Why a footer is refused.
 pub type Reason = String;
@@ -40,19 +41,48 @@ pub fn check(file: &std::path::Path) -> Result<(), Reason> {
     check_schema(&metadata)
 }
 
-/// Thrift field ids and types of the `FileMetaData` fields read here.
-const FILE_METADATA_SCHEMA: i16 = 2;
-const SCHEMA_ELEMENT_NUM_CHILDREN: i16 = 5;
+/// Thrift wire types.
 const TYPE_I32: u8 = 5;
+const TYPE_I64: u8 = 6;
+const TYPE_BINARY: u8 = 8;
 const TYPE_LIST: u8 = 9;
 const TYPE_STRUCT: u8 = 12;
 
-/// Every schema element declares fewer children than there are elements in the schema.
+/// The wire type of each `FileMetaData` field (parquet.thrift), by field id.
+fn file_metadata_field(id: i16) -> Option<u8> {
+    match id {
+        1 => Some(TYPE_I32),              // version
+        2 | 4 | 5 | 7 => Some(TYPE_LIST), // schema, row_groups, key_value_metadata, column_orders
+        3 => Some(TYPE_I64),              // num_rows
+        6 | 9 => Some(TYPE_BINARY),       // created_by, footer_signing_key_metadata
+        8 => Some(TYPE_STRUCT),           // encryption_algorithm
+        _ => None,
+    }
+}
+
+/// The wire type of each `SchemaElement` field, by field id.
+fn schema_element_field(id: i16) -> Option<u8> {
+    match id {
+        1..=3 | 5..=9 => Some(TYPE_I32), // type, type_length, repetition_type, num_children, converted_type, scale, precision, field_id
+        4 => Some(TYPE_BINARY),          // name
+        10 => Some(TYPE_STRUCT),         // logical_type
+        _ => None,
+    }
+}
+
+const FILE_METADATA_SCHEMA: i16 = 2;
+const SCHEMA_ELEMENT_NUM_CHILDREN: i16 = 5;
+
+/// The file's schema as parquet will read it: parquet's decoder reads a known field by the
+/// type the format gives it, whatever type the bytes declare (a damaged byte turns a bool
+/// into a count), so a known field with the wrong wire type is refused here; and every
+/// schema element declares fewer children than the schema holds.
 fn check_schema(metadata: &[u8]) -> Result<(), Reason> {
     let mut walker = Walker { bytes: metadata, at: 0 };
     let mut id = 0i16;
     while let Some((field, kind)) = walker.field_header(&mut id)? {
-        if field != FILE_METADATA_SCHEMA || kind != TYPE_LIST {
+        check_wire_type("FileMetaData", field, kind, file_metadata_field(field))?;
+        if field != FILE_METADATA_SCHEMA {
             walker.skip(kind, 0)?;
             continue;
         }
@@ -63,7 +93,8 @@ fn check_schema(metadata: &[u8]) -> Result<(), Reason> {
         for _ in 0..n {
             let mut id = 0i16;
             while let Some((field, kind)) = walker.field_header(&mut id)? {
-                if field == SCHEMA_ELEMENT_NUM_CHILDREN && kind == TYPE_I32 {
+                check_wire_type("a schema element", field, kind, schema_element_field(field))?;
+                if field == SCHEMA_ELEMENT_NUM_CHILDREN {
                     let zigzag = walker.varint()?;
                     let children = (zigzag >> 1) as i64 ^ -((zigzag & 1) as i64);
                     if children < 0 || children as u64 >= n as u64 {
@@ -76,6 +107,13 @@ fn check_schema(metadata: &[u8]) -> Result<(), Reason> {
         }
     }
     Ok(())
+}
+
+fn check_wire_type(what: &str, field: i16, kind: u8, expected: Option<u8>) -> Result<(), Reason> {
+    match expected {
+        Some(expected) if expected != kind => Err(format!("field {field} of {what} has Thrift type {kind}, expected {expected}")),
+        _ => Ok(()),
+    }
 }
 
 struct Walker<'a> {
@@ -227,5 +265,9 @@ mod tests {
         let err = check_schema(&metadata(4)).unwrap_err(); // zigzag 4 = 2
         assert!(err.contains("declares 2 children in a schema of 2"), "{err}");
         assert!(check_schema(&metadata(1)).unwrap_err().contains("-1 children"));
+        // repetition_type (field 3, an i32) sent as a bool: parquet would read the next
+        // bytes as its value.
+        let err = check_schema(&[0x29, 0x1c, 0x32, 0x00, 0x00]).unwrap_err();
+        assert!(err.contains("field 3 of a schema element has Thrift type 2, expected 5"), "{err}");
     }
 }

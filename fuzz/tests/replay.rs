@@ -14,8 +14,16 @@ fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     files.into_iter().map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect()
 }
 
+/// The address space libFuzzer's runs allow (`-rss_limit_mb=4096` in scripts/fuzz.sh): on
+/// a kernel that overcommits, a parser that allocates gigabytes it never touches would pass
+/// here and abort `loupe index` under a memory limit, so the replay sets the limit too.
+const ADDRESS_SPACE_BYTES: u64 = 4 << 30;
+
 #[test]
 fn every_target_survives_its_corpus_and_mutations_of_it() {
+    let limit = libc::rlimit { rlim_cur: ADDRESS_SPACE_BYTES, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads the struct it is given; lowering a soft limit is always allowed.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0, "setting the address space limit");
     let mutations: usize = std::env::var("LOUPE_FUZZ_REPLAY").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     for target in loupe_fuzz::targets() {
         let inputs = corpus(target.name);

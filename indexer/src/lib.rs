@@ -12,8 +12,8 @@ pub mod pipeline;
 pub mod reducer;
 pub mod state;
 
-pub use error::{IndexError, Result};
 pub use config::{DictionarySpec, JobConfig};
+pub use error::{IndexError, Result};
 #[cfg(feature = "run")]
 pub use job::{Job, JobHooks, Outcome, RunOptions, RunReport};
 pub use pipeline::{Progress, Shard};

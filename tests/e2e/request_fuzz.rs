@@ -93,11 +93,7 @@ fn stream_seeds(steer: &[u8]) -> Vec<(&'static str, Shape, Vec<Vec<u8>>)> {
     vec![
         ("/loupe.v1.Steering/SteerStream", Shape::ServerStream, vec![steer.to_vec()]),
         ("/loupe.v1.Monitoring/SubscribeAlerts", Shape::Subscription, vec![pb::SubscribeAlertsRequest { monitor: String::new(), min_severity: 0 }.encode_to_vec()]),
-        (
-            "/loupe.v1.Monitoring/StreamScore",
-            Shape::BothStream,
-            vec![start.clone(), event(Event::Text("stream this text".into())), event(Event::Text(" and this".into())), event(Event::End(true))],
-        ),
+        ("/loupe.v1.Monitoring/StreamScore", Shape::BothStream, vec![start.clone(), event(Event::Text("stream this text".into())), event(Event::Text(" and this".into())), event(Event::End(true))]),
         ("/loupe.v1.Monitoring/StreamScore", Shape::BothStream, vec![start, event(Event::Tokens(pb::TokenChunk { ids: vec![1, 2, 3] })), event(Event::End(true))]),
     ]
 }
@@ -217,12 +213,7 @@ async fn mutated_requests_get_deliberate_statuses_and_the_server_stays_up() {
             let code = outcome.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
             if let Err(status) = &outcome {
                 let hex: Vec<String> = messages.iter().map(|m| m.iter().map(|b| format!("{b:02x}")).collect()).collect();
-                assert!(
-                    !matches!(status.code(), Code::Internal | Code::Unknown),
-                    "{path} answered {:?} {:?} to a mutated request (messages in hex: {hex:?})",
-                    status.code(),
-                    status.message(),
-                );
+                assert!(!matches!(status.code(), Code::Internal | Code::Unknown), "{path} answered {:?} {:?} to a mutated request (messages in hex: {hex:?})", status.code(), status.message(),);
             }
             *codes.entry(format!("{code:?}")).or_default() += 1;
         }
