@@ -176,3 +176,40 @@ async fn label_writes_and_an_index_commit_do_not_block_each_other() {
         assert_eq!(label_of(&mut client, f).await, Some(marker(f)));
     }
 }
+
+/// GetFeature answers a repeated request from the dashboard cache, and a label written after
+/// the dashboard was cached, on this server or on another one sharing the store, shows in
+/// the cached answer (within the other server's label poll).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_dashboards_carry_the_current_label() {
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let store = private_store(dir.path()).await;
+    let limits = Limits::default();
+    let (a, b) = (start_server(&store, limits, false).await, start_server(&store, limits, false).await);
+    let (mut client_a, _) = clients(&a.addr).await;
+    let (mut client_b, _) = clients(&b.addr).await;
+    let request = pb::GetFeatureRequest { feature: fref(5), max_top_examples: 4, max_interval_examples: 1 };
+    let first = client_a.get_feature(request.clone()).await.unwrap().into_inner().dashboard.unwrap();
+    let (entries, bytes) = a.state.dashboards.usage().await;
+    assert_eq!(entries, 1, "the dashboard is cached");
+    assert!(bytes as usize >= first.encoded_len(), "{bytes} bytes weighed for a {}-byte dashboard", first.encoded_len());
+    let unchanged = |label: Option<String>| pb::FeatureDashboard { label, ..first.clone() };
+
+    client_a.set_feature_label(label_request(5, "labelled after caching", "tester")).await.unwrap();
+    let second = client_a.get_feature(request.clone()).await.unwrap().into_inner().dashboard.unwrap();
+    assert_eq!(second, unchanged(Some("labelled after caching".into())), "the same dashboard with the new label");
+    assert_eq!(a.state.dashboards.usage().await.0, 1, "answered from the cache, not read again");
+
+    client_b.set_feature_label(label_request(5, "labelled on the other server", "tester")).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let third = client_a.get_feature(request.clone()).await.unwrap().into_inner().dashboard.unwrap();
+        if third.label.as_deref() == Some("labelled on the other server") {
+            assert_eq!(third, unchanged(third.label.clone()));
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(2), "the other server's label did not reach the cached dashboard");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -94,6 +94,8 @@ pub struct Limits {
     /// without tokens); a token's own quotas replace them. 0: unlimited.
     pub caller_requests_per_second: f64,
     pub caller_model_tokens_per_minute: u64,
+    /// Bytes of hot dashboards (GetFeature responses, encoded) kept in memory. 0: none.
+    pub dashboard_cache_bytes: u64,
 }
 
 impl Default for Limits {
@@ -127,6 +129,7 @@ impl Default for Limits {
             store_alert_text: false,
             caller_requests_per_second: 0.0,
             caller_model_tokens_per_minute: 0,
+            dashboard_cache_bytes: 256 << 20,
         }
     }
 }
@@ -264,6 +267,9 @@ impl ServeSettings {
         }
         if let Some(v) = env("LOUPE_CALLER_MODEL_TOKENS_PER_MINUTE") {
             l.caller_model_tokens_per_minute = parse("LOUPE_CALLER_MODEL_TOKENS_PER_MINUTE", v)?;
+        }
+        if let Some(v) = env("LOUPE_DASHBOARD_CACHE_BYTES") {
+            l.dashboard_cache_bytes = parse("LOUPE_DASHBOARD_CACHE_BYTES", v)?;
         }
         Ok(())
     }

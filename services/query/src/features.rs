@@ -9,6 +9,7 @@ use loupe_store::vectors::Search;
 use loupe_store::{LabelRecord, SearchFilter};
 
 use crate::convert;
+use crate::dashboards::DashboardKey;
 use crate::error::{Result, ServiceError};
 use crate::rpc::{author_of, tokens_of};
 use crate::state::AppState;
@@ -80,9 +81,20 @@ impl FeaturesService {
         let f = feature_of(r.feature)?;
         let snapshot = state.snapshot();
         let dictionary = snapshot.check_feature(&f.dictionary_id, f.feature)?;
+        let key = DashboardKey {
+            generation: snapshot.reader.generation().generation,
+            dictionary_id: f.dictionary_id.clone(),
+            feature: f.feature,
+            max_top_examples: r.max_top_examples,
+            max_interval_examples: r.max_interval_examples,
+        };
+        if let Some(dashboard) = state.dashboards.get(&key, &snapshot).await {
+            return Ok(pb::GetFeatureResponse { dashboard: Some(dashboard) });
+        }
         let (feature, examples) = tokio::join!(snapshot.reader.feature(&f.dictionary_id, f.feature), snapshot.reader.examples(&f.dictionary_id, Some(f.feature)));
         let feature = feature?.ok_or_else(|| ServiceError::NotFound(format!("feature {} of {:?} is not in the store", f.feature, f.dictionary_id)))?;
         let dashboard = convert::dashboard(&feature, &dictionary.hook, examples?, r.max_top_examples as usize, r.max_interval_examples as usize);
+        state.dashboards.insert(key, &dashboard).await;
         Ok(pb::GetFeatureResponse { dashboard: Some(dashboard) })
     }
 

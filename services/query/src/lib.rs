@@ -7,6 +7,7 @@
 pub mod access;
 pub mod config;
 mod convert;
+pub mod dashboards;
 pub mod error;
 pub mod features;
 pub mod group_commit;

@@ -47,6 +47,8 @@ pub struct AppState {
     pub residual_norms: Mutex<HashMap<HookPoint, f32>>,
     /// Monitors, the scoring batcher and the alerts log.
     pub monitoring: crate::monitoring::MonitoringState,
+    /// Hot GetFeature dashboards.
+    pub dashboards: crate::dashboards::DashboardCache,
     next_request: AtomicU64,
 }
 
@@ -78,6 +80,7 @@ impl AppState {
             model_checksum,
             residual_norms: Mutex::new(HashMap::new()),
             monitoring: crate::monitoring::MonitoringState::new(config.store.clone(), batcher),
+            dashboards: crate::dashboards::DashboardCache::new(config.limits.dashboard_cache_bytes),
             next_request: AtomicU64::new(1),
         };
         state.monitoring.registry.refresh(&state).await?;

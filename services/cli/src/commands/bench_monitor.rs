@@ -19,7 +19,7 @@ use loupe_schema::proto::v1::monitoring_client::MonitoringClient;
 use serde_json::json;
 use tonic::transport::Channel;
 
-use super::bench_serve::{measure, start, workload_of, Call};
+use super::bench_serve::{bench_limits, measure, start, workload_of, Call};
 use crate::output::print_json;
 
 #[derive(clap::Args)]
@@ -129,7 +129,7 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut report = serde_json::Map::new();
     runtime.block_on(async {
-        let running = start(&store, true).await?;
+        let running = start(&store, true, bench_limits()).await?;
         let mut client = MonitoringClient::new(Channel::from_shared(running.addr.clone())?.connect().await?);
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&monitors_dir)? {

@@ -50,6 +50,14 @@ pub struct ServeArgs {
     /// do not share its cores) instead of starting the demo and synthetic ones here.
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
+    /// GetFeature calls ask for the first N features only (a hot set, as dashboards of
+    /// popular features are); 0: features spread over the whole dictionary.
+    #[arg(long, default_value_t = 0)]
+    pub hot_features: u32,
+    /// Bytes of dashboards the servers started here cache (default: the server's default;
+    /// 0 turns the cache off).
+    #[arg(long)]
+    pub dashboard_cache_bytes: Option<u64>,
     #[arg(long)]
     pub json: bool,
 }
@@ -60,11 +68,16 @@ pub(crate) struct Running {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-pub(crate) async fn start(store: &PathBuf, with_model: bool) -> anyhow::Result<Running> {
+/// The limits of the servers the benchmarks start: many clients may queue for the model.
+pub(crate) fn bench_limits() -> Limits {
+    Limits { max_waiting: 1024, ..Limits::default() }
+}
+
+pub(crate) async fn start(store: &PathBuf, with_model: bool, limits: Limits) -> anyhow::Result<Running> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let model = with_model.then(loupe_query::config::default_model_path);
-    let config = ServerConfig { store: store.clone(), addr, model, dictionaries: vec![], limits: Limits { max_waiting: 1024, ..Limits::default() }, access: Default::default() };
+    let config = ServerConfig { store: store.clone(), addr, model, dictionaries: vec![], limits, access: Default::default() };
     let state = Arc::new(loupe_query::state::AppState::load(&config).await.with_context(|| format!("loading {}", store.display()))?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(loupe_query::serve_state(state.clone(), listener, async {
@@ -106,6 +119,8 @@ pub(crate) enum Call {
 pub(crate) struct Workload {
     dictionary: String,
     d_sae: u32,
+    /// GetFeature asks for features below this (0: any feature).
+    hot: u32,
     words: Vec<String>,
     /// Texts for Score calls.
     pub(crate) texts: Vec<String>,
@@ -129,7 +144,8 @@ async fn one_call(clients: &mut Clients, call: Call, workload: &Workload, i: usi
             client.search_features(pb::SearchFeaturesRequest { query, limit: 20, ..Default::default() }).await?;
         }
         Call::Feature => {
-            let feature = ((i as u64 * 2_654_435_761) % u64::from(workload.d_sae)) as u32;
+            let span = if workload.hot > 0 { workload.hot.min(workload.d_sae) } else { workload.d_sae };
+            let feature = ((i as u64 * 2_654_435_761) % u64::from(span)) as u32;
             let request = pb::GetFeatureRequest { feature: Some(pb::FeatureRef { dictionary_id: workload.dictionary.clone(), feature }), max_top_examples: 0, max_interval_examples: 0 };
             client.get_feature(request).await?;
         }
@@ -217,7 +233,7 @@ pub(crate) async fn workload_of(addr: &str) -> anyhow::Result<Workload> {
     if words.is_empty() {
         words.push("the".into());
     }
-    Ok(Workload { dictionary: d.dictionary_id.clone(), d_sae: d.d_sae, words, texts: Vec::new() })
+    Ok(Workload { dictionary: d.dictionary_id.clone(), d_sae: d.d_sae, hot: 0, words, texts: Vec::new() })
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -238,14 +254,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     eprintln!("no synthetic store at {}: run `loupe bench store` first to include it", args.synthetic.display());
                 }
                 for (name, path, with_model) in stores {
-                    let running = start(&path, with_model).await?;
+                    let mut limits = bench_limits();
+                    if let Some(bytes) = args.dashboard_cache_bytes {
+                        limits.dashboard_cache_bytes = bytes;
+                    }
+                    let running = start(&path, with_model, limits).await?;
                     targets.push(Target { name: name.into(), addr: running.addr.clone(), with_model, _running: Some(running) });
                 }
             }
         }
         for target in &targets {
             let (name, with_model) = (target.name.as_str(), target.with_model);
-            let workload = Arc::new(workload_of(&target.addr).await?);
+            let workload = Arc::new(Workload { hot: args.hot_features, ..workload_of(&target.addr).await? });
             let wanted = |call: &str| args.calls.iter().any(|c| c == call);
             let mut floor_qps = std::collections::HashMap::new();
             for &clients in &args.clients {
