@@ -41,6 +41,9 @@ pub struct StoreReader {
     /// by dictionary and feature, which overrides the label its generation was built with
     /// (the cursor's state, readable without awaiting its lock).
     labels: RwLock<HashMap<String, HashMap<u32, Option<String>>>>,
+    /// Bumped after every refresh that changed a label (once search and dashboards see it):
+    /// what a cache of search results keys on.
+    labels_version: std::sync::atomic::AtomicU64,
 }
 
 /// Point reads of one table: every column but `dictionary_id`, which is filled in. Lance
@@ -130,6 +133,7 @@ impl StoreReader {
             example_reads,
             label_cursor,
             labels: RwLock::new(HashMap::new()),
+            labels_version: std::sync::atomic::AtomicU64::new(0),
         };
         reader.refresh_labels().await?;
         Ok(reader)
@@ -242,7 +246,14 @@ impl StoreReader {
         for (dictionary_id, feature, label) in updates {
             labels.entry(dictionary_id).or_default().insert(feature, label);
         }
+        self.labels_version.fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(count)
+    }
+
+    /// Changes with every label refresh that changed a label: searches answered under one
+    /// version answer the same until it changes (within a generation).
+    pub fn labels_version(&self) -> u64 {
+        self.labels_version.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Examples of one feature (or of every feature when None): top examples by rank, then

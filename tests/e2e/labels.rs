@@ -177,11 +177,11 @@ async fn label_writes_and_an_index_commit_do_not_block_each_other() {
     }
 }
 
-/// GetFeature answers a repeated request from the dashboard cache, and a label written after
-/// the dashboard was cached, on this server or on another one sharing the store, shows in
-/// the cached answer (within the other server's label poll).
+/// GetFeature and SearchFeatures answer repeated requests from their caches, and a label
+/// written after an answer was cached, on this server or on another one sharing the store,
+/// shows in the next answer (within the other server's label poll).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cached_dashboards_carry_the_current_label() {
+async fn cached_answers_carry_the_current_label() {
     use prost::Message;
     let dir = tempfile::tempdir().unwrap();
     let store = private_store(dir.path()).await;
@@ -195,18 +195,25 @@ async fn cached_dashboards_carry_the_current_label() {
     assert_eq!(entries, 1, "the dashboard is cached");
     assert!(bytes as usize >= first.encoded_len(), "{bytes} bytes weighed for a {}-byte dashboard", first.encoded_len());
     let unchanged = |label: Option<String>| pb::FeatureDashboard { label, ..first.clone() };
+    // Searches for the coming labels' words, cached while nothing matches them.
+    assert_eq!(search_hits(&mut client_a, "qzxcachedmarker").await, vec![]);
+    assert_eq!(search_hits(&mut client_a, "qzxothermarker").await, vec![]);
+    assert_eq!(a.state.searches.usage().await.0, 2, "both searches cached");
 
-    client_a.set_feature_label(label_request(5, "labelled after caching", "tester")).await.unwrap();
+    client_a.set_feature_label(label_request(5, "labelled after caching qzxcachedmarker", "tester")).await.unwrap();
     let second = client_a.get_feature(request.clone()).await.unwrap().into_inner().dashboard.unwrap();
-    assert_eq!(second, unchanged(Some("labelled after caching".into())), "the same dashboard with the new label");
+    assert_eq!(second, unchanged(Some("labelled after caching qzxcachedmarker".into())), "the same dashboard with the new label");
     assert_eq!(a.state.dashboards.usage().await.0, 1, "answered from the cache, not read again");
+    assert_eq!(search_hits(&mut client_a, "qzxcachedmarker").await, vec![(5, Some("labelled after caching qzxcachedmarker".into()))]);
 
-    client_b.set_feature_label(label_request(5, "labelled on the other server", "tester")).await.unwrap();
+    client_b.set_feature_label(label_request(5, "labelled on the other server qzxothermarker", "tester")).await.unwrap();
     let start = Instant::now();
     loop {
         let third = client_a.get_feature(request.clone()).await.unwrap().into_inner().dashboard.unwrap();
-        if third.label.as_deref() == Some("labelled on the other server") {
+        if third.label.as_deref() == Some("labelled on the other server qzxothermarker") {
             assert_eq!(third, unchanged(third.label.clone()));
+            assert_eq!(search_hits(&mut client_a, "qzxothermarker").await, vec![(5, third.label.clone())]);
+            assert_eq!(search_hits(&mut client_a, "qzxcachedmarker").await, vec![], "the replaced label is no longer found");
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(2), "the other server's label did not reach the cached dashboard");

@@ -94,8 +94,10 @@ pub struct Limits {
     /// without tokens); a token's own quotas replace them. 0: unlimited.
     pub caller_requests_per_second: f64,
     pub caller_model_tokens_per_minute: u64,
-    /// Bytes of hot dashboards (GetFeature responses, encoded) kept in memory. 0: none.
+    /// Bytes of hot dashboards (GetFeature answers, encoded) kept in memory. 0: none.
     pub dashboard_cache_bytes: u64,
+    /// Bytes of hot SearchFeatures answers kept in memory. 0: none.
+    pub search_cache_bytes: u64,
 }
 
 impl Default for Limits {
@@ -130,6 +132,7 @@ impl Default for Limits {
             caller_requests_per_second: 0.0,
             caller_model_tokens_per_minute: 0,
             dashboard_cache_bytes: 256 << 20,
+            search_cache_bytes: 64 << 20,
         }
     }
 }
@@ -268,8 +271,10 @@ impl ServeSettings {
         if let Some(v) = env("LOUPE_CALLER_MODEL_TOKENS_PER_MINUTE") {
             l.caller_model_tokens_per_minute = parse("LOUPE_CALLER_MODEL_TOKENS_PER_MINUTE", v)?;
         }
-        if let Some(v) = env("LOUPE_DASHBOARD_CACHE_BYTES") {
-            l.dashboard_cache_bytes = parse("LOUPE_DASHBOARD_CACHE_BYTES", v)?;
+        for (name, slot) in [("LOUPE_DASHBOARD_CACHE_BYTES", &mut l.dashboard_cache_bytes), ("LOUPE_SEARCH_CACHE_BYTES", &mut l.search_cache_bytes)] {
+            if let Some(v) = env(name) {
+                *slot = parse(name, v)?;
+            }
         }
         Ok(())
     }

@@ -9,8 +9,8 @@ use loupe_store::vectors::Search;
 use loupe_store::{LabelRecord, SearchFilter};
 
 use crate::convert;
-use crate::dashboards::DashboardKey;
 use crate::error::{Result, ServiceError};
+use crate::response_cache::{DashboardKey, SearchKey};
 use crate::rpc::{author_of, tokens_of};
 use crate::state::AppState;
 
@@ -55,10 +55,25 @@ impl FeaturesService {
             snapshot.dictionary(id)?;
         }
         crate::rpc::check_density_range(r.min_density, r.max_density)?;
-        let filter = SearchFilter { dictionary_id: r.dictionary_id, hook: r.hook, layer: r.layer, min_density: r.min_density, max_density: r.max_density };
         let offset = r.offset as usize;
+        let key = SearchKey {
+            generation: snapshot.reader.generation().generation,
+            labels_version: snapshot.reader.labels_version(),
+            query: r.query.clone(),
+            dictionary_id: r.dictionary_id.clone(),
+            hook: r.hook.clone(),
+            layer: r.layer,
+            min_density: r.min_density.map(f64::to_bits),
+            max_density: r.max_density.map(f64::to_bits),
+            offset,
+            limit,
+        };
+        if let Some(answer) = state.searches.get(&key).await {
+            return Ok(answer);
+        }
+        let filter = SearchFilter { dictionary_id: r.dictionary_id, hook: r.hook, layer: r.layer, min_density: r.min_density, max_density: r.max_density };
         let results = tokio::task::spawn_blocking(move || snapshot.reader.search(&r.query, &filter, offset, limit)).await.map_err(|e| ServiceError::Internal(e.to_string()))??;
-        Ok(pb::SearchFeaturesResponse {
+        let answer = pb::SearchFeaturesResponse {
             total: results.total as u64,
             hits: results
                 .hits
@@ -73,7 +88,9 @@ impl FeaturesService {
                     highlights: h.highlights.into_iter().map(|r| pb::Range { start: r.start as u32, end: r.end as u32 }).collect(),
                 })
                 .collect(),
-        })
+        };
+        state.searches.insert(key, &answer).await;
+        Ok(answer)
     }
 
     pub async fn get_feature(&self, r: pb::GetFeatureRequest) -> Result<pb::GetFeatureResponse> {
@@ -88,7 +105,12 @@ impl FeaturesService {
             max_top_examples: r.max_top_examples,
             max_interval_examples: r.max_interval_examples,
         };
-        if let Some(dashboard) = state.dashboards.get(&key, &snapshot).await {
+        if let Some(mut dashboard) = state.dashboards.get(&key).await {
+            // Label writes only add overrides: a feature without one now had none when its
+            // dashboard was read, and the cached label is still the generation's.
+            if let Some(label) = snapshot.reader.label_override(&f.dictionary_id, f.feature) {
+                dashboard.label = label;
+            }
             return Ok(pb::GetFeatureResponse { dashboard: Some(dashboard) });
         }
         let (feature, examples) = tokio::join!(snapshot.reader.feature(&f.dictionary_id, f.feature), snapshot.reader.examples(&f.dictionary_id, Some(f.feature)));

@@ -7,7 +7,6 @@
 pub mod access;
 pub mod config;
 mod convert;
-pub mod dashboards;
 pub mod error;
 pub mod features;
 pub mod group_commit;
@@ -15,6 +14,7 @@ pub mod grpc_adapter;
 pub mod internals;
 pub mod labels;
 pub mod monitoring;
+pub mod response_cache;
 mod rpc;
 pub mod server;
 pub mod state;

@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use loupe_engine::{Dictionary, FeatureLens, HookPoint, Model};
+use loupe_schema::proto::v1 as pb;
 use loupe_store::{DictionaryRecord, StoreReader};
 
 use crate::config::{Limits, ServerConfig};
 use crate::error::{Result, ServiceError};
 use crate::labels::LabelWriter;
+use crate::response_cache::{DashboardKey, ResponseCache, SearchKey};
 use crate::workers::ModelWorkers;
 
 /// One generation of the store and what the server derives from it.
@@ -47,8 +49,9 @@ pub struct AppState {
     pub residual_norms: Mutex<HashMap<HookPoint, f32>>,
     /// Monitors, the scoring batcher and the alerts log.
     pub monitoring: crate::monitoring::MonitoringState,
-    /// Hot GetFeature dashboards.
-    pub dashboards: crate::dashboards::DashboardCache,
+    /// Hot GetFeature and SearchFeatures answers.
+    pub dashboards: ResponseCache<DashboardKey, pb::FeatureDashboard>,
+    pub searches: ResponseCache<SearchKey, pb::SearchFeaturesResponse>,
     next_request: AtomicU64,
 }
 
@@ -80,7 +83,8 @@ impl AppState {
             model_checksum,
             residual_norms: Mutex::new(HashMap::new()),
             monitoring: crate::monitoring::MonitoringState::new(config.store.clone(), batcher),
-            dashboards: crate::dashboards::DashboardCache::new(config.limits.dashboard_cache_bytes),
+            dashboards: ResponseCache::new(config.limits.dashboard_cache_bytes),
+            searches: ResponseCache::new(config.limits.search_cache_bytes),
             next_request: AtomicU64::new(1),
         };
         state.monitoring.registry.refresh(&state).await?;

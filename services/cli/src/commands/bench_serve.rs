@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// 0 turns the cache off).
     #[arg(long)]
     pub dashboard_cache_bytes: Option<u64>,
+    /// Bytes of search answers the servers started here cache (default: the server's
+    /// default; 0 turns the cache off).
+    #[arg(long)]
+    pub search_cache_bytes: Option<u64>,
     #[arg(long)]
     pub json: bool,
 }
@@ -257,6 +261,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     let mut limits = bench_limits();
                     if let Some(bytes) = args.dashboard_cache_bytes {
                         limits.dashboard_cache_bytes = bytes;
+                    }
+                    if let Some(bytes) = args.search_cache_bytes {
+                        limits.search_cache_bytes = bytes;
                     }
                     let running = start(&path, with_model, limits).await?;
                     targets.push(Target { name: name.into(), addr: running.addr.clone(), with_model, _running: Some(running) });
