@@ -62,6 +62,11 @@ pub struct ServeArgs {
     /// default; 0 turns the cache off).
     #[arg(long)]
     pub search_cache_bytes: Option<u64>,
+    /// After each call's closed-loop runs, offer this fraction of its highest measured QPS
+    /// as a fixed rate for `--seconds` (open loop: requests go out on schedule whatever the
+    /// server is doing, and latency counts from when a request was due), e.g. 0.5.
+    #[arg(long, value_name = "FRACTION")]
+    pub open_loop: Option<f64>,
     #[arg(long)]
     pub json: bool,
 }
@@ -130,6 +135,7 @@ pub(crate) struct Workload {
     pub(crate) texts: Vec<String>,
 }
 
+#[derive(Clone)]
 struct Clients {
     features: FeaturesClient<Channel>,
     health: HealthClient<Channel>,
@@ -219,6 +225,59 @@ pub(crate) async fn measure(addr: &str, call: Call, clients: usize, seconds: f64
     Ok((pick(0.5), pick(0.99), all.len() as f64 / elapsed))
 }
 
+/// The latency distribution of an open-loop run.
+struct OpenLoop {
+    achieved_qps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    failed: usize,
+}
+
+/// Requests of `call` due at a fixed `rate` for `seconds`, each sent on its own task when it
+/// is due whatever the earlier ones are doing, over a few shared connections. A request's
+/// latency counts from when it was due, not from when it could be sent, so a server that
+/// falls behind shows it in the tail (no coordinated omission).
+async fn open_loop(addr: &str, call: Call, rate: f64, seconds: f64, workload: &Arc<Workload>) -> anyhow::Result<OpenLoop> {
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let channel = Channel::from_shared(addr.to_string())?.connect().await?;
+        clients.push(Clients {
+            features: FeaturesClient::new(channel.clone()).max_decoding_message_size(64 << 20),
+            health: HealthClient::new(channel.clone()),
+            steering: SteeringClient::new(channel.clone()),
+            monitoring: MonitoringClient::new(channel),
+        });
+    }
+    let requests = (rate * seconds).round().max(1.0) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
+    let start = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..requests {
+        let due = start + interval * i as u32;
+        tokio::time::sleep_until(due).await;
+        let (mut client, workload) = (clients[i % clients.len()].clone(), workload.clone());
+        tasks.spawn(async move {
+            let outcome = one_call(&mut client, call, &workload, i).await;
+            (outcome.is_ok(), due.elapsed().as_secs_f64() * 1e3)
+        });
+    }
+    let mut latencies = Vec::with_capacity(requests);
+    let mut failed = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (ok, ms) = done?;
+        if ok {
+            latencies.push(ms);
+        } else {
+            failed += 1;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let pick = |p: f64| latencies.get(((latencies.len().max(1) - 1) as f64 * p).round() as usize).copied().unwrap_or(0.0);
+    Ok(OpenLoop { achieved_qps: latencies.len() as f64 / elapsed, p50_ms: pick(0.5), p99_ms: pick(0.99), p999_ms: pick(0.999), failed })
+}
+
 pub(crate) async fn workload_of(addr: &str) -> anyhow::Result<Workload> {
     let mut client = FeaturesClient::new(Channel::from_shared(addr.to_string())?.connect().await?);
     let list = client.list_dictionaries(pb::ListDictionariesRequest {}).await?.into_inner();
@@ -241,6 +300,9 @@ pub(crate) async fn workload_of(addr: &str) -> anyhow::Result<Workload> {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(f) = args.open_loop {
+        anyhow::ensure!(f > 0.0 && f <= 1.0, "--open-loop takes the fraction of each call's best measured QPS to offer, from 0 to 1 (e.g. 0.5); got {f}");
+    }
     // As `loupe serve` does: the model's threads yield to the ones answering requests.
     loupe_query::workers::lower_model_priority();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -285,13 +347,29 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 if !wanted(key) {
                     continue;
                 }
+                let mut best_qps: f64 = 0.0;
                 for &clients in &args.clients {
                     let (p50, p99, qps) = measure(&target.addr, call, clients, args.seconds, &workload).await?;
+                    best_qps = best_qps.max(qps);
                     let floor = floor_qps[&clients];
                     // Little's law: with `clients` always waiting, the mean latency is clients / QPS.
                     let bound_ms = clients as f64 / floor * 1e3;
                     eprintln!("{name:<13} {call_name:<15} {clients:>3} clients  p50 {p50:>8.2} ms  p99 {p99:>8.2} ms  {qps:>8.0} QPS ({:.0}% of the floor; mean latency >= {bound_ms:.2} ms here)", 100.0 * qps / floor);
                     report.push(json!({"store": name, "call": call_name, "clients": clients, "p50_ms": p50, "p99_ms": p99, "qps": qps, "fraction_of_floor_qps": qps / floor, "floor_mean_latency_ms": bound_ms}));
+                }
+                if let Some(fraction) = args.open_loop {
+                    let offered = best_qps * fraction;
+                    let r = open_loop(&target.addr, call, offered, args.seconds, &workload).await?;
+                    eprintln!(
+                        "{name:<13} {call_name:<15} open loop at {offered:.0}/s ({:.0}% of its best QPS): achieved {:.0}/s, p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms, {} failed",
+                        100.0 * fraction,
+                        r.achieved_qps,
+                        r.p50_ms,
+                        r.p99_ms,
+                        r.p999_ms,
+                        r.failed
+                    );
+                    report.push(json!({"store": name, "call": format!("{call_name} open loop"), "offered_qps": offered, "fraction_of_best_qps": fraction, "achieved_qps": r.achieved_qps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "p999_ms": r.p999_ms, "failed": r.failed}));
                 }
             }
             // Searches and dashboards while model calls keep the workers saturated: 4 loaders
@@ -327,7 +405,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     println!("{:<13} {:<40} {:>7} {:>9} {:>9} {:>9}", "store", "call", "clients", "p50 ms", "p99 ms", "QPS");
     for r in &report {
-        if r.get("ratio").is_some() {
+        if let Some(offered) = r.get("offered_qps").and_then(|v| v.as_f64()) {
+            println!(
+                "{:<13} {:<40} offered {offered:.0}/s, achieved {:.0}/s: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+                r["store"].as_str().unwrap_or(""),
+                r["call"].as_str().unwrap_or(""),
+                r["achieved_qps"].as_f64().unwrap_or(0.0),
+                r["p50_ms"].as_f64().unwrap_or(0.0),
+                r["p99_ms"].as_f64().unwrap_or(0.0),
+                r["p999_ms"].as_f64().unwrap_or(0.0)
+            );
+        } else if r.get("ratio").is_some() {
             println!(
                 "{:<13} {:<40} {:>7} idle p99 {:.2} ms, loaded p99 {:.2} ms: {:.2}x (target <= 2x)",
                 r["store"].as_str().unwrap_or(""),
