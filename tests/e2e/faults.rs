@@ -60,7 +60,7 @@ async fn a_full_then_read_only_disk_fails_writes_clearly_and_reads_go_on() {
     assert!(full.message().contains("disk is full"), "{}", full.message());
     // Reads go on.
     client.search_features(pb::SearchFeaturesRequest { query: "the".into(), ..Default::default() }).await.expect("search on a full disk");
-    let dashboard = client.get_feature(pb::GetFeatureRequest { feature: fref(5), max_top_examples: 4, max_interval_examples: 0 }).await.expect("a dashboard on a full disk");
+    let dashboard = client.get_feature(pb::GetFeatureRequest { feature: fref(5), max_top_examples: 4, max_interval_examples: 0, include: None }).await.expect("a dashboard on a full disk");
     assert_eq!(dashboard.into_inner().dashboard.unwrap().label.as_deref(), Some("before the disk filled"));
 
     // Space back: writes work again, and the failed one left nothing behind.

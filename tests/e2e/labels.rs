@@ -24,7 +24,7 @@ fn marker(f: u32) -> String {
 }
 
 async fn label_of(client: &mut FeaturesClient<Channel>, feature: u32) -> Option<String> {
-    let dashboard = client.get_feature(pb::GetFeatureRequest { feature: fref(feature), max_top_examples: 0, max_interval_examples: 0 }).await.unwrap().into_inner();
+    let dashboard = client.get_feature(pb::GetFeatureRequest { feature: fref(feature), max_top_examples: 0, max_interval_examples: 0, include: None }).await.unwrap().into_inner();
     dashboard.dashboard.unwrap().label
 }
 
@@ -189,7 +189,7 @@ async fn cached_answers_carry_the_current_label() {
     let (a, b) = (start_server(&store, limits, false).await, start_server(&store, limits, false).await);
     let (mut client_a, _) = clients(&a.addr).await;
     let (mut client_b, _) = clients(&b.addr).await;
-    let request = pb::GetFeatureRequest { feature: fref(5), max_top_examples: 4, max_interval_examples: 1 };
+    let request = pb::GetFeatureRequest { feature: fref(5), max_top_examples: 4, max_interval_examples: 1, include: None };
     let first = client_a.get_feature(request.clone()).await.unwrap().into_inner().dashboard.unwrap();
     let (entries, bytes) = a.state.dashboards.usage().await;
     assert_eq!(entries, 1, "the dashboard is cached");

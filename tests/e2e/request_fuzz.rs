@@ -133,7 +133,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             "/loupe.v1.Features/SearchFeatures",
             pb::SearchFeaturesRequest { query: "the \"a b\" c*".into(), limit: 5, min_density: Some(0.0), max_density: Some(0.5), ..Default::default() }.encode_to_vec(),
         ),
-        ("/loupe.v1.Features/GetFeature", pb::GetFeatureRequest { feature: fref(1), max_top_examples: 3, max_interval_examples: 1 }.encode_to_vec()),
+        ("/loupe.v1.Features/GetFeature", pb::GetFeatureRequest { feature: fref(1), max_top_examples: 3, max_interval_examples: 1, include: None }.encode_to_vec()),
         ("/loupe.v1.Features/SimilarFeatures", pb::SimilarFeaturesRequest { feature: fref(1), k: 3, ..Default::default() }.encode_to_vec()),
         ("/loupe.v1.Features/TopFeaturesForText", pb::TopFeaturesForTextRequest { text: "The cat sat".into(), k: 3, ..Default::default() }.encode_to_vec()),
         ("/loupe.v1.Features/SetFeatureLabel", pb::SetFeatureLabelRequest { feature: fref(2), label: "fuzzed".into(), author: Some("fuzz".into()) }.encode_to_vec()),

@@ -113,7 +113,10 @@ async fn median_latency(client: &mut FeaturesClient<Channel>, token: &str, calls
     let mut times = Vec::with_capacity(calls);
     for i in 0..calls {
         let start = Instant::now();
-        client.get_feature(with_token(pb::GetFeatureRequest { feature: fref((i % 8) as u32), max_top_examples: 8, max_interval_examples: 0 }, token)).await.expect("the quiet caller is served");
+        client
+            .get_feature(with_token(pb::GetFeatureRequest { feature: fref((i % 8) as u32), max_top_examples: 8, max_interval_examples: 0, include: None }, token))
+            .await
+            .expect("the quiet caller is served");
         times.push(start.elapsed());
     }
     times.sort();

@@ -24,11 +24,11 @@ async fn every_rpc_over_loopback() {
     assert!(manifest["tokens_seen"].as_u64().unwrap() > 1000, "{manifest}");
 
     // Pick a feature with examples: the strongest feature of some stored window.
-    let dashboard = features.get_feature(pb::GetFeatureRequest { feature: fref(0), max_top_examples: 0, max_interval_examples: 0 }).await.unwrap().into_inner();
+    let dashboard = features.get_feature(pb::GetFeatureRequest { feature: fref(0), max_top_examples: 0, max_interval_examples: 0, include: None }).await.unwrap().into_inner();
     assert!(dashboard.dashboard.is_some());
     let mut chosen = None;
     for f in 0..4608 {
-        let d = features.get_feature(pb::GetFeatureRequest { feature: fref(f), max_top_examples: 0, max_interval_examples: 0 }).await.unwrap().into_inner().dashboard.unwrap();
+        let d = features.get_feature(pb::GetFeatureRequest { feature: fref(f), max_top_examples: 0, max_interval_examples: 0, include: None }).await.unwrap().into_inner().dashboard.unwrap();
         if d.top_examples.len() >= 4 {
             let e = &d.top_examples[0];
             let word = e.tokens[e.max_position as usize].trim().to_lowercase();
@@ -43,6 +43,16 @@ async fn every_rpc_over_loopback() {
     assert_eq!(dash.top_logits.len(), 10);
     assert_eq!(dash.neighbours.len(), 10);
     assert!(dash.top_examples.windows(2).all(|w| w[0].max_activation >= w[1].max_activation));
+    // Parts: only the histogram asked for; the statistics come with every dashboard.
+    let only = |parts: pb::DashboardParts| pb::GetFeatureRequest { feature: fref(f), max_top_examples: 0, max_interval_examples: 0, include: Some(parts) };
+    let histogram = features.get_feature(only(pb::DashboardParts { histogram: true, ..Default::default() })).await.unwrap().into_inner().dashboard.unwrap();
+    assert_eq!(
+        histogram,
+        pb::FeatureDashboard { top_examples: vec![], interval_examples: vec![], top_logits: vec![], bottom_logits: vec![], neighbours: vec![], ..dash.clone() },
+        "the full dashboard less what was not asked for"
+    );
+    let examples = features.get_feature(only(pb::DashboardParts { top_examples: true, logits: true, ..Default::default() })).await.unwrap().into_inner().dashboard.unwrap();
+    assert_eq!((examples.top_examples, examples.top_logits, examples.histogram, examples.interval_examples.len()), (dash.top_examples.clone(), dash.top_logits.clone(), None, 0));
 
     // SearchFeatures: the peak word of its best example finds it on the first page.
     let hits = features.search_features(pb::SearchFeaturesRequest { query: word.clone(), dictionary_id: Some(DICTIONARY.into()), limit: 20, ..Default::default() }).await.unwrap().into_inner();

@@ -100,7 +100,7 @@ async fn client_loop(id: u64, addr: String, ledger: Arc<Ledger>, stop: Arc<Atomi
         i += 1;
         let ok = match rng.below(6) {
             0 => features.search_features(pb::SearchFeaturesRequest { query: "the".into(), limit: 5, ..Default::default() }).await.is_ok(),
-            1 => features.get_feature(pb::GetFeatureRequest { feature: fref(rng.below(64) as u32), max_top_examples: 4, max_interval_examples: 0 }).await.is_ok(),
+            1 => features.get_feature(pb::GetFeatureRequest { feature: fref(rng.below(64) as u32), max_top_examples: 4, max_interval_examples: 0, include: None }).await.is_ok(),
             2 => features.top_features_for_text(pb::TopFeaturesForTextRequest { text: format!("soak text number {i}"), ..Default::default() }).await.is_ok(),
             3 => {
                 let (feature, label) = (rng.below(64) as u32, format!("soak-{id}-{i}"));

@@ -46,6 +46,26 @@ fn example(e: ExampleRecord) -> pb::Example {
 
 /// The dashboard: statistics, logit effects, neighbours and (at most `max_top` /
 /// `max_interval` per interval, 0 = all) examples.
+/// Drops the parts of `dashboard` that `parts` does not ask for.
+pub fn keep_parts(dashboard: &mut pb::FeatureDashboard, parts: &pb::DashboardParts) {
+    if !parts.top_examples {
+        dashboard.top_examples.clear();
+    }
+    if !parts.interval_examples {
+        dashboard.interval_examples.clear();
+    }
+    if !parts.histogram {
+        dashboard.histogram = None;
+    }
+    if !parts.logits {
+        dashboard.top_logits.clear();
+        dashboard.bottom_logits.clear();
+    }
+    if !parts.neighbours {
+        dashboard.neighbours.clear();
+    }
+}
+
 pub fn dashboard(feature: &FeatureRecord, hook: &str, examples: Vec<ExampleRecord>, max_top: usize, max_interval: usize) -> pb::FeatureDashboard {
     let mut top_examples = Vec::new();
     let mut interval_examples: Vec<pb::IntervalExamples> = Vec::new();

@@ -98,12 +98,14 @@ impl FeaturesService {
         let f = feature_of(r.feature)?;
         let snapshot = state.snapshot();
         let dictionary = snapshot.check_feature(&f.dictionary_id, f.feature)?;
+        let parts = r.include.unwrap_or(pb::DashboardParts { top_examples: true, interval_examples: true, histogram: true, logits: true, neighbours: true });
         let key = DashboardKey {
             generation: snapshot.reader.generation().generation,
             dictionary_id: f.dictionary_id.clone(),
             feature: f.feature,
             max_top_examples: r.max_top_examples,
             max_interval_examples: r.max_interval_examples,
+            parts: [parts.top_examples, parts.interval_examples, parts.histogram, parts.logits, parts.neighbours],
         };
         if let Some(mut dashboard) = state.dashboards.get(&key).await {
             // Label writes only add overrides: a feature without one now had none when its
@@ -113,9 +115,18 @@ impl FeaturesService {
             }
             return Ok(pb::GetFeatureResponse { dashboard: Some(dashboard) });
         }
-        let (feature, examples) = tokio::join!(snapshot.reader.feature(&f.dictionary_id, f.feature), snapshot.reader.examples(&f.dictionary_id, Some(f.feature)));
+        // Examples are most of a dashboard's bytes: not read when no example is asked for.
+        let wants_examples = parts.top_examples || parts.interval_examples;
+        let examples = async {
+            match wants_examples {
+                true => snapshot.reader.examples(&f.dictionary_id, Some(f.feature)).await,
+                false => Ok(Vec::new()),
+            }
+        };
+        let (feature, examples) = tokio::join!(snapshot.reader.feature(&f.dictionary_id, f.feature), examples);
         let feature = feature?.ok_or_else(|| ServiceError::NotFound(format!("feature {} of {:?} is not in the store", f.feature, f.dictionary_id)))?;
-        let dashboard = convert::dashboard(&feature, &dictionary.hook, examples?, r.max_top_examples as usize, r.max_interval_examples as usize);
+        let mut dashboard = convert::dashboard(&feature, &dictionary.hook, examples?, r.max_top_examples as usize, r.max_interval_examples as usize);
+        convert::keep_parts(&mut dashboard, &parts);
         state.dashboards.insert(key, &dashboard).await;
         Ok(pb::GetFeatureResponse { dashboard: Some(dashboard) })
     }

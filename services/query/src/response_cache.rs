@@ -19,7 +19,7 @@ pub trait CacheKey: Hash + Eq + Send + Sync + 'static {
     fn heap_bytes(&self) -> usize;
 }
 
-/// A GetFeature answer's key: its feature in one generation, and how many examples.
+/// A GetFeature answer's key: its feature in one generation, how many examples, which parts.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DashboardKey {
     pub generation: u64,
@@ -27,6 +27,8 @@ pub struct DashboardKey {
     pub feature: u32,
     pub max_top_examples: u32,
     pub max_interval_examples: u32,
+    /// The parts asked for: top examples, interval examples, histogram, logits, neighbours.
+    pub parts: [bool; 5],
 }
 
 impl CacheKey for DashboardKey {

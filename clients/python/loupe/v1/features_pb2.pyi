@@ -98,14 +98,30 @@ class SearchFeaturesResponse(_message.Message):
     def __init__(self, total: _Optional[int] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ...) -> None: ...
 
 class GetFeatureRequest(_message.Message):
-    __slots__ = ("feature", "max_top_examples", "max_interval_examples")
+    __slots__ = ("feature", "max_top_examples", "max_interval_examples", "include")
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     MAX_TOP_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     MAX_INTERVAL_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_FIELD_NUMBER: _ClassVar[int]
     feature: _common_pb2.FeatureRef
     max_top_examples: int
     max_interval_examples: int
-    def __init__(self, feature: _Optional[_Union[_common_pb2.FeatureRef, _Mapping]] = ..., max_top_examples: _Optional[int] = ..., max_interval_examples: _Optional[int] = ...) -> None: ...
+    include: DashboardParts
+    def __init__(self, feature: _Optional[_Union[_common_pb2.FeatureRef, _Mapping]] = ..., max_top_examples: _Optional[int] = ..., max_interval_examples: _Optional[int] = ..., include: _Optional[_Union[DashboardParts, _Mapping]] = ...) -> None: ...
+
+class DashboardParts(_message.Message):
+    __slots__ = ("top_examples", "interval_examples", "histogram", "logits", "neighbours")
+    TOP_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
+    LOGITS_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
+    top_examples: bool
+    interval_examples: bool
+    histogram: bool
+    logits: bool
+    neighbours: bool
+    def __init__(self, top_examples: _Optional[bool] = ..., interval_examples: _Optional[bool] = ..., histogram: _Optional[bool] = ..., logits: _Optional[bool] = ..., neighbours: _Optional[bool] = ...) -> None: ...
 
 class LogitEffect(_message.Message):
     __slots__ = ("token_id", "token", "value")

@@ -156,7 +156,7 @@ async fn one_call(clients: &mut Clients, call: Call, workload: &Workload, i: usi
         Call::Feature => {
             let span = if workload.hot > 0 { workload.hot.min(workload.d_sae) } else { workload.d_sae };
             let feature = ((i as u64 * 2_654_435_761) % u64::from(span)) as u32;
-            let request = pb::GetFeatureRequest { feature: Some(pb::FeatureRef { dictionary_id: workload.dictionary.clone(), feature }), max_top_examples: 0, max_interval_examples: 0 };
+            let request = pb::GetFeatureRequest { feature: Some(pb::FeatureRef { dictionary_id: workload.dictionary.clone(), feature }), max_top_examples: 0, max_interval_examples: 0, include: None };
             client.get_feature(request).await?;
         }
         Call::Text => {
@@ -284,7 +284,12 @@ pub(crate) async fn workload_of(addr: &str) -> anyhow::Result<Workload> {
     let d = list.dictionaries.first().context("the store has no dictionary")?;
     let mut words = Vec::new();
     for feature in (0..d.d_sae).step_by((d.d_sae as usize / 50).max(1)).take(50) {
-        let request = pb::GetFeatureRequest { feature: Some(pb::FeatureRef { dictionary_id: d.dictionary_id.clone(), feature }), max_top_examples: 1, max_interval_examples: 0 };
+        let request = pb::GetFeatureRequest {
+            feature: Some(pb::FeatureRef { dictionary_id: d.dictionary_id.clone(), feature }),
+            max_top_examples: 1,
+            max_interval_examples: 0,
+            include: Some(pb::DashboardParts { top_examples: true, ..Default::default() }),
+        };
         let dash = client.get_feature(request).await?.into_inner().dashboard.context("dashboard")?;
         if let Some(e) = dash.top_examples.first() {
             let word = e.tokens[e.max_position as usize].trim().to_lowercase();

@@ -250,7 +250,7 @@ pub fn show(args: ShowArgs) -> anyhow::Result<()> {
     let feature = parse_feature(&args.feature)?;
     runtime()?.block_on(async {
         let mut client = connect(&args.server).await?;
-        let request = pb::GetFeatureRequest { feature: Some(feature), max_top_examples: args.examples, max_interval_examples: 2 };
+        let request = pb::GetFeatureRequest { feature: Some(feature), max_top_examples: args.examples, max_interval_examples: 2, include: None };
         let d = client.get_feature(request).await.map_err(status)?.into_inner().dashboard.context("empty dashboard")?;
         if args.server.json {
             return print_json(&d);
