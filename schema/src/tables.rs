@@ -10,6 +10,8 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 pub const DICTIONARIES: &str = "dictionaries";
 pub const FEATURES: &str = "features";
 pub const EXAMPLES: &str = "examples";
+/// One row per feature: its whole dashboard, encoded, for GetFeature's single read.
+pub const DASHBOARDS: &str = "dashboards";
 /// Append-only, outside generations: every label ever set (the latest per feature wins).
 pub const LABELS: &str = "labels";
 /// Append-only, outside generations: named directions at a hook (steering targets, probes).
@@ -99,6 +101,21 @@ pub fn examples() -> SchemaRef {
         // Where the max token comes from: document (ordinal in the corpus) and token offset.
         Field::new("document_id", DataType::UInt64, false),
         Field::new("document_offset", DataType::UInt32, false),
+    ]))
+}
+
+/// One row per feature: its dashboard as the API's `FeatureDashboard` message (protobuf),
+/// split in two so that a dashboard without examples reads only the small part. `summary`
+/// holds everything but the examples (statistics, histogram, logits, neighbours, the label
+/// the generation was built with); `examples` holds only `top_examples` and
+/// `interval_examples`, every one the generation stored. Written by each commit from the
+/// `features` and `examples` rows it wrote, which stay the tables for analysis.
+pub fn dashboards() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("dictionary_id", DataType::Utf8, false),
+        Field::new("feature", DataType::UInt32, false),
+        Field::new("summary", DataType::Binary, false),
+        Field::new("examples", DataType::LargeBinary, false),
     ]))
 }
 

@@ -5,6 +5,7 @@
 //! ROOT/CURRENT                the last committed generation (written by atomic rename)
 //! ROOT/generations/N.json     every committed generation, for reading old versions
 //! ROOT/{dictionaries,features,examples}.lance
+//! ROOT/dashboards.lance       each feature's encoded dashboard (format version 2)
 //! ROOT/decoders_{width}.lance unit decoder vectors (IVF index when large), for SimilarFeatures
 //! ROOT/search/gN/             the tantivy index of generation N
 //! ROOT/labels.lance           append-only, outside generations: every label write
@@ -25,7 +26,12 @@ use crate::error::{Result, StoreError};
 
 pub const MARKER: &str = "LOUPE_STORE";
 const FORMAT: &str = "loupe-store";
-const FORMAT_VERSION: u32 = 1;
+/// 2: generations name a `dashboards` table (one record per feature). Stores of version 1
+/// are read as they are: their dashboards are assembled from the columnar tables, and their
+/// next commit adds the table for the dictionaries it writes.
+const FORMAT_VERSION: u32 = 2;
+/// The oldest format this build reads and writes.
+const OLDEST_FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Marker {
@@ -59,8 +65,17 @@ pub fn check_store(root: &Path) -> Result<()> {
     let marker_path = root.join(MARKER);
     let text = std::fs::read_to_string(&marker_path).map_err(|_| not_a_store(format!("no {MARKER} file (create a store with `loupe index --store DIR`)")))?;
     let marker: Marker = serde_json::from_str(&text).map_err(|e| not_a_store(format!("{MARKER} is not valid: {e}")))?;
-    if marker.format != FORMAT || marker.version != FORMAT_VERSION {
-        return Err(not_a_store(format!("{MARKER} says format {:?} version {}, expected {FORMAT:?} version {FORMAT_VERSION}", marker.format, marker.version)));
+    if marker.format != FORMAT {
+        return Err(not_a_store(format!("{MARKER} says format {:?}, expected {FORMAT:?}", marker.format)));
+    }
+    if marker.version > FORMAT_VERSION {
+        return Err(not_a_store(format!(
+            "{MARKER} says format version {}, newer than this loupe reads ({OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}): upgrade loupe, or re-index into a new store with this one",
+            marker.version
+        )));
+    }
+    if marker.version < OLDEST_FORMAT_VERSION {
+        return Err(not_a_store(format!("{MARKER} says format version {}, older than this loupe reads ({OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}): re-index into a new store", marker.version)));
     }
     Ok(())
 }
@@ -79,6 +94,18 @@ pub fn create_or_check(root: &Path) -> Result<()> {
     std::fs::create_dir_all(root.join("generations")).map_err(|e| StoreError::io(root, e))?;
     let marker = serde_json::to_string_pretty(&Marker { format: FORMAT.into(), version: FORMAT_VERSION }).expect("marker serializes");
     write_atomic(&root.join(MARKER), marker.as_bytes())
+}
+
+/// Marks a store of an older format as this one's, once a commit wrote what it adds.
+pub fn upgrade_marker(root: &Path) -> Result<()> {
+    let marker_path = root.join(MARKER);
+    let text = std::fs::read_to_string(&marker_path).map_err(|e| StoreError::io(&marker_path, e))?;
+    let marker: Marker = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt { path: marker_path.clone(), reason: e.to_string() })?;
+    if marker.version >= FORMAT_VERSION {
+        return Ok(());
+    }
+    let marker = serde_json::to_string_pretty(&Marker { format: FORMAT.into(), version: FORMAT_VERSION }).expect("marker serializes");
+    write_atomic(&marker_path, marker.as_bytes())
 }
 
 /// The last committed generation, or None for a store with no commit yet.

@@ -1,5 +1,5 @@
 //! loupe-store: the feature store. Lance tables (`dictionaries`, `features`, `examples`,
-//! and `decoders_{width}` for vector search) under one root, a tantivy index over the
+//! `dashboards` for one-read dashboards, and `decoders_{width}` for vector search) under one root, a tantivy index over the
 //! features, and generations that name one Lance version per table so that every commit is
 //! atomic and stays readable; and append-only tables outside generations (`labels`, `vectors`, `monitors`, `alerts`) for
 //! the many small writes that clients make.
@@ -24,6 +24,7 @@ with_tables! {
     pub mod alerts;
     mod append_only;
     mod arrow;
+    pub mod dashboards;
     pub mod labels;
     mod locator;
     pub mod monitors;

@@ -2,23 +2,30 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
-use arrow_array::RecordBatch;
 use lance::Dataset;
-use loupe_schema::tables::{DICTIONARIES, EXAMPLES, FEATURES};
+use loupe_schema::proto::v1 as pb;
+use loupe_schema::tables::{DASHBOARDS, DICTIONARIES, EXAMPLES, FEATURES};
 use tokio::sync::OnceCell;
 
 use crate::arrow::{dictionaries_from_batch, examples_from_batch, features_from_batch};
+use crate::dashboards;
 use crate::error::{Result, StoreError};
 use crate::labels::LabelCursor;
 use crate::layout::{self, Generation};
 use crate::locator::RowLocator;
-use crate::records::{DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord};
+use crate::records::{DictionaryRecord, ExampleRecord, FeatureRecord};
 use crate::search::{FeatureSite, SearchFilter, SearchIndex, SearchResults};
 use crate::tables::{open_at, quote, scan};
-use crate::taker::RowTaker;
+use crate::taker::{PointReads, RowTaker};
 use crate::vectors::{self, SimilarFeature};
+
+/// One batch of rows of [`StoreReader::for_each_batch`].
+pub enum Batch {
+    Features(Vec<FeatureRecord>),
+    Examples(Vec<ExampleRecord>),
+}
 
 pub struct StoreReader {
     root: PathBuf,
@@ -35,6 +42,8 @@ pub struct StoreReader {
     /// Point reads of every column but `dictionary_id` (see `PointReads`).
     feature_reads: PointReads,
     example_reads: PointReads,
+    /// The `dashboards` table, when the generation has one (older ones do not).
+    dashboards: Option<StoredDashboards>,
     /// Follows the append-only `labels` table (refreshed by `refresh_labels`).
     label_cursor: tokio::sync::Mutex<LabelCursor>,
     /// The current label of every feature labelled through the table (None: cleared),
@@ -46,39 +55,23 @@ pub struct StoreReader {
     labels_version: std::sync::atomic::AtomicU64,
 }
 
-/// Point reads of one table: every column but `dictionary_id`, which is filled in. Lance
-/// stores a column with one value per file as a constant page, and taking a row from one
-/// costs time linear in the row's position (~3 ms at row 800k), more than all the other
-/// columns together.
-struct PointReads {
-    full: arrow_schema::SchemaRef,
-    taker: RowTaker,
+/// Point reads of the `dashboards` table: the summary alone, or with the examples.
+struct StoredDashboards {
+    dataset: Dataset,
+    rows: OnceCell<RowLocator>,
+    summary: RowTaker,
+    whole: RowTaker,
 }
 
-impl PointReads {
-    fn new(dataset: &Dataset, table: &str) -> Result<Self> {
-        let full: arrow_schema::SchemaRef = Arc::new(dataset.schema().into());
-        let columns: Vec<&str> = full.fields().iter().map(|f| f.name().as_str()).filter(|&name| name != "dictionary_id").collect();
-        Ok(PointReads { taker: RowTaker::new(dataset, table, &columns)?, full })
+impl StoredDashboards {
+    fn new(dataset: Dataset) -> Result<Self> {
+        let summary = RowTaker::new(&dataset, DASHBOARDS, &["summary"])?;
+        let whole = RowTaker::new(&dataset, DASHBOARDS, &["summary", "examples"])?;
+        Ok(StoredDashboards { dataset, rows: OnceCell::new(), summary, whole })
     }
 
-    /// Opens the table's files now, so that no request pays for it.
-    async fn open_all(&self) -> Result<()> {
-        self.taker.open_all().await
-    }
-
-    /// The rows of one dictionary at `addresses`, all columns.
-    async fn take(&self, dictionary_id: &str, addresses: &[u64]) -> Result<RecordBatch> {
-        if addresses.is_empty() {
-            return Ok(RecordBatch::new_empty(self.full.clone()));
-        }
-        let rows = self.taker.take(addresses).await?;
-        let ids: arrow_array::ArrayRef = Arc::new(arrow_array::StringArray::from(vec![dictionary_id; rows.num_rows()]));
-        let arrays = self.full.fields().iter().map(|field| match field.name().as_str() {
-            "dictionary_id" => Ok(ids.clone()),
-            name => rows.column_by_name(name).cloned().ok_or_else(|| StoreError::Column { table: self.taker.table().into(), column: name.into(), reason: "missing from a take".into() }),
-        });
-        Ok(RecordBatch::try_new(self.full.clone(), arrays.collect::<Result<Vec<_>>>()?)?)
+    async fn locator(&self) -> Result<&RowLocator> {
+        self.rows.get_or_try_init(|| RowLocator::build(&self.dataset, DASHBOARDS)).await
     }
 }
 
@@ -115,6 +108,10 @@ impl StoreReader {
                 decoders.insert(width, (open_at(&root, table, version).await?, OnceCell::new()));
             }
         }
+        let dashboards = match generation.versions.get(DASHBOARDS) {
+            Some(&version) => Some(StoredDashboards::new(open_at(&root, DASHBOARDS, version).await?)?),
+            None => None,
+        };
         let search = SearchIndex::open(&root.join(&generation.search))?;
         let feature_reads = PointReads::new(&features, FEATURES)?;
         let example_reads = PointReads::new(&examples, EXAMPLES)?;
@@ -131,6 +128,7 @@ impl StoreReader {
             example_rows: OnceCell::new(),
             feature_reads,
             example_reads,
+            dashboards,
             label_cursor,
             labels: RwLock::new(HashMap::new()),
             labels_version: std::sync::atomic::AtomicU64::new(0),
@@ -180,7 +178,45 @@ impl StoreReader {
         self.feature_locator().await?;
         self.example_locator().await?;
         self.feature_reads.open_all().await?;
-        self.example_reads.open_all().await
+        self.example_reads.open_all().await?;
+        if let Some(stored) = &self.dashboards {
+            stored.locator().await?;
+            stored.whole.open_all().await?;
+            stored.summary.open_all().await?;
+        }
+        Ok(())
+    }
+
+    /// A feature's dashboard with its current label and every stored example (none unless
+    /// `with_examples`): one point read of the `dashboards` table, or, for a generation or
+    /// dictionary written before that table existed, assembled from the columnar tables.
+    pub async fn dashboard(&self, dictionary_id: &str, feature: u32, hook: &str, with_examples: bool) -> Result<Option<pb::FeatureDashboard>> {
+        if let Some(stored) = &self.dashboards {
+            let addresses = stored.locator().await?.addresses(dictionary_id, feature);
+            if !addresses.is_empty() {
+                let taker = if with_examples { &stored.whole } else { &stored.summary };
+                let mut dashboard = dashboards::decode_rows(&taker.take(&addresses).await?)?.into_iter().next();
+                if let (Some(d), Some(label)) = (dashboard.as_mut(), self.label_override(dictionary_id, feature)) {
+                    d.label = label;
+                }
+                return Ok(dashboard);
+            }
+        }
+        self.assembled_dashboard(dictionary_id, feature, hook, with_examples).await
+    }
+
+    /// The dashboard from the `features` and `examples` tables (what a commit stores in
+    /// `dashboards`).
+    pub async fn assembled_dashboard(&self, dictionary_id: &str, feature: u32, hook: &str, with_examples: bool) -> Result<Option<pb::FeatureDashboard>> {
+        let examples = async {
+            match with_examples {
+                true => self.examples(dictionary_id, Some(feature)).await,
+                false => Ok(Vec::new()),
+            }
+        };
+        let (record, examples) = tokio::join!(self.feature(dictionary_id, feature), examples);
+        let (record, examples) = (record?, examples?);
+        Ok(record.map(|r| dashboards::assemble(&r, hook, examples)))
     }
 
     async fn feature_locator(&self) -> Result<&RowLocator> {
@@ -272,15 +308,31 @@ impl StoreReader {
                 }
             }
         }
-        let order = |e: &ExampleRecord| {
-            let interval = match e.kind {
-                ExampleKind::Top => 0,
-                ExampleKind::Interval { index, .. } => 1 + index as u64,
-            };
-            (e.feature, interval, e.rank)
-        };
-        out.sort_by_key(order);
+        dashboards::sort_examples(&mut out);
         Ok(out)
+    }
+
+    /// Every row of a dictionary in `features` (with `examples` false) or `examples`, a
+    /// batch at a time and as stored (features with the label they were built with), for
+    /// exports; `each` may stop the scan by returning an error.
+    pub async fn for_each_batch<E: From<StoreError>>(&self, dictionary_id: &str, examples: bool, mut each: impl FnMut(Batch) -> std::result::Result<(), E>) -> std::result::Result<(), E> {
+        use futures::TryStreamExt;
+        let (dataset, table) = if examples { (&self.examples, EXAMPLES) } else { (&self.features, FEATURES) };
+        let lance_err = |e| StoreError::lance(table, e);
+        let mut scanner = dataset.scan();
+        scanner.filter(&format!("dictionary_id = {}", quote(dictionary_id))).map_err(lance_err)?;
+        scanner.batch_size(1024);
+        let mut stream = scanner.try_into_stream().await.map_err(lance_err)?;
+        while let Some(batch) = stream.try_next().await.map_err(lance_err)? {
+            each(if examples { Batch::Examples(examples_from_batch(&batch)?) } else { Batch::Features(features_from_batch(&batch)?) })?;
+        }
+        Ok(())
+    }
+
+    /// Rows of `table` for one dictionary (for an export's progress).
+    pub async fn count_rows(&self, dictionary_id: &str, examples: bool) -> Result<usize> {
+        let (dataset, table) = if examples { (&self.examples, EXAMPLES) } else { (&self.features, FEATURES) };
+        dataset.count_rows(Some(format!("dictionary_id = {}", quote(dictionary_id)))).await.map_err(|e| StoreError::lance(table, e))
     }
 
     /// The features of `dictionary_ids` whose decoder directions are nearest to `direction`

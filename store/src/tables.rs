@@ -5,7 +5,8 @@ use std::path::Path;
 use arrow_array::{RecordBatch, RecordBatchIterator, RecordBatchReader};
 use futures::TryStreamExt;
 
-use lance::dataset::{WriteMode, WriteParams};
+use lance::dataset::{InsertBuilder, WriteMode, WriteParams};
+use lance::deps::datafusion::physical_plan::SendableRecordBatchStream;
 use lance::index::DatasetIndexExt;
 use lance::Dataset;
 use lance_index::scalar::ScalarIndexParams;
@@ -47,20 +48,28 @@ pub fn sliced(batch: RecordBatch) -> impl RecordBatchReader + Send + 'static {
 /// it (a run that died before publishing) is rolled back first, so a failed run never leaks
 /// into the next commit.
 pub async fn replace_dictionary_rows(root: &Path, table: &str, committed: Option<u64>, dictionary_ids: &[&str], reader: impl RecordBatchReader + Send + 'static) -> Result<Dataset> {
-    let path = table_path(root, table);
-    let lance_err = |e| StoreError::lance(table, e);
-    match (committed, path.exists()) {
+    let params = prepare_replace(root, table, committed, dictionary_ids).await?;
+    Dataset::write(reader, &uri(root, table), Some(params)).await.map_err(|e| StoreError::lance(table, e))
+}
+
+/// [`replace_dictionary_rows`] with rows that an async stream makes (reading other tables).
+pub async fn replace_dictionary_rows_from_stream(root: &Path, table: &str, committed: Option<u64>, dictionary_ids: &[&str], stream: SendableRecordBatchStream) -> Result<Dataset> {
+    let params = prepare_replace(root, table, committed, dictionary_ids).await?;
+    let target = uri(root, table);
+    InsertBuilder::new(target.as_str()).with_params(&params).execute_stream(stream).await.map_err(|e| StoreError::lance(table, e))
+}
+
+/// Deletes the dictionaries' committed rows and says how to write theirs: appended to the
+/// committed version, or as a new table (a first commit, possibly over the debris of a
+/// first run that died).
+async fn prepare_replace(root: &Path, table: &str, committed: Option<u64>, dictionary_ids: &[&str]) -> Result<WriteParams> {
+    match (committed, table_path(root, table).exists()) {
         (Some(version), true) => {
             let mut dataset = open_for_write(root, table, version).await?;
             delete_dictionaries(&mut dataset, table, dictionary_ids).await?;
-            let params = WriteParams { mode: WriteMode::Append, ..Default::default() };
-            Dataset::write(reader, &uri(root, table), Some(params)).await.map_err(lance_err)
+            Ok(WriteParams { mode: WriteMode::Append, ..Default::default() })
         }
-        // A first commit, possibly over the debris of a first run that died.
-        _ => {
-            let params = WriteParams { mode: WriteMode::Overwrite, ..Default::default() };
-            Dataset::write(reader, &uri(root, table), Some(params)).await.map_err(lance_err)
-        }
+        _ => Ok(WriteParams { mode: WriteMode::Overwrite, ..Default::default() }),
     }
 }
 

@@ -93,3 +93,39 @@ impl RowTaker {
         Ok(arrow_select::concat::concat_batches(&self.read_schema, &batches)?)
     }
 }
+
+/// Point reads of one table: every column but `dictionary_id`, which is filled in. Lance
+/// stores a column with one value per file as a constant page, and taking a row from one
+/// costs time linear in the row's position (~3 ms at row 800k), more than all the other
+/// columns together.
+pub struct PointReads {
+    full: arrow_schema::SchemaRef,
+    taker: RowTaker,
+}
+
+impl PointReads {
+    pub fn new(dataset: &Dataset, table: &str) -> Result<Self> {
+        let full: arrow_schema::SchemaRef = Arc::new(dataset.schema().into());
+        let columns: Vec<&str> = full.fields().iter().map(|f| f.name().as_str()).filter(|&name| name != "dictionary_id").collect();
+        Ok(PointReads { taker: RowTaker::new(dataset, table, &columns)?, full })
+    }
+
+    /// Opens the table's files now, so that no request pays for it.
+    pub async fn open_all(&self) -> Result<()> {
+        self.taker.open_all().await
+    }
+
+    /// The rows of one dictionary at `addresses`, all columns.
+    pub async fn take(&self, dictionary_id: &str, addresses: &[u64]) -> Result<RecordBatch> {
+        if addresses.is_empty() {
+            return Ok(RecordBatch::new_empty(self.full.clone()));
+        }
+        let rows = self.taker.take(addresses).await?;
+        let ids: arrow_array::ArrayRef = Arc::new(arrow_array::StringArray::from(vec![dictionary_id; rows.num_rows()]));
+        let arrays = self.full.fields().iter().map(|field| match field.name().as_str() {
+            "dictionary_id" => Ok(ids.clone()),
+            name => rows.column_by_name(name).cloned().ok_or_else(|| StoreError::Column { table: self.taker.table().into(), column: name.into(), reason: "missing from a take".into() }),
+        });
+        Ok(RecordBatch::try_new(self.full.clone(), arrays.collect::<Result<Vec<_>>>()?)?)
+    }
+}

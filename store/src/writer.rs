@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use arrow_array::{RecordBatchIterator, RecordBatchReader};
 use arrow_schema::ArrowError;
 
-use loupe_schema::tables::{DICTIONARIES, EXAMPLES, FEATURES};
+use loupe_schema::tables::{DASHBOARDS, DICTIONARIES, EXAMPLES, FEATURES};
 
 use crate::arrow::{dictionaries_batch, dictionaries_from_batch, examples_batch, features_batch, features_from_batch};
+use crate::dashboards;
 use crate::error::{Result, StoreError};
 use crate::layout::{self, Generation, WriterLock};
 use crate::records::{DictionaryCommit, DictionaryRecord, ExampleRecord, FeatureRecord};
@@ -87,6 +88,11 @@ impl StoreWriter {
         let mut examples = written?;
         index_feature_column(&mut examples, EXAMPLES).await?;
         versions.insert(EXAMPLES.to_string(), examples.version().version);
+        // Each feature's dashboard as one record, from the rows just written.
+        let hooks = dictionaries.iter().map(|d| (d.dictionary_id.clone(), d.hook.clone())).collect();
+        let features_table = open_at(&self.root, FEATURES, versions[FEATURES]).await?;
+        let dashboards = dashboards::write(&self.root, committed(DASHBOARDS), &id_refs, hooks, &features_table, &examples).await?;
+        versions.insert(DASHBOARDS.to_string(), dashboards.version().version);
         let generation = current.as_ref().map_or(1, |g| g.generation + 1);
         let search = format!("search/g{generation}");
         let search_dir = self.root.join(&search);
@@ -97,6 +103,7 @@ impl StoreWriter {
         self.build_search_index(&versions, &search_dir).await?;
         let message = format!("index {}", ids.join(", "));
         let generation = Generation { generation, versions, search, committed_at: layout::now_rfc3339(), message };
+        layout::upgrade_marker(&self.root)?;
         layout::publish(&self.root, &generation)?;
         Ok(generation)
     }

@@ -414,3 +414,93 @@ fn readers_see_one_whole_generation_while_another_is_written() {
     assert!(reads_during > 0, "no read overlapped the commit");
     assert!(seen.contains(&2), "the last read sees the new generation");
 }
+
+/// Every feature's dashboard as `assemble` makes it from the committed records themselves.
+fn expected_dashboards(commit: &DictionaryCommit) -> Vec<loupe_schema::proto::v1::FeatureDashboard> {
+    use loupe_store::dashboards::{assemble, sort_examples};
+    commit
+        .features
+        .iter()
+        .map(|f| {
+            let mut examples: Vec<ExampleRecord> = commit.examples.iter().filter(|e| e.feature == f.feature).cloned().collect();
+            sort_examples(&mut examples);
+            assemble(f, &commit.dictionary.hook, examples)
+        })
+        .collect()
+}
+
+fn assert_dashboards(rt: &tokio::runtime::Runtime, reader: &StoreReader, commit: &DictionaryCommit) {
+    let id = &commit.dictionary.dictionary_id;
+    for expected in expected_dashboards(commit) {
+        let feature = expected.feature.as_ref().unwrap().feature;
+        let read = rt.block_on(reader.dashboard(id, feature, &commit.dictionary.hook, true)).unwrap();
+        assert_eq!(read.as_ref(), Some(&expected), "dashboard of {id} feature {feature}");
+        let summary = rt.block_on(reader.dashboard(id, feature, &commit.dictionary.hook, false)).unwrap().unwrap();
+        let without_examples = loupe_schema::proto::v1::FeatureDashboard { top_examples: vec![], interval_examples: vec![], ..expected };
+        assert_eq!(summary, without_examples);
+    }
+}
+
+#[test]
+fn dashboards_are_one_record_per_feature_and_older_stores_read_through_the_tables() {
+    use loupe_store::synthetic::synthetic_dictionary;
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let writer = StoreWriter::open_or_create(&root).unwrap();
+    let a = synthetic_dictionary("a", 300, 8, 1);
+    let mut b = synthetic_dictionary("b", 200, 8, 2);
+    // The examples arrive in any order; a dashboard lists them by kind, interval and rank.
+    b.examples.reverse();
+    let g1 = rt.block_on(writer.commit(&[a.clone(), b.clone()])).unwrap();
+    assert!(g1.versions.contains_key("dashboards"));
+    let reader = rt.block_on(StoreReader::open(&root)).unwrap();
+    assert_dashboards(&rt, &reader, &a);
+    assert_dashboards(&rt, &reader, &b);
+    assert_eq!(rt.block_on(reader.dashboard("a", 300, "h", true)).unwrap(), None, "no feature 300");
+    assert_eq!(rt.block_on(reader.dashboard("c", 0, "h", true)).unwrap(), None, "no dictionary c");
+    // A label written after the commit is the dashboard's label.
+    rt.block_on(append_labels(&root, &[label("a", 7, Some("relabelled"), "ann")])).unwrap();
+    rt.block_on(reader.refresh_labels()).unwrap();
+    let relabelled = rt.block_on(reader.dashboard("a", 7, "h", false)).unwrap().unwrap();
+    assert_eq!(relabelled.label.as_deref(), Some("relabelled"));
+
+    // Re-indexing b replaces its dashboards and leaves a's.
+    let b2 = synthetic_dictionary("b", 120, 8, 9);
+    rt.block_on(writer.commit(std::slice::from_ref(&b2))).unwrap();
+    let reader = rt.block_on(StoreReader::open(&root)).unwrap();
+    assert_dashboards(&rt, &reader, &b2);
+    assert_eq!(rt.block_on(reader.dashboard("b", 150, "h", true)).unwrap(), None, "b has 120 features now");
+    let unchanged = rt.block_on(reader.dashboard("a", 299, &a.dictionary.hook, true)).unwrap();
+    assert_eq!(unchanged, expected_dashboards(&a).pop());
+    drop(writer);
+
+    // A store of format 1 (no dashboards table in its generations) reads the same dashboards
+    // from its columnar tables, and its next commit upgrades it.
+    let old = dir.path().join("old");
+    let writer = StoreWriter::open_or_create(&old).unwrap();
+    rt.block_on(writer.commit(std::slice::from_ref(&a))).unwrap();
+    let mut generation: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(old.join("CURRENT")).unwrap()).unwrap();
+    generation["versions"].as_object_mut().unwrap().remove("dashboards");
+    std::fs::write(old.join("CURRENT"), generation.to_string()).unwrap();
+    std::fs::write(old.join("LOUPE_STORE"), r#"{"format": "loupe-store", "version": 1}"#).unwrap();
+    std::fs::remove_dir_all(old.join("dashboards.lance")).unwrap();
+    let reader = rt.block_on(StoreReader::open(&old)).unwrap();
+    assert!(!reader.generation().versions.contains_key("dashboards"));
+    assert_dashboards(&rt, &reader, &a);
+    let c = synthetic_dictionary("c", 50, 8, 3);
+    rt.block_on(writer.commit(std::slice::from_ref(&c))).unwrap();
+    assert!(std::fs::read_to_string(old.join("LOUPE_STORE")).unwrap().contains("\"version\": 2"));
+    let reader = rt.block_on(StoreReader::open(&old)).unwrap();
+    assert_dashboards(&rt, &reader, &a);
+    assert_dashboards(&rt, &reader, &c);
+    drop(writer);
+
+    // A store from a newer loupe is refused, saying what to do.
+    std::fs::write(old.join("LOUPE_STORE"), r#"{"format": "loupe-store", "version": 3}"#).unwrap();
+    let err = rt.block_on(StoreReader::open(&old)).err().unwrap().to_string();
+    assert!(err.contains("version 3") && err.contains("upgrade loupe"), "{err}");
+    std::fs::write(old.join("LOUPE_STORE"), r#"{"format": "loupe-store", "version": 0}"#).unwrap();
+    let err = rt.block_on(StoreReader::open(&old)).err().unwrap().to_string();
+    assert!(err.contains("re-index"), "{err}");
+}

@@ -117,15 +117,9 @@ impl FeaturesService {
         }
         // Examples are most of a dashboard's bytes: not read when no example is asked for.
         let wants_examples = parts.top_examples || parts.interval_examples;
-        let examples = async {
-            match wants_examples {
-                true => snapshot.reader.examples(&f.dictionary_id, Some(f.feature)).await,
-                false => Ok(Vec::new()),
-            }
-        };
-        let (feature, examples) = tokio::join!(snapshot.reader.feature(&f.dictionary_id, f.feature), examples);
-        let feature = feature?.ok_or_else(|| ServiceError::NotFound(format!("feature {} of {:?} is not in the store", f.feature, f.dictionary_id)))?;
-        let mut dashboard = convert::dashboard(&feature, &dictionary.hook, examples?, r.max_top_examples as usize, r.max_interval_examples as usize);
+        let dashboard = snapshot.reader.dashboard(&f.dictionary_id, f.feature, &dictionary.hook, wants_examples).await?;
+        let mut dashboard = dashboard.ok_or_else(|| ServiceError::NotFound(format!("feature {} of {:?} is not in the store", f.feature, f.dictionary_id)))?;
+        loupe_store::dashboards::limit_examples(&mut dashboard, r.max_top_examples as usize, r.max_interval_examples as usize);
         convert::keep_parts(&mut dashboard, &parts);
         state.dashboards.insert(key, &dashboard).await;
         Ok(pb::GetFeatureResponse { dashboard: Some(dashboard) })
