@@ -58,6 +58,8 @@ enum Command {
     Train(commands::train::Args),
     /// Index a corpus: max-activating examples and statistics of every feature, into a store.
     Index(commands::index::Args),
+    /// A dictionary's features or examples as JSON lines (for other tools and stores).
+    Export(commands::export::Args),
     /// Serve a store over gRPC (feature search, dashboards, features of a text).
     Serve(commands::serve::Args),
     /// List the dictionaries a server holds.
@@ -154,6 +156,7 @@ fn main() -> std::process::ExitCode {
         Command::Alerts(args) => commands::monitor::alerts(args),
         Command::Train(args) => commands::train::run(args),
         Command::Index(args) => commands::index::run(args),
+        Command::Export(args) => commands::export::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::Dictionaries(args) => commands::client::dictionaries(args),
         Command::Search(args) => commands::client::search(args),

@@ -249,3 +249,39 @@ fn bad_paths_and_files_give_one_clear_line() {
         }
     }
 }
+
+#[test]
+fn export_writes_every_row_of_a_dictionary_as_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let a = loupe_store::synthetic::synthetic_dictionary("a", 40, 4, 1);
+    let b = loupe_store::synthetic::synthetic_dictionary("b", 7, 4, 2);
+    let writer = loupe_store::StoreWriter::open_or_create(&store).unwrap();
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(writer.commit(&[a.clone(), b])).unwrap();
+    drop(writer);
+    let store_arg = store.to_str().unwrap();
+    let (ok, _, err) = loupe(&["export", "--store", store_arg, "--table", "features"]);
+    assert!(!ok && err.contains("2 dictionaries") && err.contains("--dictionary"), "{err}");
+    let (ok, _, err) = loupe(&["export", "--store", store_arg, "--table", "features", "--dictionary", "zzz"]);
+    assert!(!ok && err.contains("\"zzz\" is not in"), "{err}");
+
+    let (ok, out, err) = loupe(&["export", "--store", store_arg, "--table", "features", "--dictionary", "a"]);
+    assert!(ok, "{err}");
+    let mut features: Vec<loupe_store::FeatureRecord> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    features.sort_by_key(|f| f.feature);
+    assert_eq!(features.len(), a.features.len());
+    for (read, written) in features.iter_mut().zip(&a.features) {
+        // serde_json parses f64 to within an ulp (exact round trips need its float_roundtrip).
+        assert!((read.density - written.density).abs() <= 1e-15 * written.density.abs());
+        read.density = written.density;
+        assert_eq!(read, written);
+    }
+    let path = dir.path().join("examples.jsonl");
+    let (ok, _, err) = loupe(&["export", "--store", store_arg, "--table", "examples", "--dictionary", "a", "--out", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let mut examples: Vec<loupe_store::ExampleRecord> = std::fs::read_to_string(&path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut expected = a.examples.clone();
+    loupe_store::dashboards::sort_examples(&mut examples);
+    loupe_store::dashboards::sort_examples(&mut expected);
+    assert_eq!(examples, expected);
+}

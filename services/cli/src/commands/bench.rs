@@ -19,7 +19,8 @@ pub enum Bench {
     Encode(EncodeArgs),
     /// Indexing tokens/s, time shares (forward, encode, reduce, write) and peak memory.
     Index(super::bench_index::IndexArgs),
-    /// A synthetic 1M-feature store: open time and search latency.
+    /// A synthetic store of real shapes (or 1M wide features): open time, search latency,
+    /// dashboard reads, vector search speed and recall@10.
     Store(super::bench_store::StoreArgs),
     /// gRPC latency and QPS with concurrent clients on loopback, and search and dashboards
     /// under model load (TopFeaturesForText and Steer).

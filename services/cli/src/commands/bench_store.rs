@@ -1,32 +1,77 @@
-//! `loupe bench store`: a synthetic store of a million features — time to open it, and the
-//! latency of search queries against its tantivy index, of dashboard reads, and of
-//! SimilarFeatures through the vector index against an exact scan.
+//! `loupe bench store`: a synthetic store of real shapes — time to open it, and the
+//! latency of search queries against its tantivy index, of dashboard reads (one record, and
+//! assembled from the columnar tables), and of SimilarFeatures through the vector index
+//! against an exact scan, with recall@10 of the index over many queries.
+//!
+//! Two shapes: `real` has what `loupe index` stores per feature for the embedded default
+//! (576-wide decoders, 32 top examples and 50 interval samples of 128-token windows, 10
+//! logits per side), ~180 KB of examples and dashboard per feature, so its default size is
+//! what this machine's disk holds; `wide` has a million features with real decoders and
+//! logits but two short examples each, for search and vector search at scale.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
+use loupe_schema::tables::DASHBOARDS;
+use loupe_store::synthetic::{Shape, Synthetic};
 use loupe_store::vectors::Search;
 use loupe_store::{SearchFilter, StoreReader, StoreWriter};
 use serde_json::json;
 
 use crate::output::print_json;
 
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Debug)]
+pub enum ShapeName {
+    /// Real dashboards (32 top examples + 50 interval samples of 128 tokens, 10 logits per
+    /// side, 576-wide decoders); default 8,192 features.
+    Real,
+    /// Real decoders and logits, two examples of 16 tokens; default 1,000,000 features.
+    Wide,
+}
+
 #[derive(clap::Args)]
 pub struct StoreArgs {
-    /// Store directory; generated on the first run and reused after.
-    #[arg(long, default_value = "target/bench-store-1m")]
-    pub store: PathBuf,
-    #[arg(long, default_value_t = 1_000_000)]
-    pub features: usize,
-    /// Decoder width of the synthetic features.
-    #[arg(long, default_value_t = 16)]
-    pub d: usize,
-    /// Queries per kind.
+    #[arg(long, value_enum, default_value = "real")]
+    pub shape: ShapeName,
+    /// Store directory; generated on the first run and reused after (default:
+    /// target/bench-store-real or target/bench-store-1m).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Features (default: by shape).
+    #[arg(long)]
+    pub features: Option<usize>,
+    /// Search queries per kind, and dashboard reads.
     #[arg(long, default_value_t = 200)]
     pub queries: usize,
+    /// SimilarFeatures queries for recall@10 of the vector index against an exact answer.
+    #[arg(long, default_value_t = 1000)]
+    pub similar_queries: usize,
     #[arg(long)]
     pub json: bool,
+}
+
+impl StoreArgs {
+    fn shape(&self) -> Shape {
+        match self.shape {
+            ShapeName::Real => Shape::real(),
+            ShapeName::Wide => Shape { top_examples: 1, interval_samples: 1, window: 16, ..Shape::real() },
+        }
+    }
+
+    fn features(&self) -> usize {
+        self.features.unwrap_or(match self.shape {
+            ShapeName::Real => 8_192,
+            ShapeName::Wide => 1_000_000,
+        })
+    }
+
+    fn store(&self) -> PathBuf {
+        self.store.clone().unwrap_or_else(|| match self.shape {
+            ShapeName::Real => "target/bench-store-real".into(),
+            ShapeName::Wide => "target/bench-store-1m".into(),
+        })
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -35,26 +80,43 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 pub fn run(args: StoreArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let id = format!("synthetic-{}", args.features);
+    let (shape, n_features, store) = (args.shape(), args.features(), args.store());
+    let id = format!("synthetic-{n_features}");
+    let synthetic = Synthetic::new(&id, n_features, shape, 1);
     let mut generated = None;
-    let existing = runtime.block_on(StoreReader::open(&args.store)).ok();
+    let existing = runtime.block_on(StoreReader::open(&store)).ok();
     let has_it = match &existing {
-        // A store from before decoder vectors were stored is generated again.
-        Some(reader) => reader.generation().versions.contains_key(&loupe_store::vectors::table_name(args.d)) && runtime.block_on(reader.dictionaries())?.iter().any(|d| d.dictionary_id == id),
+        // A store of another shape, or from before dashboards were stored, is generated again.
+        Some(reader) => {
+            reader.generation().versions.contains_key(DASHBOARDS) && runtime.block_on(reader.dictionaries())?.iter().any(|d| d.dictionary_id == id && d.manifest == synthetic.dictionary().manifest)
+        }
         None => false,
     };
     drop(existing);
     if !has_it {
-        eprintln!("generating {} synthetic features in {} (once)...", args.features, args.store.display());
+        if store.exists() {
+            std::fs::remove_dir_all(&store).with_context(|| format!("replacing {}", store.display()))?;
+        }
+        eprintln!("generating {n_features} synthetic features of shape {:?} in {} (once)...", args.shape, store.display());
         let t = Instant::now();
-        let commit = loupe_store::synthetic::synthetic_dictionary(&id, args.features, args.d, 1);
-        let writer = StoreWriter::open_or_create(&args.store)?;
-        runtime.block_on(writer.commit(&[commit])).context("writing the synthetic store")?;
+        let features = synthetic.features();
+        let writer = StoreWriter::open_or_create(&store)?;
+        let bar = indicatif::ProgressBar::new(n_features as u64);
+        bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} features' examples {elapsed} (eta {eta})").expect("valid template"));
+        let owned = Synthetic::new(&id, n_features, shape, 1);
+        let per_chunk = (4096 / (shape.top_examples + shape.interval_samples)).max(1);
+        let progress = bar.clone();
+        let examples = (0..n_features).step_by(per_chunk).map(move |start| {
+            let end = (start + per_chunk).min(n_features);
+            progress.inc((end - start) as u64);
+            Ok((start as u32..end as u32).flat_map(|f| owned.examples(f)).collect())
+        });
+        runtime.block_on(writer.commit_streaming(&[synthetic.dictionary()], &features, examples)).context("writing the synthetic store")?;
+        bar.finish_and_clear();
         generated = Some(t.elapsed().as_secs_f64());
     }
-
     let t = Instant::now();
-    let reader = runtime.block_on(StoreReader::open(&args.store))?;
+    let reader = runtime.block_on(StoreReader::open(&store))?;
     let open_seconds = t.elapsed().as_secs_f64();
     let n_docs = reader.search_index().num_features();
 
@@ -86,27 +148,42 @@ pub fn run(args: StoreArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     runtime.block_on(reader.warm())?;
     let warm_ms = t.elapsed().as_secs_f64() * 1e3;
-    // A dashboard's reads: the feature row and its examples, for features spread over the store.
-    let mut lookups = Vec::with_capacity(args.queries);
+    // Dashboards of features spread over the store: the one-record read GetFeature makes,
+    // and the same dashboard assembled from the columnar tables (as before format 2).
+    let hook = synthetic.dictionary().hook;
+    let (mut one_read, mut assembled) = (Vec::with_capacity(args.queries), Vec::with_capacity(args.queries));
+    let mut bytes = 0;
     for i in 0..args.queries {
-        let feature = ((i as u64 * 7_919_993) % args.features as u64) as u32;
+        let feature = ((i as u64 * 7_919_993) % n_features as u64) as u32;
         let t = Instant::now();
-        let (row, examples) = runtime.block_on(async { tokio::join!(reader.feature(&id, feature), reader.examples(&id, Some(feature))) });
-        lookups.push(t.elapsed().as_secs_f64() * 1e3);
-        anyhow::ensure!(row?.is_some_and(|r| r.feature == feature), "feature {feature} lookup found the wrong row");
-        anyhow::ensure!(examples?.iter().all(|e| e.feature == feature), "examples of feature {feature} are wrong");
+        let stored = runtime.block_on(reader.dashboard(&id, feature, &hook, true))?;
+        one_read.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let columnar = runtime.block_on(reader.assembled_dashboard(&id, feature, &hook, true))?;
+        assembled.push(t.elapsed().as_secs_f64() * 1e3);
+        let stored = stored.with_context(|| format!("feature {feature} has no dashboard"))?;
+        anyhow::ensure!(Some(&stored) == columnar.as_ref(), "feature {feature}: the stored dashboard differs from the one assembled from the tables");
+        anyhow::ensure!(stored.top_examples.len() == shape.top_examples, "feature {feature}: {} top examples", stored.top_examples.len());
+        bytes += prost::Message::encoded_len(&stored);
     }
-    lookups.sort_by(f64::total_cmp);
-    let lookup = json!({"warm_ms": warm_ms, "p50_ms": percentile(&lookups, 0.5), "p99_ms": percentile(&lookups, 0.99)});
+    one_read.sort_by(f64::total_cmp);
+    assembled.sort_by(f64::total_cmp);
+    let lookup = json!({
+        "warm_ms": warm_ms,
+        "dashboard_bytes_mean": bytes / args.queries.max(1),
+        "one_record": {"p50_ms": percentile(&one_read, 0.5), "p99_ms": percentile(&one_read, 0.99)},
+        "assembled": {"p50_ms": percentile(&assembled, 0.5), "p99_ms": percentile(&assembled, 0.99)},
+        "speedup_p50": percentile(&assembled, 0.5) / percentile(&one_read, 0.5),
+    });
 
-    let similar = similar_features(&runtime, &reader, &id, &args)?;
+    let similar = similar_features(&runtime, &reader, &synthetic, &args)?;
 
-    let report = json!({"features": n_docs, "generated_seconds": generated, "open_seconds": open_seconds, "queries": rows, "dashboard_reads": lookup, "similar_features": similar});
+    let report = json!({"shape": format!("{:?}", args.shape), "store": store, "features": n_docs, "generated_seconds": generated, "provenance": super::bench::provenance(), "open_seconds": open_seconds, "queries": rows, "dashboard_reads": lookup, "similar_features": similar});
     if args.json {
         return print_json(&report);
     }
     if let Some(s) = generated {
-        println!("generated {} features in {s:.1} s", args.features);
+        println!("generated {n_features} features in {s:.1} s");
     }
     println!("store with {n_docs} features opens in {:.3} s (target < 2 s)", open_seconds);
     println!("{:<26} {:>9} {:>9} {:>10}", "query (20 hits/page)", "p50 ms", "p99 ms", "mean hits");
@@ -120,48 +197,87 @@ pub fn run(args: StoreArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "dashboard reads (feature row + its examples by row address): p50 {:.2} ms, p99 {:.2} ms; row addresses read once in {:.0} ms",
-        lookup["p50_ms"].as_f64().unwrap_or(0.0),
-        lookup["p99_ms"].as_f64().unwrap_or(0.0),
+        "dashboards ({} bytes each): one record p50 {:.2} ms p99 {:.2} ms; assembled from the tables p50 {:.2} ms p99 {:.2} ms ({:.1}x); row addresses read once in {:.0} ms",
+        lookup["dashboard_bytes_mean"],
+        lookup["one_record"]["p50_ms"].as_f64().unwrap_or(0.0),
+        lookup["one_record"]["p99_ms"].as_f64().unwrap_or(0.0),
+        lookup["assembled"]["p50_ms"].as_f64().unwrap_or(0.0),
+        lookup["assembled"]["p99_ms"].as_f64().unwrap_or(0.0),
+        lookup["speedup_p50"].as_f64().unwrap_or(0.0),
         warm_ms
     );
     println!(
-        "similar features (k=10, decoder cosine): vector index p50 {:.2} ms p99 {:.2} ms; exact scan p50 {:.2} ms p99 {:.2} ms; {:.1}x faster, recall@10 {:.3}{}",
+        "similar features (k=10, decoder cosine): vector index p50 {:.2} ms p99 {:.2} ms; exact scan p50 {:.2} ms p99 {:.2} ms; {:.1}x faster; recall@10 {:.3} over {} queries{}",
         similar["indexed"]["p50_ms"].as_f64().unwrap_or(0.0),
         similar["indexed"]["p99_ms"].as_f64().unwrap_or(0.0),
         similar["exact"]["p50_ms"].as_f64().unwrap_or(0.0),
         similar["exact"]["p99_ms"].as_f64().unwrap_or(0.0),
         similar["speedup_p50"].as_f64().unwrap_or(0.0),
         similar["recall_at_10"].as_f64().unwrap_or(0.0),
+        similar["recall_queries"],
         if similar["indexed"]["has_index"].as_bool() == Some(true) { "" } else { " (no index: the table is below the indexing threshold)" }
     );
     Ok(())
 }
 
-/// SimilarFeatures through the vector index against the exact scan on the same queries:
-/// latency of each, and how many of the exact top 10 the index finds.
-fn similar_features(runtime: &tokio::runtime::Runtime, reader: &StoreReader, id: &str, args: &StoreArgs) -> anyhow::Result<serde_json::Value> {
-    let queries = args.queries.min(50);
-    let has_index = runtime.block_on(reader.similar_is_indexed(args.d))?;
-    let (mut indexed, mut exact) = (Vec::with_capacity(queries), Vec::with_capacity(queries));
+/// SimilarFeatures through the vector index against the exact scan: latency of each (on
+/// the first queries), and recall@10 of the index over `--similar-queries` queries against
+/// the exact top 10, computed here by brute force over the generator's decoders.
+fn similar_features(runtime: &tokio::runtime::Runtime, reader: &StoreReader, synthetic: &Synthetic, args: &StoreArgs) -> anyhow::Result<serde_json::Value> {
+    let (n, d, id) = (args.features(), args.shape().d, synthetic.dictionary().dictionary_id);
+    let has_index = runtime.block_on(reader.similar_is_indexed(d))?;
+    let queries: Vec<u32> = (0..args.similar_queries).map(|i| ((i as u64 * 104_729) % n as u64) as u32).collect();
+    let directions: Vec<Vec<f32>> = queries.iter().map(|&f| synthetic.feature(f).decoder).collect();
+    let truth = exact_top10(synthetic, n, &directions)?;
+    let timed = queries.len().min(50);
+    let (mut indexed, mut exact) = (Vec::with_capacity(queries.len()), Vec::with_capacity(timed));
     let mut found = 0;
-    for i in 0..queries {
-        let feature = ((i as u64 * 104_729) % args.features as u64) as u32;
-        let row = runtime.block_on(reader.feature(id, feature))?.with_context(|| format!("feature {feature} is missing"))?;
+    for (i, direction) in directions.iter().enumerate() {
         let t = Instant::now();
-        let approximate = runtime.block_on(reader.similar(&row.decoder, &[id], 10, Search::Indexed))?;
+        let approximate = runtime.block_on(reader.similar(direction, &[&id], 10, Search::Indexed))?;
         indexed.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = Instant::now();
-        let truth = runtime.block_on(reader.similar(&row.decoder, &[id], 10, Search::Exact))?;
-        exact.push(t.elapsed().as_secs_f64() * 1e3);
-        found += approximate.iter().filter(|n| truth.iter().any(|t| t.feature == n.feature)).count();
+        if i < timed {
+            let t = Instant::now();
+            let scanned = runtime.block_on(reader.similar(direction, &[&id], 10, Search::Exact))?;
+            exact.push(t.elapsed().as_secs_f64() * 1e3);
+            let agree = scanned.iter().filter(|s| truth[i].contains(&s.feature)).count();
+            anyhow::ensure!(agree >= 9, "query {i}: the exact scan found {agree} of the brute-force top 10");
+        }
+        found += approximate.iter().filter(|a| truth[i].contains(&a.feature)).count();
     }
     indexed.sort_by(f64::total_cmp);
     exact.sort_by(f64::total_cmp);
     Ok(json!({
         "indexed": {"has_index": has_index, "p50_ms": percentile(&indexed, 0.5), "p99_ms": percentile(&indexed, 0.99)},
-        "exact": {"p50_ms": percentile(&exact, 0.5), "p99_ms": percentile(&exact, 0.99)},
+        "exact": {"p50_ms": percentile(&exact, 0.5), "p99_ms": percentile(&exact, 0.99), "queries": timed},
         "speedup_p50": percentile(&exact, 0.5) / percentile(&indexed, 0.5),
-        "recall_at_10": found as f64 / (queries * 10) as f64,
+        "recall_at_10": found as f64 / (queries.len() * 10) as f64,
+        "recall_queries": queries.len(),
     }))
+}
+
+/// The exact 10 nearest features by cosine of each direction, by brute force (a matmul per
+/// chunk of the generator's decoders).
+fn exact_top10(synthetic: &Synthetic, n: usize, directions: &[Vec<f32>]) -> anyhow::Result<Vec<Vec<u32>>> {
+    use candle_core::{Device, Tensor};
+    let d = directions.first().map_or(0, Vec::len);
+    let unit = |v: &[f32]| loupe_store::vectors::unit(v);
+    let q: Vec<f32> = directions.iter().flat_map(|v| unit(v)).collect();
+    let q = Tensor::from_vec(q, (directions.len(), d), &Device::Cpu)?;
+    let mut best: Vec<Vec<(f32, u32)>> = vec![Vec::new(); directions.len()];
+    const CHUNK: usize = 32_768;
+    for start in (0..n).step_by(CHUNK) {
+        let end = (start + CHUNK).min(n);
+        let rows: Vec<f32> = (start..end).flat_map(|f| unit(&synthetic.feature(f as u32).decoder)).collect();
+        let rows = Tensor::from_vec(rows, (end - start, d), &Device::Cpu)?;
+        let cosines: Vec<Vec<f32>> = q.matmul(&rows.t()?)?.to_vec2()?;
+        for (kept, row) in best.iter_mut().zip(cosines) {
+            kept.extend(row.into_iter().enumerate().map(|(j, c)| (c, (start + j) as u32)));
+            if kept.len() > 10 {
+                kept.select_nth_unstable_by(9, |a, b| b.0.total_cmp(&a.0));
+                kept.truncate(10);
+            }
+        }
+    }
+    Ok(best.into_iter().map(|kept| kept.into_iter().map(|(_, f)| f).collect()).collect())
 }

@@ -9,6 +9,7 @@ pub mod bench_store;
 pub mod client;
 pub mod dict;
 pub mod eval_steer;
+pub mod export;
 pub mod generate;
 pub mod index;
 pub mod monitor;
