@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// server is doing, and latency counts from when a request was due), e.g. 0.5.
     #[arg(long, value_name = "FRACTION")]
     pub open_loop: Option<f64>,
+    /// SearchFeatures queries, one per line (default: words the store's top examples fire
+    /// on), e.g. the same queries a peer is given (`reference/bench_postgres.py`).
+    #[arg(long, value_name = "FILE")]
+    pub queries: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -320,7 +324,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             None => {
                 let mut stores = if args.synthetic_only { vec![] } else { vec![("demo", store.clone(), true)] };
                 if args.synthetic.join("CURRENT").exists() {
-                    stores.push(("synthetic 1M", args.synthetic.clone(), false));
+                    stores.push(("synthetic", args.synthetic.clone(), false));
                 } else {
                     eprintln!("no synthetic store at {}: run `loupe bench store` first to include it", args.synthetic.display());
                 }
@@ -339,7 +343,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         for target in &targets {
             let (name, with_model) = (target.name.as_str(), target.with_model);
-            let workload = Arc::new(Workload { hot: args.hot_features, ..workload_of(&target.addr).await? });
+            let mut workload = Workload { hot: args.hot_features, ..workload_of(&target.addr).await? };
+            if let Some(path) = &args.queries {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading --queries {}", path.display()))?;
+                workload.words = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+                anyhow::ensure!(!workload.words.is_empty(), "--queries {} holds no query (one per line)", path.display());
+            }
+            let workload = Arc::new(workload);
             let wanted = |call: &str| args.calls.iter().any(|c| c == call);
             let mut floor_qps = std::collections::HashMap::new();
             for &clients in &args.clients {
