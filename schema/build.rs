@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out.join("loupe_v1_descriptor.bin"))
         // Requests that do not decode are INVALID_ARGUMENT, not INTERNAL.
         .codec_path("crate::proto::codec::Codec")
+        // Written by hand, so that stored dashboards go out as their encoded bytes.
+        .extern_path(".loupe.v1.GetFeatureResponse", "crate::proto::dashboard_reply::GetFeatureResponse")
         // `--json` output of the CLI (and any other JSON view) comes from the messages.
         .type_attribute(".loupe.v1", "#[derive(serde::Serialize)]")
         .field_attribute(".loupe.v1.Dictionary.manifest_json", "#[serde(rename = \"manifest\", serialize_with = \"crate::proto::embedded_json\")]")

@@ -143,6 +143,47 @@ pub(crate) fn decode_rows(batch: &RecordBatch) -> Result<Vec<pb::FeatureDashboar
     (0..batch.num_rows()).map(|i| decode(summary.value(i), examples.map(|e| e.value(i)))).collect()
 }
 
+/// The stored parts of each row of a take, concatenated: one encoded `FeatureDashboard`.
+pub(crate) fn concatenated_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    let column_err = |column: &str, reason: &str| StoreError::Column { table: DASHBOARDS.into(), column: column.into(), reason: reason.into() };
+    let summary = batch.column_by_name("summary").and_then(|c| c.as_binary_opt::<i32>()).ok_or_else(|| column_err("summary", "expected binary"))?;
+    let examples = match batch.column_by_name("examples") {
+        Some(column) => Some(column.as_binary_opt::<i64>().ok_or_else(|| column_err("examples", "expected large binary"))?),
+        None => None,
+    };
+    Ok((0..batch.num_rows())
+        .map(|i| {
+            let tail = examples.map_or(&[][..], |e| e.value(i));
+            let mut bytes = Vec::with_capacity(summary.value(i).len() + tail.len());
+            bytes.extend_from_slice(summary.value(i));
+            bytes.extend_from_slice(tail);
+            bytes
+        })
+        .collect())
+}
+
+/// An encoded dashboard with a label written after its generation: appended as one more
+/// `label` field (protobuf keeps the last value of a field), or, for a label cleared since
+/// (an encoded field cannot be unset by appending), decoded, cleared and encoded again.
+pub fn with_label(encoded: Vec<u8>, label: Option<Option<String>>) -> Result<Vec<u8>> {
+    match label {
+        None => Ok(encoded),
+        Some(Some(label)) => {
+            let mut encoded = encoded;
+            prost::encoding::string::encode(LABEL_FIELD, &label, &mut encoded);
+            Ok(encoded)
+        }
+        Some(None) => {
+            let mut dashboard = decode(&encoded, None)?;
+            dashboard.label = None;
+            Ok(dashboard.encode_to_vec())
+        }
+    }
+}
+
+/// The field number of `FeatureDashboard.label` (schema/proto/loupe/v1/features.proto).
+const LABEL_FIELD: u32 = 2;
+
 /// Writes the dashboards of the dictionaries `ids` (hook of each in `hooks`) from one
 /// version of the `features` and `examples` tables, replacing their rows in `dashboards`;
 /// returns the table's new version. Reads a batch of features at a time, and their
@@ -227,6 +268,22 @@ mod tests {
             assert_eq!(head.top_logits, whole.top_logits);
             assert_eq!(head.label, feature.label);
         }
+    }
+
+    #[test]
+    fn a_label_written_later_is_the_label_of_the_encoded_dashboard() {
+        let commit = synthetic_dictionary("d", 1, 4, 7);
+        let mut whole = assemble(&commit.features[0], "h", commit.examples.clone());
+        whole.label = Some("as built".into());
+        let (summary, examples) = encode(whole.clone());
+        let stored: Vec<u8> = [summary, examples].concat();
+        assert_eq!(pb::FeatureDashboard::decode(stored.as_slice()).unwrap(), whole, "concatenated parts are the whole message");
+        let unchanged = with_label(stored.clone(), None).unwrap();
+        assert_eq!(pb::FeatureDashboard::decode(unchanged.as_slice()).unwrap(), whole);
+        let relabelled = with_label(stored.clone(), Some(Some("cats".into()))).unwrap();
+        assert_eq!(pb::FeatureDashboard::decode(relabelled.as_slice()).unwrap(), pb::FeatureDashboard { label: Some("cats".into()), ..whole.clone() });
+        let cleared = with_label(relabelled, Some(None)).unwrap();
+        assert_eq!(pb::FeatureDashboard::decode(cleared.as_slice()).unwrap(), pb::FeatureDashboard { label: None, ..whole });
     }
 
     #[test]

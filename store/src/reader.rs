@@ -205,6 +205,21 @@ impl StoreReader {
         self.assembled_dashboard(dictionary_id, feature, hook, with_examples).await
     }
 
+    /// A feature's dashboard as the generation stored it, still encoded (an encoded
+    /// `FeatureDashboard`: the summary, then the examples when `with_examples`, since
+    /// protobuf reads concatenated messages as one), with the label the generation was built
+    /// with; None when the generation or dictionary has no `dashboards` record for it (use
+    /// [`dashboard`](Self::dashboard)).
+    pub async fn stored_dashboard(&self, dictionary_id: &str, feature: u32, with_examples: bool) -> Result<Option<Vec<u8>>> {
+        let Some(stored) = &self.dashboards else { return Ok(None) };
+        let addresses = stored.locator().await?.addresses(dictionary_id, feature);
+        if addresses.is_empty() {
+            return Ok(None);
+        }
+        let taker = if with_examples { &stored.whole } else { &stored.summary };
+        Ok(dashboards::concatenated_rows(&taker.take(&addresses).await?)?.into_iter().next())
+    }
+
     /// The dashboard from the `features` and `examples` tables (what a commit stores in
     /// `dashboards`).
     pub async fn assembled_dashboard(&self, dictionary_id: &str, feature: u32, hook: &str, with_examples: bool) -> Result<Option<pb::FeatureDashboard>> {

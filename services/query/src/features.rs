@@ -5,8 +5,11 @@ use std::time::Duration;
 
 use loupe_engine::{Hooks, Read, Rows, SparseActs, TokenBatch};
 use loupe_schema::proto::v1 as pb;
+use loupe_store::dashboards;
 use loupe_store::vectors::Search;
 use loupe_store::{LabelRecord, SearchFilter};
+use prost::bytes::Bytes;
+use prost::Message;
 
 use crate::convert;
 use crate::error::{Result, ServiceError};
@@ -107,22 +110,35 @@ impl FeaturesService {
             max_interval_examples: r.max_interval_examples,
             parts: [parts.top_examples, parts.interval_examples, parts.histogram, parts.logits, parts.neighbours],
         };
-        if let Some(mut dashboard) = state.dashboards.get(&key).await {
-            // Label writes only add overrides: a feature without one now had none when its
-            // dashboard was read, and the cached label is still the generation's.
-            if let Some(label) = snapshot.reader.label_override(&f.dictionary_id, f.feature) {
-                dashboard.label = label;
-            }
-            return Ok(pb::GetFeatureResponse { dashboard: Some(dashboard) });
+        // Dashboards travel encoded: as the store keeps them, or encoded once here, and
+        // cached so. Labels written since the generation are applied on the way out.
+        let label = |encoded: Bytes| -> Result<pb::GetFeatureResponse> {
+            let labelled = dashboards::with_label(encoded.to_vec(), snapshot.reader.label_override(&f.dictionary_id, f.feature))?;
+            Ok(pb::GetFeatureResponse::encoded(Bytes::from(labelled)))
+        };
+        if let Some(cached) = state.dashboards.get(&key).await.and_then(|c| c.encoded) {
+            return label(cached);
         }
         // Examples are most of a dashboard's bytes: not read when no example is asked for.
         let wants_examples = parts.top_examples || parts.interval_examples;
-        let dashboard = snapshot.reader.dashboard(&f.dictionary_id, f.feature, &dictionary.hook, wants_examples).await?;
-        let mut dashboard = dashboard.ok_or_else(|| ServiceError::NotFound(format!("feature {} of {:?} is not in the store", f.feature, f.dictionary_id)))?;
-        loupe_store::dashboards::limit_examples(&mut dashboard, r.max_top_examples as usize, r.max_interval_examples as usize);
-        convert::keep_parts(&mut dashboard, &parts);
-        state.dashboards.insert(key, &dashboard).await;
-        Ok(pb::GetFeatureResponse { dashboard: Some(dashboard) })
+        // Whole or without its examples, no limits: the stored bytes are the answer.
+        let as_stored = parts.top_examples == parts.interval_examples && parts.histogram && parts.logits && parts.neighbours && r.max_top_examples == 0 && r.max_interval_examples == 0;
+        let stored = match as_stored {
+            true => snapshot.reader.stored_dashboard(&f.dictionary_id, f.feature, wants_examples).await?,
+            false => None,
+        };
+        let encoded = match stored {
+            Some(bytes) => Bytes::from(bytes),
+            None => {
+                let dashboard = snapshot.reader.dashboard(&f.dictionary_id, f.feature, &dictionary.hook, wants_examples).await?;
+                let mut dashboard = dashboard.ok_or_else(|| ServiceError::NotFound(format!("feature {} of {:?} is not in the store", f.feature, f.dictionary_id)))?;
+                dashboards::limit_examples(&mut dashboard, r.max_top_examples as usize, r.max_interval_examples as usize);
+                convert::keep_parts(&mut dashboard, &parts);
+                Bytes::from(dashboard.encode_to_vec())
+            }
+        };
+        state.dashboards.insert(key, &pb::GetFeatureResponse::encoded(encoded.clone())).await;
+        label(encoded)
     }
 
     pub async fn similar_features(&self, r: pb::SimilarFeaturesRequest) -> Result<pb::SimilarFeaturesResponse> {

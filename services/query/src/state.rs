@@ -50,7 +50,7 @@ pub struct AppState {
     /// Monitors, the scoring batcher and the alerts log.
     pub monitoring: crate::monitoring::MonitoringState,
     /// Hot GetFeature and SearchFeatures answers.
-    pub dashboards: ResponseCache<DashboardKey, pb::FeatureDashboard>,
+    pub dashboards: ResponseCache<DashboardKey, pb::GetFeatureResponse>,
     pub searches: ResponseCache<SearchKey, pb::SearchFeaturesResponse>,
     next_request: AtomicU64,
 }
