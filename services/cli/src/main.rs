@@ -134,7 +134,6 @@ fn one_message(err: &anyhow::Error) -> String {
 }
 
 fn main() -> std::process::ExitCode {
-    quiet_on_closed_pipe();
     errors_without_backtraces();
     keep_freed_memory();
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LOUPE_LOG").unwrap_or_else(|_| "warn,lance=error".into())).with_writer(std::io::stderr).init();
@@ -144,6 +143,11 @@ fn main() -> std::process::ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    // Not for servers (bench starts servers too): their sockets are written with writev,
+    // which raises SIGPIPE when a client has gone, and the default action would kill them.
+    if !matches!(cli.command, Command::Serve(_) | Command::Bench(_)) {
+        quiet_on_closed_pipe();
+    }
     let result = match cli.command {
         Command::Generate(args) => commands::generate::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
