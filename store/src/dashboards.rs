@@ -132,17 +132,6 @@ pub fn decode(summary: &[u8], examples: Option<&[u8]>) -> Result<pb::FeatureDash
     Ok(dashboard)
 }
 
-/// The stored parts of the rows of one take (columns `summary` and, if read, `examples`).
-pub(crate) fn decode_rows(batch: &RecordBatch) -> Result<Vec<pb::FeatureDashboard>> {
-    let column_err = |column: &str, reason: &str| StoreError::Column { table: DASHBOARDS.into(), column: column.into(), reason: reason.into() };
-    let summary = batch.column_by_name("summary").and_then(|c| c.as_binary_opt::<i32>()).ok_or_else(|| column_err("summary", "expected binary"))?;
-    let examples = match batch.column_by_name("examples") {
-        Some(column) => Some(column.as_binary_opt::<i64>().ok_or_else(|| column_err("examples", "expected large binary"))?),
-        None => None,
-    };
-    (0..batch.num_rows()).map(|i| decode(summary.value(i), examples.map(|e| e.value(i)))).collect()
-}
-
 /// The stored parts of each row of a take, concatenated: one encoded `FeatureDashboard`.
 pub(crate) fn concatenated_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
     let column_err = |column: &str, reason: &str| StoreError::Column { table: DASHBOARDS.into(), column: column.into(), reason: reason.into() };

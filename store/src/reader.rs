@@ -191,16 +191,12 @@ impl StoreReader {
     /// `with_examples`): one point read of the `dashboards` table, or, for a generation or
     /// dictionary written before that table existed, assembled from the columnar tables.
     pub async fn dashboard(&self, dictionary_id: &str, feature: u32, hook: &str, with_examples: bool) -> Result<Option<pb::FeatureDashboard>> {
-        if let Some(stored) = &self.dashboards {
-            let addresses = stored.locator().await?.addresses(dictionary_id, feature);
-            if !addresses.is_empty() {
-                let taker = if with_examples { &stored.whole } else { &stored.summary };
-                let mut dashboard = dashboards::decode_rows(&taker.take(&addresses).await?)?.into_iter().next();
-                if let (Some(d), Some(label)) = (dashboard.as_mut(), self.label_override(dictionary_id, feature)) {
-                    d.label = label;
-                }
-                return Ok(dashboard);
+        if let Some(encoded) = self.stored_dashboard(dictionary_id, feature, with_examples).await? {
+            let mut dashboard = dashboards::decode(&encoded, None)?;
+            if let Some(label) = self.label_override(dictionary_id, feature) {
+                dashboard.label = label;
             }
+            return Ok(Some(dashboard));
         }
         self.assembled_dashboard(dictionary_id, feature, hook, with_examples).await
     }

@@ -113,8 +113,10 @@ impl FeaturesService {
         // Dashboards travel encoded: as the store keeps them, or encoded once here, and
         // cached so. Labels written since the generation are applied on the way out.
         let label = |encoded: Bytes| -> Result<pb::GetFeatureResponse> {
-            let labelled = dashboards::with_label(encoded.to_vec(), snapshot.reader.label_override(&f.dictionary_id, f.feature))?;
-            Ok(pb::GetFeatureResponse::encoded(Bytes::from(labelled)))
+            Ok(pb::GetFeatureResponse::encoded(match snapshot.reader.label_override(&f.dictionary_id, f.feature) {
+                None => encoded,
+                label => Bytes::from(dashboards::with_label(encoded.to_vec(), label)?),
+            }))
         };
         if let Some(cached) = state.dashboards.get(&key).await.and_then(|c| c.encoded) {
             return label(cached);
