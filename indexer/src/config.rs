@@ -32,7 +32,12 @@ impl DictionarySpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobConfig {
+    /// A local folder or `s3://bucket/prefix`.
     pub store: PathBuf,
+    /// Object storage settings for an `s3://` store (`aws_endpoint`, `aws_region`,
+    /// `aws_allow_http`, ...), over the `AWS_*` variables.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub storage: std::collections::BTreeMap<String, String>,
     /// GGUF file or Hugging Face folder (default: the embedded SmolLM2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<PathBuf>,

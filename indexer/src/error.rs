@@ -17,7 +17,7 @@ pub enum IndexError {
     #[error("{0}")]
     InvalidJob(String),
     #[error("checkpoint {path}: {reason}")]
-    BadCheckpoint { path: PathBuf, reason: String },
+    BadCheckpoint { path: String, reason: String },
     #[error("interrupted; run the same command again to resume from the last checkpoint")]
     Interrupted,
     #[error("tensor: {0}")]

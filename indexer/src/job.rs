@@ -1,7 +1,8 @@
 //! Index jobs: a TOML config (overridable by flags), resumable by checkpoints, sharded over
 //! workers and merged, or appended to an earlier run.
 //!
-//! A job's working files live in `STORE/jobs/<index key>/`, where the index key covers the
+//! A job's working files live in `STORE/jobs/<index key>/` (in the store, so that on
+//! object storage any node can resume or merge them), where the index key covers the
 //! model, the dictionaries and the reducer settings:
 //! - `run-<run key>-<i>-of-<n>.ckpt`: the state of shard i of n of a run over some corpus
 //!   (the run key adds the corpus and where its ids start); complete or resumable;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use loupe_engine::{Dictionary, FeatureLens, Model};
-use loupe_store::{DictionaryRecord, FeatureRecord, Generation, StoreError, StoreWriter};
+use loupe_store::{DictionaryRecord, FeatureRecord, Generation, Location, StoreError, StoreWriter};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -94,6 +95,8 @@ pub struct Job {
     pub config: JobConfig,
     /// The model and the dictionaries, in the order of `config.dictionaries` (and `ids`).
     lens: FeatureLens,
+    /// The store, resolved from `config.store` and `config.storage`.
+    store: Location,
     model_path: PathBuf,
     model_checksum: String,
     dictionary_checksums: Vec<String>,
@@ -104,7 +107,8 @@ pub struct Job {
 impl Job {
     pub fn prepare(config: JobConfig, model_path: &Path) -> Result<Job> {
         config.validate()?;
-        loupe_store::layout::create_or_check(&config.store)?;
+        let store = Location::from_arg(&config.store, &config.storage)?;
+        futures::executor::block_on(loupe_store::layout::create_or_check(&store))?;
         for source in &config.corpus {
             source.files()?;
         }
@@ -126,7 +130,7 @@ impl Job {
             "reducer": config.reducer(),
         });
         let index_key = sha256_bytes(identity.to_string().as_bytes())[..16].to_string();
-        Ok(Job { config, lens, model_path: model_path.into(), model_checksum, dictionary_checksums, ids, index_key })
+        Ok(Job { config, lens, store, model_path: model_path.into(), model_checksum, dictionary_checksums, ids, index_key })
     }
 
     /// The model and the dictionaries this job indexes.
@@ -138,36 +142,39 @@ impl Job {
         &self.ids
     }
 
-    fn job_dir(&self) -> PathBuf {
-        self.config.store.join("jobs").join(&self.index_key)
+    /// The store the job writes (a local folder or object storage).
+    pub fn store(&self) -> &Location {
+        &self.store
     }
 
-    fn committed_state_path(&self) -> PathBuf {
-        self.job_dir().join("committed.state")
+    fn job_dir(&self) -> String {
+        format!("jobs/{}", self.index_key)
     }
 
-    fn committed_run_path(&self) -> PathBuf {
-        self.job_dir().join("committed.run")
+    fn committed_state_key(&self) -> String {
+        format!("{}/committed.state", self.job_dir())
+    }
+
+    fn committed_run_key(&self) -> String {
+        format!("{}/committed.run", self.job_dir())
     }
 
     /// The store's current generation if the last commit was `run_key` and nothing was
     /// committed since.
     fn up_to_date(&self, run_key: &str) -> Result<Option<Generation>> {
         // A missing or unreadable record only means the run is done again.
-        let Some(record) = std::fs::read(self.committed_run_path()).ok().and_then(|bytes| serde_json::from_slice::<CommittedRun>(&bytes).ok()) else {
+        let recorded = futures::executor::block_on(self.store.get(&self.committed_run_key())).ok().flatten();
+        let Some(record) = recorded.and_then(|bytes| serde_json::from_slice::<CommittedRun>(&bytes).ok()) else {
             return Ok(None);
         };
-        let current = loupe_store::layout::current(&self.config.store)?;
+        let current = futures::executor::block_on(loupe_store::layout::current(&self.store))?;
         Ok(current.filter(|g| record.run_key == run_key && g.generation == record.generation))
     }
 
     fn committed_state(&self) -> Result<IndexState> {
-        match Checkpoint::load(&self.committed_state_path())? {
+        match Checkpoint::load(&self.store, &self.committed_state_key())? {
             Some(c) => Ok(c.state),
-            None => Err(IndexError::InvalidJob(format!(
-                "nothing to append to: {} has no committed index of these dictionaries with these settings; run without --append first",
-                self.config.store.display()
-            ))),
+            None => Err(IndexError::InvalidJob(format!("nothing to append to: {} has no committed index of these dictionaries with these settings; run without --append first", self.store))),
         }
     }
 
@@ -188,8 +195,8 @@ impl Job {
         Ok(sha256_bytes(identity.to_string().as_bytes())[..16].to_string())
     }
 
-    fn checkpoint_path(&self, run_key: &str, shard: Shard) -> PathBuf {
-        self.job_dir().join(format!("run-{run_key}-{}-of-{}.ckpt", shard.index, shard.count))
+    fn checkpoint_key(&self, run_key: &str, shard: Shard) -> String {
+        format!("{}/run-{run_key}-{}-of-{}.ckpt", self.job_dir(), shard.index, shard.count)
     }
 
     fn fresh_state(&self) -> IndexState {
@@ -215,9 +222,8 @@ impl Job {
                 });
             }
         }
-        let checkpoint_path = self.checkpoint_path(&run_key, options.shard);
-        std::fs::create_dir_all(self.job_dir()).map_err(|e| IndexError::io(self.job_dir(), e))?;
-        let resumed = Checkpoint::load(&checkpoint_path)?.filter(|c| c.run_key == run_key);
+        let checkpoint_key = self.checkpoint_key(&run_key, options.shard);
+        let resumed = Checkpoint::load(&self.store, &checkpoint_key)?.filter(|c| c.run_key == run_key);
         let resumed_from = resumed.as_ref().map_or(0, |c| c.next_window);
         let (state, timings, tokens, windows) = match resumed {
             Some(c) if c.complete => (c.state, PassTimings::default(), 0, 0),
@@ -239,7 +245,7 @@ impl Job {
                 let total_bytes: u64 = self.config.corpus.iter().map(|s| s.total_bytes()).sum::<Result<u64, _>>()?;
                 let save = |next_window: u64, state: &IndexState| -> Result<()> {
                     // Cloning costs a copy of the state; checkpoints are rare next to batches.
-                    Checkpoint { run_key: run_key.clone(), next_window, complete: false, state: state.clone() }.save(&checkpoint_path)
+                    Checkpoint { run_key: run_key.clone(), next_window, complete: false, state: state.clone() }.save(&self.store, &checkpoint_key)
                 };
                 let progress = |p: Progress| (hooks.progress)(p, total_bytes);
                 let pass_hooks = PassHooks { progress: &progress, checkpoint: &save, interrupted: hooks.interrupted };
@@ -250,7 +256,7 @@ impl Job {
                     return Ok(RunReport { outcome: Outcome::Interrupted, tokens, windows, timings: outcome.timings, finalize: Duration::ZERO, commit: Duration::ZERO, resumed_from });
                 }
                 let done = Checkpoint { run_key: run_key.clone(), next_window: u64::MAX, complete: true, state: outcome.state };
-                done.save(&checkpoint_path)?;
+                done.save(&self.store, &checkpoint_key)?;
                 (done.state, outcome.timings, tokens, windows)
             }
         };
@@ -265,8 +271,8 @@ impl Job {
     fn pending_shards(&self, run_key: &str, count: u64) -> Result<Vec<u64>> {
         let mut pending = Vec::new();
         for index in 0..count {
-            let path = self.checkpoint_path(run_key, Shard { index, count });
-            if !Checkpoint::load(&path)?.is_some_and(|c| c.complete && c.run_key == run_key) {
+            let key = self.checkpoint_key(run_key, Shard { index, count });
+            if !Checkpoint::load(&self.store, &key)?.is_some_and(|c| c.complete && c.run_key == run_key) {
                 pending.push(index);
             }
         }
@@ -288,9 +294,10 @@ impl Job {
         }
         let mut merged: Option<IndexState> = None;
         for index in 0..count {
-            let path = self.checkpoint_path(&run_key, Shard { index, count });
-            let state =
-                Checkpoint::load(&path)?.ok_or_else(|| IndexError::InvalidJob(format!("shard {index}/{count}'s checkpoint {} vanished during the merge; run the shard again", path.display())))?.state;
+            let key = self.checkpoint_key(&run_key, Shard { index, count });
+            let state = Checkpoint::load(&self.store, &key)?
+                .ok_or_else(|| IndexError::InvalidJob(format!("shard {index}/{count}'s checkpoint {}/{key} vanished during the merge; run the shard again", self.store)))?
+                .state;
             match merged.as_mut() {
                 None => merged = Some(state),
                 Some(m) => m.merge_shard(state)?,
@@ -314,8 +321,8 @@ impl Job {
         let (dictionaries, features) = self.finalize(&state)?;
         let finalize = t.elapsed();
         let t = Instant::now();
-        let writer = StoreWriter::open_or_create(&self.config.store)?;
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| IndexError::io(&self.config.store, e))?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| IndexError::io("a tokio runtime", e))?;
+        let writer = runtime.block_on(StoreWriter::open_or_create(&self.store))?;
         // Examples are made on a second thread while Lance writes the ones before them.
         let generation = std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel(2);
@@ -324,9 +331,9 @@ impl Job {
             producer.join().expect("the example thread does not panic");
             written
         })?;
-        Checkpoint { run_key: self.index_key.clone(), next_window: u64::MAX, complete: true, state }.save(&self.committed_state_path())?;
+        Checkpoint { run_key: self.index_key.clone(), next_window: u64::MAX, complete: true, state }.save(&self.store, &self.committed_state_key())?;
         let record = serde_json::to_vec(&CommittedRun { run_key: run_key.into(), generation: generation.generation }).expect("a run record serializes");
-        std::fs::write(self.committed_run_path(), record).map_err(|e| IndexError::io(self.committed_run_path(), e))?;
+        futures::executor::block_on(self.store.put(&self.committed_run_key(), record))?;
         self.remove_run_checkpoints(run_key)?;
         Ok((generation, finalize, t.elapsed()))
     }
@@ -356,13 +363,12 @@ impl Job {
     fn remove_run_checkpoints(&self, run_key: &str) -> Result<()> {
         let dir = self.job_dir();
         let prefix = format!("run-{run_key}-");
-        for entry in std::fs::read_dir(&dir).map_err(|e| IndexError::io(&dir, e))? {
-            let path = entry.map_err(|e| IndexError::io(&dir, e))?.path();
-            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)) {
-                std::fs::remove_file(&path).map_err(|e| IndexError::io(&path, e))?;
+        futures::executor::block_on(async {
+            for name in self.store.list(&dir).await?.into_iter().filter(|n| n.starts_with(&prefix)) {
+                self.store.delete(&format!("{dir}/{name}")).await?;
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The dictionary and feature rows of every dictionary of the state (the examples are

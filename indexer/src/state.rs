@@ -1,7 +1,6 @@
 //! The whole reducer state of a run, its checkpoints, and how states combine.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -9,6 +8,7 @@ use crate::error::{IndexError, Result};
 use crate::reducer::DictionaryState;
 use loupe_corpus::Window;
 use loupe_corpus::{CorpusSource, Skipped};
+use loupe_store::Location;
 
 /// What one corpus source contributed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,7 +75,8 @@ impl IndexState {
     }
 }
 
-/// A state saved to disk: the run it belongs to and how far it got.
+/// A state saved in the store (local or on object storage): the run it belongs to and how
+/// far it got.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     /// Identity of the run (model, dictionaries, corpus, settings, shard).
@@ -87,18 +88,16 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    pub fn load(path: &Path) -> Result<Option<Checkpoint>> {
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(IndexError::io(path, e)),
-        };
-        bincode::deserialize(&bytes).map(Some).map_err(|e| IndexError::BadCheckpoint { path: path.into(), reason: format!("cannot be read ({e}); delete it to start the run over") })
+    /// The checkpoint at `key` of the store, if there is one. Blocking: called from the
+    /// job's threads, outside any async runtime.
+    pub fn load(store: &Location, key: &str) -> Result<Option<Checkpoint>> {
+        let Some(bytes) = futures::executor::block_on(store.get(key))? else { return Ok(None) };
+        bincode::deserialize(&bytes).map(Some).map_err(|e| IndexError::BadCheckpoint { path: format!("{store}/{key}"), reason: format!("cannot be read ({e}); delete it to start the run over") })
     }
 
     /// Saves atomically: a kill at any moment leaves the previous or the new checkpoint.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let bytes = bincode::serialize(self).map_err(|e| IndexError::BadCheckpoint { path: path.into(), reason: e.to_string() })?;
-        loupe_store::layout::write_atomic(path, &bytes).map_err(IndexError::from)
+    pub fn save(&self, store: &Location, key: &str) -> Result<()> {
+        let bytes = bincode::serialize(self).map_err(|e| IndexError::BadCheckpoint { path: format!("{store}/{key}"), reason: e.to_string() })?;
+        futures::executor::block_on(store.put(key, bytes)).map_err(IndexError::from)
     }
 }

@@ -105,7 +105,7 @@ fn top_examples_equal_a_brute_force_reference_and_reencode_alone() {
     let again = job.run(RunOptions { shard: Shard::WHOLE, append: false, force: false }, &JobHooks { progress: &|_, _| {}, interrupted: &interrupted }).unwrap();
     let Outcome::UpToDate(current) = &again.outcome else { panic!("{again:?}") };
     assert_eq!((current.generation, again.windows), (committed.generation, 0));
-    assert_eq!(loupe_store::layout::current(&dir.path().join("store")).unwrap().unwrap().generation, committed.generation);
+    assert_eq!(futures::executor::block_on(loupe_store::layout::current(job.store())).unwrap().unwrap().generation, committed.generation);
 
     // Brute force: every activation of every window, batched as the job batches them (so
     // the numbers are bit-identical), then sorted per feature.
@@ -141,7 +141,7 @@ fn top_examples_equal_a_brute_force_reference_and_reencode_alone() {
     }
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let store = rt.block_on(StoreReader::open(&job.config.store)).unwrap();
+    let store = rt.block_on(StoreReader::open(job.store())).unwrap();
     let features = rt.block_on(store.features("default")).unwrap();
     let examples = rt.block_on(store.examples("default", None)).unwrap();
     let mut by_feature: BTreeMap<u32, Vec<&ExampleRecord>> = BTreeMap::new();

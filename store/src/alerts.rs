@@ -2,7 +2,6 @@
 //! alert (one Lance commit, group-committed with others waiting) before the caller hears
 //! of it, so an alert a caller saw survives a crash of the server.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Float32Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array};
@@ -12,6 +11,7 @@ use serde::Serialize;
 use crate::append_only;
 use crate::arrow::Columns;
 use crate::error::Result;
+use crate::location::Location;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AlertRecord {
@@ -49,7 +49,7 @@ pub struct AlertFilter {
 }
 
 /// Appends `rows` in one commit; durable when it returns.
-pub async fn append_alerts(root: &Path, rows: &[AlertRecord]) -> Result<()> {
+pub async fn append_alerts(root: &Location, rows: &[AlertRecord]) -> Result<()> {
     let strings = |f: &dyn Fn(&AlertRecord) -> &str| -> ArrayRef { Arc::new(StringArray::from_iter_values(rows.iter().map(f))) };
     let columns: Vec<ArrayRef> = vec![
         strings(&|r| &r.alert_id),
@@ -72,7 +72,7 @@ pub async fn append_alerts(root: &Path, rows: &[AlertRecord]) -> Result<()> {
 }
 
 /// The alerts that pass `filter`, newest first (commit order reversed).
-pub async fn read_alerts(root: &Path, filter: &AlertFilter) -> Result<Vec<AlertRecord>> {
+pub async fn read_alerts(root: &Location, filter: &AlertFilter) -> Result<Vec<AlertRecord>> {
     // Filter in the scan: Lance prunes with it, and quoting is ours (names are checked
     // to letters, digits, '.', '_', '-'; callers are escaped).
     let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
@@ -149,20 +149,21 @@ mod tests {
     #[tokio::test]
     async fn alerts_read_back_newest_first_through_filters() {
         let dir = tempfile::tempdir().unwrap();
-        crate::writer::StoreWriter::open_or_create(dir.path()).unwrap();
-        append_alerts(dir.path(), &[alert("a", "pii", "high", "o'brien", 10), alert("b", "toxic", "low", "x", 20)]).await.unwrap();
-        append_alerts(dir.path(), &[alert("c", "pii", "low", "x", 30)]).await.unwrap();
+        let root = Location::local(dir.path());
+        crate::writer::StoreWriter::open_or_create(&root).await.unwrap();
+        append_alerts(&root, &[alert("a", "pii", "high", "o'brien", 10), alert("b", "toxic", "low", "x", 20)]).await.unwrap();
+        append_alerts(&root, &[alert("c", "pii", "low", "x", 30)]).await.unwrap();
         let ids = |rows: Vec<AlertRecord>| rows.into_iter().map(|r| r.alert_id).collect::<Vec<_>>();
-        assert_eq!(ids(read_alerts(dir.path(), &AlertFilter::default()).await.unwrap()), vec!["c", "b", "a"]);
+        assert_eq!(ids(read_alerts(&root, &AlertFilter::default()).await.unwrap()), vec!["c", "b", "a"]);
         let pii = AlertFilter { monitor: Some("pii".into()), ..Default::default() };
-        assert_eq!(ids(read_alerts(dir.path(), &pii).await.unwrap()), vec!["c", "a"]);
+        assert_eq!(ids(read_alerts(&root, &pii).await.unwrap()), vec!["c", "a"]);
         let quoted = AlertFilter { caller: Some("o'brien".into()), ..Default::default() };
-        let rows = read_alerts(dir.path(), &quoted).await.unwrap();
+        let rows = read_alerts(&root, &quoted).await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].text.as_deref(), Some("kept"));
         let high = AlertFilter { severities: vec!["high".into(), "critical".into()], ..Default::default() };
-        assert_eq!(ids(read_alerts(dir.path(), &high).await.unwrap()), vec!["a"]);
+        assert_eq!(ids(read_alerts(&root, &high).await.unwrap()), vec!["a"]);
         let window = AlertFilter { since_us: Some(15), until_us: Some(30), ..Default::default() };
-        assert_eq!(ids(read_alerts(dir.path(), &window).await.unwrap()), vec!["b"]);
+        assert_eq!(ids(read_alerts(&root, &window).await.unwrap()), vec!["b"]);
     }
 }

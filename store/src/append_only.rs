@@ -5,17 +5,18 @@
 //! commit), so "the latest row wins" never depends on two hosts' clocks.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
 use futures::TryStreamExt;
-use lance::dataset::{CommitBuilder, InsertBuilder, WriteMode, WriteParams};
+use lance::dataset::{CommitBuilder, InsertBuilder, WriteMode};
 use lance::table::format::Fragment;
 use lance::Dataset;
 
 use crate::error::{Result, StoreError};
-use crate::layout::{check_store, table_path};
+use crate::layout::check_store;
+use crate::location::Location;
+use crate::tables::{open_latest, write_params};
 
 /// How many times an append retries a commit that lost a race (Lance's default is 20; a
 /// burst of writers on one store can need more).
@@ -23,44 +24,53 @@ const COMMIT_RETRIES: u32 = 100;
 /// ... and for at most this long.
 const COMMIT_RETRY_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub(crate) fn uri(root: &Path, table: &str) -> String {
-    table_path(root, table).to_string_lossy().into_owned()
-}
-
 /// Whether the table has been created.
-pub(crate) fn exists(root: &Path, table: &str) -> bool {
-    table_path(root, table).join("_versions").is_dir()
+pub(crate) async fn exists(root: &Location, table: &str) -> Result<bool> {
+    root.has_any(&format!("{table}.lance/_versions")).await
 }
 
 /// Appends `batch` to `table` (creating it on first use) in one Lance commit; returns once
 /// the commit is durable.
-pub(crate) async fn append(root: &Path, table: &str, batch: RecordBatch) -> Result<()> {
-    check_store(root)?;
+pub(crate) async fn append(root: &Location, table: &str, batch: RecordBatch) -> Result<()> {
+    check_store(root).await?;
     if batch.num_rows() == 0 {
         return Ok(());
     }
     let lance_err = |e| StoreError::lance(table, e);
-    if !exists(root, table) && create_with(root, table, &batch).await? {
+    if !exists(root, table).await? && create_with(root, table, &batch).await? {
         return Ok(());
     }
-    let uri = uri(root, table);
-    let params = WriteParams { mode: WriteMode::Append, ..Default::default() };
+    let uri = root.table_uri(table);
+    let params = write_params(root, WriteMode::Append);
     let transaction = InsertBuilder::new(uri.as_str()).with_params(&params).execute_uncommitted(vec![batch]).await.map_err(lance_err)?;
-    CommitBuilder::new(uri.as_str()).with_max_retries(COMMIT_RETRIES).with_retry_timeout(COMMIT_RETRY_TIMEOUT).execute(transaction).await.map_err(lance_err)?;
+    let mut commit = CommitBuilder::new(uri.as_str()).with_max_retries(COMMIT_RETRIES).with_retry_timeout(COMMIT_RETRY_TIMEOUT);
+    if let Some(store_params) = params.store_params.clone() {
+        commit = commit.with_store_params(store_params);
+    }
+    commit.execute(transaction).await.map_err(lance_err)?;
     Ok(())
 }
 
-/// Creates the table holding `batch`, unless another writer creates it first: the table is
-/// written in a private folder and renamed into place, and renaming onto an existing table
-/// fails, so exactly one creator wins (two Lance creates racing on one path could both
-/// commit, the second as an overwrite of the first). Returns whether this call created it.
-async fn create_with(root: &Path, table: &str, batch: &RecordBatch) -> Result<bool> {
+/// Creates the table holding `batch`, unless another writer creates it first; returns
+/// whether this call created it. Two Lance creates racing on one local path could both
+/// commit (the second as an overwrite of the first), so locally the table is written in a
+/// private folder and renamed into place, and renaming onto an existing table fails. On
+/// object storage Lance creates version 1 with a conditional put: one creator wins.
+async fn create_with(root: &Location, table: &str, batch: &RecordBatch) -> Result<bool> {
+    let params = write_params(root, WriteMode::Create);
+    let Some(local) = root.local_path() else {
+        let uri = root.table_uri(table);
+        return match InsertBuilder::new(uri.as_str()).with_params(&params).execute(vec![batch.clone()]).await {
+            Ok(_) => Ok(true),
+            Err(_) if exists(root, table).await? => Ok(false),
+            Err(e) => Err(StoreError::lance(table, e)),
+        };
+    };
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let private = root.join(format!("{table}.lance.creating-{}-{nanos}", std::process::id()));
-    let params = WriteParams { mode: WriteMode::Create, ..Default::default() };
+    let private = local.join(format!("{table}.lance.creating-{}-{nanos}", std::process::id()));
     let uri = private.to_string_lossy().into_owned();
     InsertBuilder::new(uri.as_str()).with_params(&params).execute(vec![batch.clone()]).await.map_err(|e| StoreError::lance(table, e))?;
-    let path = table_path(root, table);
+    let path = local.join(format!("{table}.lance"));
     match std::fs::rename(&private, &path) {
         Ok(()) => Ok(true),
         Err(_) if path.join("_versions").is_dir() => {
@@ -72,11 +82,11 @@ async fn create_with(root: &Path, table: &str, batch: &RecordBatch) -> Result<bo
 }
 
 /// Opens the table (None before its first write).
-pub(crate) async fn open(root: &Path, table: &str) -> Result<Option<Dataset>> {
-    if !exists(root, table) {
+pub(crate) async fn open(root: &Location, table: &str) -> Result<Option<Dataset>> {
+    if !exists(root, table).await? {
         return Ok(None);
     }
-    Ok(Some(Dataset::open(&uri(root, table)).await.map_err(|e| StoreError::lance(table, e))?))
+    Ok(Some(open_latest(root, table).await?))
 }
 
 /// The rows of these fragments, in the order given (commit order), as record batches.
@@ -100,7 +110,7 @@ pub(crate) fn sorted_fragments(dataset: &Dataset) -> BTreeMap<u64, Fragment> {
 }
 
 /// Every row of the table in commit order (empty before its first write).
-pub(crate) async fn read_all(root: &Path, table: &str, filter: Option<&str>) -> Result<Vec<RecordBatch>> {
+pub(crate) async fn read_all(root: &Location, table: &str, filter: Option<&str>) -> Result<Vec<RecordBatch>> {
     match open(root, table).await? {
         Some(dataset) => read_in_order(table, &dataset, sorted_fragments(&dataset).into_values().collect(), filter).await,
         None => Ok(Vec::new()),

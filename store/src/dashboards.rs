@@ -10,7 +10,7 @@
 //! ([`StoreReader::dashboard`](crate::StoreReader::dashboard)): the same message.
 
 use std::collections::HashMap;
-use std::path::Path;
+
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -25,6 +25,7 @@ use prost::Message;
 
 use crate::arrow::{examples_from_batch, features_from_batch};
 use crate::error::{Result, StoreError};
+use crate::location::Location;
 use crate::locator::RowLocator;
 use crate::records::{ExampleKind, ExampleRecord, FeatureRecord, LogitEffect};
 use crate::tables::{of_dictionaries, replace_dictionary_rows_from_stream};
@@ -178,7 +179,7 @@ const LABEL_FIELD: u32 = 2;
 /// returns the table's new version. Reads a batch of features at a time, and their
 /// examples by row address, so that memory stays bounded by a batch.
 pub(crate) async fn write(
-    root: &Path,
+    root: &Location,
     committed: Option<u64>,
     ids: &[&str],
     hooks: HashMap<String, String>,

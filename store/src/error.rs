@@ -3,17 +3,24 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{path} is not a loupe store: {reason}")]
-    NotAStore { path: PathBuf, reason: String },
+    NotAStore { path: String, reason: String },
     #[error("store {path} has no committed index yet: run `loupe index --store {path}` first")]
-    Empty { path: PathBuf },
+    Empty { path: String },
     #[error("store {path} has no generation {generation} (latest is {latest})")]
-    NoSuchGeneration { path: PathBuf, generation: u64, latest: u64 },
-    #[error("another writer holds {path}: wait for it to finish (one indexing job commits at a time)")]
-    Locked { path: PathBuf },
+    NoSuchGeneration { path: String, generation: u64, latest: u64 },
+    #[error("another writer holds {path} ({holder}): wait for it to finish (one indexing job commits at a time)")]
+    Locked { path: String, holder: String },
+    #[error("{path}: {reason}")]
+    Conflict { path: String, reason: String },
+    #[error("store location {location:?}: {reason}")]
+    InvalidLocation { location: String, reason: String },
+    #[cfg(feature = "tables")]
+    #[error("{location}: {source}")]
+    ObjectStore { location: String, source: Box<object_store::Error> },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {reason}")]
-    Corrupt { path: PathBuf, reason: String },
+    Corrupt { path: String, reason: String },
     #[cfg(feature = "tables")]
     #[error("lance table {table}: {source}")]
     Lance { table: String, source: lance::Error },
@@ -26,7 +33,7 @@ pub enum StoreError {
     #[error("{0}")]
     Arrow(#[from] arrow_schema::ArrowError),
     #[error("store {path} holds no decoder vectors of width {width}; a store written before loupe stored them needs `loupe index` again")]
-    NoVectors { path: PathBuf, width: usize },
+    NoVectors { path: String, width: usize },
     #[error("invalid record: {0}")]
     InvalidRecord(String),
     /// The caller's example stream failed (its message, since its type is the caller's).

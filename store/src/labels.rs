@@ -12,7 +12,6 @@
 //! one new fragment, so a refresh reads only the fragments it has not seen.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
 
 use lance::Dataset;
 use loupe_schema::tables::LABELS;
@@ -20,6 +19,7 @@ use loupe_schema::tables::LABELS;
 use crate::append_only;
 use crate::arrow::{labels_batch, labels_from_batch};
 use crate::error::{Result, StoreError};
+use crate::location::Location;
 use crate::records::LabelRecord;
 use crate::tables::quote;
 
@@ -40,7 +40,7 @@ pub fn check_label(label: &str) -> Result<()> {
 
 /// Appends label writes to the store's `labels` table (creating it on first use) in one
 /// Lance commit. Returns once the commit is durable in the table.
-pub async fn append_labels(root: &Path, rows: &[LabelRecord]) -> Result<()> {
+pub async fn append_labels(root: &Location, rows: &[LabelRecord]) -> Result<()> {
     for row in rows {
         if let Some(label) = &row.label {
             check_label(label)?;
@@ -50,7 +50,7 @@ pub async fn append_labels(root: &Path, rows: &[LabelRecord]) -> Result<()> {
 }
 
 /// Every label ever written for one feature, oldest first.
-pub async fn label_history(root: &Path, dictionary_id: &str, feature: u32) -> Result<Vec<LabelRecord>> {
+pub async fn label_history(root: &Location, dictionary_id: &str, feature: u32) -> Result<Vec<LabelRecord>> {
     let filter = format!("dictionary_id = {} AND feature = {feature}", quote(dictionary_id));
     rows_of(append_only::read_all(root, LABELS, Some(&filter)).await?)
 }
@@ -65,7 +65,7 @@ fn rows_of(batches: Vec<arrow_array::RecordBatch>) -> Result<Vec<LabelRecord>> {
 
 /// The current label of every labelled feature, kept up to date incrementally.
 pub struct LabelCursor {
-    root: PathBuf,
+    root: Location,
     dataset: Option<Dataset>,
     /// Fragments already folded into `latest`.
     seen: HashSet<u64>,
@@ -73,8 +73,8 @@ pub struct LabelCursor {
 }
 
 impl LabelCursor {
-    pub fn new(root: &Path) -> Self {
-        LabelCursor { root: root.to_path_buf(), dataset: None, seen: HashSet::new(), latest: HashMap::new() }
+    pub fn new(root: &Location) -> Self {
+        LabelCursor { root: root.clone(), dataset: None, seen: HashSet::new(), latest: HashMap::new() }
     }
 
     /// The latest write for a feature, if it was ever labelled (its `label` is None when

@@ -11,18 +11,24 @@
 //! ROOT/labels.lance           append-only, outside generations: every label write
 //! ROOT/vectors.lance          append-only, outside generations: named vectors (DiffMean)
 //! ROOT/writer.lock            held (flock) by the one writer that commits
+//! ROOT/jobs/KEY/              checkpoints of resumable index jobs
 //! ```
+//! The same keys under `s3://bucket/prefix` for a store on object storage, with two
+//! differences: a generation is published by creating `generations/N.json` only if absent
+//! (no `CURRENT`: the highest record is current), and `writer.lock` is a lease object with
+//! an expiry (see `lease`). The tantivy index is built locally, uploaded as an immutable
+//! folder per generation, and downloaded by readers into a local cache.
 //! A generation names one Lance version per table: readers open exactly those versions, so
 //! a run that fails half-way (or is still running) is never visible.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
+pub use crate::clock::{now_rfc3339, rfc3339};
+pub use crate::lease::{lock_writer, lock_writer_with_term, WriterLock};
+pub use crate::location::{write_atomic, Location};
 
 pub const MARKER: &str = "LOUPE_STORE";
 const FORMAT: &str = "loupe-store";
@@ -32,6 +38,8 @@ const FORMAT: &str = "loupe-store";
 const FORMAT_VERSION: u32 = 2;
 /// The oldest format this build reads and writes.
 const OLDEST_FORMAT_VERSION: u32 = 1;
+const CURRENT: &str = "CURRENT";
+const GENERATIONS: &str = "generations";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Marker {
@@ -52,139 +60,118 @@ pub struct Generation {
     pub message: String,
 }
 
-pub fn table_path(root: &Path, table: &str) -> PathBuf {
-    root.join(format!("{table}.lance"))
+fn generation_key(generation: u64) -> String {
+    format!("{GENERATIONS}/{generation}.json")
+}
+
+fn not_a_store(root: &Location, reason: String) -> StoreError {
+    StoreError::NotAStore { path: root.to_string(), reason }
 }
 
 /// Checks that `root` is a store (for readers).
-pub fn check_store(root: &Path) -> Result<()> {
-    let not_a_store = |reason: String| StoreError::NotAStore { path: root.into(), reason };
-    if !root.is_dir() {
-        return Err(not_a_store("no such directory".into()));
+pub async fn check_store(root: &Location) -> Result<()> {
+    if root.local_path().is_some_and(|p| !p.is_dir()) {
+        return Err(not_a_store(root, "no such directory".into()));
     }
-    let marker_path = root.join(MARKER);
-    let text = std::fs::read_to_string(&marker_path).map_err(|_| not_a_store(format!("no {MARKER} file (create a store with `loupe index --store DIR`)")))?;
-    let marker: Marker = serde_json::from_str(&text).map_err(|e| not_a_store(format!("{MARKER} is not valid: {e}")))?;
+    let Some(bytes) = root.get(MARKER).await? else {
+        return Err(not_a_store(root, format!("no {MARKER} file (create a store with `loupe index --store {root}`)")));
+    };
+    let marker: Marker = serde_json::from_slice(&bytes).map_err(|e| not_a_store(root, format!("{MARKER} is not valid: {e}")))?;
     if marker.format != FORMAT {
-        return Err(not_a_store(format!("{MARKER} says format {:?}, expected {FORMAT:?}", marker.format)));
+        return Err(not_a_store(root, format!("{MARKER} says format {:?}, expected {FORMAT:?}", marker.format)));
     }
     if marker.version > FORMAT_VERSION {
-        return Err(not_a_store(format!(
-            "{MARKER} says format version {}, newer than this loupe reads ({OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}): upgrade loupe, or re-index into a new store with this one",
-            marker.version
-        )));
+        return Err(not_a_store(
+            root,
+            format!(
+                "{MARKER} says format version {}, newer than this loupe reads ({OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}): upgrade loupe, or re-index into a new store with this one",
+                marker.version
+            ),
+        ));
     }
     if marker.version < OLDEST_FORMAT_VERSION {
-        return Err(not_a_store(format!("{MARKER} says format version {}, older than this loupe reads ({OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}): re-index into a new store", marker.version)));
+        return Err(not_a_store(root, format!("{MARKER} says format version {}, older than this loupe reads ({OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}): re-index into a new store", marker.version)));
     }
     Ok(())
 }
 
-/// Makes `root` a store if it is new or empty; refuses a non-empty directory that is not one.
-pub fn create_or_check(root: &Path) -> Result<()> {
-    if root.join(MARKER).exists() {
-        return check_store(root);
+/// Makes `root` a store if it is new or empty; refuses a non-empty folder (or prefix) that
+/// is not one.
+pub async fn create_or_check(root: &Location) -> Result<()> {
+    if root.get(MARKER).await?.is_some() {
+        return check_store(root).await;
     }
-    if root.exists() {
-        let mut entries = std::fs::read_dir(root).map_err(|e| StoreError::io(root, e))?;
-        if entries.next().is_some() {
-            return Err(StoreError::NotAStore { path: root.into(), reason: format!("the directory is not empty and has no {MARKER} file; refusing to write into it (give a new or empty directory)") });
-        }
+    let occupied = match root.local_path() {
+        Some(path) => path.exists() && std::fs::read_dir(path).map_err(|e| StoreError::io(path, e))?.next().is_some(),
+        None => !root.list("").await?.is_empty(),
+    };
+    if occupied {
+        return Err(not_a_store(root, format!("it is not empty and has no {MARKER} file; refusing to write into it (give a new or empty folder or prefix)")));
     }
-    std::fs::create_dir_all(root.join("generations")).map_err(|e| StoreError::io(root, e))?;
-    let marker = serde_json::to_string_pretty(&Marker { format: FORMAT.into(), version: FORMAT_VERSION }).expect("marker serializes");
-    write_atomic(&root.join(MARKER), marker.as_bytes())
+    if let Some(path) = root.local_path() {
+        std::fs::create_dir_all(path.join(GENERATIONS)).map_err(|e| StoreError::io(path, e))?;
+    }
+    let marker = serde_json::to_vec_pretty(&Marker { format: FORMAT.into(), version: FORMAT_VERSION }).expect("marker serializes");
+    root.put(MARKER, marker).await
 }
 
 /// Marks a store of an older format as this one's, once a commit wrote what it adds.
-pub fn upgrade_marker(root: &Path) -> Result<()> {
-    let marker_path = root.join(MARKER);
-    let text = std::fs::read_to_string(&marker_path).map_err(|e| StoreError::io(&marker_path, e))?;
-    let marker: Marker = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt { path: marker_path.clone(), reason: e.to_string() })?;
+pub async fn upgrade_marker(root: &Location) -> Result<()> {
+    let bytes = root.get(MARKER).await?.ok_or_else(|| not_a_store(root, format!("no {MARKER} file")))?;
+    let marker: Marker = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { path: format!("{root}/{MARKER}"), reason: e.to_string() })?;
     if marker.version >= FORMAT_VERSION {
         return Ok(());
     }
-    let marker = serde_json::to_string_pretty(&Marker { format: FORMAT.into(), version: FORMAT_VERSION }).expect("marker serializes");
-    write_atomic(&marker_path, marker.as_bytes())
+    let marker = serde_json::to_vec_pretty(&Marker { format: FORMAT.into(), version: FORMAT_VERSION }).expect("marker serializes");
+    root.put(MARKER, marker).await
+}
+
+fn parse_generation(root: &Location, key: &str, bytes: &[u8]) -> Result<Generation> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { path: format!("{root}/{key}"), reason: format!("not a generation record: {e}") })
 }
 
 /// The last committed generation, or None for a store with no commit yet.
-pub fn current(root: &Path) -> Result<Option<Generation>> {
-    let path = root.join("CURRENT");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| StoreError::Corrupt { path, reason: format!("not a generation record: {e}") }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(StoreError::io(path, e)),
+///
+/// A local store names it in `CURRENT` (replaced by rename). Object storage has no rename:
+/// there a generation is published by creating its record (`If-None-Match: *`), and the
+/// current one is the highest record listed.
+pub async fn current(root: &Location) -> Result<Option<Generation>> {
+    if root.local_path().is_some() {
+        return match root.get(CURRENT).await? {
+            Some(bytes) => parse_generation(root, CURRENT, &bytes).map(Some),
+            None => Ok(None),
+        };
+    }
+    let latest = root.list(GENERATIONS).await?.iter().filter_map(|name| name.strip_suffix(".json")?.parse::<u64>().ok()).max();
+    match latest {
+        Some(n) => {
+            let key = generation_key(n);
+            let bytes = root.get(&key).await?.ok_or_else(|| StoreError::Corrupt { path: format!("{root}/{key}"), reason: "listed but gone".into() })?;
+            parse_generation(root, &key, &bytes).map(Some)
+        }
+        None => Ok(None),
     }
 }
 
-pub fn generation(root: &Path, generation: u64) -> Result<Generation> {
-    let path = root.join("generations").join(format!("{generation}.json"));
-    let latest = current(root)?.ok_or_else(|| StoreError::Empty { path: root.into() })?;
-    let text = std::fs::read_to_string(&path).map_err(|_| StoreError::NoSuchGeneration { path: root.into(), generation, latest: latest.generation })?;
-    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt { path, reason: format!("not a generation record: {e}") })
+pub async fn generation(root: &Location, generation: u64) -> Result<Generation> {
+    let key = generation_key(generation);
+    let latest = current(root).await?.ok_or_else(|| StoreError::Empty { path: root.to_string() })?;
+    let bytes = root.get(&key).await?.ok_or_else(|| StoreError::NoSuchGeneration { path: root.to_string(), generation, latest: latest.generation })?;
+    parse_generation(root, &key, &bytes)
 }
 
-/// Publishes `generation`: its record first, then CURRENT by atomic rename.
-pub fn publish(root: &Path, generation: &Generation) -> Result<()> {
-    let text = serde_json::to_string_pretty(generation).expect("generation serializes");
-    write_atomic(&root.join("generations").join(format!("{}.json", generation.generation)), text.as_bytes())?;
-    write_atomic(&root.join("CURRENT"), text.as_bytes())
-}
-
-/// Writes through a temporary file, fsync and rename: readers see the old or the new file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
-    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(|e| StoreError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))?;
-    if let Some(parent) = path.parent() {
-        if let Ok(dir) = File::open(parent) {
-            let _ = dir.sync_all();
-        }
+/// Publishes `generation`: its record, created only if no other writer published the same
+/// number (the commit point on object storage), then `CURRENT` on a local store.
+pub async fn publish(root: &Location, generation: &Generation) -> Result<()> {
+    let text = serde_json::to_vec_pretty(generation).expect("generation serializes");
+    let key = generation_key(generation.generation);
+    if !root.put_new(&key, text.clone()).await? {
+        return Err(StoreError::Conflict { path: root.to_string(), reason: format!("generation {} was published by another writer first; nothing of this commit is visible, run it again", generation.generation) });
+    }
+    if root.local_path().is_some() {
+        root.put(CURRENT, text).await?;
     }
     Ok(())
-}
-
-/// The exclusive writer lock; released when dropped (or when the process dies).
-pub struct WriterLock {
-    _file: File,
-}
-
-pub fn lock_writer(root: &Path) -> Result<WriterLock> {
-    let path = root.join("writer.lock");
-    let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| StoreError::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(WriterLock { _file: file }),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path: root.into() }),
-        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::io(path, e)),
-    }
-}
-
-pub fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    rfc3339(secs)
-}
-
-/// `secs` since the Unix epoch as RFC 3339 (UTC).
-pub fn rfc3339(secs: u64) -> String {
-    let days = secs / 86_400;
-    let (h, m, s) = ((secs % 86_400) / 3600, (secs % 3600) / 60, secs % 60);
-    let (y, mo, d) = civil_from_days(days as i64);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
-}
-
-/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 #[cfg(test)]
@@ -192,20 +179,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_419), (2025, 11, 27));
-    }
-
-    #[test]
     fn refuses_foreign_directories() {
         let dir = tempfile::tempdir().unwrap();
+        let root = Location::local(dir.path());
         std::fs::write(dir.path().join("data.csv"), "a,b").unwrap();
-        let err = create_or_check(dir.path()).unwrap_err().to_string();
+        use futures::executor::block_on;
+        let err = block_on(create_or_check(&root)).unwrap_err().to_string();
         assert!(err.contains("not empty") && err.contains(MARKER), "{err}");
-        let err = check_store(dir.path()).unwrap_err().to_string();
+        let err = block_on(check_store(&root)).unwrap_err().to_string();
         assert!(err.contains("not a loupe store"), "{err}");
         std::fs::write(dir.path().join(MARKER), "{garbage").unwrap();
-        assert!(check_store(dir.path()).unwrap_err().to_string().contains("not valid"));
+        assert!(block_on(check_store(&root)).unwrap_err().to_string().contains("not valid"));
     }
 }

@@ -4,14 +4,13 @@
 //! atomic and stays readable; and append-only tables outside generations (`labels`, `vectors`, `monitors`, `alerts`) for
 //! the many small writes that clients make.
 
+pub mod clock;
 pub mod error;
-pub mod layout;
 pub mod records;
 pub mod search;
 pub mod synthetic;
 
 pub use error::{Result, StoreError};
-pub use layout::Generation;
 pub use records::{DictionaryCommit, DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord, LabelRecord, LogitEffect, Neighbour};
 pub use search::{SearchFilter, SearchHit, SearchResults};
 
@@ -26,7 +25,10 @@ with_tables! {
     mod arrow;
     pub mod dashboards;
     pub mod labels;
+    pub mod layout;
+    mod lease;
     mod locator;
+    pub mod location;
     pub mod monitors;
     pub mod named_vectors;
     pub mod reader;
@@ -37,6 +39,8 @@ with_tables! {
 
     pub use alerts::{append_alerts, read_alerts, AlertFilter, AlertRecord};
     pub use labels::{append_labels, label_history};
+    pub use layout::Generation;
+    pub use location::Location;
     pub use monitors::{append_monitor, monitor_history, monitors_marker, MonitorVersion, MonitorWrite};
     pub use named_vectors::{append_vector, named_vector, named_vectors, NamedVector};
     pub use reader::StoreReader;

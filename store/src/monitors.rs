@@ -4,7 +4,6 @@
 //! monitor at once get distinct versions (the later commit reads as the later version).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array};
@@ -14,6 +13,7 @@ use serde::Serialize;
 use crate::append_only;
 use crate::arrow::Columns;
 use crate::error::Result;
+use crate::location::Location;
 
 /// One committed write of a monitor.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -40,7 +40,7 @@ pub struct MonitorWrite {
 /// Appends one write in one commit; durable when it returns. The version it gets is read
 /// back with [`monitor_history`] (the number is the row's place among the name's rows in
 /// commit order, not stored, so racing writers never collide).
-pub async fn append_monitor(root: &Path, write: &MonitorWrite) -> Result<()> {
+pub async fn append_monitor(root: &Location, write: &MonitorWrite) -> Result<()> {
     crate::named_vectors::check_named("monitor", &write.name)?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
     let columns: Vec<ArrayRef> = vec![
@@ -55,14 +55,16 @@ pub async fn append_monitor(root: &Path, write: &MonitorWrite) -> Result<()> {
     append_only::append(root, MONITORS, RecordBatch::try_new(tables::monitors(), columns)?).await
 }
 
-/// A cheap sign of the table's state (the modification time of its manifest folder, which
-/// each commit writes into): followers re-read the table only when it changes.
-pub fn monitors_marker(root: &Path) -> Option<std::time::SystemTime> {
-    std::fs::metadata(crate::layout::table_path(root, MONITORS).join("_versions")).and_then(|m| m.modified()).ok()
+/// A cheap sign of the table's state (the names of its manifests, one per commit, on disk
+/// or on object storage alike): followers re-read the table only when it changes. None
+/// before the table's first write.
+pub async fn monitors_marker(root: &Location) -> Result<Option<String>> {
+    let manifests = root.list(&format!("{MONITORS}.lance/_versions")).await?;
+    Ok((!manifests.is_empty()).then(|| format!("{} {:?} {:?}", manifests.len(), manifests.first(), manifests.last())))
 }
 
 /// Every version of every monitor, by name, oldest first.
-pub async fn monitor_history(root: &Path) -> Result<BTreeMap<String, Vec<MonitorVersion>>> {
+pub async fn monitor_history(root: &Location) -> Result<BTreeMap<String, Vec<MonitorVersion>>> {
     let mut by_name: BTreeMap<String, Vec<MonitorVersion>> = BTreeMap::new();
     for batch in append_only::read_all(root, MONITORS, None).await? {
         let c = Columns::new(MONITORS, &batch);
@@ -89,17 +91,18 @@ mod tests {
     #[tokio::test]
     async fn versions_count_writes_in_commit_order_and_archival_is_a_version() {
         let dir = tempfile::tempdir().unwrap();
-        crate::writer::StoreWriter::open_or_create(dir.path()).unwrap();
+        let root = Location::local(dir.path());
+        crate::writer::StoreWriter::open_or_create(&root).await.unwrap();
         let write = |name: &str, definition: &str, archived: bool| MonitorWrite { name: name.into(), definition: definition.into(), archived, author: "me".into() };
-        append_monitor(dir.path(), &write("pii", "{\"v\":1}", false)).await.unwrap();
-        append_monitor(dir.path(), &write("toxic", "{}", false)).await.unwrap();
-        append_monitor(dir.path(), &write("pii", "{\"v\":2}", false)).await.unwrap();
-        append_monitor(dir.path(), &write("pii", "{\"v\":2}", true)).await.unwrap();
-        let history = monitor_history(dir.path()).await.unwrap();
+        append_monitor(&root, &write("pii", "{\"v\":1}", false)).await.unwrap();
+        append_monitor(&root, &write("toxic", "{}", false)).await.unwrap();
+        append_monitor(&root, &write("pii", "{\"v\":2}", false)).await.unwrap();
+        append_monitor(&root, &write("pii", "{\"v\":2}", true)).await.unwrap();
+        let history = monitor_history(&root).await.unwrap();
         let pii = &history["pii"];
         assert_eq!(pii.iter().map(|v| (v.version, v.archived)).collect::<Vec<_>>(), vec![(1, false), (2, false), (3, true)]);
         assert_eq!(pii[1].definition, "{\"v\":2}");
         assert_eq!(history["toxic"].len(), 1);
-        assert!(append_monitor(dir.path(), &write("no spaces", "{}", false)).await.is_err());
+        assert!(append_monitor(&root, &write("no spaces", "{}", false)).await.is_err());
     }
 }

@@ -6,7 +6,6 @@
 //! table is small (one row per write), so readers fold it whole.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::builder::{Float32Builder, ListBuilder};
@@ -17,6 +16,7 @@ use serde::Serialize;
 use crate::append_only;
 use crate::arrow::Columns;
 use crate::error::{Result, StoreError};
+use crate::location::Location;
 
 /// Longest vector name, in bytes.
 pub const MAX_NAME_BYTES: usize = 128;
@@ -61,7 +61,7 @@ pub fn check_named(kind: &str, name: &str) -> Result<()> {
 }
 
 /// Appends one write (a vector, or a deletion) in one commit; durable when it returns.
-pub async fn append_vector(root: &Path, vector: &NamedVector) -> Result<()> {
+pub async fn append_vector(root: &Location, vector: &NamedVector) -> Result<()> {
     check_name(&vector.name)?;
     if let Some(direction) = &vector.direction {
         if direction.is_empty() || direction.iter().any(|v| !v.is_finite()) {
@@ -72,7 +72,7 @@ pub async fn append_vector(root: &Path, vector: &NamedVector) -> Result<()> {
 }
 
 /// The live vectors by name (deleted names left out).
-pub async fn named_vectors(root: &Path) -> Result<BTreeMap<String, NamedVector>> {
+pub async fn named_vectors(root: &Location) -> Result<BTreeMap<String, NamedVector>> {
     let mut latest = BTreeMap::new();
     for batch in append_only::read_all(root, VECTORS, None).await? {
         for row in rows_of(&batch)? {
@@ -84,7 +84,7 @@ pub async fn named_vectors(root: &Path) -> Result<BTreeMap<String, NamedVector>>
 }
 
 /// The live vector called `name`.
-pub async fn named_vector(root: &Path, name: &str) -> Result<Option<NamedVector>> {
+pub async fn named_vector(root: &Location, name: &str) -> Result<Option<NamedVector>> {
     check_name(name)?;
     Ok(named_vectors(root).await?.remove(name))
 }
@@ -141,19 +141,20 @@ mod tests {
     #[tokio::test]
     async fn latest_write_wins_and_deletion_hides_a_name() {
         let dir = tempfile::tempdir().unwrap();
-        crate::writer::StoreWriter::open_or_create(dir.path()).unwrap();
+        let root = Location::local(dir.path());
+        crate::writer::StoreWriter::open_or_create(&root).await.unwrap();
         let write = |name: &str, d: Option<Vec<f32>>| NamedVector::now(name, "m", "blocks.9.hook_resid_post", d, serde_json::json!({"method": "test"}), "me");
-        append_vector(dir.path(), &write("happy", Some(vec![1.0, 2.0]))).await.unwrap();
-        append_vector(dir.path(), &write("sad", Some(vec![3.0, 4.0]))).await.unwrap();
-        append_vector(dir.path(), &write("happy", Some(vec![5.0, 6.0]))).await.unwrap();
-        append_vector(dir.path(), &write("sad", None)).await.unwrap();
-        let live = named_vectors(dir.path()).await.unwrap();
+        append_vector(&root, &write("happy", Some(vec![1.0, 2.0]))).await.unwrap();
+        append_vector(&root, &write("sad", Some(vec![3.0, 4.0]))).await.unwrap();
+        append_vector(&root, &write("happy", Some(vec![5.0, 6.0]))).await.unwrap();
+        append_vector(&root, &write("sad", None)).await.unwrap();
+        let live = named_vectors(&root).await.unwrap();
         assert_eq!(live.keys().collect::<Vec<_>>(), vec!["happy"]);
         assert_eq!(live["happy"].direction, Some(vec![5.0, 6.0]));
         assert_eq!(live["happy"].provenance["method"], "test");
-        assert!(named_vector(dir.path(), "sad").await.unwrap().is_none());
-        let err = append_vector(dir.path(), &write("bad name", Some(vec![1.0]))).await.unwrap_err().to_string();
+        assert!(named_vector(&root, "sad").await.unwrap().is_none());
+        let err = append_vector(&root, &write("bad name", Some(vec![1.0]))).await.unwrap_err().to_string();
         assert!(err.contains("bad name") && err.contains("' '"), "{err}");
-        assert!(append_vector(dir.path(), &write("nan", Some(vec![f32::NAN]))).await.is_err());
+        assert!(append_vector(&root, &write("nan", Some(vec![f32::NAN]))).await.is_err());
     }
 }

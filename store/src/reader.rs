@@ -1,7 +1,7 @@
 //! Reading one committed generation of a store.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::RwLock;
 
 use lance::Dataset;
@@ -13,7 +13,7 @@ use crate::arrow::{dictionaries_from_batch, examples_from_batch, features_from_b
 use crate::dashboards;
 use crate::error::{Result, StoreError};
 use crate::labels::LabelCursor;
-use crate::layout::{self, Generation};
+use crate::layout::{self, Generation, Location};
 use crate::locator::RowLocator;
 use crate::records::{DictionaryRecord, ExampleRecord, FeatureRecord};
 use crate::search::{FeatureSite, SearchFilter, SearchIndex, SearchResults};
@@ -28,7 +28,7 @@ pub enum Batch {
 }
 
 pub struct StoreReader {
-    root: PathBuf,
+    root: Location,
     generation: Generation,
     dictionaries: Dataset,
     features: Dataset,
@@ -55,6 +55,23 @@ pub struct StoreReader {
     labels_version: std::sync::atomic::AtomicU64,
 }
 
+/// The local folder of a generation's search index: in the store, or for a store on object
+/// storage, a copy downloaded once into the local cache (the folder is immutable).
+async fn search_folder(root: &Location, generation: &Generation) -> Result<PathBuf> {
+    if let Some(path) = root.local_path() {
+        return Ok(path.join(&generation.search));
+    }
+    let cache = root.cache_dir().expect("a remote store has a cache folder");
+    let folder = cache.join(&generation.search);
+    if !folder.is_dir() {
+        if let Some(parent) = folder.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
+        }
+        root.download_dir(&generation.search, &folder).await?;
+    }
+    Ok(folder)
+}
+
 /// Point reads of the `dashboards` table: the summary alone, or with the examples.
 struct StoredDashboards {
     dataset: Dataset,
@@ -77,27 +94,30 @@ impl StoredDashboards {
 
 impl StoreReader {
     /// Opens the last committed generation.
-    pub async fn open(root: &Path) -> Result<Self> {
-        layout::check_store(root)?;
-        let generation = layout::current(root)?.ok_or_else(|| StoreError::Empty { path: root.into() })?;
+    pub async fn open(root: &Location) -> Result<Self> {
+        layout::check_store(root).await?;
+        let generation = layout::current(root).await?.ok_or_else(|| StoreError::Empty { path: root.to_string() })?;
         Self::open_generation_record(root, generation).await
     }
 
     /// Opens an earlier generation (every commit stays readable).
-    pub async fn open_generation(root: &Path, generation: u64) -> Result<Self> {
-        layout::check_store(root)?;
-        let record = layout::generation(root, generation)?;
+    pub async fn open_generation(root: &Location, generation: u64) -> Result<Self> {
+        layout::check_store(root).await?;
+        let record = layout::generation(root, generation).await?;
         Self::open_generation_record(root, record).await
     }
 
-    async fn open_generation_record(root: &Path, generation: Generation) -> Result<Self> {
-        let root = root.canonicalize().map_err(|e| StoreError::io(root, e))?;
+    async fn open_generation_record(root: &Location, generation: Generation) -> Result<Self> {
+        let root = match root.local_path() {
+            Some(path) => Location::local(&path.canonicalize().map_err(|e| StoreError::io(path, e))?),
+            None => root.clone(),
+        };
         let version = |table: &str| {
             generation
                 .versions
                 .get(table)
                 .copied()
-                .ok_or_else(|| StoreError::Corrupt { path: root.join("CURRENT"), reason: format!("generation {} names no version of table {table}", generation.generation) })
+                .ok_or_else(|| StoreError::Corrupt { path: format!("{root} generation {}", generation.generation), reason: format!("generation {} names no version of table {table}", generation.generation) })
         };
         let dictionaries = open_at(&root, DICTIONARIES, version(DICTIONARIES)?).await?;
         let features = open_at(&root, FEATURES, version(FEATURES)?).await?;
@@ -112,7 +132,7 @@ impl StoreReader {
             Some(&version) => Some(StoredDashboards::new(open_at(&root, DASHBOARDS, version).await?)?),
             None => None,
         };
-        let search = SearchIndex::open(&root.join(&generation.search))?;
+        let search = SearchIndex::open(&search_folder(&root, &generation).await?)?;
         let feature_reads = PointReads::new(&features, FEATURES)?;
         let example_reads = PointReads::new(&examples, EXAMPLES)?;
         let label_cursor = tokio::sync::Mutex::new(LabelCursor::new(&root));
@@ -137,7 +157,7 @@ impl StoreReader {
         Ok(reader)
     }
 
-    pub fn root(&self) -> &Path {
+    pub fn root(&self) -> &Location {
         &self.root
     }
 
@@ -352,7 +372,7 @@ impl StoreReader {
     pub async fn similar(&self, direction: &[f32], dictionary_ids: &[&str], k: usize, search: vectors::Search) -> Result<Vec<SimilarFeature>> {
         let width = direction.len();
         let table = vectors::table_name(width);
-        let (dataset, held) = self.decoders.get(&width).ok_or_else(|| StoreError::NoVectors { path: self.root.clone(), width })?;
+        let (dataset, held) = self.decoders.get(&width).ok_or_else(|| StoreError::NoVectors { path: self.root.to_string(), width })?;
         let held = held.get_or_try_init(|| vectors::dictionaries_in(dataset, &table)).await?;
         // Asking for every dictionary of the table (the usual case) needs no filter.
         let only = (!held.iter().all(|id| dictionary_ids.contains(&id.as_str()))).then_some(dictionary_ids);

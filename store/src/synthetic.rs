@@ -109,7 +109,7 @@ impl Synthetic {
             source_format: "synthetic".into(),
             source_checksum: format!("seed-{}", self.seed),
             manifest: serde_json::json!({"synthetic": true, "generator": 2, "seed": self.seed, "shape": format!("{:?}", self.shape)}),
-            created_at: crate::layout::now_rfc3339(),
+            created_at: crate::clock::now_rfc3339(),
         }
     }
 

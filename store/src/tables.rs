@@ -1,11 +1,13 @@
 //! Lance table operations shared by the writer and the reader.
 
-use std::path::Path;
+use std::sync::Arc;
 
 use arrow_array::{RecordBatch, RecordBatchIterator, RecordBatchReader};
 use futures::TryStreamExt;
 
+use lance::dataset::builder::DatasetBuilder;
 use lance::dataset::{InsertBuilder, WriteMode, WriteParams};
+use lance::io::ObjectStoreParams;
 use lance::deps::datafusion::physical_plan::SendableRecordBatchStream;
 use lance::index::DatasetIndexExt;
 use lance::Dataset;
@@ -13,13 +15,21 @@ use lance_index::scalar::ScalarIndexParams;
 use lance_index::IndexType;
 
 use crate::error::{Result, StoreError};
-use crate::layout::table_path;
+use crate::location::Location;
 
 /// Rows per Arrow batch handed to Lance.
 const WRITE_BATCH_ROWS: usize = 4096;
 
-fn uri(root: &Path, table: &str) -> String {
-    table_path(root, table).to_string_lossy().into_owned()
+/// Write parameters with the store's storage options (for a table on object storage).
+pub fn write_params(root: &Location, mode: WriteMode) -> WriteParams {
+    let options = root.storage_options();
+    let store_params = (!options.is_empty()).then(|| ObjectStoreParams { storage_options_accessor: Some(Arc::new(lance::io::StorageOptionsAccessor::with_static_options(options))), ..Default::default() });
+    WriteParams { mode, store_params, ..Default::default() }
+}
+
+/// Opens the latest version of `table`.
+pub async fn open_latest(root: &Location, table: &str) -> Result<Dataset> {
+    DatasetBuilder::from_uri(&root.table_uri(table)).with_storage_options(root.storage_options()).load().await.map_err(|e| StoreError::lance(table, e))
 }
 
 /// A SQL string literal for Lance filters.
@@ -27,8 +37,8 @@ pub fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
-pub async fn open_at(root: &Path, table: &str, version: u64) -> Result<Dataset> {
-    let dataset = Dataset::open(&uri(root, table)).await.map_err(|e| StoreError::lance(table, e))?;
+pub async fn open_at(root: &Location, table: &str, version: u64) -> Result<Dataset> {
+    let dataset = open_latest(root, table).await?;
     if dataset.version().version == version {
         return Ok(dataset);
     }
@@ -47,29 +57,29 @@ pub fn sliced(batch: RecordBatch) -> impl RecordBatchReader + Send + 'static {
 /// `committed` is the version the store's current generation names. Anything written after
 /// it (a run that died before publishing) is rolled back first, so a failed run never leaks
 /// into the next commit.
-pub async fn replace_dictionary_rows(root: &Path, table: &str, committed: Option<u64>, dictionary_ids: &[&str], reader: impl RecordBatchReader + Send + 'static) -> Result<Dataset> {
+pub async fn replace_dictionary_rows(root: &Location, table: &str, committed: Option<u64>, dictionary_ids: &[&str], reader: impl RecordBatchReader + Send + 'static) -> Result<Dataset> {
     let params = prepare_replace(root, table, committed, dictionary_ids).await?;
-    Dataset::write(reader, &uri(root, table), Some(params)).await.map_err(|e| StoreError::lance(table, e))
+    Dataset::write(reader, &root.table_uri(table), Some(params)).await.map_err(|e| StoreError::lance(table, e))
 }
 
 /// [`replace_dictionary_rows`] with rows that an async stream makes (reading other tables).
-pub async fn replace_dictionary_rows_from_stream(root: &Path, table: &str, committed: Option<u64>, dictionary_ids: &[&str], stream: SendableRecordBatchStream) -> Result<Dataset> {
+pub async fn replace_dictionary_rows_from_stream(root: &Location, table: &str, committed: Option<u64>, dictionary_ids: &[&str], stream: SendableRecordBatchStream) -> Result<Dataset> {
     let params = prepare_replace(root, table, committed, dictionary_ids).await?;
-    let target = uri(root, table);
+    let target = root.table_uri(table);
     InsertBuilder::new(target.as_str()).with_params(&params).execute_stream(stream).await.map_err(|e| StoreError::lance(table, e))
 }
 
 /// Deletes the dictionaries' committed rows and says how to write theirs: appended to the
 /// committed version, or as a new table (a first commit, possibly over the debris of a
 /// first run that died).
-async fn prepare_replace(root: &Path, table: &str, committed: Option<u64>, dictionary_ids: &[&str]) -> Result<WriteParams> {
-    match (committed, table_path(root, table).exists()) {
-        (Some(version), true) => {
+async fn prepare_replace(root: &Location, table: &str, committed: Option<u64>, dictionary_ids: &[&str]) -> Result<WriteParams> {
+    match committed {
+        Some(version) => {
             let mut dataset = open_for_write(root, table, version).await?;
             delete_dictionaries(&mut dataset, table, dictionary_ids).await?;
-            Ok(WriteParams { mode: WriteMode::Append, ..Default::default() })
+            Ok(write_params(root, WriteMode::Append))
         }
-        _ => Ok(WriteParams { mode: WriteMode::Overwrite, ..Default::default() }),
+        None => Ok(write_params(root, WriteMode::Overwrite)),
     }
 }
 
@@ -96,9 +106,9 @@ pub async fn index_feature_column(dataset: &mut Dataset, table: &str) -> Result<
 }
 
 /// Rolls `table` back to `committed` if a failed run wrote after it; returns the dataset.
-pub async fn open_for_write(root: &Path, table: &str, committed: u64) -> Result<Dataset> {
+pub async fn open_for_write(root: &Location, table: &str, committed: u64) -> Result<Dataset> {
     let lance_err = |e| StoreError::lance(table, e);
-    let mut dataset = Dataset::open(&uri(root, table)).await.map_err(lance_err)?;
+    let mut dataset = open_latest(root, table).await?;
     if dataset.version().version != committed {
         dataset = dataset.checkout_version(committed).await.map_err(lance_err)?;
         dataset.restore().await.map_err(lance_err)?;

@@ -2,7 +2,7 @@
 //! generation pointer. Until the pointer moves, readers see the previous generation.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use arrow_array::{RecordBatchIterator, RecordBatchReader};
@@ -13,7 +13,7 @@ use loupe_schema::tables::{DASHBOARDS, DICTIONARIES, EXAMPLES, FEATURES};
 use crate::arrow::{dictionaries_batch, dictionaries_from_batch, examples_batch, features_batch, features_from_batch};
 use crate::dashboards;
 use crate::error::{Result, StoreError};
-use crate::layout::{self, Generation, WriterLock};
+use crate::layout::{self, Generation, Location, WriterLock};
 use crate::records::{DictionaryCommit, DictionaryRecord, ExampleRecord, FeatureRecord};
 use crate::search::{FeatureSite, IndexBuilder};
 use crate::tables::{delete_dictionaries, index_feature_column, of_dictionaries, open_at, open_for_write, replace_dictionary_rows, scan, sliced};
@@ -21,21 +21,24 @@ use crate::vectors;
 
 /// The one writer of a store (holds an exclusive lock while alive).
 pub struct StoreWriter {
-    root: PathBuf,
-    _lock: WriterLock,
+    root: Location,
+    lock: WriterLock,
     vector_index_min_rows: usize,
 }
 
 impl StoreWriter {
     /// Opens a store for writing, creating it if `root` is new or empty.
-    pub fn open_or_create(root: &Path) -> Result<Self> {
-        layout::create_or_check(root)?;
-        let root = root.canonicalize().map_err(|e| StoreError::io(root, e))?;
-        let lock = layout::lock_writer(&root)?;
-        Ok(StoreWriter { root, _lock: lock, vector_index_min_rows: vectors::DEFAULT_INDEX_MIN_ROWS })
+    pub async fn open_or_create(root: &Location) -> Result<Self> {
+        layout::create_or_check(root).await?;
+        let root = match root.local_path() {
+            Some(path) => Location::local(&path.canonicalize().map_err(|e| StoreError::io(path, e))?),
+            None => root.clone(),
+        };
+        let lock = layout::lock_writer(&root).await?;
+        Ok(StoreWriter { root, lock, vector_index_min_rows: vectors::DEFAULT_INDEX_MIN_ROWS })
     }
 
-    pub fn root(&self) -> &Path {
+    pub fn root(&self) -> &Location {
         &self.root
     }
 
@@ -70,7 +73,7 @@ impl StoreWriter {
         let ids: Vec<String> = dictionaries.iter().map(|d| d.dictionary_id.clone()).collect();
         check_dictionary_ids(&ids, features.iter().map(|f| &f.dictionary_id))?;
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let current = layout::current(&self.root)?;
+        let current = layout::current(&self.root).await?;
         let committed = |table: &str| current.as_ref().and_then(|g| g.versions.get(table).copied());
         let mut versions = BTreeMap::new();
         for (table, batch) in [(DICTIONARIES, dictionaries_batch(dictionaries)?), (FEATURES, features_batch(features)?)] {
@@ -94,17 +97,18 @@ impl StoreWriter {
         let dashboards = dashboards::write(&self.root, committed(DASHBOARDS), &id_refs, hooks, &features_table, &examples).await?;
         versions.insert(DASHBOARDS.to_string(), dashboards.version().version);
         let generation = current.as_ref().map_or(1, |g| g.generation + 1);
-        let search = format!("search/g{generation}");
-        let search_dir = self.root.join(&search);
-        if search_dir.exists() {
-            // Debris of a run that died before publishing this generation.
-            std::fs::remove_dir_all(&search_dir).map_err(|e| StoreError::io(&search_dir, e))?;
-        }
-        self.build_search_index(&versions, &search_dir).await?;
+        let search = match self.root.local_path() {
+            Some(_) => format!("search/g{generation}"),
+            // Readers cache it by this name: unique, so that a store deleted and made again
+            // at the same URL never serves a stale cached index.
+            None => format!("search/g{generation}-{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()) ^ u128::from(std::process::id())),
+        };
+        self.write_search_index(&versions, &search).await?;
         let message = format!("index {}", ids.join(", "));
         let generation = Generation { generation, versions, search, committed_at: layout::now_rfc3339(), message };
-        layout::upgrade_marker(&self.root)?;
-        layout::publish(&self.root, &generation)?;
+        self.lock.check()?;
+        layout::upgrade_marker(&self.root).await?;
+        layout::publish(&self.root, &generation).await?;
         Ok(generation)
     }
 
@@ -140,6 +144,24 @@ impl StoreWriter {
             versions.insert(table, dataset.version().version);
         }
         Ok(versions)
+    }
+
+    /// Builds the generation's tantivy index in its folder `search` (replacing the debris of
+    /// a run that died before publishing it). On object storage it is built in a local
+    /// temporary folder and uploaded: an immutable folder per generation.
+    async fn write_search_index(&self, versions: &BTreeMap<String, u64>, search: &str) -> Result<()> {
+        self.root.delete_dir(search).await?;
+        if let Some(root) = self.root.local_path() {
+            return self.build_search_index(versions, &root.join(search)).await;
+        }
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let local = std::env::temp_dir().join(format!("loupe-search-{}-{nanos}", std::process::id()));
+        let built = match self.build_search_index(versions, &local).await {
+            Ok(()) => self.root.upload_dir(&local, search).await,
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_dir_all(&local);
+        built
     }
 
     async fn build_search_index(&self, versions: &BTreeMap<String, u64>, dir: &Path) -> Result<()> {

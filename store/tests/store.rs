@@ -1,7 +1,7 @@
 //! The store against real Lance datasets and a real tantivy index in temporary folders.
 
 use loupe_store::{
-    append_labels, label_history, DictionaryCommit, DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord, LabelRecord, LogitEffect, Neighbour, SearchFilter, StoreReader, StoreWriter,
+    append_labels, label_history, DictionaryCommit, DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord, LabelRecord, Location, LogitEffect, Neighbour, SearchFilter, StoreReader, StoreWriter,
 };
 
 fn dictionary(id: &str, layer: u32) -> DictionaryRecord {
@@ -71,6 +71,11 @@ fn commit_of(id: &str, layer: u32, words: [&[&str]; 3]) -> DictionaryCommit {
     DictionaryCommit { dictionary: dictionary(id, layer), features, examples }
 }
 
+/// The store at a local folder.
+fn at(path: &std::path::Path) -> Location {
+    Location::local(path)
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
@@ -80,12 +85,12 @@ fn commits_read_back_search_and_stay_readable() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    let writer = StoreWriter::open_or_create(&root).unwrap();
+    let writer = rt.block_on(StoreWriter::open_or_create(&at(&root))).unwrap();
     let first = commit_of("sae-a", 3, [&["cats", "kitten"], &["dogs"], &["rain", "weather"]]);
     let g1 = rt.block_on(writer.commit(std::slice::from_ref(&first))).unwrap();
     assert_eq!(g1.generation, 1);
 
-    let reader = rt.block_on(StoreReader::open(&root)).unwrap();
+    let reader = rt.block_on(StoreReader::open(&at(&root))).unwrap();
     assert_eq!(rt.block_on(reader.dictionaries()).unwrap(), vec![first.dictionary.clone()]);
     assert_eq!(rt.block_on(reader.features("sae-a")).unwrap(), first.features);
     assert_eq!(rt.block_on(reader.feature("sae-a", 1)).unwrap().as_ref(), Some(&first.features[1]));
@@ -109,7 +114,7 @@ fn commits_read_back_search_and_stay_readable() {
     let reindexed = commit_of("sae-a", 3, [&["tigers"], &["dogs"], &["rain"]]);
     let g3 = rt.block_on(writer.commit(std::slice::from_ref(&reindexed))).unwrap();
     assert_eq!(g3.generation, 3);
-    let latest = rt.block_on(StoreReader::open(&root)).unwrap();
+    let latest = rt.block_on(StoreReader::open(&at(&root))).unwrap();
     assert_eq!(rt.block_on(latest.dictionaries()).unwrap().len(), 2);
     assert_eq!(rt.block_on(latest.features("sae-a")).unwrap(), reindexed.features);
     assert_eq!(rt.block_on(latest.features("sae-b")).unwrap(), second.features);
@@ -131,10 +136,10 @@ fn commits_read_back_search_and_stay_readable() {
     let dense = SearchFilter { min_density: Some(0.0025), ..Default::default() };
     assert!(latest.search("dogs OR music OR rain OR code", &dense, 0, 10).unwrap().hits.iter().all(|h| h.density >= 0.0025));
 
-    let old = rt.block_on(StoreReader::open_generation(&root, 1)).unwrap();
+    let old = rt.block_on(StoreReader::open_generation(&at(&root), 1)).unwrap();
     assert_eq!(rt.block_on(old.features("sae-a")).unwrap(), first.features);
     assert_eq!(old.search("kitten", &SearchFilter::default(), 0, 10).unwrap().total, 1);
-    assert!(rt.block_on(StoreReader::open_generation(&root, 9)).is_err());
+    assert!(rt.block_on(StoreReader::open_generation(&at(&root), 9)).is_err());
 }
 
 #[test]
@@ -142,7 +147,7 @@ fn a_failed_write_is_invisible_and_rolled_back() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    let writer = StoreWriter::open_or_create(&root).unwrap();
+    let writer = rt.block_on(StoreWriter::open_or_create(&at(&root))).unwrap();
     let good = commit_of("sae-a", 3, [&["cats"], &["dogs"], &["rain"]]);
     rt.block_on(writer.commit(std::slice::from_ref(&good))).unwrap();
     // A writer that dies after writing Lance versions but before publishing: simulated by a
@@ -150,7 +155,7 @@ fn a_failed_write_is_invisible_and_rolled_back() {
     std::fs::write(root.join("search").join("g2"), b"not a directory").unwrap();
     let bad = commit_of("sae-a", 3, [&["broken"], &["broken"], &["broken"]]);
     assert!(rt.block_on(writer.commit(std::slice::from_ref(&bad))).is_err());
-    let reader = rt.block_on(StoreReader::open(&root)).unwrap();
+    let reader = rt.block_on(StoreReader::open(&at(&root))).unwrap();
     assert_eq!(reader.generation().generation, 1);
     assert_eq!(rt.block_on(reader.features("sae-a")).unwrap(), good.features);
     assert_eq!(reader.search("broken", &SearchFilter::default(), 0, 10).unwrap().total, 0);
@@ -158,7 +163,7 @@ fn a_failed_write_is_invisible_and_rolled_back() {
     std::fs::remove_file(root.join("search").join("g2")).unwrap();
     let next = commit_of("sae-b", 4, [&["music"], &["code"], &["art"]]);
     rt.block_on(writer.commit(std::slice::from_ref(&next))).unwrap();
-    let reader = rt.block_on(StoreReader::open(&root)).unwrap();
+    let reader = rt.block_on(StoreReader::open(&at(&root))).unwrap();
     assert_eq!(rt.block_on(reader.features("sae-a")).unwrap(), good.features);
     assert_eq!(rt.block_on(reader.examples("sae-a", None)).unwrap().len(), 9);
     assert_eq!(rt.block_on(reader.features("sae-b")).unwrap(), next.features);
@@ -171,20 +176,20 @@ fn foreign_and_corrupt_stores_are_clear_errors() {
     let foreign = dir.path().join("photos");
     std::fs::create_dir(&foreign).unwrap();
     std::fs::write(foreign.join("cat.jpg"), b"\xff\xd8").unwrap();
-    let err = StoreWriter::open_or_create(&foreign).err().unwrap().to_string();
+    let err = rt.block_on(StoreWriter::open_or_create(&at(&foreign))).err().unwrap().to_string();
     assert!(err.contains("not a loupe store") && err.contains("not empty"), "{err}");
-    let err = rt.block_on(StoreReader::open(&foreign)).err().unwrap().to_string();
+    let err = rt.block_on(StoreReader::open(&at(&foreign))).err().unwrap().to_string();
     assert!(err.contains("not a loupe store"), "{err}");
     assert!(foreign.join("cat.jpg").exists());
 
     let root = dir.path().join("store");
-    let writer = StoreWriter::open_or_create(&root).unwrap();
-    let err = rt.block_on(StoreReader::open(&root)).err().unwrap().to_string();
+    let writer = rt.block_on(StoreWriter::open_or_create(&at(&root))).unwrap();
+    let err = rt.block_on(StoreReader::open(&at(&root))).err().unwrap().to_string();
     assert!(err.contains("no committed index"), "{err}");
-    assert!(StoreWriter::open_or_create(&root).err().unwrap().to_string().contains("another writer"));
+    assert!(rt.block_on(StoreWriter::open_or_create(&at(&root))).err().unwrap().to_string().contains("another writer"));
     rt.block_on(writer.commit(&[commit_of("sae-a", 3, [&["cats"], &["dogs"], &["rain"]])])).unwrap();
     std::fs::write(root.join("CURRENT"), b"{\"generation\": ").unwrap();
-    let err = rt.block_on(StoreReader::open(&root)).err().unwrap().to_string();
+    let err = rt.block_on(StoreReader::open(&at(&root))).err().unwrap().to_string();
     assert!(err.contains("CURRENT") && err.contains("not a generation record"), "{err}");
 }
 
@@ -201,14 +206,14 @@ fn labels_are_appended_outside_generations_and_searchable_at_once() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    let writer = StoreWriter::open_or_create(&root).unwrap();
+    let writer = rt.block_on(StoreWriter::open_or_create(&at(&root))).unwrap();
     rt.block_on(writer.commit(&[commit_of("sae-a", 3, [&["cats"], &["dogs"], &["rain"]])])).unwrap();
-    let reader = rt.block_on(StoreReader::open(&root)).unwrap();
+    let reader = rt.block_on(StoreReader::open(&at(&root))).unwrap();
     assert_eq!(rt.block_on(reader.refresh_labels()).unwrap(), 0, "no labels table yet");
 
     // A label write while the index writer holds its lock: no lock, no new generation.
     let canine = "canine things, it's \"dogs\"";
-    rt.block_on(append_labels(&root, &[label("sae-a", 1, Some(canine), "ann")])).unwrap();
+    rt.block_on(append_labels(&at(&root), &[label("sae-a", 1, Some(canine), "ann")])).unwrap();
     assert_eq!(hits_of(&reader, "canine", &SearchFilter::default()), vec![], "not visible before a refresh");
     assert_eq!(rt.block_on(reader.refresh_labels()).unwrap(), 1);
     assert_eq!(hits_of(&reader, "canine", &SearchFilter::default()), vec![(1, Some(canine.to_string()))]);
@@ -216,7 +221,7 @@ fn labels_are_appended_outside_generations_and_searchable_at_once() {
     assert_eq!(hits_of(&reader, "dogs OR cats", &SearchFilter::default()).len(), 2);
     assert_eq!(rt.block_on(reader.feature("sae-a", 1)).unwrap().unwrap().label.as_deref(), Some(canine));
     assert_eq!(rt.block_on(reader.feature("sae-a", 0)).unwrap().unwrap().label, None);
-    assert_eq!(loupe_store::layout::current(&root).unwrap().unwrap().generation, 1);
+    assert_eq!(rt.block_on(loupe_store::layout::current(&at(&root))).unwrap().unwrap().generation, 1);
     // Filters apply to relabelled features as to the rest.
     let only = |dictionary: &str| SearchFilter { dictionary_id: Some(dictionary.into()), ..SearchFilter::default() };
     assert_eq!(hits_of(&reader, "canine", &only("sae-b")), vec![]);
@@ -224,22 +229,22 @@ fn labels_are_appended_outside_generations_and_searchable_at_once() {
     assert_eq!(hits_of(&reader, "canine", &SearchFilter { layer: Some(4), ..SearchFilter::default() }), vec![]);
 
     // The latest write wins; clearing is a write; the history keeps all of them in order.
-    rt.block_on(append_labels(&root, &[label("sae-a", 1, Some("hounds"), "bob")])).unwrap();
+    rt.block_on(append_labels(&at(&root), &[label("sae-a", 1, Some("hounds"), "bob")])).unwrap();
     rt.block_on(reader.refresh_labels()).unwrap();
     assert_eq!(hits_of(&reader, "canine", &SearchFilter::default()), vec![]);
     assert_eq!(hits_of(&reader, "hounds", &SearchFilter::default()), vec![(1, Some("hounds".to_string()))]);
-    rt.block_on(append_labels(&root, &[label("sae-a", 1, None, "cy")])).unwrap();
+    rt.block_on(append_labels(&at(&root), &[label("sae-a", 1, None, "cy")])).unwrap();
     rt.block_on(reader.refresh_labels()).unwrap();
     assert_eq!(hits_of(&reader, "hounds", &SearchFilter::default()), vec![]);
     assert_eq!(hits_of(&reader, "dogs", &SearchFilter::default()), vec![(1, None)]);
-    let history = rt.block_on(label_history(&root, "sae-a", 1)).unwrap();
+    let history = rt.block_on(label_history(&at(&root), "sae-a", 1)).unwrap();
     let history: Vec<(Option<&str>, &str)> = history.iter().map(|r| (r.label.as_deref(), r.author.as_str())).collect();
     assert_eq!(history, vec![(Some(canine), "ann"), (Some("hounds"), "bob"), (None, "cy")]);
 
     // Labels survive a re-index of their dictionary (a new generation) and a fresh reader.
-    rt.block_on(append_labels(&root, &[label("sae-a", 2, Some("weather"), "ann")])).unwrap();
+    rt.block_on(append_labels(&at(&root), &[label("sae-a", 2, Some("weather"), "ann")])).unwrap();
     rt.block_on(writer.commit(&[commit_of("sae-a", 3, [&["cats"], &["dogs"], &["rain"]])])).unwrap();
-    let reader = rt.block_on(StoreReader::open(&root)).unwrap();
+    let reader = rt.block_on(StoreReader::open(&at(&root))).unwrap();
     assert_eq!(reader.generation().generation, 2);
     assert_eq!(hits_of(&reader, "weather", &SearchFilter::default()), vec![(2, Some("weather".to_string()))]);
     assert_eq!(rt.block_on(reader.features("sae-a")).unwrap().iter().map(|f| f.label.clone()).collect::<Vec<_>>(), vec![None, None, Some("weather".into())]);
@@ -250,19 +255,19 @@ fn concurrent_label_appends_are_all_kept() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    let writer = StoreWriter::open_or_create(&root).unwrap();
+    let writer = rt.block_on(StoreWriter::open_or_create(&at(&root))).unwrap();
     rt.block_on(writer.commit(&[commit_of("sae-a", 3, [&["cats"], &["dogs"], &["rain"]])])).unwrap();
     // 24 writers at once, the first of them racing to create the table.
     let writes: Vec<_> = (0..24u32)
         .map(|i| {
             let root = root.clone();
-            rt.spawn(async move { append_labels(&root, &[label(&format!("d{}", i % 4), i, Some(&format!("label {i}")), "w")]).await })
+            rt.spawn(async move { append_labels(&at(&root), &[label(&format!("d{}", i % 4), i, Some(&format!("label {i}")), "w")]).await })
         })
         .collect();
     for write in writes {
         rt.block_on(write).unwrap().unwrap();
     }
-    let mut cursor = loupe_store::labels::LabelCursor::new(&root);
+    let mut cursor = loupe_store::labels::LabelCursor::new(&at(&root));
     assert_eq!(rt.block_on(cursor.refresh()).unwrap().len(), 24);
     for i in 0..24u32 {
         assert_eq!(cursor.get(&format!("d{}", i % 4), i).and_then(|r| r.label.clone()), Some(format!("label {i}")));
@@ -274,15 +279,15 @@ fn labels_must_be_printable_single_lines() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    let writer = StoreWriter::open_or_create(&root).unwrap();
+    let writer = rt.block_on(StoreWriter::open_or_create(&at(&root))).unwrap();
     rt.block_on(writer.commit(&[commit_of("sae-a", 3, [&["cats"], &["dogs"], &["rain"]])])).unwrap();
     for bad in ["a\x00b", "red \x1b[31m", "two\nlines"] {
-        let err = rt.block_on(append_labels(&root, &[label("sae-a", 0, Some(bad), "x")])).unwrap_err().to_string();
+        let err = rt.block_on(append_labels(&at(&root), &[label("sae-a", 0, Some(bad), "x")])).unwrap_err().to_string();
         assert!(err.contains("control character"), "{err}");
     }
-    let err = rt.block_on(append_labels(&root, &[label("sae-a", 0, Some(&"x".repeat(2000)), "x")])).unwrap_err().to_string();
+    let err = rt.block_on(append_labels(&at(&root), &[label("sae-a", 0, Some(&"x".repeat(2000)), "x")])).unwrap_err().to_string();
     assert!(err.contains("at most 1024"), "{err}");
-    assert!(rt.block_on(label_history(&root, "sae-a", 0)).unwrap().is_empty(), "nothing was written");
+    assert!(rt.block_on(label_history(&at(&root), "sae-a", 0)).unwrap().is_empty(), "nothing was written");
 }
 
 /// Nearest decoders by the definition: cos(a, b) = a·b / (|a| |b|), over every row.
@@ -316,7 +321,7 @@ fn similar_features_by_decoder_cosine_indexed_or_exact() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    let mut writer = StoreWriter::open_or_create(&root).unwrap();
+    let mut writer = rt.block_on(StoreWriter::open_or_create(&at(&root))).unwrap();
     // 1,000 vectors of width 8 pass the threshold: an IVF index of 31 partitions, all of
     // which a query probes, so indexed answers must equal exact ones.
     writer.set_vector_index_min_rows(1000);
@@ -324,7 +329,7 @@ fn similar_features_by_decoder_cosine_indexed_or_exact() {
     let b = synthetic_dictionary("b", 400, 8, 2);
     let narrow = synthetic_dictionary("narrow", 50, 4, 3);
     rt.block_on(writer.commit(&[a.clone(), b.clone(), narrow.clone()])).unwrap();
-    let reader = rt.block_on(StoreReader::open(&root)).unwrap();
+    let reader = rt.block_on(StoreReader::open(&at(&root))).unwrap();
     assert!(rt.block_on(reader.similar_is_indexed(8)).unwrap());
     assert!(!rt.block_on(reader.similar_is_indexed(4)).unwrap(), "50 rows stay unindexed");
 
@@ -346,7 +351,7 @@ fn similar_features_by_decoder_cosine_indexed_or_exact() {
     // Re-indexing `a` at another width moves its vectors out of the width-8 table.
     let a4 = synthetic_dictionary("a", 300, 4, 4);
     rt.block_on(writer.commit(std::slice::from_ref(&a4))).unwrap();
-    let latest = rt.block_on(StoreReader::open(&root)).unwrap();
+    let latest = rt.block_on(StoreReader::open(&at(&root))).unwrap();
     let query = &b.features[5].decoder;
     assert_same_neighbours(&rt.block_on(latest.similar(query, &["a", "b"], 10, Search::Exact)).unwrap(), &brute_force_similar(query, &[&b], 10));
     let query = &a4.features[9].decoder;
@@ -355,10 +360,10 @@ fn similar_features_by_decoder_cosine_indexed_or_exact() {
     let g = rt.block_on(writer.commit(std::slice::from_ref(&narrow))).unwrap();
     assert_eq!(g.versions["decoders_8"], latest.generation().versions["decoders_8"]);
     let query = &b.features[5].decoder;
-    let reread = rt.block_on(StoreReader::open(&root)).unwrap();
+    let reread = rt.block_on(StoreReader::open(&at(&root))).unwrap();
     assert_same_neighbours(&rt.block_on(reread.similar(query, &["b"], 10, Search::Indexed)).unwrap(), &brute_force_similar(query, &[&b], 10));
     // The first generation still answers with its own vectors.
-    let old = rt.block_on(StoreReader::open_generation(&root, 1)).unwrap();
+    let old = rt.block_on(StoreReader::open_generation(&at(&root), 1)).unwrap();
     let query = &a.features[42].decoder;
     assert_same_neighbours(&rt.block_on(old.similar(query, &["a"], 10, Search::Indexed)).unwrap(), &brute_force_similar(query, &[&a], 10));
 }
@@ -377,7 +382,7 @@ fn readers_see_one_whole_generation_while_another_is_written() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    let writer = StoreWriter::open_or_create(&root).unwrap();
+    let writer = rt.block_on(StoreWriter::open_or_create(&at(&root))).unwrap();
     const N: u32 = 3000;
     rt.block_on(writer.commit(&[wide_commit("sae-a", N, "cats")])).unwrap();
     // Generation 2 rewrites every row (features, examples, decoders, search) in another thread.
@@ -395,7 +400,7 @@ fn readers_see_one_whole_generation_while_another_is_written() {
     let mut seen = std::collections::BTreeSet::new();
     loop {
         let done = !committing.load(std::sync::atomic::Ordering::SeqCst);
-        let reader = rt.block_on(StoreReader::open(&root)).unwrap();
+        let reader = rt.block_on(StoreReader::open(&at(&root))).unwrap();
         let generation = reader.generation().generation;
         let (word, other) = if generation == 1 { ("cats", "lions") } else { ("lions", "cats") };
         // Everything read agrees with the generation opened: no half-written state.
@@ -447,20 +452,20 @@ fn dashboards_are_one_record_per_feature_and_older_stores_read_through_the_table
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    let writer = StoreWriter::open_or_create(&root).unwrap();
+    let writer = rt.block_on(StoreWriter::open_or_create(&at(&root))).unwrap();
     let a = synthetic_dictionary("a", 300, 8, 1);
     let mut b = synthetic_dictionary("b", 200, 8, 2);
     // The examples arrive in any order; a dashboard lists them by kind, interval and rank.
     b.examples.reverse();
     let g1 = rt.block_on(writer.commit(&[a.clone(), b.clone()])).unwrap();
     assert!(g1.versions.contains_key("dashboards"));
-    let reader = rt.block_on(StoreReader::open(&root)).unwrap();
+    let reader = rt.block_on(StoreReader::open(&at(&root))).unwrap();
     assert_dashboards(&rt, &reader, &a);
     assert_dashboards(&rt, &reader, &b);
     assert_eq!(rt.block_on(reader.dashboard("a", 300, "h", true)).unwrap(), None, "no feature 300");
     assert_eq!(rt.block_on(reader.dashboard("c", 0, "h", true)).unwrap(), None, "no dictionary c");
     // A label written after the commit is the dashboard's label.
-    rt.block_on(append_labels(&root, &[label("a", 7, Some("relabelled"), "ann")])).unwrap();
+    rt.block_on(append_labels(&at(&root), &[label("a", 7, Some("relabelled"), "ann")])).unwrap();
     rt.block_on(reader.refresh_labels()).unwrap();
     let relabelled = rt.block_on(reader.dashboard("a", 7, "h", false)).unwrap().unwrap();
     assert_eq!(relabelled.label.as_deref(), Some("relabelled"));
@@ -468,7 +473,7 @@ fn dashboards_are_one_record_per_feature_and_older_stores_read_through_the_table
     // Re-indexing b replaces its dashboards and leaves a's.
     let b2 = synthetic_dictionary("b", 120, 8, 9);
     rt.block_on(writer.commit(std::slice::from_ref(&b2))).unwrap();
-    let reader = rt.block_on(StoreReader::open(&root)).unwrap();
+    let reader = rt.block_on(StoreReader::open(&at(&root))).unwrap();
     assert_dashboards(&rt, &reader, &b2);
     assert_eq!(rt.block_on(reader.dashboard("b", 150, "h", true)).unwrap(), None, "b has 120 features now");
     let unchanged = rt.block_on(reader.dashboard("a", 299, &a.dictionary.hook, true)).unwrap();
@@ -478,29 +483,29 @@ fn dashboards_are_one_record_per_feature_and_older_stores_read_through_the_table
     // A store of format 1 (no dashboards table in its generations) reads the same dashboards
     // from its columnar tables, and its next commit upgrades it.
     let old = dir.path().join("old");
-    let writer = StoreWriter::open_or_create(&old).unwrap();
+    let writer = rt.block_on(StoreWriter::open_or_create(&at(&old))).unwrap();
     rt.block_on(writer.commit(std::slice::from_ref(&a))).unwrap();
     let mut generation: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(old.join("CURRENT")).unwrap()).unwrap();
     generation["versions"].as_object_mut().unwrap().remove("dashboards");
     std::fs::write(old.join("CURRENT"), generation.to_string()).unwrap();
     std::fs::write(old.join("LOUPE_STORE"), r#"{"format": "loupe-store", "version": 1}"#).unwrap();
     std::fs::remove_dir_all(old.join("dashboards.lance")).unwrap();
-    let reader = rt.block_on(StoreReader::open(&old)).unwrap();
+    let reader = rt.block_on(StoreReader::open(&at(&old))).unwrap();
     assert!(!reader.generation().versions.contains_key("dashboards"));
     assert_dashboards(&rt, &reader, &a);
     let c = synthetic_dictionary("c", 50, 8, 3);
     rt.block_on(writer.commit(std::slice::from_ref(&c))).unwrap();
     assert!(std::fs::read_to_string(old.join("LOUPE_STORE")).unwrap().contains("\"version\": 2"));
-    let reader = rt.block_on(StoreReader::open(&old)).unwrap();
+    let reader = rt.block_on(StoreReader::open(&at(&old))).unwrap();
     assert_dashboards(&rt, &reader, &a);
     assert_dashboards(&rt, &reader, &c);
     drop(writer);
 
     // A store from a newer loupe is refused, saying what to do.
     std::fs::write(old.join("LOUPE_STORE"), r#"{"format": "loupe-store", "version": 3}"#).unwrap();
-    let err = rt.block_on(StoreReader::open(&old)).err().unwrap().to_string();
+    let err = rt.block_on(StoreReader::open(&at(&old))).err().unwrap().to_string();
     assert!(err.contains("version 3") && err.contains("upgrade loupe"), "{err}");
     std::fs::write(old.join("LOUPE_STORE"), r#"{"format": "loupe-store", "version": 0}"#).unwrap();
-    let err = rt.block_on(StoreReader::open(&old)).err().unwrap().to_string();
+    let err = rt.block_on(StoreReader::open(&at(&old))).err().unwrap().to_string();
     assert!(err.contains("re-index"), "{err}");
 }

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use loupe_query::Limits;
 use loupe_schema::proto::v1 as pb;
-use loupe_store::label_history;
+use loupe_store::{label_history, Location};
 use loupe_tests::{clients, copy_of_fixture_store, fref, start_server, DICTIONARY};
 use tonic::Code;
 
@@ -67,7 +67,7 @@ async fn a_full_then_read_only_disk_fails_writes_clearly_and_reads_go_on() {
     drop(filler);
     std::fs::remove_file(fs.0.join("filler")).unwrap();
     client.set_feature_label(label(6, "after space came back")).await.expect("a write once space is back");
-    let history: Vec<Option<String>> = label_history(&store, DICTIONARY, 6).await.unwrap().into_iter().map(|r| r.label).collect();
+    let history: Vec<Option<String>> = label_history(&Location::local(&store), DICTIONARY, 6).await.unwrap().into_iter().map(|r| r.label).collect();
     assert_eq!(history, vec![Some("after space came back".to_string())], "the refused write is not half-present");
 
     // A read-only file system.

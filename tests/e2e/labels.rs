@@ -10,7 +10,7 @@ use futures::future::join_all;
 use loupe_query::Limits;
 use loupe_schema::proto::v1 as pb;
 use loupe_schema::proto::v1::features_client::FeaturesClient;
-use loupe_store::{label_history, StoreReader};
+use loupe_store::{label_history, Location, StoreReader};
 use loupe_tests::{clients, corpus_head, default_dictionary, fref, loupe_binary, private_store, start_server, DICTIONARY};
 use tonic::transport::Channel;
 
@@ -77,10 +77,10 @@ async fn concurrent_label_calls_on_one_server_all_land() {
         async move { client.set_feature_label(label_request(40, &format!("take {i}"), "same-feature")).await }
     });
     assert!(join_all(calls).await.iter().all(|answer| answer.is_ok()));
-    let history = label_history(&store, DICTIONARY, 40).await.unwrap();
+    let history = label_history(&Location::local(&store), DICTIONARY, 40).await.unwrap();
     assert_eq!(history.len(), 32);
     assert_eq!(label_of(&mut client, 40).await, history.last().unwrap().label);
-    assert_eq!(loupe_store::layout::current(&store).unwrap().unwrap().generation, generation);
+    assert_eq!(loupe_store::layout::current(&Location::local(&store)).await.unwrap().unwrap().generation, generation);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +123,7 @@ async fn label_writes_and_an_index_commit_do_not_block_each_other() {
     let store = private_store(dir.path()).await;
     let server = start_server(&store, Limits::default(), false).await;
     let (client, _) = clients(&server.addr).await;
-    let before = loupe_store::layout::current(&store).unwrap().unwrap().generation;
+    let before = loupe_store::layout::current(&Location::local(&store)).await.unwrap().unwrap().generation;
 
     // Re-index the store (a new generation) with the real `loupe index`, in another process...
     let corpus = corpus_head(dir.path(), 20);
@@ -169,7 +169,7 @@ async fn label_writes_and_an_index_commit_do_not_block_each_other() {
     assert!(during > 0, "no label write overlapped the job");
 
     // The job committed its generation; every label is there, in the new generation too.
-    let after = StoreReader::open(&store).await.unwrap();
+    let after = StoreReader::open(&Location::local(&store)).await.unwrap();
     assert_eq!(after.generation().generation, before + 1);
     for &f in &written {
         assert_eq!(after.feature(DICTIONARY, f).await.unwrap().unwrap().label, Some(marker(f)), "feature {f}");

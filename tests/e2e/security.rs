@@ -13,7 +13,7 @@ use loupe_query::config::TlsSettings;
 use loupe_query::Limits;
 use loupe_schema::proto::v1 as pb;
 use loupe_schema::proto::v1::features_client::FeaturesClient;
-use loupe_store::label_history;
+use loupe_store::{label_history, Location};
 use loupe_tests::{fref, private_store, start_server_with, DICTIONARY};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Request};
@@ -98,7 +98,7 @@ async fn mutual_tls_tokens_scopes_and_revocation() {
 
     // The token's name is recorded, whatever author the request claims.
     client.set_feature_label(with_token(label("somebody-else"), &labeller)).await.expect("label may label");
-    let history = label_history(&store, DICTIONARY, 3).await.unwrap();
+    let history = label_history(&Location::local(&store), DICTIONARY, 3).await.unwrap();
     assert_eq!(history.last().unwrap().author, "labeller");
 
     // Revocation takes effect at the next call, without a restart.

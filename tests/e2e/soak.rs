@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use loupe_schema::proto::v1 as pb;
 use loupe_schema::proto::v1::features_client::FeaturesClient;
 use loupe_schema::proto::v1::monitoring_client::MonitoringClient;
-use loupe_store::{label_history, StoreReader};
+use loupe_store::{label_history, Location, StoreReader};
 use loupe_tests::{corpus_head, default_dictionary, default_model, fref, loupe_binary, private_store, DICTIONARY};
 use tonic::transport::Channel;
 
@@ -176,7 +176,7 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
     let clients = env_or("LOUPE_SOAK_CLIENTS", 6);
     let dir = tempfile::tempdir().unwrap();
     let store = private_store(dir.path()).await;
-    let before = loupe_store::layout::current(&store).unwrap().unwrap().generation;
+    let before = loupe_store::layout::current(&Location::local(&store)).await.unwrap().unwrap().generation;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("http://127.0.0.1:{port}");
     let mut server = spawn_serve(&store, port);
@@ -218,7 +218,7 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
     server.kill();
     let server = spawn_serve(&store, port);
     let channel = until_up(&addr).await;
-    let reader = StoreReader::open(&store).await.expect("the store opens");
+    let reader = StoreReader::open(&Location::local(&store)).await.expect("the store opens");
     assert!(reader.generation().generation > before, "the index job committed its generation");
 
     let labels_acked = ledger.labels_acked.lock().unwrap().clone();
@@ -226,7 +226,7 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
     let mut lost = Vec::new();
     let features: HashSet<u32> = labels_acked.iter().map(|(f, _)| *f).collect();
     for &f in &features {
-        let history: HashSet<String> = label_history(&store, DICTIONARY, f).await.unwrap().into_iter().filter_map(|r| r.label).collect();
+        let history: HashSet<String> = label_history(&Location::local(&store), DICTIONARY, f).await.unwrap().into_iter().filter_map(|r| r.label).collect();
         for (_, label) in labels_acked.iter().filter(|(g, _)| *g == f) {
             if !history.contains(label) {
                 lost.push(format!("label {label} of feature {f}"));

@@ -15,7 +15,10 @@ use loupe_query::{Limits, ServerConfig};
 use loupe_schema::proto::v1 as pb;
 use loupe_schema::proto::v1::features_client::FeaturesClient;
 use loupe_schema::proto::v1::internals_client::InternalsClient;
+use loupe_store::Location;
 use tonic::transport::Channel;
+
+pub mod s3;
 
 /// The id the fixture store gives the default dictionary.
 pub const DICTIONARY: &str = "default";
@@ -131,10 +134,15 @@ pub async fn start_server(store: &Path, limits: Limits, model: bool) -> Server {
 
 /// [`start_server`] with TLS and tokens as `access` says (the address is https:// with TLS).
 pub async fn start_server_with(store: &Path, limits: Limits, model: bool, access: AccessConfig) -> Server {
+    start_server_at(Location::local(store), limits, model, access).await
+}
+
+/// A server over the store at `store` (a local folder or object storage).
+pub async fn start_server_at(store: Location, limits: Limits, model: bool, access: AccessConfig) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let scheme = if access.tls.cert.is_some() { "https" } else { "http" };
     let addr = format!("{scheme}://{}", listener.local_addr().unwrap());
-    let config = ServerConfig { store: store.into(), addr: listener.local_addr().unwrap(), model: model.then(default_model), dictionaries: vec![], limits, access };
+    let config = ServerConfig { store, addr: listener.local_addr().unwrap(), model: model.then(default_model), dictionaries: vec![], limits, access };
     let state = Arc::new(loupe_query::state::AppState::load(&config).await.unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(loupe_query::serve_state(state.clone(), listener, async {

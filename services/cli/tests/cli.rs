@@ -256,8 +256,9 @@ fn export_writes_every_row_of_a_dictionary_as_json_lines() {
     let store = dir.path().join("store");
     let a = loupe_store::synthetic::synthetic_dictionary("a", 40, 4, 1);
     let b = loupe_store::synthetic::synthetic_dictionary("b", 7, 4, 2);
-    let writer = loupe_store::StoreWriter::open_or_create(&store).unwrap();
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(writer.commit(&[a.clone(), b])).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let writer = rt.block_on(loupe_store::StoreWriter::open_or_create(&loupe_store::Location::local(&store))).unwrap();
+    rt.block_on(writer.commit(&[a.clone(), b])).unwrap();
     drop(writer);
     let store_arg = store.to_str().unwrap();
     let (ok, _, err) = loupe(&["export", "--store", store_arg, "--table", "features"]);

@@ -48,7 +48,7 @@ fn run_ok(mut command: Command) -> serde_json::Value {
 /// The store's content for the default dictionary (what a reader can see).
 fn content(store: &Path) -> (Vec<FeatureRecord>, Vec<ExampleRecord>) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let reader = rt.block_on(StoreReader::open(store)).unwrap();
+    let reader = rt.block_on(StoreReader::open(&loupe_store::Location::local(store))).unwrap();
     let id = "blocks.9.hook_resid_post-topk-4608";
     (rt.block_on(reader.features(id)).unwrap(), rt.block_on(reader.examples(id, None)).unwrap())
 }

@@ -15,7 +15,8 @@ use crate::error::{Result, ServiceError};
 /// What a running server needs, resolved.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    pub store: PathBuf,
+    /// A local folder or `s3://bucket/prefix` (with its storage options).
+    pub store: loupe_store::Location,
     pub addr: SocketAddr,
     /// The model for model-bound calls; None serves the index only.
     pub model: Option<PathBuf>,
@@ -55,6 +56,9 @@ pub struct Limits {
     /// How often the server reads label writes made by others (other servers on the same
     /// store); its own are visible when the call returns.
     pub label_poll_ms: u64,
+    /// How often the server looks for a new generation of the store (a re-index by a job
+    /// elsewhere), which it then serves without a restart.
+    pub generation_poll_ms: u64,
     /// Hits per search page when the request does not say.
     pub default_search_limit: usize,
     /// Neighbours per SimilarFeatures call when the request does not say.
@@ -110,6 +114,7 @@ impl Default for Limits {
             max_hooks: 16,
             max_page: 100,
             label_poll_ms: 250,
+            generation_poll_ms: 1000,
             default_search_limit: 20,
             default_similar_k: 10,
             default_token_features: 5,
@@ -141,7 +146,11 @@ impl Default for Limits {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServeSettings {
+    /// A local folder or `s3://bucket/prefix`.
     pub store: Option<PathBuf>,
+    /// Object storage settings for an `s3://` store (`aws_endpoint`, `aws_region`,
+    /// `aws_allow_http`, ...), over the `AWS_*` variables.
+    pub storage: BTreeMap<String, String>,
     pub addr: Option<SocketAddr>,
     pub model: Option<PathBuf>,
     /// Serve the index only.
@@ -259,6 +268,9 @@ impl ServeSettings {
         if let Some(v) = env("LOUPE_LABEL_POLL_MS") {
             l.label_poll_ms = parse("LOUPE_LABEL_POLL_MS", v)?;
         }
+        if let Some(v) = env("LOUPE_GENERATION_POLL_MS") {
+            l.generation_poll_ms = parse("LOUPE_GENERATION_POLL_MS", v)?;
+        }
         if let Some(v) = env("LOUPE_BATCH_WAIT_US") {
             l.batch_wait_us = parse("LOUPE_BATCH_WAIT_US", v)?;
         }
@@ -318,7 +330,9 @@ impl ServeSettings {
                 )));
             }
         }
-        Ok(ServerConfig { store: self.store.unwrap_or_else(|| loupe_home().join("store")), addr, model, dictionaries: self.dictionaries.into_iter().collect(), limits, access })
+        let store = self.store.unwrap_or_else(|| loupe_home().join("store"));
+        let store = loupe_store::Location::from_arg(&store, &self.storage).map_err(|e| ServiceError::InvalidArgument(format!("store: {e}")))?;
+        Ok(ServerConfig { store, addr, model, dictionaries: self.dictionaries.into_iter().collect(), limits, access })
     }
 }
 
@@ -338,7 +352,7 @@ mod tests {
         std::fs::write(&file, "store = \"/data/store\"\nno_model = true\n[limits]\nmax_tokens = 512\nmax_page = 50\n[dictionaries]\nres-9 = \"/d/res9\"\n").unwrap();
         let settings = ServeSettings::load(Some(&file), env_of(&[("LOUPE_MAX_PAGE", "7"), ("LOUPE_ADDR", "0.0.0.0:9000"), ("LOUPE_INSECURE", "true")])).unwrap();
         let config = settings.resolve().unwrap();
-        assert_eq!(config.store, PathBuf::from("/data/store"));
+        assert_eq!(config.store.local_path(), Some(Path::new("/data/store")));
         assert_eq!(config.addr, "0.0.0.0:9000".parse().unwrap());
         assert_eq!(config.model, None);
         assert_eq!(config.dictionaries, vec![("res-9".to_string(), PathBuf::from("/d/res9"))]);

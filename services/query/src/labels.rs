@@ -1,12 +1,11 @@
-//! Label writes: group commits to the store's append-only `labels` table, and the task that
-//! keeps the served snapshot's labels current (writes by this server, by other servers on
-//! the same store, or by any other writer).
+//! Label writes: group commits to the store's append-only `labels` table, and the tasks that
+//! keep the served snapshot current: its labels (writes by this server, by other servers on
+//! the same store, or by any other writer) and its generation (a re-index elsewhere).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use loupe_store::{append_labels, LabelRecord};
+use loupe_store::{append_labels, LabelRecord, Location};
 
 use crate::group_commit::GroupCommit;
 use crate::state::AppState;
@@ -15,7 +14,7 @@ use crate::state::AppState;
 pub type LabelWriter = GroupCommit<LabelRecord>;
 
 /// Starts the label writer of the store at `store_root`.
-pub fn label_writer(store_root: PathBuf) -> LabelWriter {
+pub fn label_writer(store_root: Location) -> LabelWriter {
     GroupCommit::start("label", move |rows: Vec<LabelRecord>| {
         let root = store_root.clone();
         async move { append_labels(&root, &rows).await.map_err(|e| e.to_string()) }
@@ -32,6 +31,23 @@ pub fn follow_labels(state: Arc<AppState>, every: Duration) -> tokio::task::Join
             ticks.tick().await;
             if let Err(e) = state.snapshot().reader.refresh_labels().await {
                 tracing::warn!(error = %e, "reading new labels failed; retrying");
+            }
+        }
+    })
+}
+
+/// Looks for a new generation every `every` until the returned handle is aborted, and
+/// serves it once it is open (see `AppState::refresh_generation`).
+pub fn follow_generations(state: Arc<AppState>, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match state.refresh_generation().await {
+                Ok(Some(generation)) => tracing::info!(generation, "serving a new generation of the store"),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "opening the store's new generation failed; still serving the previous one, retrying"),
             }
         }
     })

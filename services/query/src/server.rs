@@ -68,6 +68,7 @@ pub async fn serve_state(state: Arc<AppState>, listener: TcpListener, shutdown: 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let follower = follow_labels(state.clone(), Duration::from_millis(state.limits.label_poll_ms.max(1)));
     let monitors = crate::monitoring::follow_monitors(state.clone(), Duration::from_millis(state.limits.label_poll_ms.max(1)));
+    let generations = crate::labels::follow_generations(state.clone(), Duration::from_millis(state.limits.generation_poll_ms.max(1)));
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = state.access.tls.server_config()? {
         builder = builder.tls_config(tls).map_err(|e| ServiceError::InvalidArgument(format!("tls: {e}")))?;
@@ -85,5 +86,6 @@ pub async fn serve_state(state: Arc<AppState>, listener: TcpListener, shutdown: 
         .await;
     follower.abort();
     monitors.abort();
+    generations.abort();
     served.map_err(|e| ServiceError::Internal(format!("server: {e}")))
 }

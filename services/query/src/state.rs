@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use loupe_engine::{Dictionary, FeatureLens, HookPoint, Model};
 use loupe_schema::proto::v1 as pb;
-use loupe_store::{DictionaryRecord, StoreReader};
+use loupe_store::{DictionaryRecord, Location, StoreReader};
 
 use crate::config::{Limits, ServerConfig};
 use crate::error::{Result, ServiceError};
@@ -32,8 +32,10 @@ pub struct FeatureNotes {
 }
 
 pub struct AppState {
-    pub store_root: PathBuf,
-    snapshot: Arc<Snapshot>,
+    pub store_root: Location,
+    /// The generation served, replaced when the store publishes a new one
+    /// (`follow_generations`).
+    snapshot: std::sync::RwLock<Arc<Snapshot>>,
     /// The model and the store's dictionaries it can run (None: started without a model).
     pub engine: Option<Arc<FeatureLens>>,
     pub workers: Arc<ModelWorkers>,
@@ -74,7 +76,7 @@ impl AppState {
         let batcher = engine.as_ref().map(|lens| crate::monitoring::Batcher::start(lens.clone(), workers.clone(), &config.limits));
         let state = AppState {
             store_root: config.store.clone(),
-            snapshot: Arc::new(snapshot),
+            snapshot: std::sync::RwLock::new(Arc::new(snapshot)),
             engine,
             workers,
             limits: config.limits,
@@ -92,7 +94,23 @@ impl AppState {
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.clone()
+        self.snapshot.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Serves the store's current generation if it is newer than the one served: opened
+    /// and warmed beside the old one, then swapped in, so no call fails or waits on it.
+    /// Calls in flight finish on the snapshot they started with. Returns the new
+    /// generation's number when it swapped.
+    pub async fn refresh_generation(&self) -> Result<Option<u64>> {
+        let served = self.snapshot().reader.generation().generation;
+        let Some(latest) = loupe_store::layout::current(&self.store_root).await? else { return Ok(None) };
+        if latest.generation <= served {
+            return Ok(None);
+        }
+        let reader = StoreReader::open_generation(&self.store_root, latest.generation).await?;
+        let snapshot = Snapshot::build(reader, self.engine.as_deref()).await?;
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
+        Ok(Some(latest.generation))
     }
 
     pub fn request_id(&self) -> u64 {

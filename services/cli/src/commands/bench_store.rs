@@ -84,7 +84,8 @@ pub fn run(args: StoreArgs) -> anyhow::Result<()> {
     let id = format!("synthetic-{n_features}");
     let synthetic = Synthetic::new(&id, n_features, shape, 1);
     let mut generated = None;
-    let existing = runtime.block_on(StoreReader::open(&store)).ok();
+    let location = super::store_location(&store)?;
+    let existing = runtime.block_on(StoreReader::open(&location)).ok();
     let has_it = match &existing {
         // A store of another shape, or from before dashboards were stored, is generated again.
         Some(reader) => {
@@ -94,13 +95,11 @@ pub fn run(args: StoreArgs) -> anyhow::Result<()> {
     };
     drop(existing);
     if !has_it {
-        if store.exists() {
-            std::fs::remove_dir_all(&store).with_context(|| format!("replacing {}", store.display()))?;
-        }
+        runtime.block_on(location.delete_dir("")).with_context(|| format!("replacing {location}"))?;
         eprintln!("generating {n_features} synthetic features of shape {:?} in {} (once)...", args.shape, store.display());
         let t = Instant::now();
         let features = synthetic.features();
-        let writer = StoreWriter::open_or_create(&store)?;
+        let writer = runtime.block_on(StoreWriter::open_or_create(&location))?;
         let bar = indicatif::ProgressBar::new(n_features as u64);
         bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} features' examples {elapsed} (eta {eta})").expect("valid template"));
         let owned = Synthetic::new(&id, n_features, shape, 1);
@@ -116,7 +115,7 @@ pub fn run(args: StoreArgs) -> anyhow::Result<()> {
         generated = Some(t.elapsed().as_secs_f64());
     }
     let t = Instant::now();
-    let reader = runtime.block_on(StoreReader::open(&store))?;
+    let reader = runtime.block_on(StoreReader::open(&location))?;
     let open_seconds = t.elapsed().as_secs_f64();
     let n_docs = reader.search_index().num_features();
 

@@ -385,7 +385,7 @@ pub fn run(command: Eval) -> anyhow::Result<()> {
     let store = args.store.clone().unwrap_or_else(|| loupe_query::config::loupe_home().join("demo-store"));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (record, features, examples) = runtime.block_on(async {
-        let reader = StoreReader::open(&store).await.with_context(|| format!("opening {}", store.display()))?;
+        let reader = StoreReader::open(&super::store_location(&store)?).await.with_context(|| format!("opening {}", store.display()))?;
         let dictionaries = reader.dictionaries().await?;
         let record = match &args.dictionary {
             Some(id) => dictionaries.into_iter().find(|d| &d.dictionary_id == id).with_context(|| format!("no dictionary {id:?} in {}", store.display()))?,

@@ -41,7 +41,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let reader = StoreReader::open(&args.store).await?;
+        let reader = StoreReader::open(&super::store_location(&args.store)?).await?;
         let dictionaries = reader.dictionaries().await?;
         let id = match (&args.dictionary, dictionaries.as_slice()) {
             (Some(id), _) => {

@@ -46,7 +46,8 @@ pub struct JobArgs {
     /// Job config (TOML: store, model, [[corpus]], [[dictionary]], context, top_k, ...).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Store directory (default: $LOUPE_HOME/store).
+    /// Store: a folder or s3://bucket/prefix (default: $LOUPE_HOME/store; S3 settings from
+    /// AWS_* variables or the config's [storage] table).
     #[arg(long, env = "LOUPE_STORE")]
     pub store: Option<PathBuf>,
     /// Corpus file or folder (JSONL, Parquet, text), repeatable (default: the demo corpus).
@@ -183,7 +184,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn print_report(job: &Job, report: &RunReport, as_json: bool) -> anyhow::Result<()> {
-    let store = job.config.store.display();
+    let store = job.store().to_string();
     let (status, detail) = match &report.outcome {
         Outcome::Committed(g) => ("committed", json!({"generation": g.generation, "versions": g.versions})),
         Outcome::UpToDate(g) => ("up_to_date", json!({"generation": g.generation, "versions": g.versions})),
@@ -195,7 +196,7 @@ fn print_report(job: &Job, report: &RunReport, as_json: bool) -> anyhow::Result<
         return print_json(&json!({
             "status": status,
             "detail": detail,
-            "store": job.config.store,
+            "store": store,
             "dictionaries": job.dictionary_ids(),
             "tokens": report.tokens,
             "windows": report.windows,

@@ -19,3 +19,9 @@ pub mod serve;
 pub mod steer;
 pub mod tokenize;
 pub mod train;
+
+/// A `--store` argument: a local folder or `s3://bucket/prefix` (S3 settings from the
+/// `AWS_*` variables).
+pub fn store_location(path: &std::path::Path) -> anyhow::Result<loupe_store::Location> {
+    Ok(loupe_store::Location::from_arg(path, &Default::default())?)
+}

@@ -15,7 +15,7 @@ pub struct Args {
     /// if it exists).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Store directory (default: $LOUPE_HOME/store).
+    /// Store: a folder or s3://bucket/prefix (default: $LOUPE_HOME/store).
     #[arg(long)]
     pub store: Option<PathBuf>,
     /// Listening address (default: 127.0.0.1:50051).
@@ -100,13 +100,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
         loupe_query::workers::lower_model_priority();
-        let state = std::sync::Arc::new(loupe_query::state::AppState::load(&config).await.with_context(|| format!("serving store {}", store.display()))?);
-        eprintln!("loupe serving {} on {} (Ctrl-C stops)", store.display(), listener.local_addr()?);
+        let state = std::sync::Arc::new(loupe_query::state::AppState::load(&config).await.with_context(|| format!("serving store {store}"))?);
+        eprintln!("loupe serving {store} on {} (Ctrl-C stops)", listener.local_addr()?);
         eprintln!("{}", access_summary(&config, state.access.live_tokens()));
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        loupe_query::serve_state(state, listener, shutdown).await.with_context(|| format!("serving store {}", store.display()))
+        loupe_query::serve_state(state, listener, shutdown).await.with_context(|| format!("serving store {store}"))
     })
 }
 

@@ -21,7 +21,7 @@ pub struct AlertLog {
 }
 
 impl AlertLog {
-    pub fn start(store_root: std::path::PathBuf) -> Self {
+    pub fn start(store_root: loupe_store::Location) -> Self {
         let writer = GroupCommit::start("alert", move |rows: Vec<AlertRecord>| {
             let root = store_root.clone();
             async move { loupe_store::append_alerts(&root, &rows).await.map_err(|e| e.to_string()) }

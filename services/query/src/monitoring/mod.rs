@@ -37,7 +37,7 @@ pub struct MonitoringState {
 }
 
 impl MonitoringState {
-    pub fn new(store_root: std::path::PathBuf, batcher: Option<Batcher>) -> Self {
+    pub fn new(store_root: loupe_store::Location, batcher: Option<Batcher>) -> Self {
         MonitoringState { registry: Registry::default(), alerts: AlertLog::start(store_root), open_streams: Arc::default(), batcher }
     }
 

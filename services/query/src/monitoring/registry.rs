@@ -23,7 +23,7 @@ pub struct Registry {
     live: RwLock<Arc<BTreeMap<String, Arc<LiveMonitor>>>>,
     /// The table's marker when last read, if it had been created (a refresh that finds the
     /// same marker does nothing).
-    seen: RwLock<Option<std::time::SystemTime>>,
+    seen: RwLock<Option<String>>,
 }
 
 impl Registry {
@@ -35,7 +35,7 @@ impl Registry {
     /// Re-reads the table (when it has new rows) and resolves every live monitor. A monitor
     /// that no longer resolves (its stored vector was deleted) is left out, with a warning.
     pub async fn refresh(&self, state: &AppState) -> Result<()> {
-        let marker = loupe_store::monitors_marker(&state.store_root);
+        let marker = loupe_store::monitors_marker(&state.store_root).await?;
         if marker.is_some() && self.seen.read().map(|s| *s == marker).unwrap_or(false) {
             return Ok(());
         }
