@@ -31,6 +31,7 @@ with_tables! {
     pub mod location;
     pub mod monitors;
     pub mod named_vectors;
+    mod read_cache;
     pub mod reader;
     mod tables;
     mod taker;

@@ -138,6 +138,15 @@ impl Location {
         Some(base.join("s3").join(&root.bucket).join(&root.prefix))
     }
 
+    /// Where Lance's reads of this store are cached on local disk (blocks of its immutable
+    /// files): `cache_dir()/lance`. None for a local store, or with `LOUPE_S3_READ_CACHE=off`.
+    pub fn read_cache_dir(&self) -> Option<PathBuf> {
+        if std::env::var("LOUPE_S3_READ_CACHE").is_ok_and(|v| v == "off" || v == "0") {
+            return None;
+        }
+        Some(self.cache_dir()?.join("lance"))
+    }
+
     fn local_file(root: &Path, key: &str) -> PathBuf {
         root.join(key)
     }

@@ -16,6 +16,7 @@ use lance_index::IndexType;
 
 use crate::error::{Result, StoreError};
 use crate::location::Location;
+use crate::read_cache::ReadCache;
 
 /// Rows per Arrow batch handed to Lance.
 const WRITE_BATCH_ROWS: usize = 4096;
@@ -27,9 +28,19 @@ pub fn write_params(root: &Location, mode: WriteMode) -> WriteParams {
     WriteParams { mode, store_params, ..Default::default() }
 }
 
-/// Opens the latest version of `table`.
+/// Opens the latest version of `table` (on object storage, reading through the local block
+/// cache of immutable files, `read_cache`).
 pub async fn open_latest(root: &Location, table: &str) -> Result<Dataset> {
-    DatasetBuilder::from_uri(&root.table_uri(table)).with_storage_options(root.storage_options()).load().await.map_err(|e| StoreError::lance(table, e))
+    let builder = DatasetBuilder::from_uri(&root.table_uri(table));
+    let builder = match root.read_cache_dir() {
+        Some(dir) => builder.with_store_params(ObjectStoreParams {
+            object_store_wrapper: Some(ReadCache::new(dir)),
+            storage_options_accessor: Some(Arc::new(lance::io::StorageOptionsAccessor::with_static_options(root.storage_options()))),
+            ..Default::default()
+        }),
+        None => builder.with_storage_options(root.storage_options()),
+    };
+    builder.load().await.map_err(|e| StoreError::lance(table, e))
 }
 
 /// A SQL string literal for Lance filters.

@@ -30,7 +30,7 @@ pub struct ServeArgs {
     /// An indexed store (default: the demo store that scripts/demo.sh builds).
     #[arg(long)]
     pub store: Option<PathBuf>,
-    /// The synthetic store of `loupe bench store` (skipped if absent).
+    /// The synthetic store of `loupe bench store` (skipped if absent; a folder or s3://).
     #[arg(long, default_value = "target/bench-store-1m")]
     pub synthetic: PathBuf,
     /// Seconds per measurement.
@@ -323,7 +323,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             Some(url) => targets.push(Target { name: "server".into(), addr: url.clone(), with_model: has_model(url).await?, _running: None }),
             None => {
                 let mut stores = if args.synthetic_only { vec![] } else { vec![("demo", store.clone(), true)] };
-                if args.synthetic.join("CURRENT").exists() {
+                // A store on object storage (s3://) is taken as given: opening it says if it is not one.
+                let synthetic = super::store_location(&args.synthetic)?;
+                if synthetic.local_path().is_none_or(|p| p.join("CURRENT").exists()) {
                     stores.push(("synthetic", args.synthetic.clone(), false));
                 } else {
                     eprintln!("no synthetic store at {}: run `loupe bench store` first to include it", args.synthetic.display());

@@ -165,12 +165,23 @@ pub fn run(args: StoreArgs) -> anyhow::Result<()> {
         anyhow::ensure!(stored.top_examples.len() == shape.top_examples, "feature {feature}: {} top examples", stored.top_examples.len());
         bytes += prost::Message::encoded_len(&stored);
     }
+    // The same dashboards again: on object storage the first pass fetched them (into the
+    // local read cache), this one is what a warmed-up server pays.
+    let mut again = Vec::with_capacity(args.queries);
+    for i in 0..args.queries {
+        let feature = ((i as u64 * 7_919_993) % n_features as u64) as u32;
+        let t = Instant::now();
+        runtime.block_on(reader.dashboard(&id, feature, &hook, true))?;
+        again.push(t.elapsed().as_secs_f64() * 1e3);
+    }
     one_read.sort_by(f64::total_cmp);
+    again.sort_by(f64::total_cmp);
     assembled.sort_by(f64::total_cmp);
     let lookup = json!({
         "warm_ms": warm_ms,
         "dashboard_bytes_mean": bytes / args.queries.max(1),
         "one_record": {"p50_ms": percentile(&one_read, 0.5), "p99_ms": percentile(&one_read, 0.99)},
+        "one_record_again": {"p50_ms": percentile(&again, 0.5), "p99_ms": percentile(&again, 0.99)},
         "assembled": {"p50_ms": percentile(&assembled, 0.5), "p99_ms": percentile(&assembled, 0.99)},
         "speedup_p50": percentile(&assembled, 0.5) / percentile(&one_read, 0.5),
     });
@@ -204,6 +215,11 @@ pub fn run(args: StoreArgs) -> anyhow::Result<()> {
         lookup["assembled"]["p99_ms"].as_f64().unwrap_or(0.0),
         lookup["speedup_p50"].as_f64().unwrap_or(0.0),
         warm_ms
+    );
+    println!(
+        "the same dashboards read again (warm; on object storage from the local read cache): p50 {:.2} ms p99 {:.2} ms",
+        lookup["one_record_again"]["p50_ms"].as_f64().unwrap_or(0.0),
+        lookup["one_record_again"]["p99_ms"].as_f64().unwrap_or(0.0)
     );
     println!(
         "similar features (k=10, decoder cosine): vector index p50 {:.2} ms p99 {:.2} ms; exact scan p50 {:.2} ms p99 {:.2} ms; {:.1}x faster; recall@10 {:.3} over {} queries{}",
