@@ -38,6 +38,9 @@ impl TlsSettings {
         if !self.enabled()? {
             return Ok(None);
         }
+        // tonic builds the server's rustls config with the process-wide provider: ring, as
+        // tonic's own client uses (an error only means one is installed already).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let (cert, key) = (self.cert.as_deref().unwrap_or(Path::new("")), self.key.as_deref().unwrap_or(Path::new("")));
         let cert_pem = read_pem(cert, "tls.cert", "CERTIFICATE")?;
         let key_pem = read_pem(key, "tls.key", "PRIVATE KEY")?;
