@@ -26,6 +26,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::error::{Result, StoreError};
+use crate::read_cache::ReadCache;
 
 /// A store's root. Cheap to clone (one client per store, shared).
 #[derive(Clone)]
@@ -46,6 +47,7 @@ pub(crate) struct ObjectRoot {
     pub(crate) store: Arc<dyn ObjectStore>,
     /// The options given in config, handed to Lance too (which reads `AWS_*` itself).
     options: HashMap<String, String>,
+    read_cache: OnceLock<Option<Arc<ReadCache>>>,
 }
 
 /// What the last write of an object was, for a conditional update of it (the lease).
@@ -85,7 +87,7 @@ impl Location {
         let store = builder.build().map_err(|e| invalid(e.to_string()))?;
         let url = if prefix.is_empty() { format!("s3://{bucket}") } else { format!("s3://{bucket}/{prefix}") };
         let options = options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        Ok(Location { backend: Arc::new(Backend::Object(ObjectRoot { url, bucket: bucket.to_string(), prefix, store: Arc::new(store), options })) })
+        Ok(Location { backend: Arc::new(Backend::Object(ObjectRoot { url, bucket: bucket.to_string(), prefix, store: Arc::new(store), options, read_cache: OnceLock::new() })) })
     }
 
     /// A store argument of the command line or a config (a path, which may spell an
@@ -138,13 +140,17 @@ impl Location {
         Some(base.join("s3").join(&root.bucket).join(&root.prefix))
     }
 
-    /// Where Lance's reads of this store are cached on local disk (blocks of its immutable
-    /// files): `cache_dir()/lance`. None for a local store, or with `LOUPE_S3_READ_CACHE=off`.
-    pub fn read_cache_dir(&self) -> Option<PathBuf> {
-        if std::env::var("LOUPE_S3_READ_CACHE").is_ok_and(|v| v == "off" || v == "0") {
-            return None;
-        }
-        Some(self.cache_dir()?.join("lance"))
+    /// The local block cache under Lance's reads of this store (`cache_dir()/lance`), one
+    /// per location and shared by every table opened through it. None for a local store, or
+    /// with `LOUPE_S3_READ_CACHE=off`.
+    pub(crate) fn read_cache(&self) -> Option<Arc<ReadCache>> {
+        let root = self.object_root()?;
+        root.read_cache
+            .get_or_init(|| {
+                let off = std::env::var("LOUPE_S3_READ_CACHE").is_ok_and(|v| v == "off" || v == "0");
+                (!off).then(|| ReadCache::new(self.cache_dir().expect("a remote store has a cache folder").join("lance")))
+            })
+            .clone()
     }
 
     fn local_file(root: &Path, key: &str) -> PathBuf {

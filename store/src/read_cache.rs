@@ -5,11 +5,14 @@
 //! can be kept on local disk and served from there for as long as the file exists, with no
 //! invalidation. Files are cached in aligned blocks ([`BLOCK`]), fetched on first touch: a
 //! point read of a dashboard costs one block of its data file once, then a local read.
+//! The folder is bounded (`LOUPE_S3_READ_CACHE_BYTES`, default [`DEFAULT_LIMIT`]): past the
+//! bound, the oldest blocks are removed (first in, first out) down to 80% of it.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -25,22 +28,92 @@ use object_store::{
 
 /// Bytes per cached block.
 const BLOCK: u64 = 1 << 20;
+/// The cache folder's bound unless `LOUPE_S3_READ_CACHE_BYTES` says otherwise.
+const DEFAULT_LIMIT: u64 = 8 << 30;
 
 /// Wraps Lance's object store for one store root with a block cache in `dir`.
 #[derive(Debug)]
 pub struct ReadCache {
     dir: PathBuf,
+    budget: Arc<Budget>,
 }
 
 impl ReadCache {
     pub fn new(dir: PathBuf) -> Arc<Self> {
-        Arc::new(ReadCache { dir })
+        let limit = std::env::var("LOUPE_S3_READ_CACHE_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_LIMIT);
+        Self::with_limit(dir, limit)
     }
+
+    pub fn with_limit(dir: PathBuf, limit: u64) -> Arc<Self> {
+        let used = block_files(&dir).iter().map(|(_, _, len)| len).sum();
+        Arc::new(ReadCache { budget: Arc::new(Budget { dir: dir.clone(), limit, used: AtomicU64::new(used), evicting: AtomicBool::new(false) }), dir })
+    }
+}
+
+/// How much of the bound the folder uses, and the one eviction running at a time.
+#[derive(Debug)]
+struct Budget {
+    dir: PathBuf,
+    limit: u64,
+    used: AtomicU64,
+    evicting: AtomicBool,
+}
+
+impl Budget {
+    fn added(self: &Arc<Self>, bytes: u64) {
+        if self.used.fetch_add(bytes, Ordering::Relaxed) + bytes <= self.limit || self.evicting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let budget = self.clone();
+        // Off the read path: a scan of the folder and some deletions.
+        std::thread::spawn(move || loop {
+            budget.evict();
+            budget.evicting.store(false, Ordering::Release);
+            // Blocks written while it ran may have crossed the bound again.
+            if budget.used.load(Ordering::Relaxed) <= budget.limit || budget.evicting.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        });
+    }
+
+    fn evict(&self) {
+        let mut files = block_files(&self.dir);
+        files.sort_by_key(|(_, modified, _)| *modified);
+        let mut used: u64 = files.iter().map(|(_, _, len)| len).sum();
+        let target = self.limit / 5 * 4;
+        for (path, _, len) in files {
+            if used <= target {
+                break;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                used -= len;
+            }
+        }
+        self.used.store(used, Ordering::Relaxed);
+    }
+}
+
+/// Every cached block under `dir`: path, when it was written, bytes.
+fn block_files(dir: &std::path::Path) -> Vec<(PathBuf, std::time::SystemTime, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if entry.path().extension().is_some_and(|e| e == "block") {
+                out.push((entry.path(), meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len()));
+            }
+        }
+    }
+    out
 }
 
 impl WrappingObjectStore for ReadCache {
     fn wrap(&self, _store_prefix: &str, original: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
-        Arc::new(CachedStore { inner: original, dir: self.dir.clone(), metas: Mutex::default() })
+        Arc::new(CachedStore { inner: original, dir: self.dir.clone(), metas: Mutex::default(), budget: self.budget.clone() })
     }
 
     /// Listings are left alone (the cache only serves reads of immutable files).
@@ -54,6 +127,7 @@ struct CachedStore {
     dir: PathBuf,
     /// Size and date of every cached file seen (immutable, so never stale).
     metas: Mutex<HashMap<ObjectPath, ObjectMeta>>,
+    budget: Arc<Budget>,
 }
 
 impl fmt::Debug for CachedStore {
@@ -99,8 +173,13 @@ impl CachedStore {
         if let Some(parent) = file.parent() {
             if std::fs::create_dir_all(parent).is_ok() {
                 let tmp = file.with_extension(format!("tmp-{}-{:?}", std::process::id(), std::thread::current().id()));
-                if std::fs::write(&tmp, &bytes).is_ok() && std::fs::rename(&tmp, &file).is_err() {
-                    let _ = std::fs::remove_file(&tmp);
+                if std::fs::write(&tmp, &bytes).is_ok() {
+                    match std::fs::rename(&tmp, &file) {
+                        Ok(()) => self.budget.added(bytes.len() as u64),
+                        Err(_) => {
+                            let _ = std::fs::remove_file(&tmp);
+                        }
+                    }
                 }
             }
         }
@@ -217,6 +296,32 @@ mod tests {
             cached.get(&manifest).await.unwrap();
             inner.put(&manifest, PutPayload::from(vec![2u8])).await.unwrap();
             assert_eq!(&cached.get(&manifest).await.unwrap().bytes().await.unwrap()[..], &[2u8]);
+        });
+    }
+
+    #[test]
+    fn the_folder_stays_within_its_bound() {
+        futures::executor::block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let inner = Arc::new(InMemory::new());
+            let data = vec![7u8; (BLOCK * 6) as usize];
+            let path = ObjectPath::from("store/examples.lance/data/big.lance");
+            inner.put(&path, PutPayload::from(data.clone())).await.unwrap();
+            let cache = ReadCache::with_limit(dir.path().to_path_buf(), BLOCK * 3);
+            let cached = cache.wrap("s3://bucket", inner.clone());
+            for block in 0..6 {
+                assert_eq!(&cached.get_range(&path, block * BLOCK..block * BLOCK + 10).await.unwrap()[..], &data[..10]);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let start = std::time::Instant::now();
+            while cache.budget.evicting.load(Ordering::Acquire) || block_files(dir.path()).len() > 3 {
+                assert!(start.elapsed() < std::time::Duration::from_secs(10), "never evicted: {} blocks", block_files(dir.path()).len());
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let kept: u64 = block_files(dir.path()).iter().map(|(_, _, len)| len).sum();
+            assert!(kept <= BLOCK * 3, "{kept} bytes kept");
+            // An evicted block is fetched again.
+            assert_eq!(&cached.get_range(&path, 5..15).await.unwrap()[..], &data[5..15]);
         });
     }
 }

@@ -16,7 +16,6 @@ use lance_index::IndexType;
 
 use crate::error::{Result, StoreError};
 use crate::location::Location;
-use crate::read_cache::ReadCache;
 
 /// Rows per Arrow batch handed to Lance.
 const WRITE_BATCH_ROWS: usize = 4096;
@@ -32,9 +31,9 @@ pub fn write_params(root: &Location, mode: WriteMode) -> WriteParams {
 /// cache of immutable files, `read_cache`).
 pub async fn open_latest(root: &Location, table: &str) -> Result<Dataset> {
     let builder = DatasetBuilder::from_uri(&root.table_uri(table));
-    let builder = match root.read_cache_dir() {
-        Some(dir) => builder.with_store_params(ObjectStoreParams {
-            object_store_wrapper: Some(ReadCache::new(dir)),
+    let builder = match root.read_cache() {
+        Some(cache) => builder.with_store_params(ObjectStoreParams {
+            object_store_wrapper: Some(cache),
             storage_options_accessor: Some(Arc::new(lance::io::StorageOptionsAccessor::with_static_options(root.storage_options()))),
             ..Default::default()
         }),

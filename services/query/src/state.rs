@@ -109,6 +109,16 @@ impl AppState {
         }
         let reader = StoreReader::open_generation(&self.store_root, latest.generation).await?;
         let snapshot = Snapshot::build(reader, self.engine.as_deref()).await?;
+        if let Some(engine) = &self.engine {
+            let served = self.snapshot();
+            for id in engine.dictionaries().iter().map(|d| &d.id) {
+                let checksum = |s: &Snapshot| s.dictionaries.get(id).map(|d| d.source_checksum.clone());
+                if checksum(&served) != checksum(&snapshot) {
+                    // The model-side dictionaries are loaded once, at start.
+                    tracing::warn!(dictionary = %id, generation = latest.generation, "the new generation indexed another version of this dictionary: search and dashboards serve it now; text, steering and monitoring calls keep the version loaded at start until the server restarts");
+                }
+            }
+        }
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
         Ok(Some(latest.generation))
     }
