@@ -96,7 +96,9 @@ pub async fn check_store(root: &Location) -> Result<()> {
 }
 
 /// Makes `root` a store if it is new or empty; refuses a non-empty folder (or prefix) that
-/// is not one.
+/// is not one. Safe when several jobs start at once on a new store (the shards of an
+/// Indexed Job): the marker is created only if absent, and a store another job is creating
+/// right now is waited for rather than taken for a foreign folder.
 pub async fn create_or_check(root: &Location) -> Result<()> {
     if root.get(MARKER).await?.is_some() {
         return check_store(root).await;
@@ -106,13 +108,26 @@ pub async fn create_or_check(root: &Location) -> Result<()> {
         None => !root.list("").await?.is_empty(),
     };
     if occupied {
+        // Another job may be creating it (its marker is its first write).
+        for _ in 0..20 {
+            if root.get(MARKER).await?.is_some() {
+                return check_store(root).await;
+            }
+            // A blocking pause (callers may have no timer): only a foreign folder, or a store
+            // created this instant, comes here.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         return Err(not_a_store(root, format!("it is not empty and has no {MARKER} file; refusing to write into it (give a new or empty folder or prefix)")));
+    }
+    let marker = serde_json::to_vec_pretty(&Marker { format: FORMAT.into(), version: FORMAT_VERSION }).expect("marker serializes");
+    if !root.put_new(MARKER, marker).await? {
+        // Created by another job in the meantime.
+        return check_store(root).await;
     }
     if let Some(path) = root.local_path() {
         std::fs::create_dir_all(path.join(GENERATIONS)).map_err(|e| StoreError::io(path, e))?;
     }
-    let marker = serde_json::to_vec_pretty(&Marker { format: FORMAT.into(), version: FORMAT_VERSION }).expect("marker serializes");
-    root.put(MARKER, marker).await
+    Ok(())
 }
 
 /// Marks a store of an older format as this one's, once a commit wrote what it adds.
@@ -177,6 +192,20 @@ pub async fn publish(root: &Location, generation: &Generation) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jobs_starting_together_on_a_new_store_all_open_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Location::local(&dir.path().join("store"));
+        let starts: Vec<_> = (0..8).map(|_| {
+            let root = root.clone();
+            std::thread::spawn(move || futures::executor::block_on(create_or_check(&root)))
+        }).collect();
+        for start in starts {
+            start.join().unwrap().unwrap();
+        }
+        futures::executor::block_on(check_store(&root)).unwrap();
+    }
 
     #[test]
     fn refuses_foreign_directories() {

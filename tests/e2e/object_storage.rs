@@ -158,6 +158,11 @@ fn the_writer_lease_excludes_a_second_writer_and_outlives_a_dead_one() {
     let store = s3.location(&format!("s3://{BUCKET}/lease"));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
+        // Shards of an Indexed Job start together on a new prefix: every one opens the store.
+        let starts: Vec<_> = (0..6).map(|_| s3.location(&format!("s3://{BUCKET}/started-together"))).collect();
+        for started in futures::future::join_all(starts.iter().map(layout::create_or_check)).await {
+            started.unwrap();
+        }
         let term = Duration::from_millis(900);
         let first = lock_writer_with_term(&store, term).await.unwrap();
         // Held and renewed: a second writer waits two terms, then gives up with who holds it.
