@@ -119,7 +119,7 @@ pub async fn lock_writer_with_term(root: &Location, term: Duration) -> Result<Wr
                 match theirs {
                     Some(theirs) if theirs.expires_at_ms > now_ms() => {
                         if now_ms() > give_up {
-                            return Err(StoreError::Locked { path: root.to_string(), holder: format!("{} (lease renewed until {} ms since the epoch)", theirs.holder, theirs.expires_at_ms) });
+                            return Err(StoreError::Locked { path: root.to_string(), holder: format!("{}, whose lease is renewed and runs to {}; if that writer is gone, retry once it has expired", theirs.holder, crate::clock::rfc3339(theirs.expires_at_ms / 1000)) });
                         }
                         let wait = (theirs.expires_at_ms - now_ms()).clamp(50, 1000);
                         tokio::time::sleep(Duration::from_millis(wait)).await;

@@ -260,11 +260,7 @@ impl Location {
         match &*self.backend {
             Backend::Local(root) => {
                 let path = Self::local_file(root, key);
-                match std::fs::remove_file(&path) {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(StoreError::io(path, e)),
-                }
+                gone_or_missing(std::fs::remove_file(&path), &path)
             }
             Backend::Object(root) => {
                 let store = root.store.clone();
@@ -313,11 +309,7 @@ impl Location {
         match &*self.backend {
             Backend::Local(root) => {
                 let path = Self::local_file(root, dir);
-                match std::fs::remove_dir_all(&path) {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(StoreError::io(path, e)),
-                }
+                gone_or_missing(std::fs::remove_dir_all(&path), &path)
             }
             Backend::Object(_) => {
                 let dir = dir.trim_end_matches('/');
@@ -403,6 +395,14 @@ async fn io<T: Send + 'static>(work: impl std::future::Future<Output = std::resu
 /// Spawns `work` on the object-store runtime without waiting (the lease's renewals).
 pub(crate) fn spawn_io(work: impl std::future::Future<Output = ()> + Send + 'static) -> tokio::task::JoinHandle<()> {
     io_runtime().spawn(work)
+}
+
+/// A local removal's result, where "it was not there" counts as done.
+fn gone_or_missing(removed: std::io::Result<()>, path: &Path) -> Result<()> {
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::io(path, e)),
+        _ => Ok(()),
+    }
 }
 
 fn temporary_sibling(path: &Path) -> PathBuf {

@@ -187,6 +187,9 @@ impl CachedStore {
     }
 
     async fn cached_range(&self, location: &ObjectPath, range: Range<u64>, meta: &ObjectMeta) -> object_store::Result<Bytes> {
+        if range.start >= range.end {
+            return Ok(Bytes::new());
+        }
         let (first, last) = (range.start / BLOCK, (range.end - 1) / BLOCK);
         if first == last {
             let block = self.block(location, first, meta.size).await?;

@@ -24,11 +24,9 @@ pub fn label_writer(store_root: Location) -> LabelWriter {
 /// Follows the labels table every `every` until the returned handle is aborted, so that
 /// labels written elsewhere show up in search and dashboards without a restart.
 pub fn follow_labels(state: Arc<AppState>, every: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
+    every_tick(every, move || {
+        let state = state.clone();
+        async move {
             if let Err(e) = state.snapshot().reader.refresh_labels().await {
                 tracing::warn!(error = %e, "reading new labels failed; retrying");
             }
@@ -36,14 +34,25 @@ pub fn follow_labels(state: Arc<AppState>, every: Duration) -> tokio::task::Join
     })
 }
 
-/// Looks for a new generation every `every` until the returned handle is aborted, and
-/// serves it once it is open (see `AppState::refresh_generation`).
-pub fn follow_generations(state: Arc<AppState>, every: Duration) -> tokio::task::JoinHandle<()> {
+/// Runs `work` every `every` (a late tick waits rather than bunching up) until the returned
+/// handle is aborted: the loop of the tasks that follow the store.
+pub fn every_tick<F: std::future::Future<Output = ()> + Send>(every: Duration, mut work: impl FnMut() -> F + Send + 'static) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
+            work().await;
+        }
+    })
+}
+
+/// Looks for a new generation every `every` until the returned handle is aborted, and
+/// serves it once it is open (see `AppState::refresh_generation`).
+pub fn follow_generations(state: Arc<AppState>, every: Duration) -> tokio::task::JoinHandle<()> {
+    every_tick(every, move || {
+        let state = state.clone();
+        async move {
             match state.refresh_generation().await {
                 Ok(Some(generation)) => tracing::info!(generation, "serving a new generation of the store"),
                 Ok(None) => {}

@@ -182,11 +182,9 @@ impl MonitoringService {
 /// Re-reads the monitors table every `every` until the handle is aborted, so monitors
 /// written through other servers on the same store are scored here too.
 pub fn follow_monitors(state: Arc<AppState>, every: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
+    crate::labels::every_tick(every, move || {
+        let state = state.clone();
+        async move {
             if let Err(e) = state.monitoring.registry.refresh(&state).await {
                 tracing::warn!(error = %e, "reading monitors failed; retrying");
             }
