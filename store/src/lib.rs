@@ -23,6 +23,7 @@ with_tables! {
     pub mod alerts;
     mod append_only;
     mod arrow;
+    pub mod decoder_scan;
     pub mod dashboards;
     pub mod labels;
     pub mod layout;

@@ -19,6 +19,7 @@ use crate::records::{DictionaryRecord, ExampleRecord, FeatureRecord};
 use crate::search::{FeatureSite, SearchFilter, SearchIndex, SearchResults};
 use crate::tables::{open_at, quote, scan};
 use crate::taker::{PointReads, RowTaker};
+use crate::decoder_scan::QuantizedDecoders;
 use crate::vectors::{self, SimilarFeature};
 
 /// One batch of rows of [`StoreReader::for_each_batch`].
@@ -34,8 +35,8 @@ pub struct StoreReader {
     features: Dataset,
     examples: Dataset,
     search: SearchIndex,
-    /// Decoder vector tables by width, each with the dictionaries it holds (read once).
-    decoders: BTreeMap<usize, (Dataset, OnceCell<BTreeSet<String>>)>,
+    /// Decoder vector tables by width.
+    decoders: BTreeMap<usize, DecoderTable>,
     /// Row addresses per feature, read on the first point lookup (or by `warm`).
     feature_rows: OnceCell<RowLocator>,
     example_rows: OnceCell<RowLocator>,
@@ -70,6 +71,21 @@ async fn search_folder(root: &Location, generation: &Generation) -> Result<PathB
         root.download_dir(&generation.search, &folder).await?;
     }
     Ok(folder)
+}
+
+/// One decoder vector table, with what SimilarFeatures reads from it once.
+struct DecoderTable {
+    dataset: Dataset,
+    /// The dictionaries it holds (for Lance's exact scan, which filters only when needed).
+    held: OnceCell<BTreeSet<String>>,
+    /// Its int8 copy, loaded on the first quantized search (or by `warm`).
+    quantized: OnceCell<QuantizedDecoders>,
+}
+
+impl DecoderTable {
+    async fn quantized(&self, width: usize) -> Result<&QuantizedDecoders> {
+        self.quantized.get_or_try_init(|| async move { QuantizedDecoders::load(&self.dataset, &vectors::table_name(width), width).await }).await
+    }
 }
 
 /// Point reads of the `dashboards` table: the summary alone, or with the examples.
@@ -125,7 +141,7 @@ impl StoreReader {
         let mut decoders = BTreeMap::new();
         for (table, &version) in &generation.versions {
             if let Some(width) = vectors::width_of(table) {
-                decoders.insert(width, (open_at(&root, table, version).await?, OnceCell::new()));
+                decoders.insert(width, DecoderTable { dataset: open_at(&root, table, version).await?, held: OnceCell::new(), quantized: OnceCell::new() });
             }
         }
         let dashboards = match generation.versions.get(DASHBOARDS) {
@@ -203,6 +219,9 @@ impl StoreReader {
             stored.locator().await?;
             stored.whole.open_all().await?;
             stored.summary.open_all().await?;
+        }
+        for (&width, table) in &self.decoders {
+            table.quantized(width).await?;
         }
         Ok(())
     }
@@ -367,24 +386,32 @@ impl StoreReader {
     }
 
     /// The features of `dictionary_ids` whose decoder directions are nearest to `direction`
-    /// by cosine, most similar first: through the vector index where the decoder table has
-    /// one, exactly otherwise (or when `search` asks for it).
+    /// by cosine, most similar first: by the quantized scan with an exact re-score, or by
+    /// Lance's exact f32 scan (`Search::Exact`, the reference).
     pub async fn similar(&self, direction: &[f32], dictionary_ids: &[&str], k: usize, search: vectors::Search) -> Result<Vec<SimilarFeature>> {
         let width = direction.len();
-        let table = vectors::table_name(width);
-        let (dataset, held) = self.decoders.get(&width).ok_or_else(|| StoreError::NoVectors { path: self.root.to_string(), width })?;
-        let held = held.get_or_try_init(|| vectors::dictionaries_in(dataset, &table)).await?;
-        // Asking for every dictionary of the table (the usual case) needs no filter.
-        let only = (!held.iter().all(|id| dictionary_ids.contains(&id.as_str()))).then_some(dictionary_ids);
-        vectors::nearest(dataset, &table, direction, only, k, search).await
+        let table = self.decoders.get(&width).ok_or_else(|| StoreError::NoVectors { path: self.root.to_string(), width })?;
+        match search {
+            vectors::Search::Quantized => {
+                let quantized = table.quantized(width).await?;
+                quantized.nearest(&vectors::unit(direction), dictionary_ids, k).await
+            }
+            vectors::Search::Exact => {
+                let name = vectors::table_name(width);
+                let held = table.held.get_or_try_init(|| vectors::dictionaries_in(&table.dataset, &name)).await?;
+                // Asking for every dictionary of the table (the usual case) needs no filter.
+                let only = (!held.iter().all(|id| dictionary_ids.contains(&id.as_str()))).then_some(dictionary_ids);
+                vectors::nearest_exact(&table.dataset, &name, direction, only, k).await
+            }
+        }
     }
 
-    /// Whether the decoder vectors of this width have a vector index.
-    pub async fn similar_is_indexed(&self, width: usize) -> Result<bool> {
-        match self.decoders.get(&width) {
-            Some((dataset, _)) => vectors::is_indexed(dataset, &vectors::table_name(width)).await,
-            None => Ok(false),
-        }
+    /// The rows and in-memory bytes of the quantized copy of the decoders of one width
+    /// (loading it if no search has yet).
+    pub async fn similar_footprint(&self, width: usize) -> Result<(usize, usize)> {
+        let table = self.decoders.get(&width).ok_or_else(|| StoreError::NoVectors { path: self.root.to_string(), width })?;
+        let quantized = table.quantized(width).await?;
+        Ok((quantized.rows(), quantized.bytes()))
     }
 
     pub fn search(&self, query: &str, filter: &SearchFilter, offset: usize, limit: usize) -> Result<SearchResults> {

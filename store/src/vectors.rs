@@ -2,9 +2,10 @@
 //!
 //! A vector index needs a fixed-size-list column, and dictionaries of different models or
 //! hooks write directions of different widths, so there is one table per width:
-//! `decoders_{width}` (dictionary_id, feature, unit-norm decoder). A table gets an IVF index
-//! (cosine) once it holds the writer's minimum of rows (default 65,536); below that Lance
-//! answers the same `nearest` query by an exact scan.
+//! `decoders_{width}` (dictionary_id, feature, unit-norm decoder). A server answers from an
+//! int8 copy of the table scored row by row, with the best candidates re-scored exactly
+//! (`decoder_scan`); Lance's exact f32 scan (`nearest` here) is the reference it is tested
+//! against. No vector index is built: see `decoder_scan` for why.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -15,10 +16,7 @@ use arrow_array::types::{Float32Type, UInt32Type};
 use arrow_array::{Array, ArrayRef, Float32Array, RecordBatch, StringArray, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use futures::TryStreamExt;
-use lance::index::vector::VectorIndexParams;
-use lance::index::DatasetIndexExt;
 use lance::Dataset;
-use lance_index::IndexType;
 use lance_linalg::distance::DistanceType;
 
 use crate::error::{Result, StoreError};
@@ -27,16 +25,6 @@ use crate::tables::{of_dictionaries, scan};
 
 const PREFIX: &str = "decoders_";
 const COLUMN: &str = "decoder";
-const INDEX_NAME: &str = "decoder_idx";
-
-/// Tables with fewer rows are searched exactly: 65k unit vectors of width 576 are a
-/// 150 MB scan, beyond which an index pays for its training.
-pub const DEFAULT_INDEX_MIN_ROWS: usize = 65_536;
-
-/// IVF partitions probed per query. With sqrt(rows) partitions this reads about
-/// 32/sqrt(rows) of the vectors (3% of a million); a table with at most 32 partitions
-/// is searched completely, i.e. exactly.
-pub const NPROBES: usize = 32;
 
 pub fn table_name(width: usize) -> String {
     format!("{PREFIX}{width}")
@@ -83,26 +71,6 @@ pub fn batch(rows: &[&FeatureRecord], width: usize) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema(width), columns)?)
 }
 
-/// Builds (or rebuilds, after rows changed) the IVF index of a large table; small tables
-/// stay unindexed. Returns whether the table is indexed.
-pub async fn index_if_large(dataset: &mut Dataset, table: &str, min_rows: usize) -> Result<bool> {
-    let lance_err = |e| StoreError::lance(table, e);
-    let rows = dataset.count_rows(None).await.map_err(lance_err)?;
-    if rows < min_rows.max(1) {
-        return Ok(false);
-    }
-    let partitions = ((rows as f64).sqrt() as usize).clamp(1, 4096);
-    let params = VectorIndexParams::ivf_flat(partitions, DistanceType::Cosine);
-    dataset.create_index(&[COLUMN], IndexType::Vector, Some(INDEX_NAME.into()), &params, true).await.map_err(lance_err)?;
-    Ok(true)
-}
-
-/// Whether a table has its vector index.
-pub async fn is_indexed(dataset: &Dataset, table: &str) -> Result<bool> {
-    let indices = dataset.load_indices().await.map_err(|e| StoreError::lance(table, e))?;
-    Ok(indices.iter().any(|i| i.name == INDEX_NAME))
-}
-
 /// A neighbour found by decoder direction.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimilarFeature {
@@ -111,10 +79,11 @@ pub struct SimilarFeature {
     pub cosine: f32,
 }
 
-/// How to search: through the index when there is one (approximate), or exactly.
+/// How to search: the quantized scan with an exact re-score (what servers do), or Lance's
+/// exact f32 scan (the reference).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Search {
-    Indexed,
+    Quantized,
     Exact,
 }
 
@@ -131,8 +100,8 @@ pub async fn dictionaries_in(dataset: &Dataset, table: &str) -> Result<BTreeSet<
 
 /// The `k` rows whose decoders are nearest to `direction` by cosine, most similar first
 /// (ties by dictionary, then feature), among the rows of `only` (None: all rows, which
-/// spares the query a filter over the whole table).
-pub async fn nearest(dataset: &Dataset, table: &str, direction: &[f32], only: Option<&[&str]>, k: usize, search: Search) -> Result<Vec<SimilarFeature>> {
+/// spares the query a filter over the whole table), by Lance's exact scan in f32.
+pub async fn nearest_exact(dataset: &Dataset, table: &str, direction: &[f32], only: Option<&[&str]>, k: usize) -> Result<Vec<SimilarFeature>> {
     let lance_err = |e| StoreError::lance(table, e);
     if k == 0 || only.is_some_and(|ids| ids.is_empty()) {
         return Ok(Vec::new());
@@ -146,14 +115,8 @@ pub async fn nearest(dataset: &Dataset, table: &str, direction: &[f32], only: Op
     }
     scanner.nearest(COLUMN, &query, k).map_err(lance_err)?;
     scanner.distance_metric(DistanceType::Cosine);
-    match search {
-        Search::Indexed => {
-            scanner.nprobes(NPROBES);
-        }
-        Search::Exact => {
-            scanner.use_index(false);
-        }
-    }
+    // Stores written before the quantized scan may have an IVF index: never use it.
+    scanner.use_index(false);
     let batches: Vec<RecordBatch> = scanner.try_into_stream().await.map_err(lance_err)?.try_collect().await.map_err(lance_err)?;
     let column = |batch: &RecordBatch, name: &str| {
         batch.column_by_name(name).cloned().ok_or_else(|| StoreError::Column { table: table.into(), column: name.into(), reason: "missing from a nearest-neighbour query".into() })

@@ -23,7 +23,6 @@ use crate::vectors;
 pub struct StoreWriter {
     root: Location,
     lock: WriterLock,
-    vector_index_min_rows: usize,
 }
 
 impl StoreWriter {
@@ -35,17 +34,11 @@ impl StoreWriter {
             None => root.clone(),
         };
         let lock = layout::lock_writer(&root).await?;
-        Ok(StoreWriter { root, lock, vector_index_min_rows: vectors::DEFAULT_INDEX_MIN_ROWS })
+        Ok(StoreWriter { root, lock })
     }
 
     pub fn root(&self) -> &Location {
         &self.root
-    }
-
-    /// Decoder tables of at least this many rows get a vector index when a commit writes
-    /// them (default [`vectors::DEFAULT_INDEX_MIN_ROWS`]).
-    pub fn set_vector_index_min_rows(&mut self, rows: usize) {
-        self.vector_index_min_rows = rows;
     }
 
     /// Replaces everything stored about the given dictionaries and publishes one new
@@ -126,11 +119,11 @@ impl StoreWriter {
         for (table, rows) in by_table {
             let width = vectors::width_of(&table).expect("a decoder table name");
             let committed = current.and_then(|g| g.versions.get(&table).copied());
-            let mut dataset = if rows.is_empty() {
+            let dataset = if rows.is_empty() {
                 let Some(version) = committed else { continue };
                 let mut dataset = open_for_write(&self.root, &table, version).await?;
                 if !has_rows_of(&dataset, &table, ids).await? {
-                    // Another width's table, untouched: no new version, no index rebuild.
+                    // Another width's table, untouched: no new version.
                     versions.insert(table, dataset.version().version);
                     continue;
                 }
@@ -140,7 +133,6 @@ impl StoreWriter {
             } else {
                 replace_dictionary_rows(&self.root, &table, committed, ids, sliced(vectors::batch(&rows, width)?)).await?
             };
-            vectors::index_if_large(&mut dataset, &table, self.vector_index_min_rows).await?;
             versions.insert(table, dataset.version().version);
         }
         Ok(versions)

@@ -315,37 +315,35 @@ fn assert_same_neighbours(found: &[loupe_store::SimilarFeature], expected: &[(St
 }
 
 #[test]
-fn similar_features_by_decoder_cosine_indexed_or_exact() {
+fn similar_features_by_decoder_cosine_quantized_or_exact() {
     use loupe_store::synthetic::synthetic_dictionary;
     use loupe_store::vectors::Search;
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    let mut writer = rt.block_on(StoreWriter::open_or_create(&at(&root))).unwrap();
-    // 1,000 vectors of width 8 pass the threshold: an IVF index of 31 partitions, all of
-    // which a query probes, so indexed answers must equal exact ones.
-    writer.set_vector_index_min_rows(1000);
+    let writer = rt.block_on(StoreWriter::open_or_create(&at(&root))).unwrap();
     let a = synthetic_dictionary("a", 600, 8, 1);
     let b = synthetic_dictionary("b", 400, 8, 2);
     let narrow = synthetic_dictionary("narrow", 50, 4, 3);
     rt.block_on(writer.commit(&[a.clone(), b.clone(), narrow.clone()])).unwrap();
     let reader = rt.block_on(StoreReader::open(&at(&root))).unwrap();
-    assert!(rt.block_on(reader.similar_is_indexed(8)).unwrap());
-    assert!(!rt.block_on(reader.similar_is_indexed(4)).unwrap(), "50 rows stay unindexed");
+    // The int8 copies: width-8 rows of a and b, width-4 rows of narrow.
+    assert_eq!(rt.block_on(reader.similar_footprint(8)).unwrap().0, 1000);
+    assert_eq!(rt.block_on(reader.similar_footprint(4)).unwrap().0, 50);
 
     for query in [0usize, 17, 333, 599] {
         let decoder = &a.features[query].decoder;
         let expected = brute_force_similar(decoder, &[&a, &b], 10);
         assert_eq!((expected[0].0.as_str(), expected[0].1), ("a", query as u32), "a decoder is its own nearest");
-        for search in [Search::Indexed, Search::Exact] {
+        for search in [Search::Quantized, Search::Exact] {
             assert_same_neighbours(&rt.block_on(reader.similar(decoder, &["a", "b"], 10, search)).unwrap(), &expected);
         }
         let only_b = brute_force_similar(decoder, &[&b], 5);
-        assert_same_neighbours(&rt.block_on(reader.similar(decoder, &["b"], 5, Search::Indexed)).unwrap(), &only_b);
+        assert_same_neighbours(&rt.block_on(reader.similar(decoder, &["b"], 5, Search::Quantized)).unwrap(), &only_b);
     }
     let decoder = &narrow.features[7].decoder;
-    assert_same_neighbours(&rt.block_on(reader.similar(decoder, &["narrow"], 3, Search::Indexed)).unwrap(), &brute_force_similar(decoder, &[&narrow], 3));
-    let err = rt.block_on(reader.similar(&[1.0; 5], &["a"], 3, Search::Indexed)).unwrap_err().to_string();
+    assert_same_neighbours(&rt.block_on(reader.similar(decoder, &["narrow"], 3, Search::Quantized)).unwrap(), &brute_force_similar(decoder, &[&narrow], 3));
+    let err = rt.block_on(reader.similar(&[1.0; 5], &["a"], 3, Search::Quantized)).unwrap_err().to_string();
     assert!(err.contains("no decoder vectors of width 5"), "{err}");
 
     // Re-indexing `a` at another width moves its vectors out of the width-8 table.
@@ -355,17 +353,42 @@ fn similar_features_by_decoder_cosine_indexed_or_exact() {
     let query = &b.features[5].decoder;
     assert_same_neighbours(&rt.block_on(latest.similar(query, &["a", "b"], 10, Search::Exact)).unwrap(), &brute_force_similar(query, &[&b], 10));
     let query = &a4.features[9].decoder;
-    assert_same_neighbours(&rt.block_on(latest.similar(query, &["a", "narrow"], 10, Search::Indexed)).unwrap(), &brute_force_similar(query, &[&a4, &narrow], 10));
+    assert_same_neighbours(&rt.block_on(latest.similar(query, &["a", "narrow"], 10, Search::Quantized)).unwrap(), &brute_force_similar(query, &[&a4, &narrow], 10));
     // A commit that writes only width 4 leaves the width-8 table (and its index) as it was.
     let g = rt.block_on(writer.commit(std::slice::from_ref(&narrow))).unwrap();
     assert_eq!(g.versions["decoders_8"], latest.generation().versions["decoders_8"]);
     let query = &b.features[5].decoder;
     let reread = rt.block_on(StoreReader::open(&at(&root))).unwrap();
-    assert_same_neighbours(&rt.block_on(reread.similar(query, &["b"], 10, Search::Indexed)).unwrap(), &brute_force_similar(query, &[&b], 10));
+    assert_same_neighbours(&rt.block_on(reread.similar(query, &["b"], 10, Search::Quantized)).unwrap(), &brute_force_similar(query, &[&b], 10));
     // The first generation still answers with its own vectors.
     let old = rt.block_on(StoreReader::open_generation(&at(&root), 1)).unwrap();
     let query = &a.features[42].decoder;
-    assert_same_neighbours(&rt.block_on(old.similar(query, &["a"], 10, Search::Indexed)).unwrap(), &brute_force_similar(query, &[&a], 10));
+    assert_same_neighbours(&rt.block_on(old.similar(query, &["a"], 10, Search::Quantized)).unwrap(), &brute_force_similar(query, &[&a], 10));
+}
+
+#[test]
+fn the_quantized_scan_finds_the_exact_neighbours_of_near_isotropic_decoders() {
+    use loupe_store::synthetic::synthetic_dictionary;
+    use loupe_store::vectors::Search;
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let writer = rt.block_on(StoreWriter::open_or_create(&at(&root))).unwrap();
+    // Random directions are the hard case: neighbours' cosines crowd together near the top.
+    let iso = synthetic_dictionary("iso", 8000, 256, 11);
+    rt.block_on(writer.commit(std::slice::from_ref(&iso))).unwrap();
+    let reader = rt.block_on(StoreReader::open(&at(&root))).unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    };
+    for q in 0..60 {
+        // Half the queries are stored decoders, half are directions no row has.
+        let query: Vec<f32> = if q % 2 == 0 { iso.features[q * 131 % 8000].decoder.clone() } else { (0..256).map(|_| next()).collect() };
+        let expected = brute_force_similar(&query, &[&iso], 10);
+        assert_same_neighbours(&rt.block_on(reader.similar(&query, &["iso"], 10, Search::Quantized)).unwrap(), &expected);
+    }
 }
 
 /// A commit of `n` features whose words all say `word`, with two examples each.

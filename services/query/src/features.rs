@@ -166,7 +166,7 @@ impl FeaturesService {
         let feature = feature.ok_or_else(|| ServiceError::NotFound(format!("feature {} of {:?} is not in the store", f.feature, f.dictionary_id)))?;
         let target_refs: Vec<&str> = targets.iter().map(String::as_str).collect();
         // One more than asked: the feature itself is its own nearest neighbour.
-        let mut found = snapshot.reader.similar(&feature.decoder, &target_refs, k + 1, Search::Indexed).await?;
+        let mut found = snapshot.reader.similar(&feature.decoder, &target_refs, k + 1, Search::Quantized).await?;
         found.retain(|n| !(n.dictionary_id == f.dictionary_id && n.feature == f.feature));
         found.truncate(k);
         Ok(pb::SimilarFeaturesResponse { neighbours: found.into_iter().map(|n| pb::Neighbour { feature: convert::feature_ref(&n.dictionary_id, n.feature), cosine: n.cosine }).collect() })
