@@ -75,7 +75,7 @@ impl FeaturesService {
             return Ok(answer);
         }
         let filter = SearchFilter { dictionary_id: r.dictionary_id, hook: r.hook, layer: r.layer, min_density: r.min_density, max_density: r.max_density };
-        let results = tokio::task::spawn_blocking(move || snapshot.reader.search(&r.query, &filter, offset, limit)).await.map_err(|e| ServiceError::Internal(e.to_string()))??;
+        let results = state.request_threads.run(move || Ok(snapshot.reader.search(&r.query, &filter, offset, limit)?)).await?;
         let answer = pb::SearchFeaturesResponse {
             total: results.total as u64,
             hits: results

@@ -14,7 +14,7 @@ use crate::config::{Limits, ServerConfig};
 use crate::error::{Result, ServiceError};
 use crate::labels::LabelWriter;
 use crate::response_cache::{DashboardKey, ResponseCache, SearchKey};
-use crate::workers::ModelWorkers;
+use crate::workers::{ModelWorkers, RequestThreads};
 
 /// One generation of the store and what the server derives from it.
 pub struct Snapshot {
@@ -39,6 +39,8 @@ pub struct AppState {
     /// The model and the store's dictionaries it can run (None: started without a model).
     pub engine: Option<Arc<FeatureLens>>,
     pub workers: Arc<ModelWorkers>,
+    /// Where searches run (see `RequestThreads`).
+    pub request_threads: RequestThreads,
     pub limits: Limits,
     /// Tokens, scopes and quotas of callers.
     pub access: crate::access::Access,
@@ -79,6 +81,7 @@ impl AppState {
             snapshot: std::sync::RwLock::new(Arc::new(snapshot)),
             engine,
             workers,
+            request_threads: RequestThreads::per_core(),
             limits: config.limits,
             access,
             labels: crate::labels::label_writer(config.store.clone()),

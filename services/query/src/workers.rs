@@ -1,6 +1,7 @@
-//! The bounded pool that runs model-bound work (forward passes) off the async runtime, so
-//! that search and dashboard calls never wait behind the model: its own threads, at a lower
-//! OS priority than the ones answering requests, as are the model's compute threads.
+//! Threads for CPU-bound work off the async runtime: the bounded pool that runs model-bound
+//! work (forward passes), so that search and dashboard calls never wait behind the model (its
+//! own threads, at a lower OS priority than the ones answering requests, as are the model's
+//! compute threads); and a fixed set of request threads for searches.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -35,14 +36,16 @@ pub fn lower_this_thread() {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// `workers` threads of their own, at model priority, taking jobs from one queue.
-fn start_threads(workers: usize) -> std::sync::mpsc::Sender<Job> {
+/// `workers` threads of their own (at model priority when `model`), taking jobs from one queue.
+fn start_threads(workers: usize, name: &'static str, model: bool) -> std::sync::mpsc::Sender<Job> {
     let (sender, receiver) = std::sync::mpsc::channel::<Job>();
     let receiver = Arc::new(std::sync::Mutex::new(receiver));
     for i in 0..workers {
         let receiver = receiver.clone();
-        let spawned = std::thread::Builder::new().name(format!("loupe-model-{i}")).spawn(move || {
-            lower_this_thread();
+        let spawned = std::thread::Builder::new().name(format!("loupe-{name}-{i}")).spawn(move || {
+            if model {
+                lower_this_thread();
+            }
             loop {
                 let job = match receiver.lock() {
                     Ok(receiver) => receiver.recv(),
@@ -55,7 +58,7 @@ fn start_threads(workers: usize) -> std::sync::mpsc::Sender<Job> {
             }
         });
         if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start a model worker thread");
+            tracing::error!(error = %e, "cannot start a {name} thread");
         }
     }
     sender
@@ -73,7 +76,7 @@ pub struct ModelWorkers {
 impl ModelWorkers {
     pub fn new(workers: usize, max_waiting: usize) -> Self {
         let workers = workers.max(1);
-        let jobs = start_threads(workers);
+        let jobs = start_threads(workers, "model", true);
         ModelWorkers { permits: Arc::new(Semaphore::new(workers)), jobs, workers, in_flight: AtomicUsize::new(0), max_waiting }
     }
 
@@ -116,6 +119,36 @@ impl ModelWorkers {
     }
 }
 
+/// A fixed set of threads, one per core, for CPU-bound request work (tantivy searches, 0.05-2
+/// ms each). `spawn_blocking` grew tokio's blocking pool to ~500 threads under 64 concurrent
+/// searches on 2 cores: each new thread's allocator heap faulted in fresh (huge) pages, a
+/// third of the server's time, and hundreds of threads took turns on two cores.
+pub struct RequestThreads {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl RequestThreads {
+    pub fn new(threads: usize) -> Self {
+        RequestThreads { jobs: start_threads(threads.max(1), "request", false) }
+    }
+
+    /// One thread per core.
+    pub fn per_core() -> Self {
+        Self::new(std::thread::available_parallelism().map_or(2, usize::from))
+    }
+
+    /// Runs `work` on a request thread (queued in arrival order while all are busy).
+    pub async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+            let _ = done.send(outcome.unwrap_or_else(|_| Err(ServiceError::Internal("a request thread panicked".into()))));
+        });
+        self.jobs.send(job).map_err(|_| ServiceError::Unavailable("the request threads stopped".into()))?;
+        result.await.map_err(|_| ServiceError::Internal("a request thread dropped the call".into()))?
+    }
+}
+
 /// Raises the work's cancel flag when the caller's future ends, however it ends; harmless
 /// when the work is already done.
 struct CancelOnDrop(Arc<AtomicBool>);
@@ -138,6 +171,34 @@ impl Drop for InFlight<'_> {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn request_threads_run_many_calls_on_a_fixed_set_of_threads() {
+        let threads = Arc::new(RequestThreads::new(2));
+        let calls: Vec<_> = (0..200u64)
+            .map(|i| {
+                let threads = threads.clone();
+                tokio::spawn(async move {
+                    threads
+                        .run(move || {
+                            std::thread::sleep(Duration::from_micros(200));
+                            Ok((i * i, std::thread::current().name().unwrap_or_default().to_string()))
+                        })
+                        .await
+                })
+            })
+            .collect();
+        let mut names = std::collections::BTreeSet::new();
+        for (i, call) in calls.into_iter().enumerate() {
+            let (square, name) = call.await.unwrap().unwrap();
+            assert_eq!(square, (i * i) as u64);
+            names.insert(name);
+        }
+        assert_eq!(names.into_iter().collect::<Vec<_>>(), vec!["loupe-request-0", "loupe-request-1"]);
+        let err = threads.run(|| -> Result<()> { panic!("a bad search") }).await.unwrap_err();
+        assert!(err.to_string().contains("panicked"), "{err}");
+        assert_eq!(threads.run(|| Ok(7)).await.unwrap(), 7, "a panic leaves the thread serving");
+    }
 
     /// Work that runs until it is cancelled (or 20 s pass), and says which.
     fn until_cancelled(saw: Arc<AtomicBool>) -> impl FnOnce(Arc<AtomicBool>) -> Result<()> + Send + 'static {
