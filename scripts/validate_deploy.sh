@@ -31,3 +31,7 @@ for script in deploy/slurm/*.sbatch deploy/slurm/submit.sh; do
   bash -n "$script"
 done
 say "deploy/slurm: scripts parse"
+for script in scripts/build_cuda.sh scripts/gpu_carry.sh scripts/gpu_check.sh; do
+  bash -n "$script" || { echo "$script does not parse" >&2; exit 1; }
+done
+say "GPU scripts (build_cuda, gpu_carry, gpu_check): parse"

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use loupe_schema::hook::HookPoint;
 
 use crate::error::{EngineError, Result};
@@ -114,17 +114,20 @@ impl Hooks {
 
     /// Runs the edits registered at `hook`, then records it if captured.
     pub(crate) fn apply(&self, hook: HookPoint, mut activation: Tensor, ctx: &ForwardContext, captured: &mut BTreeMap<HookPoint, Tensor>) -> Result<Tensor> {
+        // Edits and captures see f32 wherever the model computes (on a GPU in bf16, say);
+        // on the CPU in f32 these conversions are no-ops.
+        let (device, dtype) = (activation.device().clone(), activation.dtype());
         if let Some(edits) = self.edits.get(&hook) {
             for edit in edits {
-                let edited = edit.edit(hook, &activation, ctx)?;
+                let edited = edit.edit(hook, &activation.to_dtype(DType::F32)?, ctx)?;
                 if edited.dims() != activation.dims() {
                     return Err(EngineError::InvalidInput(format!("intervention at {hook} returned shape {:?}, expected {:?}", edited.dims(), activation.dims())));
                 }
-                activation = edited;
+                activation = edited.to_device(&device)?.to_dtype(dtype)?;
             }
         }
         if self.capture.contains(&hook) {
-            captured.insert(hook, activation.clone());
+            captured.insert(hook, activation.to_dtype(DType::F32)?);
         }
         Ok(activation)
     }

@@ -82,7 +82,8 @@ pub struct FeatureLens {
 }
 
 impl FeatureLens {
-    /// Checks that every dictionary reads this model (hook and width) and that ids differ.
+    /// Checks that every dictionary reads this model (hook and width) and that ids differ,
+    /// and puts each dictionary's encoder on the model's device.
     pub fn new(model: Model, dictionaries: Vec<(String, Arc<Dictionary>)>) -> Result<Self> {
         let mut seen = std::collections::BTreeSet::new();
         for (id, dictionary) in &dictionaries {
@@ -91,7 +92,14 @@ impl FeatureLens {
             }
             dictionary.check_model(model.config())?;
         }
-        let dictionaries = dictionaries.into_iter().map(|(id, dictionary)| LensDictionary { id, dictionary }).collect();
+        let device = &model.compute().device;
+        let dictionaries = dictionaries
+            .into_iter()
+            .map(|(id, dictionary)| {
+                let dictionary = if dictionary.device().same_device(device) { dictionary } else { Arc::new(dictionary.on_device(device)?) };
+                Ok(LensDictionary { id, dictionary })
+            })
+            .collect::<Result<_>>()?;
         Ok(FeatureLens { model, dictionaries })
     }
 

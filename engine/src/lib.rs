@@ -6,6 +6,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod device;
 pub mod dictionary;
 pub mod error;
 pub mod generate;
@@ -19,6 +20,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::ModelConfig;
+pub use device::{Compute, DeviceChoice, Precision};
 pub use dictionary::{Dictionary, DictionaryInfo, Encoding, SparseActs};
 pub use error::{EngineError, Result};
 pub use hooks::{ForwardContext, Hooks, Intervention};

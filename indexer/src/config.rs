@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use loupe_corpus::CorpusSource;
+use loupe_engine::{DeviceChoice, Precision};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IndexError, Result};
@@ -41,6 +42,12 @@ pub struct JobConfig {
     /// GGUF file or Hugging Face folder (default: the embedded SmolLM2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<PathBuf>,
+    /// Where the model and dictionaries compute: `cpu` (default), `cuda` or `cuda:N`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub device: DeviceChoice,
+    /// `auto` (f32 on the CPU, bf16 on a GPU), `f32` or `bf16`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub precision: Precision,
     #[serde(default, rename = "corpus")]
     pub corpus: Vec<CorpusSource>,
     #[serde(default, rename = "dictionary")]
@@ -79,6 +86,10 @@ mod defaults {
     pub fn checkpoint_every() -> usize {
         16
     }
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 impl JobConfig {

@@ -196,7 +196,8 @@ fn logit_effects(model: &Model, dictionary: &Dictionary, names: &mut TokenNames)
     let mut out = Vec::with_capacity(d_sae);
     for from in (0..d_sae).step_by(CHUNK) {
         let to = (from + CHUNK).min(d_sae);
-        let logits: Vec<Vec<f32>> = decoder_chunk(dictionary, from, to, false)?.matmul(&unembedding_t)?.to_vec2()?;
+        // On the model's device (a GPU makes this [d_sae, vocab] product quick).
+        let logits: Vec<Vec<f32>> = decoder_chunk(dictionary, from, to, false)?.to_device(unembedding_t.device())?.matmul(&unembedding_t)?.to_vec2()?;
         for row in logits {
             let negated: Vec<f32> = row.iter().map(|v| -v).collect();
             let effect = |i: usize, names: &mut TokenNames| -> Result<LogitEffect> { Ok(LogitEffect { token_id: i as u32, token: names.name(i as u32)?, value: row[i] }) };

@@ -15,7 +15,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use loupe_engine::{Dictionary, FeatureLens, Model};
+use loupe_engine::{Compute, Dictionary, FeatureLens, Model};
 use loupe_store::{DictionaryRecord, FeatureRecord, Generation, Location, StoreError, StoreWriter};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -112,7 +112,8 @@ impl Job {
         for source in &config.corpus {
             source.files()?;
         }
-        let model = Model::load(model_path)?;
+        let compute = Compute::open(config.device, config.precision)?;
+        let model = Model::load_on(model_path, &compute)?;
         let ids: Vec<String> = config.dictionaries.iter().map(DictionarySpec::id).collect();
         let mut dictionaries = Vec::new();
         let mut dictionary_checksums = Vec::new();
@@ -122,13 +123,18 @@ impl Job {
         }
         let lens = FeatureLens::new(model, dictionaries)?;
         let model_checksum = sha256_path(model_path)?;
-        let identity = json!({
+        let mut identity = json!({
             "state_format": STATE_FORMAT,
             "model": model_checksum,
             "dictionaries": ids.iter().zip(&dictionary_checksums).collect::<Vec<_>>(),
             "context": config.context,
             "reducer": config.reducer(),
         });
+        // A run in another precision gives other activations: its shards and checkpoints
+        // must not mix with an f32 run's (f32 runs keep the key they always had).
+        if compute.dtype != candle_core::DType::F32 {
+            identity["precision"] = json!(format!("{:?}", compute.dtype));
+        }
         let index_key = sha256_bytes(identity.to_string().as_bytes())[..16].to_string();
         Ok(Job { config, lens, store, model_path: model_path.into(), model_checksum, dictionary_checksums, ids, index_key })
     }

@@ -142,7 +142,8 @@ pub async fn start_server_at(store: Location, limits: Limits, model: bool, acces
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let scheme = if access.tls.cert.is_some() { "https" } else { "http" };
     let addr = format!("{scheme}://{}", listener.local_addr().unwrap());
-    let config = ServerConfig { store, addr: listener.local_addr().unwrap(), model: model.then(default_model), dictionaries: vec![], limits, access };
+    let config =
+        ServerConfig { store, addr: listener.local_addr().unwrap(), model: model.then(default_model), device: Default::default(), precision: Default::default(), dictionaries: vec![], limits, access };
     let state = Arc::new(loupe_query::state::AppState::load(&config).await.unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(loupe_query::serve_state(state.clone(), listener, async {

@@ -50,7 +50,8 @@ impl<'a> ActivationStream<'a> {
             // No dictionary: the lens returns the hook's rows, BOS left out.
             let read = Read { hooks: Hooks::new().capture(self.hook), ..Read::only(Vec::new(), Rows::RealAfterFirst) };
             let mut output = run_parts(self.model, &[], &batch, &read)?;
-            rows.extend(output.captured.remove(&self.hook));
+            // The dictionary trains on the CPU wherever the model ran.
+            rows.extend(output.captured.remove(&self.hook).map(|t| t.to_device(&Device::Cpu)).transpose()?);
         }
         let all = Tensor::cat(&rows, 0)?;
         let mut permutation: Vec<u32> = (0..all.dim(0)? as u32).collect();

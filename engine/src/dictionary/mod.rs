@@ -107,7 +107,8 @@ pub struct DictionaryParts {
     pub skip: Option<Skip>,
 }
 
-/// A loaded dictionary, ready to encode and decode on the CPU.
+/// A loaded dictionary, ready to encode and decode: on the CPU, or with its encoder on a GPU
+/// (`on_device`; the decoder stays on the host for sparse decoding).
 pub struct Dictionary {
     info: DictionaryInfo,
     w_enc: Tensor,
@@ -201,6 +202,29 @@ impl Dictionary {
         &self.info
     }
 
+    /// A copy whose encoder (and skip connection) computes on `device`, in f32: encoding
+    /// selects features by comparing pre-activations, which bf16 would blur.
+    pub fn on_device(&self, device: &Device) -> Result<Self> {
+        let to = |t: &Tensor| t.to_device(device);
+        Ok(Dictionary {
+            info: self.info.clone(),
+            w_enc: to(&self.w_enc)?,
+            b_enc: to(&self.b_enc)?,
+            w_dec: self.w_dec.clone(),
+            b_dec: self.b_dec.clone(),
+            input_bias: self.input_bias.as_ref().map(to).transpose()?,
+            input_norm: self.input_norm,
+            activation: self.activation.clone(),
+            decoder_norms: self.decoder_norms.clone(),
+            skip: self.skip.as_ref().map(|s| Ok::<_, candle_core::Error>(Skip { weight: to(&s.weight)?, bias: s.bias.as_ref().map(to).transpose()? })).transpose()?,
+        })
+    }
+
+    /// Where the encoder computes.
+    pub fn device(&self) -> &Device {
+        self.w_enc.device()
+    }
+
     pub fn activation(&self) -> &Activation {
         &self.activation
     }
@@ -213,7 +237,7 @@ impl Dictionary {
 
     /// Encodes `x: [n, d_in]` (or `[batch, seq, d_in]`, flattened) into sparse features.
     pub fn encode(&self, x: &Tensor) -> Result<Encoding> {
-        let x = self.as_rows(x, self.info.d_in, "input")?;
+        let x = self.as_rows(x, self.info.d_in, "input")?.to_device(self.device())?;
         let (normed, token_norm) = self.normalize(&x)?;
         let centred = match &self.input_bias {
             Some(bias) => normed.broadcast_sub(bias)?,
@@ -267,7 +291,7 @@ impl Dictionary {
                 row.iter_mut().for_each(|o| *o = *o * out_scale + shift);
             }
         });
-        let out = Tensor::from_vec(out, (n, d_out), &Device::Cpu)?;
+        let out = Tensor::from_vec(out, (n, d_out), self.device())?;
         Ok(match &encoding.skip {
             Some(skip) => (out + skip)?,
             None => out,

@@ -1,6 +1,7 @@
 //! Fused CPU kernels for the element-wise steps between matmuls. candle's generic binary
 //! and unary ops run on one thread and over strided views; these run over contiguous rows in
 //! parallel (rayon) and fuse several passes into one, which matters once matmuls are fast.
+//! On another device or dtype each function falls back to candle's generic ops.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -43,7 +44,15 @@ impl CustomOp1 for SwiGlu {
 }
 
 pub fn swiglu(gate_up: &Tensor) -> candle_core::Result<Tensor> {
+    if !on_cpu_in_f32(gate_up) {
+        let width = gate_up.dim(1)? / 2;
+        return gate_up.narrow(1, 0, width)?.silu()? * gate_up.narrow(1, width, width)?;
+    }
     gate_up.contiguous()?.apply_op1_no_bwd(&SwiGlu)
+}
+
+fn on_cpu_in_f32(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
 }
 
 /// Softmax over the last axis of attention scores `[batch, heads, seq, kv_len]` after scaling
@@ -85,7 +94,25 @@ impl CustomOp1 for MaskedSoftmax<'_> {
     }
 }
 
+/// Returns f32 probabilities whatever the scores' dtype (a softmax in bf16 loses the small
+/// ones).
 pub fn masked_softmax(scores: &Tensor, scale: f32, lengths: &[usize], offset: usize) -> candle_core::Result<Tensor> {
+    if !on_cpu_in_f32(scores) {
+        let (batch, _, seq, kv_len) = scores.dims4()?;
+        if batch != lengths.len() {
+            candle_core::bail!("masked softmax: {} lengths for a batch of {batch}", lengths.len());
+        }
+        let mut mask = vec![f32::NEG_INFINITY; batch * seq * kv_len];
+        for (b, &length) in lengths.iter().enumerate() {
+            for i in 0..seq {
+                let visible = (offset + i + 1).min(offset + length).min(kv_len);
+                mask[(b * seq + i) * kv_len..(b * seq + i) * kv_len + visible].fill(0.0);
+            }
+        }
+        let mask = Tensor::from_vec(mask, (batch, 1, seq, kv_len), scores.device())?;
+        let scaled = (scores.to_dtype(candle_core::DType::F32)? * f64::from(scale))?.broadcast_add(&mask)?;
+        return candle_nn::ops::softmax_last_dim(&scaled);
+    }
     scores.contiguous()?.apply_op1_no_bwd(&MaskedSoftmax { scale, lengths, offset })
 }
 

@@ -1,13 +1,15 @@
 //! The Llama family (Llama 2/3, SmolLM, Mistral-style GQA): RMSNorm, RoPE, grouped-query
-//! attention, SwiGLU MLP. f32 on CPU, with every TransformerLens hook point.
+//! attention, SwiGLU MLP, with every TransformerLens hook point. f32 on the CPU (with
+//! loupe's fused CPU kernels), or any device and dtype through candle's generic ops.
 
 use std::collections::BTreeMap;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Tensor};
 use loupe_schema::hook::{BlockSite, HookPoint};
 
 use super::{cpu_ops, rope, ForwardOutput, KvCache, LanguageModel, Logits, TokenBatch};
 use crate::config::ModelConfig;
+use crate::device::Compute;
 use crate::error::{EngineError, Result};
 use crate::hooks::{ForwardContext, Hooks};
 use crate::weights::WeightMap;
@@ -27,11 +29,14 @@ struct Block {
 
 pub struct Llama {
     config: ModelConfig,
+    compute: Compute,
     embed: Tensor,
     blocks: Vec<Block>,
     final_norm: Tensor,
     /// `[d_model, vocab]`: W_U, tied to the embeddings when the file has no `lm_head`.
     unembed: Tensor,
+    /// W_U in f32 on the device, for logit attribution (the same tensor on the CPU).
+    unembed_f32: Tensor,
 }
 
 /// Per-call state shared by the blocks of one forward pass.
@@ -55,14 +60,18 @@ impl Pass<'_> {
 }
 
 impl Llama {
-    pub fn new(config: ModelConfig, weights: &mut WeightMap) -> Result<Self> {
+    pub fn new(config: ModelConfig, weights: &mut WeightMap, compute: &Compute) -> Result<Self> {
+        // Weights load in f32 on the CPU; each goes to the device in its dtype once fused.
+        let on = |t: Tensor| -> candle_core::Result<Tensor> { t.to_device(&compute.device)?.to_dtype(compute.dtype) };
         let d = config.hidden_size;
         let q_out = config.n_heads * config.head_dim;
         let kv_out = config.n_kv_heads * config.head_dim;
         let ff = config.intermediate_size;
         let embed = weights.take("model.embed_tokens.weight", &[config.vocab_size, d], FAMILY)?;
         let unembed = if weights.contains("lm_head.weight") { weights.take("lm_head.weight", &[config.vocab_size, d], FAMILY)? } else { embed.clone() };
-        let unembed = unembed.t()?.contiguous()?;
+        let unembed_f32 = unembed.t()?.contiguous()?.to_device(&compute.device)?;
+        let unembed = unembed_f32.to_dtype(compute.dtype)?;
+        let embed = on(embed)?;
         let mut blocks = Vec::with_capacity(config.n_layers);
         for layer in 0..config.n_layers {
             let p = |leaf: &str| format!("model.layers.{layer}.{leaf}");
@@ -75,16 +84,16 @@ impl Llama {
             let up = take("mlp.up_proj.weight", &[ff, d])?;
             let down = take("mlp.down_proj.weight", &[d, ff])?;
             blocks.push(Block {
-                attn_norm: take("input_layernorm.weight", &[d])?,
-                mlp_norm: take("post_attention_layernorm.weight", &[d])?,
-                qkv: transposed(&Tensor::cat(&[&q, &k, &v], 0)?)?,
-                out: transposed(&o)?,
-                gate_up: transposed(&Tensor::cat(&[&gate, &up], 0)?)?,
-                down: transposed(&down)?,
+                attn_norm: on(take("input_layernorm.weight", &[d])?)?,
+                mlp_norm: on(take("post_attention_layernorm.weight", &[d])?)?,
+                qkv: on(transposed(&Tensor::cat(&[&q, &k, &v], 0)?)?)?,
+                out: on(transposed(&o)?)?,
+                gate_up: on(transposed(&Tensor::cat(&[&gate, &up], 0)?)?)?,
+                down: on(transposed(&down)?)?,
             });
         }
-        let final_norm = weights.take("model.norm.weight", &[d], FAMILY)?;
-        Ok(Llama { config, embed, blocks, final_norm, unembed })
+        let final_norm = on(weights.take("model.norm.weight", &[d], FAMILY)?)?;
+        Ok(Llama { config, compute: compute.clone(), embed, blocks, final_norm, unembed, unembed_f32 })
     }
 
     /// The last block the pass must run: all of them when logits or the final norm are
@@ -102,7 +111,12 @@ impl Llama {
     }
 
     fn rms_norm(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::rms_norm(x, weight, self.config.rms_norm_eps as f32)?)
+        let eps = self.config.rms_norm_eps as f32;
+        Ok(match x.dtype() {
+            DType::F32 | DType::BF16 | DType::F16 => candle_nn::ops::rms_norm(x, weight, eps)?,
+            // candle's fused kernel has no f64; the composed ops do.
+            _ => candle_nn::ops::rms_norm_slow(x, weight, eps)?,
+        })
     }
 
     fn block(&self, layer: usize, x: Tensor, pass: &mut Pass, cache: Option<&mut KvCache>) -> Result<Tensor> {
@@ -139,6 +153,7 @@ impl Llama {
         let scores = q.reshape((b, kv, groups * t, hd))?.matmul(&k.t()?)?.reshape((b, h, t, kv_len))?;
         let scale = 1.0 / (hd as f32).sqrt();
         let probs = cpu_ops::masked_softmax(&scores, scale, &pass.ctx.lengths, pass.ctx.position_offset)?.reshape((b, kv, groups * t, kv_len))?;
+        let probs = probs.to_dtype(v.dtype())?;
         let mixed = probs.matmul(&v.contiguous()?)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b * t, h * hd))?;
         Ok(cpu_ops::linear(&mixed, &w.out)?.reshape((b, t, c.hidden_size))?)
     }
@@ -162,7 +177,7 @@ impl Llama {
         if !needs_all {
             // Only each sequence's last real position: norm and unembed b rows, not b * t.
             let rows: Vec<u32> = batch.lengths.iter().enumerate().map(|(i, &len)| (i * t + len - 1) as u32).collect();
-            let rows = Tensor::from_vec(rows, b, &Device::Cpu)?;
+            let rows = Tensor::from_vec(rows, b, x.device())?;
             let last = x.reshape((b * t, d))?.index_select(&rows, 0)?;
             return Ok(Some(cpu_ops::linear(&self.rms_norm(&last, &self.final_norm)?, &self.unembed)?));
         }
@@ -172,7 +187,7 @@ impl Llama {
             Logits::All => Ok(Some(normed.reshape((b * t, d))?.matmul(&self.unembed)?.reshape((b, t, vocab))?)),
             Logits::Last => {
                 let rows: Vec<u32> = batch.lengths.iter().enumerate().map(|(i, &len)| (i * t + len - 1) as u32).collect();
-                let rows = Tensor::from_vec(rows, b, &Device::Cpu)?;
+                let rows = Tensor::from_vec(rows, b, x.device())?;
                 Ok(Some(cpu_ops::linear(&normed.reshape((b * t, d))?.index_select(&rows, 0)?, &self.unembed)?))
             }
         }
@@ -184,8 +199,12 @@ impl LanguageModel for Llama {
         &self.config
     }
 
+    fn compute(&self) -> &Compute {
+        &self.compute
+    }
+
     fn unembedding(&self) -> &Tensor {
-        &self.unembed
+        &self.unembed_f32
     }
 
     fn forward(&self, batch: &TokenBatch, hooks: &Hooks, logits: Logits, mut cache: Option<&mut KvCache>) -> Result<ForwardOutput> {
@@ -216,9 +235,11 @@ impl LanguageModel for Llama {
         if max_id as usize >= c.vocab_size {
             return Err(EngineError::InvalidInput(format!("token id {max_id} is outside the vocabulary (size {})", c.vocab_size)));
         }
+        let (device, dtype) = (&self.compute.device, self.compute.dtype);
         let (cos, sin) = rope::tables(c.rope_theta, c.head_dim, offset, t)?;
+        let (cos, sin) = (cos.to_device(device)?.to_dtype(dtype)?, sin.to_device(device)?.to_dtype(dtype)?);
         let mut pass = Pass { hooks, ctx: ForwardContext { position_offset: offset, lengths: batch.lengths.clone() }, captured: BTreeMap::new(), cos, sin, batch: b, seq: t };
-        let x = self.embed.index_select(&batch.ids.flatten_all()?, 0)?.reshape((b, t, c.hidden_size))?;
+        let x = self.embed.index_select(&batch.ids.flatten_all()?.to_device(device)?, 0)?.reshape((b, t, c.hidden_size))?;
         let mut x = pass.hook(HookPoint::Embed, x)?;
         if let Some(last) = last_block {
             for layer in 0..=last {
@@ -226,7 +247,8 @@ impl LanguageModel for Llama {
                 x = self.block(layer, x, &mut pass, cache.as_deref_mut())?;
             }
         }
-        let logits = self.logits(&x, batch, logits, &mut pass)?;
+        // Callers get f32 whatever the model computes in (a no-op in f32).
+        let logits = self.logits(&x, batch, logits, &mut pass)?.map(|l| l.to_dtype(DType::F32)).transpose()?;
         Ok(ForwardOutput { logits, captured: pass.captured })
     }
 }

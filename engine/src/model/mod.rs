@@ -12,6 +12,7 @@ use candle_core::{Device, Tensor};
 use loupe_schema::hook::HookPoint;
 
 use crate::config::{Architecture, ModelConfig};
+use crate::device::Compute;
 use crate::error::{EngineError, Result};
 use crate::hooks::Hooks;
 use crate::tokenizer::Tokenizer;
@@ -106,11 +107,15 @@ impl KvCache {
 pub trait LanguageModel: Send + Sync {
     fn config(&self) -> &ModelConfig;
 
+    /// Where it computes, and in which dtype.
+    fn compute(&self) -> &Compute;
+
     /// Runs the model over `batch`. With `Logits::None` it stops after the block of the
     /// deepest hook in `hooks`. With a cache, positions continue from the cached ones.
     fn forward(&self, batch: &TokenBatch, hooks: &Hooks, logits: Logits, cache: Option<&mut KvCache>) -> Result<ForwardOutput>;
 
-    /// The unembedding matrix `[d_model, vocab]` (W_U), for logit attribution.
+    /// The unembedding matrix `[d_model, vocab]` (W_U), for logit attribution, in f32 on
+    /// the model's device.
     fn unembedding(&self) -> &Tensor;
 }
 
@@ -123,36 +128,46 @@ pub struct Model {
 
 impl Model {
     /// Loads a GGUF file, or a Hugging Face folder (`config.json`, `*.safetensors`, and
-    /// `tokenizer.json` if the tokenizer is wanted).
+    /// `tokenizer.json` if the tokenizer is wanted), onto the CPU in f32.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_on(path, &Compute::cpu())
+    }
+
+    /// [`load`](Self::load) onto a device, in its precision.
+    pub fn load_on(path: &Path, compute: &Compute) -> Result<Self> {
         if path.is_dir() {
-            Self::load_hf_dir(path)
+            Self::load_hf_dir(path, compute)
         } else if path.is_file() {
-            Self::load_gguf(path)
+            Self::load_gguf(path, compute)
         } else {
             Err(EngineError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder")))
         }
     }
 
-    pub fn load_gguf(path: &Path) -> Result<Self> {
+    fn load_gguf(path: &Path, compute: &Compute) -> Result<Self> {
         let file = GgufFile::open(path)?;
         let config = ModelConfig::from_gguf(path, &file.content)?;
         let tokenizer = Tokenizer::from_gguf(path, &file.content)?;
         let weights = file.load_weights(&config)?;
-        let inner = build_family(config, weights)?;
+        let inner = build_family(config, weights, compute)?;
         Ok(Model { inner, tokenizer: Some(tokenizer), source: path.into() })
     }
 
-    pub fn load_hf_dir(dir: &Path) -> Result<Self> {
+    fn load_hf_dir(dir: &Path, compute: &Compute) -> Result<Self> {
         let config = ModelConfig::from_hf_config(&dir.join("config.json"))?;
         let weights = weights::safetensors::load_weights(dir)?;
-        let inner = build_family(config, weights)?;
+        let inner = build_family(config, weights, compute)?;
         let tokenizer = if dir.join("tokenizer.json").exists() { Some(Tokenizer::from_hf_dir(dir)?) } else { None };
         Ok(Model { inner, tokenizer, source: dir.into() })
     }
 
     pub fn config(&self) -> &ModelConfig {
         self.inner.config()
+    }
+
+    /// Where the model computes, and in which dtype.
+    pub fn compute(&self) -> &Compute {
+        self.inner.compute()
     }
 
     pub fn source(&self) -> &Path {
@@ -181,9 +196,9 @@ impl Model {
     }
 }
 
-fn build_family(config: ModelConfig, mut weights: weights::WeightMap) -> Result<Box<dyn LanguageModel>> {
+fn build_family(config: ModelConfig, mut weights: weights::WeightMap, compute: &Compute) -> Result<Box<dyn LanguageModel>> {
     let model: Box<dyn LanguageModel> = match config.architecture {
-        Architecture::Llama => Box::new(llama::Llama::new(config, &mut weights)?),
+        Architecture::Llama => Box::new(llama::Llama::new(config, &mut weights, compute)?),
     };
     let unused = weights.remaining();
     if !unused.is_empty() {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use loupe_engine::Model;
+use loupe_engine::{Compute, DeviceChoice, Model, Precision};
 
 /// `--model` shared by every command that runs the model.
 #[derive(clap::Args, Clone)]
@@ -14,6 +14,13 @@ pub struct ModelArgs {
     /// Defaults to the embedded SmolLM2-135M-Instruct that scripts/setup.sh installs.
     #[arg(long, env = "LOUPE_MODEL")]
     pub model: Option<PathBuf>,
+    /// Where the model and dictionaries compute: cpu (default), cuda or cuda:N (cuda needs
+    /// the CUDA build, scripts/build_cuda.sh).
+    #[arg(long, env = "LOUPE_DEVICE")]
+    pub device: Option<DeviceChoice>,
+    /// auto (default: f32 on the CPU, bf16 on a GPU), f32 or bf16.
+    #[arg(long, env = "LOUPE_PRECISION")]
+    pub precision: Option<Precision>,
 }
 
 impl ModelArgs {
@@ -22,10 +29,18 @@ impl ModelArgs {
         if !path.exists() {
             anyhow::bail!("model not found at {}: run scripts/setup.sh to install the default model, or pass --model", path.display());
         }
-        let spinner = spinner(format!("loading {}", path.display()));
-        let model = Model::load(&path).context("loading the model")?;
+        let compute = self.compute()?;
+        let spinner = spinner(format!("loading {} onto {}", path.display(), self.device.unwrap_or_default()));
+        let model = Model::load_on(&path, &compute).context("loading the model")?;
         spinner.finish_and_clear();
         Ok(model)
+    }
+}
+
+impl ModelArgs {
+    /// The device and precision asked for, opened.
+    pub fn compute(&self) -> anyhow::Result<Compute> {
+        Ok(Compute::open(self.device.unwrap_or_default(), self.precision.unwrap_or_default())?)
     }
 }
 

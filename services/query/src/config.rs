@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::access::tls::TlsSettings;
 use crate::error::{Result, ServiceError};
+use loupe_engine::{DeviceChoice, Precision};
 
 /// What a running server needs, resolved.
 #[derive(Debug, Clone)]
@@ -20,6 +21,9 @@ pub struct ServerConfig {
     pub addr: SocketAddr,
     /// The model for model-bound calls; None serves the index only.
     pub model: Option<PathBuf>,
+    /// Where the model computes (steering, monitoring, search by text), and in which dtype.
+    pub device: DeviceChoice,
+    pub precision: Precision,
     /// Dictionary folders by id, overriding the paths recorded in the store's manifests.
     pub dictionaries: Vec<(String, PathBuf)>,
     pub limits: Limits,
@@ -153,6 +157,10 @@ pub struct ServeSettings {
     pub storage: BTreeMap<String, String>,
     pub addr: Option<SocketAddr>,
     pub model: Option<PathBuf>,
+    /// `cpu` (default), `cuda` or `cuda:N`.
+    pub device: Option<DeviceChoice>,
+    /// `auto` (f32 on the CPU, bf16 on a GPU), `f32` or `bf16`.
+    pub precision: Option<Precision>,
     /// Serve the index only.
     pub no_model: Option<bool>,
     /// Dictionary folders by id.
@@ -220,6 +228,12 @@ impl ServeSettings {
         }
         if let Some(v) = env("LOUPE_MODEL") {
             self.model = Some(v.into());
+        }
+        if let Some(v) = env("LOUPE_DEVICE") {
+            self.device = Some(v.parse().map_err(|e| ServiceError::InvalidArgument(format!("environment variable LOUPE_DEVICE: {e}")))?);
+        }
+        if let Some(v) = env("LOUPE_PRECISION") {
+            self.precision = Some(v.parse().map_err(|e| ServiceError::InvalidArgument(format!("environment variable LOUPE_PRECISION: {e}")))?);
         }
         if let Some(v) = env("LOUPE_NO_MODEL") {
             self.no_model = Some(parse("LOUPE_NO_MODEL", v)?);
@@ -332,7 +346,8 @@ impl ServeSettings {
         }
         let store = self.store.unwrap_or_else(|| loupe_home().join("store"));
         let store = loupe_store::Location::from_arg(&store, &self.storage).map_err(|e| ServiceError::InvalidArgument(format!("store: {e}")))?;
-        Ok(ServerConfig { store, addr, model, dictionaries: self.dictionaries.into_iter().collect(), limits, access })
+        let (device, precision) = (self.device.unwrap_or_default(), self.precision.unwrap_or_default());
+        Ok(ServerConfig { store, addr, model, device, precision, dictionaries: self.dictionaries.into_iter().collect(), limits, access })
     }
 }
 

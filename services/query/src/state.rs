@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use loupe_engine::{Dictionary, FeatureLens, HookPoint, Model};
+use loupe_engine::{Compute, Dictionary, FeatureLens, HookPoint, Model};
 use loupe_schema::proto::v1 as pb;
 use loupe_store::{DictionaryRecord, Location, StoreReader};
 
@@ -66,7 +66,7 @@ impl AppState {
         let reader = StoreReader::open(&config.store).await?;
         let snapshot = Snapshot::build(reader, None).await?;
         let engine = match &config.model {
-            Some(model) => Some(Arc::new(load_engine(model, &snapshot, &config.dictionaries)?)),
+            Some(model) => Some(Arc::new(load_engine(model, Compute::open(config.device, config.precision)?, &snapshot, &config.dictionaries)?)),
             None => None,
         };
         let snapshot = Snapshot::build(snapshot.reader, engine.as_deref()).await?;
@@ -187,8 +187,8 @@ impl Snapshot {
 }
 
 /// Loads the model and every dictionary of the store that reads it.
-fn load_engine(model_path: &Path, snapshot: &Snapshot, overrides: &[(String, PathBuf)]) -> Result<FeatureLens> {
-    let model = Model::load(model_path)?;
+fn load_engine(model_path: &Path, compute: Compute, snapshot: &Snapshot, overrides: &[(String, PathBuf)]) -> Result<FeatureLens> {
+    let model = Model::load_on(model_path, &compute)?;
     let mut dictionaries = Vec::new();
     for (id, record) in &snapshot.dictionaries {
         let path = overrides.iter().find(|(o, _)| o == id).map(|(_, p)| p.clone()).or_else(|| record.manifest.pointer("/dictionary/path").and_then(|p| p.as_str()).map(PathBuf::from));

@@ -103,8 +103,12 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
         anyhow::bail!("--batch takes sizes of at least 1 (e.g. 1,8,32) and --seq at least 1");
     }
     let threads = rayon_threads();
-    eprintln!("measuring f32 matmul peak ({threads} threads)...");
-    let peak = loupe_engine::perf::matmul_peak_gflops(2048, 10)?;
+    let compute = model.compute().clone();
+    // The peak in the dtype the model computes in, where it computes (a GPU needs larger
+    // products to reach its peak).
+    let size = if compute.is_cpu() { 2048 } else { 8192 };
+    eprintln!("measuring the {:?} matmul peak on {:?} ({threads} CPU threads)...", compute.dtype, compute.device);
+    let peak = loupe_engine::perf::matmul_peak_gflops_on(&compute, size, 10)?;
     // Attention cost: each query attends to (seq + 1) / 2 keys on average under the causal mask.
     let context = args.seq.div_ceil(2);
     let mut timings = Vec::new();
@@ -122,6 +126,7 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
             for _ in 0..args.repeats.max(1) {
                 let start = Instant::now();
                 let out = model.forward(&batch, &hooks, logits, None)?;
+                compute.device.synchronize()?;
                 best = best.min(start.elapsed().as_secs_f64());
                 drop(out);
             }
@@ -156,6 +161,8 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
         "threads": threads,
         "seq": args.seq,
         "matmul_peak_gflops": peak,
+        "device": format!("{:?}", compute.device),
+        "dtype": format!("{:?}", compute.dtype),
         "results": rows,
         "transformers": match &reference { Ok(_) => json!("measured"), Err(e) => json!(format!("skipped: {e:#}")) },
     });
@@ -163,7 +170,7 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
         return print_json(&report);
     }
     println!("forward pass, batches of {} tokens, {threads} threads", args.seq);
-    println!("f32 matmul peak (candle, 2048^3): {peak:.1} GFLOP/s");
+    println!("{:?} matmul peak on {:?} (candle, {size}^3): {peak:.1} GFLOP/s", compute.dtype, compute.device);
     println!("{:>5} {:<22} {:>10} {:>10} {:>9} {:>14} {:>9}", "batch", "case", "tokens/s", "GFLOP/s", "of peak", "transformers", "ratio");
     for row in &rows {
         let torch = row["transformers_tokens_per_second"].as_f64();
@@ -190,8 +197,12 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
     let dictionary = Dictionary::load_for_model(&path, model.config()).with_context(|| format!("loading dictionary {}", path.display()))?;
     let info = dictionary.info().clone();
     let threads = rayon_threads();
-    eprintln!("measuring f32 matmul peak ({threads} threads)...");
-    let peak = loupe_engine::perf::matmul_peak_gflops(2048, 10)?;
+    // Dictionaries encode in f32 wherever the model runs.
+    let compute = loupe_engine::Compute { device: model.compute().device.clone(), dtype: candle_core::DType::F32 };
+    let dictionary = if compute.is_cpu() { dictionary } else { dictionary.on_device(&compute.device)? };
+    let size = if compute.is_cpu() { 2048 } else { 8192 };
+    eprintln!("measuring the f32 matmul peak on {:?} ({threads} CPU threads)...", compute.device);
+    let peak = loupe_engine::perf::matmul_peak_gflops_on(&compute, size, 10)?;
     let seq = 128;
     let batch = bench_batch(&model, args.tokens.div_ceil(seq).max(1), seq)?;
     let out = model.forward(&batch, &Hooks::new().capture(info.hook_in), Logits::None, None)?;
@@ -203,6 +214,7 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
         for _ in 0..args.repeats.max(1) {
             let start = Instant::now();
             f()?;
+            compute.device.synchronize()?;
             best = best.min(start.elapsed().as_secs_f64());
         }
         Ok(best)
@@ -227,7 +239,7 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
         return print_json(&report);
     }
     println!("{} ({} -> {} latents, L0 {l0:.1}), {tokens} tokens, {threads} threads", path.display(), info.d_in, info.d_sae);
-    println!("f32 matmul peak (candle, 2048^3): {peak:.1} GFLOP/s");
+    println!("{:?} matmul peak on {:?} (candle, {size}^3): {peak:.1} GFLOP/s", compute.dtype, compute.device);
     println!("encode  {:>10.0} tokens/s  {encode_gflops:>7.1} GFLOP/s  {:>5.1}% of peak", tokens as f64 / encode_s, 100.0 * encode_gflops / peak);
     println!("decode  {:>10.0} tokens/s  (sparse, L0 rows per token)", tokens as f64 / decode_s);
     Ok(())

@@ -90,7 +90,8 @@ pub(crate) async fn start(store: &PathBuf, with_model: bool, limits: Limits) -> 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let model = with_model.then(loupe_query::config::default_model_path);
-    let config = ServerConfig { store: super::store_location(store)?, addr, model, dictionaries: vec![], limits, access: Default::default() };
+    let config =
+        ServerConfig { store: super::store_location(store)?, addr, model, device: Default::default(), precision: Default::default(), dictionaries: vec![], limits, access: Default::default() };
     let state = Arc::new(loupe_query::state::AppState::load(&config).await.with_context(|| format!("loading {}", store.display()))?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(loupe_query::serve_state(state.clone(), listener, async {

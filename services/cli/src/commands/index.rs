@@ -137,6 +137,13 @@ impl JobArgs {
         if self.max_tokens.is_some() {
             config.max_tokens = self.max_tokens;
         }
+        // --device / LOUPE_DEVICE over the config's device.
+        if let Some(device) = self.model.device {
+            config.device = device;
+        }
+        if let Some(precision) = self.model.precision {
+            config.precision = precision;
+        }
         if self.model.model.is_some() {
             config.model = self.model.model.clone();
         }

@@ -24,6 +24,13 @@ pub struct Args {
     /// Model for model-bound calls (default: the embedded SmolLM2).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Where the model computes: cpu, cuda or cuda:N (default: cpu; cuda needs the CUDA
+    /// build, scripts/build_cuda.sh).
+    #[arg(long)]
+    pub device: Option<loupe_engine::DeviceChoice>,
+    /// auto (f32 on the CPU, bf16 on a GPU), f32 or bf16.
+    #[arg(long)]
+    pub precision: Option<loupe_engine::Precision>,
     /// Serve the index only: no model, no TopFeaturesForText/GetActivations/Tokenize.
     #[arg(long)]
     pub no_model: bool,
@@ -67,6 +74,8 @@ impl Args {
         settings.store = self.store.clone().or(settings.store);
         settings.addr = self.addr.or(settings.addr);
         settings.model = self.model.clone().or(settings.model);
+        settings.device = self.device.or(settings.device);
+        settings.precision = self.precision.or(settings.precision);
         if self.no_model {
             settings.no_model = Some(true);
         }
