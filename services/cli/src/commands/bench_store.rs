@@ -1,7 +1,7 @@
 //! `loupe bench store`: a synthetic store of real shapes — time to open it, and the
 //! latency of search queries against its tantivy index, of dashboard reads (one record, and
-//! assembled from the columnar tables), and of SimilarFeatures through the vector index
-//! against an exact scan, with recall@10 of the index over many queries.
+//! assembled from the columnar tables), and of SimilarFeatures by the quantized scan against
+//! Lance's exact scan, with recall@10 of the quantized scan over many queries.
 //!
 //! Two shapes: `real` has what `loupe index` stores per feature for the embedded default
 //! (576-wide decoders, 32 top examples and 50 interval samples of 128-token windows, 10
@@ -44,7 +44,7 @@ pub struct StoreArgs {
     /// Search queries per kind, and dashboard reads.
     #[arg(long, default_value_t = 200)]
     pub queries: usize,
-    /// SimilarFeatures queries for recall@10 of the vector index against an exact answer.
+    /// SimilarFeatures queries for recall@10 of the quantized scan against an exact answer.
     #[arg(long, default_value_t = 1000)]
     pub similar_queries: usize,
     #[arg(long)]
