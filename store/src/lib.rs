@@ -25,6 +25,7 @@ with_tables! {
     mod arrow;
     pub mod decoder_scan;
     pub mod dashboards;
+    mod grouped_take;
     pub mod labels;
     pub mod layout;
     mod lease;

@@ -18,6 +18,7 @@ use crate::locator::RowLocator;
 use crate::records::{DictionaryRecord, ExampleRecord, FeatureRecord};
 use crate::search::{FeatureSite, SearchFilter, SearchIndex, SearchResults};
 use crate::tables::{open_at, quote, scan};
+use crate::grouped_take::GroupedTaker;
 use crate::taker::{PointReads, RowTaker};
 use crate::decoder_scan::QuantizedDecoders;
 use crate::vectors::{self, SimilarFeature};
@@ -92,14 +93,14 @@ impl DecoderTable {
 struct StoredDashboards {
     dataset: Dataset,
     rows: OnceCell<RowLocator>,
-    summary: RowTaker,
-    whole: RowTaker,
+    summary: GroupedTaker,
+    whole: GroupedTaker,
 }
 
 impl StoredDashboards {
     fn new(dataset: Dataset) -> Result<Self> {
-        let summary = RowTaker::new(&dataset, DASHBOARDS, &["summary"])?;
-        let whole = RowTaker::new(&dataset, DASHBOARDS, &["summary", "examples"])?;
+        let summary = GroupedTaker::new(RowTaker::new(&dataset, DASHBOARDS, &["summary"])?);
+        let whole = GroupedTaker::new(RowTaker::new(&dataset, DASHBOARDS, &["summary", "examples"])?);
         Ok(StoredDashboards { dataset, rows: OnceCell::new(), summary, whole })
     }
 
@@ -217,8 +218,8 @@ impl StoreReader {
         self.example_reads.open_all().await?;
         if let Some(stored) = &self.dashboards {
             stored.locator().await?;
-            stored.whole.open_all().await?;
-            stored.summary.open_all().await?;
+            stored.whole.taker().open_all().await?;
+            stored.summary.taker().open_all().await?;
         }
         for (&width, table) in &self.decoders {
             table.quantized(width).await?;
@@ -252,7 +253,7 @@ impl StoreReader {
             return Ok(None);
         }
         let taker = if with_examples { &stored.whole } else { &stored.summary };
-        Ok(dashboards::concatenated_rows(&taker.take(&addresses).await?)?.into_iter().next())
+        Ok(dashboards::concatenated_rows(&taker.take(addresses).await?)?.into_iter().next())
     }
 
     /// The dashboard from the `features` and `examples` tables (what a commit stores in

@@ -469,6 +469,50 @@ fn assert_dashboards(rt: &tokio::runtime::Runtime, reader: &StoreReader, commit:
     }
 }
 
+/// Concurrent dashboard reads share takes (grouped_take.rs): every caller still gets its own
+/// feature's dashboard, in either shape, including callers that ask for the same feature.
+#[test]
+fn concurrent_dashboards_each_get_their_own_feature() {
+    use loupe_store::synthetic::synthetic_dictionary;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let writer = rt.block_on(StoreWriter::open_or_create(&at(&root))).unwrap();
+    let a = synthetic_dictionary("a", 400, 8, 1);
+    let b = synthetic_dictionary("b", 300, 8, 2);
+    rt.block_on(writer.commit(&[a.clone(), b.clone()])).unwrap();
+    let reader = std::sync::Arc::new(rt.block_on(StoreReader::open(&at(&root))).unwrap());
+    let expected: std::collections::HashMap<(String, u32), _> =
+        [&a, &b].into_iter().flat_map(|commit| expected_dashboards(commit).into_iter().map(move |d| ((commit.dictionary.dictionary_id.clone(), d.feature.as_ref().unwrap().feature), d))).collect();
+    // Three rounds over every feature, the calls of each round all in flight at once.
+    let mut asks: Vec<(String, u32, bool)> = Vec::new();
+    for round in 0..3u32 {
+        for (id, n) in [("a", 400u32), ("b", 300)] {
+            asks.extend((0..n).map(|f| (id.to_string(), (f * 7 + round * 13) % n, (f + round) % 3 != 0)));
+        }
+    }
+    let answers = rt.block_on(async {
+        let calls: Vec<_> = asks
+            .iter()
+            .cloned()
+            .map(|(id, feature, with_examples)| {
+                let reader = reader.clone();
+                tokio::spawn(async move { reader.dashboard(&id, feature, "h", with_examples).await })
+            })
+            .collect();
+        futures::future::join_all(calls).await
+    });
+    for ((id, feature, with_examples), answer) in asks.iter().zip(answers) {
+        let read = answer.unwrap().unwrap().unwrap_or_else(|| panic!("no dashboard for {id} {feature}"));
+        let mut want = expected[&(id.clone(), *feature)].clone();
+        if !with_examples {
+            want.top_examples.clear();
+            want.interval_examples.clear();
+        }
+        assert_eq!(read, want, "dashboard of {id} feature {feature} (examples: {with_examples})");
+    }
+}
+
 #[test]
 fn dashboards_are_one_record_per_feature_and_older_stores_read_through_the_tables() {
     use loupe_store::synthetic::synthetic_dictionary;
