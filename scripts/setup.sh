@@ -27,6 +27,7 @@ install_debian_packages() {
   local missing=()
   command -v protoc >/dev/null || missing+=(protobuf-compiler)
   command -v cc >/dev/null || missing+=(build-essential)
+  command -v c++ >/dev/null || missing+=(build-essential) # the GPU kernel's CPU emulation test
   command -v unzip >/dev/null || missing+=(unzip)
   command -v pkg-config >/dev/null || missing+=(pkg-config)
   [ -d /usr/share/games/fortunes ] || missing+=(fortunes)

@@ -8,6 +8,8 @@
 
 pub mod activation;
 pub mod formats;
+#[cfg(feature = "cuda")]
+mod gpu_select;
 pub mod sparse;
 
 use std::path::{Path, PathBuf};
@@ -121,6 +123,9 @@ pub struct Dictionary {
     activation: Activation,
     decoder_norms: Option<Vec<f32>>,
     skip: Option<Skip>,
+    /// The activation's per-latent parameters on the encoder's GPU (`on_device` a CUDA one).
+    #[cfg(feature = "cuda")]
+    latent_params: Option<gpu_select::LatentParams>,
 }
 
 /// The result of encoding a batch: the sparse features plus what decoding needs to undo the
@@ -195,7 +200,20 @@ impl Dictionary {
         }
         let w_dec_host: Vec<f32> = w_dec.flatten_all()?.to_vec1()?;
         let decoder_norms = rescale_by_decoder_norm.then(|| w_dec_host.chunks(d_out).map(|row| row.iter().map(|v| v * v).sum::<f32>().sqrt()).collect());
-        Ok(Dictionary { info, w_enc: w_enc.contiguous()?, b_enc, w_dec: w_dec_host, b_dec: b_dec.to_vec1()?, input_bias, input_norm, activation, decoder_norms, skip })
+        Ok(Dictionary {
+            info,
+            w_enc: w_enc.contiguous()?,
+            b_enc,
+            w_dec: w_dec_host,
+            b_dec: b_dec.to_vec1()?,
+            input_bias,
+            input_norm,
+            activation,
+            decoder_norms,
+            skip,
+            #[cfg(feature = "cuda")]
+            latent_params: None,
+        })
     }
 
     pub fn info(&self) -> &DictionaryInfo {
@@ -217,6 +235,11 @@ impl Dictionary {
             activation: self.activation.clone(),
             decoder_norms: self.decoder_norms.clone(),
             skip: self.skip.as_ref().map(|s| Ok::<_, candle_core::Error>(Skip { weight: to(&s.weight)?, bias: s.bias.as_ref().map(to).transpose()? })).transpose()?,
+            #[cfg(feature = "cuda")]
+            latent_params: match device.is_cuda() {
+                true => Some(gpu_select::LatentParams::new(&self.activation, self.decoder_norms.as_deref(), device)?),
+                false => None,
+            },
         })
     }
 
@@ -249,12 +272,7 @@ impl Dictionary {
             Activation::Gated { .. } => projected,
             _ => projected.broadcast_add(&self.b_enc)?,
         };
-        let mut pre: Vec<f32> = pre.flatten_all()?.to_vec1()?;
-        let d_sae = self.info.d_sae;
-        if let Some(norms) = &self.decoder_norms {
-            pre.par_chunks_mut(d_sae).for_each(|row| row.iter_mut().zip(norms).for_each(|(h, n)| *h *= n));
-        }
-        let features = self.activation.apply(&pre, d_sae);
+        let features = self.activate(&pre)?;
         let skip = match &self.skip {
             Some(skip) => {
                 let out = x.matmul(&skip.weight)?;
@@ -266,6 +284,21 @@ impl Dictionary {
             None => None,
         };
         Ok(Encoding { tokens: features.n_tokens(), features, token_norm, skip })
+    }
+
+    /// Sparse features of the pre-activations `[n, d_sae]`: selected on the GPU when the
+    /// encoder is on one (only the active latents are copied back), else on the host.
+    fn activate(&self, pre: &Tensor) -> Result<SparseActs> {
+        #[cfg(feature = "cuda")]
+        if let Some(params) = &self.latent_params {
+            return gpu_select::activate(&self.activation, pre, params);
+        }
+        let mut pre: Vec<f32> = pre.flatten_all()?.to_vec1()?;
+        let d_sae = self.info.d_sae;
+        if let Some(norms) = &self.decoder_norms {
+            pre.par_chunks_mut(d_sae).for_each(|row| row.iter_mut().zip(norms).for_each(|(h, n)| *h *= n));
+        }
+        Ok(self.activation.apply(&pre, d_sae))
     }
 
     /// Reconstructs `[n, d_out]` from an encoding (possibly with edited features).
