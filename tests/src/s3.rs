@@ -1,6 +1,7 @@
 //! A real S3-compatible server for the object-storage scenarios: moto (PyPI, installed by
 //! `scripts/setup.sh`), which answers conditional puts (`If-None-Match`, `If-Match`) as S3
-//! does, started on an ephemeral loopback port and stopped when dropped.
+//! does (atomically once `moto_server.py` serializes its puts), started on an ephemeral
+//! loopback port and stopped when dropped.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -9,6 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use loupe_store::Location;
+
+/// moto's server with its conditional puts made atomic (see the script).
+const MOTO_SERVER: &str = include_str!("moto_server.py");
 
 pub struct S3Server {
     /// `http://127.0.0.1:PORT`
@@ -21,7 +25,7 @@ impl S3Server {
     pub fn start(buckets: &[&str]) -> S3Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-c", MOTO_SERVER, "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
