@@ -62,15 +62,32 @@ record() { # name pass(0/1) figure
   [ "$2" = 0 ] || status=1
 }
 
+# Runs `COMMAND... -- TEXT` for each fixture prompt (prompts hold newlines and tabs, so they
+# go through Python, not `read`) and writes one compact JSON value per prompt to OUT_FILE
+# ({"error": ...} where a run failed), its stderr to OUT_FILE's .log.
+each_prompt() { # OUT_FILE COMMAND...
+  python3 - "$@" <<'EOF'
+import json, subprocess, sys
+out, command = sys.argv[1], sys.argv[2:]
+prompts = [p["text"] for p in json.load(open("engine/tests/fixtures/smollm2_prompts.json"))["prompts"]]
+with open(out, "w") as values, open(out[: -len(".jsonl")] + ".log", "w") as log:
+    for text in prompts:
+        run = subprocess.run(command + ["--", text], capture_output=True, text=True)
+        log.write(run.stderr)
+        try:
+            value = json.loads(run.stdout)
+        except ValueError:
+            value = {"error": run.stderr.strip()[-500:] or f"exit {run.returncode}"}
+        values.write(json.dumps(value) + "\n")
+EOF
+}
+
 # 1. Hidden states.
 HOOKS=(hook_embed blocks.0.hook_resid_post blocks.9.hook_resid_post blocks.20.hook_resid_post blocks.29.hook_resid_post)
-hook_flags=$(printf -- '--hook %s ' "${HOOKS[@]}")
+hook_flags=()
+for hook in "${HOOKS[@]}"; do hook_flags+=(--hook "$hook"); done
 for precision in $PRECISIONS; do
-  python3 -c "import json; [print(p['text']) for p in json.load(open('engine/tests/fixtures/smollm2_prompts.json'))['prompts']]" |
-    while IFS= read -r text; do
-      # shellcheck disable=SC2086
-      "$LOUPE" activations "$text" $hook_flags --json --values --device "$DEVICE" --precision "$precision" || echo '{"error": true}'
-    done >"$OUT/activations-$precision.jsonl" 2>"$OUT/activations-$precision.log"
+  each_prompt "$OUT/activations-$precision.jsonl" "$LOUPE" activations "${hook_flags[@]}" --json --values --device "$DEVICE" --precision "$precision"
 done
 python3 - "$OUT" <<'EOF' >>"$OUT/hidden.txt"
 import json, sys
@@ -87,6 +104,9 @@ for precision, bound in bounds.items():
     worst = {}
     for i, line in enumerate(open(f"{out}/activations-{precision}.jsonl")):
         run = json.loads(line)
+        if "hooks" not in run:  # the run failed: the check fails
+            worst = {h: float("inf") for h in bound}
+            break
         for hook, b in bound.items():
             got = np.array(run["hooks"][hook]["values"], dtype=np.float64)
             want = ref[f"{i}/{hook}"].astype(np.float64).reshape(got.shape)
@@ -97,26 +117,25 @@ json.dump(result, open(f"{out}/hidden.json", "w"), indent=1)
 print(json.dumps(result))
 EOF
 for precision in $PRECISIONS; do
-  ok=$(python3 -c "import json; r=json.load(open('$OUT/hidden.json'))['$precision']; print(0 if all(v['pass'] for v in r.values()) else 1; )" 2>/dev/null || echo 1)
+  ok=$(python3 -c "import json; r=json.load(open('$OUT/hidden.json'))['$precision']; print(0 if all(v['pass'] for v in r.values()) else 1)" 2>/dev/null || echo 1)
   figure=$(python3 -c "import json; r=json.load(open('$OUT/hidden.json'))['$precision']; print(', '.join(f\"{h} {v['max_relative_error']:.2e}\" for h, v in r.items()))" 2>/dev/null || echo "no result")
   record "hidden states ($precision)" "$ok" "$figure"
 done
 
 # 2. Greedy generation in f32.
-user=$(python3 -c "import json; print(json.load(open('engine/tests/fixtures/smollm2_prompts.json'))['chat'][0]['user'])")
-n=$(python3 -c "import json; print(len(json.load(open('engine/tests/fixtures/smollm2_prompts.json'))['chat'][0]['greedy_completion_ids']))")
+user=$(python3 -c "import json; print(json.load(open('engine/tests/fixtures/smollm2_prompts.json'))['chat']['user'])")
+n=$(python3 -c "import json; print(len(json.load(open('engine/tests/fixtures/smollm2_prompts.json'))['chat']['greedy_completion_ids']))")
 "$LOUPE" generate "$user" --max-tokens "$n" --json --device "$DEVICE" --precision f32 >"$OUT/generate.json" 2>"$OUT/generate.log"
 ok=$(python3 -c "
 import json
-want = json.load(open('engine/tests/fixtures/smollm2_prompts.json'))['chat'][0]['greedy_completion_ids']
+want = json.load(open('engine/tests/fixtures/smollm2_prompts.json'))['chat']['greedy_completion_ids']
 got = json.load(open('$OUT/generate.json'))['completion_ids']
 print(0 if got[:len(want)] == want else 1)" 2>/dev/null || echo 1)
 record "greedy generation (f32)" "$ok" "$n tokens"
 
 # 3. Dictionary encode, GPU against CPU.
 for device in cpu "$DEVICE"; do
-  python3 -c "import json; [print(p['text']) for p in json.load(open('engine/tests/fixtures/smollm2_prompts.json'))['prompts']]" |
-    while IFS= read -r text; do "$LOUPE" dict encode "$text" --top 4608 --json --device "$device"; done >"$OUT/encode-$device.jsonl" 2>"$OUT/encode-$device.log"
+  each_prompt "$OUT/encode-$device.jsonl" "$LOUPE" dict encode --top 4608 --json --device "$device"
 done
 python3 - "$OUT" "$DEVICE" <<'EOF' >"$OUT/encode.txt"
 import json, sys
@@ -124,7 +143,11 @@ out = sys.argv[1]
 tokens = differing = unexplained = 0
 device = sys.argv[2]
 for cpu, gpu in zip(open(f"{out}/encode-cpu.jsonl"), open(f"{out}/encode-{device}.jsonl")):
-    for a, b in zip(json.loads(cpu)["tokens"], json.loads(gpu)["tokens"]):
+    cpu, gpu = json.loads(cpu), json.loads(gpu)
+    if "tokens" not in cpu or "tokens" not in gpu or len(cpu["tokens"]) != len(gpu["tokens"]):
+        unexplained += 1  # a failed run or another tokenization fails the check
+        continue
+    for a, b in zip(cpu["tokens"], gpu["tokens"]):
         tokens += 1
         fa = {f["feature"]: f["activation"] for f in a["features"]}
         fb = {f["feature"]: f["activation"] for f in b["features"]}
