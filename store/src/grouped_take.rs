@@ -10,13 +10,13 @@
 //! few takes. No task of its own: whoever waits does the work, so a reader works from any
 //! runtime, and a caller that gives up (a cancelled call) leaves the others to take alone.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use arrow_array::{RecordBatch, UInt32Array};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::error::{Result, StoreError};
-use crate::taker::RowTaker;
+use crate::taker::{sorted_unique, RowTaker};
 
 /// Most rows in one shared take (a take's decode buffers grow with it).
 const MAX_ROWS: usize = 256;
@@ -29,12 +29,12 @@ type Reply = oneshot::Sender<Result<RecordBatch>>;
 pub struct GroupedTaker {
     taker: RowTaker,
     waiting: Mutex<Vec<(Vec<u64>, Reply)>>,
-    slots: Arc<Semaphore>,
+    slots: Semaphore,
 }
 
 impl GroupedTaker {
     pub fn new(taker: RowTaker) -> Self {
-        GroupedTaker { taker, waiting: Mutex::new(Vec::new()), slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)) }
+        GroupedTaker { taker, waiting: Mutex::new(Vec::new()), slots: Semaphore::new(MAX_IN_FLIGHT) }
     }
 
     pub fn taker(&self) -> &RowTaker {
@@ -121,13 +121,6 @@ async fn answer_group(taker: &RowTaker, group: Vec<(Vec<u64>, Reply)>) {
     }
 }
 
-fn sorted_unique(addresses: &[u64]) -> Vec<u64> {
-    let mut sorted = addresses.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    sorted
-}
-
 /// The rows of `addresses` from `batch` (a take of `taker`), whose rows are those of `taken`
 /// (sorted, unique).
 fn in_order(taker: &RowTaker, batch: &RecordBatch, taken: &[u64], addresses: &[u64]) -> Result<RecordBatch> {
@@ -145,6 +138,8 @@ fn rows_in_order(table: &str, batch: &RecordBatch, taken: &[u64], addresses: &[u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
     use arrow_array::{Array, UInt64Array};
 
     fn batch_of(values: &[u64]) -> RecordBatch {

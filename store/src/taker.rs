@@ -73,10 +73,7 @@ impl RowTaker {
     /// The rows at `addresses` (live rows of this version), in fragment then address order.
     pub async fn take(&self, addresses: &[u64]) -> Result<RecordBatch> {
         let mut by_fragment: Vec<(u64, Vec<u32>)> = Vec::new();
-        let mut sorted = addresses.to_vec();
-        sorted.sort_unstable();
-        sorted.dedup();
-        for address in sorted {
+        for address in sorted_unique(addresses) {
             let (fragment, offset) = (address >> 32, address as u32);
             match by_fragment.last_mut() {
                 Some((f, offsets)) if *f == fragment => offsets.push(offset),
@@ -92,6 +89,14 @@ impl RowTaker {
         }
         Ok(arrow_select::concat::concat_batches(&self.read_schema, &batches)?)
     }
+}
+
+/// `addresses` sorted, without repeats: the rows a take returns, in its order.
+pub(crate) fn sorted_unique(addresses: &[u64]) -> Vec<u64> {
+    let mut sorted = addresses.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    sorted
 }
 
 /// Point reads of one table: every column but `dictionary_id`, which is filled in. Lance
