@@ -12,7 +12,7 @@ pub mod synthetic;
 
 pub use error::{Result, StoreError};
 pub use records::{DictionaryCommit, DictionaryRecord, ExampleKind, ExampleRecord, FeatureRecord, LabelRecord, LogitEffect, Neighbour};
-pub use search::{SearchFilter, SearchHit, SearchResults};
+pub use search::{SearchFilter, SearchHit, SearchPage, SearchResults, EXACT_TOTAL_UP_TO};
 
 /// Items that exist with the Lance tables only (feature `tables`, on by default).
 macro_rules! with_tables {

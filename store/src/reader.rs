@@ -16,7 +16,7 @@ use crate::labels::LabelCursor;
 use crate::layout::{self, Generation, Location};
 use crate::locator::RowLocator;
 use crate::records::{DictionaryRecord, ExampleRecord, FeatureRecord};
-use crate::search::{FeatureSite, SearchFilter, SearchIndex, SearchResults};
+use crate::search::{FeatureSite, SearchFilter, SearchIndex, SearchPage, SearchResults};
 use crate::tables::{open_at, quote, scan};
 use crate::grouped_take::GroupedTaker;
 use crate::taker::{PointReads, RowTaker};
@@ -417,6 +417,11 @@ impl StoreReader {
 
     pub fn search(&self, query: &str, filter: &SearchFilter, offset: usize, limit: usize) -> Result<SearchResults> {
         self.search.search(query, filter, offset, limit)
+    }
+
+    /// One page of hits, with `total` counted exactly up to `page.exact_total_up_to`.
+    pub fn search_page(&self, query: &str, filter: &SearchFilter, page: SearchPage) -> Result<SearchResults> {
+        self.search.search_page(query, filter, page)
     }
 
     pub fn search_index(&self) -> &SearchIndex {

@@ -9,10 +9,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tantivy::collector::{Count, TopDocs};
-use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, RangeQuery, RegexQuery, TermQuery, TermSetQuery};
+use tantivy::indexer::NoMergePolicy;
+use tantivy::query::{BooleanQuery, EnableScoring, Occur, Query, QueryParser, RangeQuery, RegexQuery, TermQuery, TermSetQuery};
 use tantivy::schema::{Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT};
-use tantivy::snippet::SnippetGenerator;
-use tantivy::{doc, Index, IndexReader, IndexSettings, ReloadPolicy, TantivyDocument, Term};
+use tantivy::snippet::{Snippet, SnippetGenerator};
+use tantivy::{doc, DocSet, Index, IndexReader, IndexSettings, ReloadPolicy, Searcher, TantivyDocument, Term, TERMINATED};
 
 use crate::error::{Result, StoreError};
 use crate::records::FeatureRecord;
@@ -123,6 +124,9 @@ impl IndexBuilder {
         let index = Index::builder().schema(schema).settings(settings).create_in_dir(dir)?;
         // tantivy needs >= 15 MB per indexing thread; two threads fit the 2-core machines.
         let writer = index.writer_with_num_threads(2, 128 << 20)?;
+        // No merges while indexing: `finish` merges everything into one segment, and a
+        // background merge of some segments would take them from under it.
+        writer.set_merge_policy(Box::new(NoMergePolicy));
         Ok(IndexBuilder { index, writer, fields })
     }
 
@@ -133,6 +137,12 @@ impl IndexBuilder {
 
     pub fn finish(mut self) -> Result<()> {
         self.writer.commit()?;
+        // The index is read-only from here on: one segment means one term lookup, one
+        // scorer and one doc-store cache per query term instead of one per segment.
+        let segments = self.index.searchable_segment_ids()?;
+        if segments.len() > 1 {
+            self.writer.merge(&segments).wait()?;
+        }
         self.writer.wait_merging_threads()?;
         drop(self.index);
         Ok(())
@@ -164,8 +174,28 @@ pub struct SearchHit {
 
 #[derive(Debug, Clone)]
 pub struct SearchResults {
+    /// Matching features: exact up to the page's `exact_total_up_to`, an estimate beyond.
     pub total: usize,
+    pub total_is_estimate: bool,
     pub hits: Vec<SearchHit>,
+}
+
+/// Matches counted exactly before `total` becomes an estimate (as Elasticsearch's
+/// `track_total_hits`): counting every match of a common word costs more than ranking.
+pub const EXACT_TOTAL_UP_TO: usize = 10_000;
+
+/// Which hits a search returns, and how far it counts the rest.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchPage {
+    pub offset: usize,
+    pub limit: usize,
+    pub exact_total_up_to: usize,
+}
+
+impl SearchPage {
+    pub fn new(offset: usize, limit: usize) -> Self {
+        SearchPage { offset, limit, exact_total_up_to: EXACT_TOTAL_UP_TO }
+    }
 }
 
 /// An open feature index: one generation's index (read-only) plus an overlay of the
@@ -252,8 +282,14 @@ impl SearchIndex {
         Ok(())
     }
 
-    /// BM25 search with tantivy's query syntax: words, "phrases", prefix*, AND/OR/-, field:.
+    /// BM25 search with tantivy's query syntax: words, "phrases", prefix*, AND/OR/-, field:;
+    /// `total` counted exactly up to the default cutoff.
     pub fn search(&self, query: &str, filter: &SearchFilter, offset: usize, limit: usize) -> Result<SearchResults> {
+        self.search_page(query, filter, SearchPage::new(offset, limit))
+    }
+
+    /// The text query and the filters on top of it.
+    fn parse(&self, query: &str, filter: &SearchFilter) -> Result<(Box<dyn Query>, Vec<(Occur, Box<dyn Query>)>)> {
         let f = self.fields;
         let (rest, prefixes) = split_prefixes(query);
         let mut text_clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
@@ -271,65 +307,251 @@ impl SearchIndex {
             text_clauses.push((Occur::Must, Box::new(BooleanQuery::new(per_field))));
         }
         let text_query: Box<dyn Query> = if text_clauses.len() == 1 { text_clauses.pop().expect("one clause").1 } else { Box::new(BooleanQuery::new(text_clauses)) };
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, text_query.box_clone())];
+        let mut filters: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         let term = |field: Field, value: &str| -> Box<dyn Query> { Box::new(TermQuery::new(Term::from_field_text(field, value), IndexRecordOption::Basic)) };
         if let Some(id) = &filter.dictionary_id {
-            clauses.push((Occur::Must, term(f.dictionary_id, id)));
+            filters.push((Occur::Must, term(f.dictionary_id, id)));
         }
         if let Some(hook) = &filter.hook {
-            clauses.push((Occur::Must, term(f.hook, hook)));
+            filters.push((Occur::Must, term(f.hook, hook)));
         }
         if let Some(layer) = filter.layer {
-            clauses.push((Occur::Must, Box::new(TermQuery::new(Term::from_field_u64(f.layer, u64::from(layer)), IndexRecordOption::Basic))));
+            filters.push((Occur::Must, Box::new(TermQuery::new(Term::from_field_u64(f.layer, u64::from(layer)), IndexRecordOption::Basic))));
         }
         if filter.min_density.is_some() || filter.max_density.is_some() {
             let bound = |v: Option<f64>| v.map_or(Bound::Unbounded, |v| Bound::Included(Term::from_field_f64(f.density, v)));
-            clauses.push((Occur::Must, Box::new(RangeQuery::new(bound(filter.min_density), bound(filter.max_density)))));
+            filters.push((Occur::Must, Box::new(RangeQuery::new(bound(filter.min_density), bound(filter.max_density)))));
         }
+        Ok((text_query, filters))
+    }
+
+    /// One page of hits, best first.
+    pub fn search_page(&self, query: &str, filter: &SearchFilter, page: SearchPage) -> Result<SearchResults> {
+        let f = self.fields;
+        let (text_query, filters) = self.parse(query, filter)?;
+        // Without filters the parsed query runs as it is: a union of term queries then ranks
+        // with block-max WAND, skipping blocks of postings that cannot reach the top k.
+        let with_filters = |extra: Option<(Occur, Box<dyn Query>)>| -> Box<dyn Query> {
+            if filters.is_empty() && extra.is_none() {
+                return text_query.box_clone();
+            }
+            let mut clauses = vec![(Occur::Must, text_query.box_clone())];
+            clauses.extend(filters.iter().map(|(occur, q)| (*occur, q.box_clone())));
+            clauses.extend(extra);
+            Box::new(BooleanQuery::new(clauses))
+        };
         let overlaid = self.overlay.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
         let searcher = self.reader.searcher();
-        let wanted = offset.saturating_add(limit.max(1));
-        let (mut ranked, total): (Vec<(f32, Source, tantivy::DocAddress)>, usize) = if overlaid.is_empty() {
-            let query = BooleanQuery::new(clauses);
-            let (top, total) = searcher.search(&query, &(TopDocs::with_limit(limit.max(1)).and_offset(offset).order_by_score(), Count))?;
-            (top.into_iter().map(|(score, address)| (score, Source::Generation, address)).collect(), total)
+        let top_k = || TopDocs::with_limit(page.offset.saturating_add(page.limit.max(1))).order_by_score();
+        let in_generation = with_filters((!overlaid.is_empty()).then(|| (Occur::MustNot, Box::new(TermSetQuery::new(overlaid.iter().cloned())) as Box<dyn Query>)));
+        // Where the query's terms cannot match more documents than are counted exactly, one
+        // pass ranks and counts; otherwise the count stops at the cutoff and ranking prunes.
+        let few = match_bound(&searcher, &*text_query, query)?.is_some_and(|bound| bound <= page.exact_total_up_to as u64);
+        let (top, mut total, total_is_estimate) = if few {
+            let (top, total) = searcher.search(&*in_generation, &(top_k(), Count))?;
+            (top, total, false)
         } else {
-            let in_overlay = BooleanQuery::new(clauses.iter().map(|(occur, q)| (*occur, q.box_clone())).collect());
-            clauses.push((Occur::MustNot, Box::new(TermSetQuery::new(overlaid.iter().cloned()))));
-            let in_generation = BooleanQuery::new(clauses);
-            let collector = (TopDocs::with_limit(wanted).order_by_score(), Count);
-            let (top, total) = searcher.search(&in_generation, &collector)?;
+            let top = searcher.search(&*in_generation, &top_k())?;
+            let (total, estimate) = count_matches(&searcher, &*in_generation, page.exact_total_up_to)?;
+            (top, total, estimate)
+        };
+        let mut ranked: Vec<(f32, Source, tantivy::DocAddress)> = top.into_iter().map(|(score, address)| (score, Source::Generation, address)).collect();
+        if !overlaid.is_empty() {
             // The overlay scored with the generation's statistics, so the scores compare.
-            let (overlay_top, overlay_total) = self.overlay.reader.searcher().search_with_statistics_provider(&in_overlay, &collector, &searcher)?;
-            let mut ranked: Vec<_> = top.into_iter().map(|(score, address)| (score, Source::Generation, address)).collect();
+            let in_overlay = with_filters(None);
+            let (overlay_top, overlay_total) = self.overlay.reader.searcher().search_with_statistics_provider(&*in_overlay, &(top_k(), Count), &searcher)?;
             ranked.extend(overlay_top.into_iter().map(|(score, address)| (score, Source::Overlay, address)));
             ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
-            (ranked.into_iter().skip(offset).collect(), total + overlay_total)
-        };
-        ranked.truncate(limit);
+            total += overlay_total;
+        }
+        let ranked: Vec<_> = ranked.into_iter().skip(page.offset).take(page.limit).collect();
+        let mut hits = Vec::with_capacity(ranked.len());
+        if ranked.is_empty() {
+            return Ok(SearchResults { total, total_is_estimate, hits });
+        }
         let overlay_searcher = self.overlay.reader.searcher();
         let snippets = SnippetGenerator::create(&searcher, &*text_query, f.context)?;
-        let mut hits = Vec::with_capacity(ranked.len());
+        let mut context_terms = std::collections::BTreeSet::new();
+        text_query.query_terms(&mut |term, _| {
+            if term.field() == f.context {
+                context_terms.insert(term.serialized_value_bytes().to_vec());
+            }
+        });
         for (score, source, address) in ranked {
             let doc: TantivyDocument = match source {
                 Source::Generation => searcher.doc(address)?,
                 Source::Overlay => overlay_searcher.doc(address)?,
             };
-            let text = |field: Field| doc.get_first(field).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            let text = |field: Field| doc.get_first(field).and_then(|v| v.as_str()).unwrap_or_default();
             let number = |field: Field| doc.get_first(field).and_then(|v| v.as_f64()).unwrap_or_default();
-            let snippet = snippets.snippet_from_doc(&doc);
+            let snippet = if context_terms.len() > 1 { snippets.snippet(text(f.context)) } else { first_matching_context(&snippets, text(f.context)) };
             let label = text(f.label);
             hits.push(SearchHit {
-                dictionary_id: text(f.dictionary_id),
+                dictionary_id: text(f.dictionary_id).to_string(),
                 feature: doc.get_first(f.feature).and_then(|v| v.as_u64()).unwrap_or_default() as u32,
                 score,
-                label: (!label.is_empty()).then_some(label),
+                label: (!label.is_empty()).then(|| label.to_string()),
                 max_activation: number(f.max_activation) as f32,
                 density: number(f.density),
                 snippet: snippet.fragment().to_string(),
                 highlights: snippet.highlighted().to_vec(),
             });
         }
-        Ok(SearchResults { total, hits })
+        Ok(SearchResults { total, total_is_estimate, hits })
+    }
+}
+
+/// For a one-word query, the snippet of the first context that holds it (contexts are
+/// stored one per line, strongest example first): only the lines up to it are tokenized.
+/// Queries of more words take the best fragment of all contexts, where several may meet.
+fn first_matching_context(snippets: &SnippetGenerator, contexts: &str) -> Snippet {
+    contexts.split('\n').map(|line| snippets.snippet(line)).find(|s| !s.highlighted().is_empty()).unwrap_or_else(Snippet::empty)
+}
+
+/// At most how many documents the text query matches: the sum of its terms' document
+/// frequencies (None for prefixes, whose terms are not known before the search).
+fn match_bound(searcher: &Searcher, text_query: &dyn Query, query: &str) -> Result<Option<u64>> {
+    if query.contains('*') {
+        return Ok(None);
+    }
+    let mut terms = Vec::new();
+    text_query.query_terms(&mut |term, _| terms.push(term.clone()));
+    let mut bound = 0;
+    for term in &terms {
+        bound += searcher.doc_freq(term)?;
+    }
+    Ok(Some(bound))
+}
+
+/// How many documents `query` matches: exact up to `exact_up_to`; past it an estimate (and
+/// `true`), from where in doc-id order the match past the cutoff lies, extrapolated to the
+/// rest of the index. Counting skips scoring, so it is cheap up to the cutoff.
+fn count_matches(searcher: &Searcher, query: &dyn Query, exact_up_to: usize) -> Result<(usize, bool)> {
+    let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
+    let all_docs: u64 = searcher.segment_readers().iter().map(|r| u64::from(r.max_doc())).sum();
+    let (mut counted, mut scanned, mut first) = (0usize, 0u64, None);
+    for reader in searcher.segment_readers() {
+        let mut matches = weight.scorer(reader, 1.0)?;
+        let alive = reader.alive_bitset();
+        let mut doc = matches.doc();
+        while doc != TERMINATED {
+            if alive.is_none_or(|a| a.is_alive(doc)) {
+                let at = scanned + u64::from(doc);
+                let first = *first.get_or_insert(at);
+                counted += 1;
+                if counted > exact_up_to {
+                    // Matches spread over [first, end): the share seen so far says how many.
+                    let seen = (at + 1 - first) as f64;
+                    let estimate = counted as f64 * (all_docs - first) as f64 / seen;
+                    return Ok((estimate.round().max(counted as f64) as usize, true));
+                }
+            }
+            doc = matches.advance();
+        }
+        scanned += u64::from(reader.max_doc());
+    }
+    Ok((counted, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feature `i` of `n`: every third one says "common" 1-7 times in a context of ten words
+    /// (so BM25 ranks by that count), features 0-4 also say "rare".
+    fn record(i: u32) -> FeatureRecord {
+        let mut words: Vec<String> = Vec::new();
+        if i % 3 == 0 {
+            words.extend(std::iter::repeat_n("common".to_string(), 1 + (i as usize / 3) % 7));
+        }
+        if i < 5 {
+            words.push("rare".into());
+        }
+        while words.len() < 10 {
+            words.push(format!("filler{}", words.len()));
+        }
+        FeatureRecord {
+            dictionary_id: "d".into(),
+            feature: i,
+            max_activation: 1.0,
+            mean_activation: 0.5,
+            density: 0.01,
+            fire_count: 1,
+            histogram_width: 0.1,
+            histogram_counts: vec![1],
+            top_logits: Vec::new(),
+            bottom_logits: Vec::new(),
+            neighbours: Vec::new(),
+            top_tokens: Vec::new(),
+            top_contexts: vec![format!("line without it {i}"), words.join(" "), "the last line".into()],
+            decoder_norm: 1.0,
+            decoder: vec![1.0],
+            label: None,
+        }
+    }
+
+    fn index(n: u32) -> (tempfile::TempDir, SearchIndex) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("search");
+        let mut builder = IndexBuilder::create(&path).unwrap();
+        let site = FeatureSite { hook: "blocks.0.hook_resid_post", layer: Some(0) };
+        for i in 0..n {
+            builder.add(&record(i), &site).unwrap();
+        }
+        builder.finish().unwrap();
+        let index = SearchIndex::open(&path).unwrap();
+        (dir, index)
+    }
+
+    #[test]
+    fn total_is_exact_up_to_the_cutoff_and_an_estimate_beyond() {
+        let (_dir, index) = index(6000);
+        let matching = 2000; // every third feature
+        let exact = index.search_page("common", &SearchFilter::default(), SearchPage { offset: 0, limit: 20, exact_total_up_to: 5000 }).unwrap();
+        assert_eq!((exact.total, exact.total_is_estimate), (matching, false));
+        let at_cutoff = index.search_page("common", &SearchFilter::default(), SearchPage { offset: 0, limit: 20, exact_total_up_to: matching }).unwrap();
+        assert_eq!((at_cutoff.total, at_cutoff.total_is_estimate), (matching, false));
+        let estimated = index.search_page("common", &SearchFilter::default(), SearchPage { offset: 0, limit: 20, exact_total_up_to: 200 }).unwrap();
+        assert!(estimated.total_is_estimate);
+        let error = (estimated.total as f64 - matching as f64).abs() / matching as f64;
+        assert!(error < 0.05, "estimated {} for {matching} matches", estimated.total);
+        // The same hits whether or not the total was cut short.
+        assert_eq!(estimated.hits, exact.hits);
+        let rare = index.search_page("rare", &SearchFilter::default(), SearchPage { offset: 0, limit: 20, exact_total_up_to: 200 }).unwrap();
+        assert_eq!((rare.total, rare.total_is_estimate), (5, false));
+    }
+
+    #[test]
+    fn ranked_pages_are_the_highest_scores_in_order() {
+        let (_dir, index) = index(3000);
+        let all = index.search_page("common", &SearchFilter::default(), SearchPage { offset: 0, limit: 1000, exact_total_up_to: 10 }).unwrap();
+        assert_eq!(all.hits.len(), 1000);
+        let top = index.search_page("common", &SearchFilter::default(), SearchPage::new(0, 20)).unwrap();
+        // Seven mentions score highest (same length, more occurrences): every top hit has them.
+        assert!(top.hits.iter().all(|h| (h.feature / 3) % 7 == 6), "{:?}", top.hits.iter().map(|h| h.feature).collect::<Vec<_>>());
+        assert!(all.hits.windows(2).all(|w| w[0].score >= w[1].score));
+        let tied = all.hits.iter().filter(|h| h.score == top.hits[0].score).count();
+        assert!(tied >= 20);
+        // Pages walk the same order as one long page, up to ties among equal scores.
+        let page = index.search_page("common", &SearchFilter::default(), SearchPage::new(140, 20)).unwrap();
+        for (hit, expected) in page.hits.iter().zip(&all.hits[140..160]) {
+            assert_eq!(hit.score, expected.score);
+        }
+    }
+
+    #[test]
+    fn a_one_word_snippet_comes_from_the_strongest_context_that_has_it() {
+        let (_dir, index) = index(30);
+        let hit = &index.search("common", &SearchFilter::default(), 0, 1).unwrap().hits[0];
+        assert!(hit.snippet.starts_with("common common"), "{:?}", hit.snippet);
+        assert_eq!(&hit.snippet[hit.highlights[0].clone()], "common");
+        let rare = index.search("rare", &SearchFilter::default(), 0, 10).unwrap();
+        assert_eq!(rare.hits.len(), 5);
+        for hit in &rare.hits {
+            assert!(hit.snippet.contains("rare") && !hit.snippet.contains("last line"), "{:?}", hit.snippet);
+        }
+        // Two words: the best fragment over all contexts.
+        let both = index.search("rare last", &SearchFilter::default(), 0, 10).unwrap();
+        assert!(both.hits.iter().all(|h| !h.highlights.is_empty()));
     }
 }

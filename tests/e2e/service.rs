@@ -63,6 +63,7 @@ async fn every_rpc_over_loopback() {
     assert!(prefix.total >= 1);
     let page2 = features.search_features(pb::SearchFeaturesRequest { query: word.clone(), offset: 1, limit: 1, ..Default::default() }).await.unwrap().into_inner();
     assert_eq!(page2.total, hits.total);
+    assert!(!hits.total_is_estimate, "{} matches are counted exactly", hits.total);
 
     // TopFeaturesForText on the stored top example: the feature is among the top features
     // of its max token, with the stored activation.

@@ -65,6 +65,9 @@ pub struct Limits {
     pub generation_poll_ms: u64,
     /// Hits per search page when the request does not say.
     pub default_search_limit: usize,
+    /// Matches a search counts exactly; its `total` is an estimate beyond (ranking the top
+    /// hits skips postings that counting every match would read).
+    pub search_exact_total: usize,
     /// Neighbours per SimilarFeatures call when the request does not say.
     pub default_similar_k: usize,
     /// Features per token and over the whole text in TopFeaturesForText by default.
@@ -120,6 +123,7 @@ impl Default for Limits {
             label_poll_ms: 250,
             generation_poll_ms: 1000,
             default_search_limit: 20,
+            search_exact_total: loupe_store::EXACT_TOTAL_UP_TO,
             default_similar_k: 10,
             default_token_features: 5,
             default_text_features: 20,
@@ -249,7 +253,7 @@ impl ServeSettings {
             self.insecure = Some(parse("LOUPE_INSECURE", v)?);
         }
         let l = &mut self.limits;
-        let usize_limits: [(&str, &mut usize); 23] = [
+        let usize_limits: [(&str, &mut usize); 24] = [
             ("LOUPE_MODEL_WORKERS", &mut l.model_workers),
             ("LOUPE_MAX_WAITING", &mut l.max_waiting),
             ("LOUPE_MAX_TEXT_BYTES", &mut l.max_text_bytes),
@@ -257,6 +261,7 @@ impl ServeSettings {
             ("LOUPE_MAX_HOOKS", &mut l.max_hooks),
             ("LOUPE_MAX_PAGE", &mut l.max_page),
             ("LOUPE_DEFAULT_SEARCH_LIMIT", &mut l.default_search_limit),
+            ("LOUPE_SEARCH_EXACT_TOTAL", &mut l.search_exact_total),
             ("LOUPE_DEFAULT_SIMILAR_K", &mut l.default_similar_k),
             ("LOUPE_DEFAULT_TOKEN_FEATURES", &mut l.default_token_features),
             ("LOUPE_DEFAULT_TEXT_FEATURES", &mut l.default_text_features),

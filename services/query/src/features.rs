@@ -7,7 +7,7 @@ use loupe_engine::{Hooks, Read, Rows, SparseActs, TokenBatch};
 use loupe_schema::proto::v1 as pb;
 use loupe_store::dashboards;
 use loupe_store::vectors::Search;
-use loupe_store::{LabelRecord, SearchFilter};
+use loupe_store::{LabelRecord, SearchFilter, SearchPage};
 use prost::bytes::Bytes;
 use prost::Message;
 
@@ -75,9 +75,11 @@ impl FeaturesService {
             return Ok(answer);
         }
         let filter = SearchFilter { dictionary_id: r.dictionary_id, hook: r.hook, layer: r.layer, min_density: r.min_density, max_density: r.max_density };
-        let results = state.request_threads.run(move || Ok(snapshot.reader.search(&r.query, &filter, offset, limit)?)).await?;
+        let page = SearchPage { offset, limit, exact_total_up_to: state.limits.search_exact_total };
+        let results = state.request_threads.run(move || Ok(snapshot.reader.search_page(&r.query, &filter, page)?)).await?;
         let answer = pb::SearchFeaturesResponse {
             total: results.total as u64,
+            total_is_estimate: results.total_is_estimate,
             hits: results
                 .hits
                 .into_iter()

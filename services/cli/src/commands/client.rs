@@ -199,7 +199,8 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
         if args.server.json {
             return print_json(&r);
         }
-        println!("{} features match {:?}", r.total, args.query);
+        let about = if r.total_is_estimate { "about " } else { "" };
+        println!("{about}{} features match {:?}", r.total, args.query);
         let color = std::io::stdout().is_terminal();
         for h in &r.hits {
             let f = h.feature.clone().unwrap_or_default();
