@@ -344,10 +344,11 @@ impl SearchIndex {
         let searcher = self.reader.searcher();
         let top_k = || TopDocs::with_limit(page.offset.saturating_add(page.limit.max(1))).order_by_score();
         let in_generation = with_filters((!overlaid.is_empty()).then(|| (Occur::MustNot, Box::new(TermSetQuery::new(overlaid.iter().cloned())) as Box<dyn Query>)));
-        // Where the query's terms cannot match more documents than are counted exactly, one
-        // pass ranks and counts; otherwise the count stops at the cutoff and ranking prunes.
-        let few = match_bound(&searcher, &*text_query, query)?.is_some_and(|bound| bound <= page.exact_total_up_to as u64);
-        let (top, mut total, total_is_estimate) = if few {
+        // Where the query's terms cannot match more documents than are counted exactly, or
+        // ranking cannot prune (prefixes), one pass ranks and counts; otherwise the count
+        // stops at the cutoff and ranking skips what cannot reach the page.
+        let one_pass = match_bound(&searcher, &*text_query, query)?.is_none_or(|bound| bound <= page.exact_total_up_to as u64);
+        let (top, mut total, total_is_estimate) = if one_pass {
             let (top, total) = searcher.search(&*in_generation, &(top_k(), Count))?;
             (top, total, false)
         } else {
@@ -409,7 +410,8 @@ fn first_matching_context(snippets: &SnippetGenerator, contexts: &str) -> Snippe
 }
 
 /// At most how many documents the text query matches: the sum of its terms' document
-/// frequencies (None for prefixes, whose terms are not known before the search).
+/// frequencies. None for prefixes, whose terms are not known before the search and whose
+/// regex scorers block-max WAND cannot prune: their one ranking pass counts as it goes.
 fn match_bound(searcher: &Searcher, text_query: &dyn Query, query: &str) -> Result<Option<u64>> {
     if query.contains('*') {
         return Ok(None);
@@ -519,6 +521,9 @@ mod tests {
         assert_eq!(estimated.hits, exact.hits);
         let rare = index.search_page("rare", &SearchFilter::default(), SearchPage { offset: 0, limit: 20, exact_total_up_to: 200 }).unwrap();
         assert_eq!((rare.total, rare.total_is_estimate), (5, false));
+        // Prefixes rank in one pass that counts as it goes: exact whatever the cutoff.
+        let prefix = index.search_page("comm*", &SearchFilter::default(), SearchPage { offset: 0, limit: 20, exact_total_up_to: 200 }).unwrap();
+        assert_eq!((prefix.total, prefix.total_is_estimate), (matching, false));
     }
 
     #[test]
