@@ -288,8 +288,8 @@ impl SearchIndex {
         self.search_page(query, filter, SearchPage::new(offset, limit))
     }
 
-    /// The text query and the filters on top of it.
-    fn parse(&self, query: &str, filter: &SearchFilter) -> Result<(Box<dyn Query>, Vec<(Occur, Box<dyn Query>)>)> {
+    /// The text query, the filters on top of it, and whether the query has prefixes.
+    fn parse(&self, query: &str, filter: &SearchFilter) -> Result<(Box<dyn Query>, Vec<(Occur, Box<dyn Query>)>, bool)> {
         let f = self.fields;
         let (rest, prefixes) = split_prefixes(query);
         let mut text_clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
@@ -322,13 +322,13 @@ impl SearchIndex {
             let bound = |v: Option<f64>| v.map_or(Bound::Unbounded, |v| Bound::Included(Term::from_field_f64(f.density, v)));
             filters.push((Occur::Must, Box::new(RangeQuery::new(bound(filter.min_density), bound(filter.max_density)))));
         }
-        Ok((text_query, filters))
+        Ok((text_query, filters, !prefixes.is_empty()))
     }
 
     /// One page of hits, best first.
     pub fn search_page(&self, query: &str, filter: &SearchFilter, page: SearchPage) -> Result<SearchResults> {
         let f = self.fields;
-        let (text_query, filters) = self.parse(query, filter)?;
+        let (text_query, filters, has_prefixes) = self.parse(query, filter)?;
         // Without filters the parsed query runs as it is: a union of term queries then ranks
         // with block-max WAND, skipping blocks of postings that cannot reach the top k.
         let with_filters = |extra: Option<(Occur, Box<dyn Query>)>| -> Box<dyn Query> {
@@ -347,7 +347,7 @@ impl SearchIndex {
         // Where the query's terms cannot match more documents than are counted exactly, or
         // ranking cannot prune (prefixes), one pass ranks and counts; otherwise the count
         // stops at the cutoff and ranking skips what cannot reach the page.
-        let one_pass = match_bound(&searcher, &*text_query, query)?.is_none_or(|bound| bound <= page.exact_total_up_to as u64);
+        let one_pass = has_prefixes || match_bound(&searcher, &*text_query)? <= page.exact_total_up_to as u64;
         let (top, mut total, total_is_estimate) = if one_pass {
             let (top, total) = searcher.search(&*in_generation, &(top_k(), Count))?;
             (top, total, false)
@@ -410,19 +410,16 @@ fn first_matching_context(snippets: &SnippetGenerator, contexts: &str) -> Snippe
 }
 
 /// At most how many documents the text query matches: the sum of its terms' document
-/// frequencies. None for prefixes, whose terms are not known before the search and whose
-/// regex scorers block-max WAND cannot prune: their one ranking pass counts as it goes.
-fn match_bound(searcher: &Searcher, text_query: &dyn Query, query: &str) -> Result<Option<u64>> {
-    if query.contains('*') {
-        return Ok(None);
-    }
+/// frequencies. (Prefixes have no terms before the search, and block-max WAND cannot prune
+/// their regex scorers: their one ranking pass counts as it goes.)
+fn match_bound(searcher: &Searcher, text_query: &dyn Query) -> Result<u64> {
     let mut terms = Vec::new();
     text_query.query_terms(&mut |term, _| terms.push(term.clone()));
     let mut bound = 0;
     for term in &terms {
         bound += searcher.doc_freq(term)?;
     }
-    Ok(Some(bound))
+    Ok(bound)
 }
 
 /// How many documents `query` matches: exact up to `exact_up_to`; past it an estimate (and
