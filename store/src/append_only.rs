@@ -55,12 +55,25 @@ pub(crate) async fn append(root: &Location, table: &str, batch: RecordBatch) -> 
 /// whether this call created it. Two Lance creates racing on one local path could both
 /// commit (the second as an overwrite of the first), so locally the table is written in a
 /// private folder and renamed into place, and renaming onto an existing table fails. On
-/// object storage Lance creates version 1 with a conditional put: one creator wins.
+/// object storage Lance creates version 1 with a conditional put, but a create whose commit
+/// finds the table already there is committed as an overwrite of it (dropping the other
+/// creator's acknowledged rows) unless it is committed strictly, without retries: then it
+/// fails, and the caller appends.
 async fn create_with(root: &Location, table: &str, batch: &RecordBatch) -> Result<bool> {
     let params = write_params(root, WriteMode::Create);
     let Some(local) = root.local_path() else {
         let uri = root.table_uri(table);
-        return match InsertBuilder::new(uri.as_str()).with_params(&params).execute(vec![batch.clone()]).await {
+        let transaction = InsertBuilder::new(uri.as_str()).with_params(&params).execute_uncommitted(vec![batch.clone()]).await.map_err(|e| StoreError::lance(table, e))?;
+        // The settings InsertBuilder's own commit takes from the write parameters.
+        let mut commit = CommitBuilder::new(uri.as_str())
+            .with_max_retries(0)
+            .with_storage_format(params.data_storage_version.unwrap_or_default())
+            .enable_v2_manifest_paths(params.enable_v2_manifest_paths)
+            .use_stable_row_ids(params.enable_stable_row_ids);
+        if let Some(store_params) = params.store_params.clone() {
+            commit = commit.with_store_params(store_params);
+        }
+        return match commit.execute(transaction).await {
             Ok(_) => Ok(true),
             Err(_) if exists(root, table).await? => Ok(false),
             Err(e) => Err(StoreError::lance(table, e)),

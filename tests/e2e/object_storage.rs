@@ -186,6 +186,30 @@ fn the_writer_lease_excludes_a_second_writer_and_outlives_a_dead_one() {
     });
 }
 
+/// Writers that append at once to a table no one has created yet (alerts from several
+/// servers on a new store): one creates it, the others append, and every acknowledged row
+/// is kept. (Lance commits a create that finds the table already there as an overwrite
+/// unless it is committed strictly.)
+#[test]
+fn racing_first_appends_on_object_storage_keep_every_row() {
+    let s3 = S3Server::start(&[BUCKET]);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        for round in 0..3 {
+            let url = format!("s3://{BUCKET}/racing-{round}");
+            layout::create_or_check(&s3.location(&url)).await.unwrap();
+            let writers: Vec<_> = (0..6).map(|_| s3.location(&url)).collect();
+            let rows: Vec<_> = (0..6).map(|i| [alert_row(&format!("{round}-{i}"))]).collect();
+            for appended in futures::future::join_all(writers.iter().zip(&rows).map(|(store, row)| append_alerts(store, row))).await {
+                appended.unwrap();
+            }
+            let mut stored: Vec<String> = read_alerts(&s3.location(&url), &AlertFilter::default()).await.unwrap().into_iter().map(|a| a.alert_id).collect();
+            stored.sort();
+            assert_eq!(stored, (0..6).map(|i| format!("{round}-{i}")).collect::<Vec<_>>(), "round {round}: acknowledged alerts lost");
+        }
+    });
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
@@ -235,25 +259,8 @@ async fn replicas_on_one_bucket_share_labels_and_pick_up_a_reindex() {
     assert_eq!(label_history(&store, DICTIONARY, 7).await.unwrap().len(), 1);
 
     // Appends from two writers at once on one table: none is lost.
-    let alert = |id: &str| AlertRecord {
-        alert_id: id.into(),
-        monitor: "m".into(),
-        version: 1,
-        request_id: id.into(),
-        input_id: String::new(),
-        caller: "e2e".into(),
-        created_at_us: 1,
-        severity: "low".into(),
-        action: "log".into(),
-        score: 1.0,
-        threshold: 0.5,
-        first_token: 0,
-        spans: "[]".into(),
-        text_sha256: String::new(),
-        text: None,
-    };
     let other = s3.location(&url);
-    let (alert_x, alert_y) = ([alert("x")], [alert("y")]);
+    let (alert_x, alert_y) = ([alert_row("x")], [alert_row("y")]);
     let (x, y) = tokio::join!(append_alerts(&store, &alert_x), append_alerts(&other, &alert_y));
     x.unwrap();
     y.unwrap();
@@ -301,6 +308,26 @@ async fn replicas_on_one_bucket_share_labels_and_pick_up_a_reindex() {
     for client in [&mut client_a, &mut client_b] {
         let hits = client.search_features(pb::SearchFeaturesRequest { query: "the".into(), limit: 10, ..Default::default() }).await.unwrap().into_inner();
         assert_eq!(hits.hits.iter().map(|h| h.feature.as_ref().unwrap().feature).collect::<Vec<_>>(), expected.hits.iter().map(|h| h.feature).collect::<Vec<_>>());
+    }
+}
+
+fn alert_row(id: &str) -> AlertRecord {
+    AlertRecord {
+        alert_id: id.into(),
+        monitor: "m".into(),
+        version: 1,
+        request_id: id.into(),
+        input_id: String::new(),
+        caller: "e2e".into(),
+        created_at_us: 1,
+        severity: "low".into(),
+        action: "log".into(),
+        score: 1.0,
+        threshold: 0.5,
+        first_token: 0,
+        spans: "[]".into(),
+        text_sha256: String::new(),
+        text: None,
     }
 }
 
