@@ -231,7 +231,7 @@ def main():
                    "--seconds", str(args.seconds), "--queries", str(queries_path), "--open-loop", str(args.open_loop), "--json"]
             if caches == "off":
                 cmd += ["--dashboard-cache-bytes", "0", "--search-cache-bytes", "0"]
-            loupe[caches] = json.loads(run(cmd, capture_output=True).stdout)
+            loupe[caches] = json.loads(run(cmd, capture_output=True).stdout)["rows"]
 
         rows = []
         for call, script in (("GetFeature", dashboard), ("SearchFeatures", search)):

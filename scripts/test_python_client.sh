@@ -46,7 +46,9 @@ kill "$secure"; secure=""
 "$loupe" bench serve --server "$LOUPE_SERVER" --seconds 0.3 --clients 1,4 --calls search,feature --json > "$work/bench.json"
 python3 - "$work/bench.json" <<'PY'
 import json, sys
-rows = json.load(open(sys.argv[1]))
+report = json.load(open(sys.argv[1]))
+assert report["provenance"]["build_profile"] in ("dev", "release"), report["provenance"]
+rows = report["rows"]
 calls = {(r["call"], r["clients"]) for r in rows if r.get("qps", 0) > 0 and r["p99_ms"] >= r["p50_ms"] > 0}
 want = {(c, n) for c in ("health check (floor)", "SearchFeatures", "GetFeature") for n in (1, 4)}
 assert want <= calls, f"bench serve --server measured {sorted(calls)}, expected {sorted(want)}"

@@ -89,7 +89,7 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
     let (small, large) = (&runs[0], &runs[1]);
     let memory_ratio = large["peak_memory_mib"].as_f64().unwrap_or(0.0) / small["peak_memory_mib"].as_f64().unwrap_or(1.0);
     if args.job.json {
-        return print_json(&json!({"runs": runs, "peak_memory_ratio": memory_ratio}));
+        return print_json(&json!({"runs": runs, "peak_memory_ratio": memory_ratio, "provenance": super::bench::provenance()}));
     }
     println!("{:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>9} {:>9}", "tokens", "tok/s", "forward", "encode", "reduce", "ckpt", "finalize", "commit", "overhead", "peak MiB");
     for r in &runs {

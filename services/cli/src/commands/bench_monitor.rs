@@ -265,6 +265,7 @@ pub fn run(args: MonitorArgs) -> anyhow::Result<()> {
         }
         report.insert("search_under_monitoring".into(), json!(under_load));
         report.insert("threads".into(), json!(candle_core::utils::get_num_threads()));
+        report.insert("provenance".into(), super::bench::provenance());
         Ok::<_, anyhow::Error>(())
     })?;
     if args.json {

@@ -75,10 +75,27 @@ pub struct ServeArgs {
     pub json: bool,
 }
 
+/// A server started by a benchmark, on a runtime of its own: as `loupe serve` in another
+/// process would be, its tasks are not queued behind the clients' on shared workers (the
+/// OS shares the cores between them), so the clients' lag and the server's latency are
+/// told apart.
 pub(crate) struct Running {
     pub(crate) addr: String,
     pub(crate) state: Arc<loupe_query::state::AppState>,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Dropped from the clients' async context, where a blocking shutdown may not run.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// The limits of the servers the benchmarks start: many clients may queue for the model.
@@ -87,17 +104,31 @@ pub(crate) fn bench_limits() -> Limits {
 }
 
 pub(crate) async fn start(store: &PathBuf, with_model: bool, limits: Limits) -> anyhow::Result<Running> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let model = with_model.then(loupe_query::config::default_model_path);
     let config =
         ServerConfig { store: super::store_location(store)?, addr, model, device: Default::default(), precision: Default::default(), dictionaries: vec![], limits, access: Default::default() };
-    let state = Arc::new(loupe_query::state::AppState::load(&config).await.with_context(|| format!("loading {}", store.display()))?);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("loupe-bench-server").build()?;
+    let state = runtime.spawn(async move { loupe_query::state::AppState::load(&config).await }).await?;
+    let state = Arc::new(state.with_context(|| format!("loading {}", store.display()))?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(loupe_query::serve_state(state.clone(), listener, async {
-        let _ = stopped.await;
-    }));
-    Ok(Running { addr: format!("http://{addr}"), state, _stop: stop })
+    let served = state.clone();
+    runtime.spawn(async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(e) => return tracing::error!(error = %e, "the benchmark server cannot listen"),
+        };
+        if let Err(e) = loupe_query::serve_state(served, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+        {
+            tracing::error!(error = %e, "the benchmark server stopped");
+        }
+    });
+    Ok(Running { addr: format!("http://{addr}"), state, stop: Some(stop), runtime: Some(runtime) })
 }
 
 /// A server to measure: one started here (kept running while `_running` lives) or one
@@ -239,6 +270,9 @@ struct OpenLoop {
     /// latency above, and the share of the tail that is the clients', not the server's.
     client_lag_p50_ms: f64,
     client_lag_p99_ms: f64,
+    /// p99 counted from when each request started instead of when it was due: the
+    /// latency without the clients' lag.
+    p99_from_start_ms: f64,
     failed: usize,
 }
 
@@ -283,13 +317,14 @@ async fn open_loop(addr: &str, call: Call, rate: f64, seconds: f64, workload: &A
         sent
     });
     let sent = tokio::task::spawn_blocking(move || pacer.join()).await?.map_err(|_| anyhow::anyhow!("the open-loop pacer panicked"))?;
-    let (mut latencies, mut lags) = (Vec::with_capacity(requests), Vec::with_capacity(requests));
+    let (mut latencies, mut lags, mut from_start) = (Vec::with_capacity(requests), Vec::with_capacity(requests), Vec::with_capacity(requests));
     let mut failed = 0;
     for task in sent {
         let (ok, ms, lag) = task.await?;
         lags.push(lag);
         if ok {
             latencies.push(ms);
+            from_start.push(ms - lag);
         } else {
             failed += 1;
         }
@@ -298,7 +333,8 @@ async fn open_loop(addr: &str, call: Call, rate: f64, seconds: f64, workload: &A
     let achieved_qps = latencies.len() as f64 / elapsed;
     let [p50_ms, p99_ms, p999_ms] = percentiles(&mut latencies, [0.5, 0.99, 0.999]);
     let [client_lag_p50_ms, client_lag_p99_ms] = percentiles(&mut lags, [0.5, 0.99]);
-    Ok(OpenLoop { achieved_qps, p50_ms, p99_ms, p999_ms, client_lag_p50_ms, client_lag_p99_ms, failed })
+    let [p99_from_start_ms] = percentiles(&mut from_start, [0.99]);
+    Ok(OpenLoop { achieved_qps, p50_ms, p99_ms, p999_ms, client_lag_p50_ms, client_lag_p99_ms, p99_from_start_ms, failed })
 }
 
 /// The values at quantiles `qs` of `values` (0 when there are none).
@@ -403,7 +439,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     let offered = best_qps * fraction;
                     let r = open_loop(&target.addr, call, offered, args.seconds, &workload).await?;
                     eprintln!(
-                        "{name:<13} {call_name:<15} open loop at {offered:.0}/s ({:.0}% of its best QPS): achieved {:.0}/s, p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms (the clients' own lag p50 {:.2} ms, p99 {:.2} ms), {} failed",
+                        "{name:<13} {call_name:<15} open loop at {offered:.0}/s ({:.0}% of its best QPS): achieved {:.0}/s, p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms (the clients' own lag p50 {:.2} ms, p99 {:.2} ms; p99 from each request's start {:.2} ms), {} failed",
                         100.0 * fraction,
                         r.achieved_qps,
                         r.p50_ms,
@@ -411,12 +447,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                         r.p999_ms,
                         r.client_lag_p50_ms,
                         r.client_lag_p99_ms,
+                        r.p99_from_start_ms,
                         r.failed
                     );
                     report.push(json!({
                         "store": name, "call": format!("{call_name} open loop"), "offered_qps": offered, "fraction_of_best_qps": fraction,
                         "achieved_qps": r.achieved_qps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "p999_ms": r.p999_ms,
-                        "client_lag_p50_ms": r.client_lag_p50_ms, "client_lag_p99_ms": r.client_lag_p99_ms, "failed": r.failed
+                        "client_lag_p50_ms": r.client_lag_p50_ms, "client_lag_p99_ms": r.client_lag_p99_ms, "p99_from_start_ms": r.p99_from_start_ms, "failed": r.failed
                     }));
                 }
             }
@@ -449,7 +486,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>(())
     })?;
     if args.json {
-        return print_json(&json!(report));
+        return print_json(&json!({"rows": report, "provenance": super::bench::provenance()}));
     }
     println!("{:<13} {:<40} {:>7} {:>9} {:>9} {:>9}", "store", "call", "clients", "p50 ms", "p99 ms", "QPS");
     for r in &report {

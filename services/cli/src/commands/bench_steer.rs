@@ -98,6 +98,7 @@ pub fn run(args: SteerArgs) -> anyhow::Result<()> {
         "pair_sequential_tokens_per_s": sequential_tps,
         "pair_batch_vs_sequential": pair_tps / sequential_tps,
         "threads": candle_core::utils::get_num_threads(),
+        "provenance": super::bench::provenance(),
     });
     if args.json {
         return print_json(&report);
