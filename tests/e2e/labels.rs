@@ -191,19 +191,19 @@ async fn cached_answers_carry_the_current_label() {
     let (mut client_b, _) = clients(&b.addr).await;
     let request = pb::GetFeatureRequest { feature: fref(5), max_top_examples: 4, max_interval_examples: 1, include: None };
     let first = client_a.get_feature(request.clone()).await.unwrap().into_inner().dashboard.unwrap();
-    let (entries, bytes) = a.state.dashboards.usage().await;
+    let (entries, bytes) = a.state.dashboards.usage();
     assert_eq!(entries, 1, "the dashboard is cached");
     assert!(bytes as usize >= first.encoded_len(), "{bytes} bytes weighed for a {}-byte dashboard", first.encoded_len());
     let unchanged = |label: Option<String>| pb::FeatureDashboard { label, ..first.clone() };
     // Searches for the coming labels' words, cached while nothing matches them.
     assert_eq!(search_hits(&mut client_a, "qzxcachedmarker").await, vec![]);
     assert_eq!(search_hits(&mut client_a, "qzxothermarker").await, vec![]);
-    assert_eq!(a.state.searches.usage().await.0, 2, "both searches cached");
+    assert_eq!(a.state.searches.usage().0, 2, "both searches cached");
 
     client_a.set_feature_label(label_request(5, "labelled after caching qzxcachedmarker", "tester")).await.unwrap();
     let second = client_a.get_feature(request.clone()).await.unwrap().into_inner().dashboard.unwrap();
     assert_eq!(second, unchanged(Some("labelled after caching qzxcachedmarker".into())), "the same dashboard with the new label");
-    assert_eq!(a.state.dashboards.usage().await.0, 1, "answered from the cache, not read again");
+    assert_eq!(a.state.dashboards.usage().0, 1, "answered from the cache, not read again");
     assert_eq!(search_hits(&mut client_a, "qzxcachedmarker").await, vec![(5, Some("labelled after caching qzxcachedmarker".into()))]);
 
     client_b.set_feature_label(label_request(5, "labelled on the other server qzxothermarker", "tester")).await.unwrap();

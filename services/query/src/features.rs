@@ -71,7 +71,7 @@ impl FeaturesService {
             offset,
             limit,
         };
-        if let Some(answer) = state.searches.get(&key).await {
+        if let Some(answer) = state.searches.get(&key) {
             return Ok(answer);
         }
         let filter = SearchFilter { dictionary_id: r.dictionary_id, hook: r.hook, layer: r.layer, min_density: r.min_density, max_density: r.max_density };
@@ -94,7 +94,7 @@ impl FeaturesService {
                 })
                 .collect(),
         };
-        state.searches.insert(key, &answer).await;
+        state.searches.insert(key, &answer);
         Ok(answer)
     }
 
@@ -120,7 +120,7 @@ impl FeaturesService {
                 label => Bytes::from(dashboards::with_label(encoded.to_vec(), label)?),
             }))
         };
-        if let Some(cached) = state.dashboards.get(&key).await.and_then(|c| c.encoded) {
+        if let Some(cached) = state.dashboards.get(&key).and_then(|c| c.encoded) {
             return label(cached);
         }
         // Examples are most of a dashboard's bytes: not read when no example is asked for.
@@ -141,7 +141,7 @@ impl FeaturesService {
                 Bytes::from(dashboard.encode_to_vec())
             }
         };
-        state.dashboards.insert(key, &pb::GetFeatureResponse::encoded(encoded.clone())).await;
+        state.dashboards.insert(key, &pb::GetFeatureResponse::encoded(encoded.clone()));
         label(encoded)
     }
 
