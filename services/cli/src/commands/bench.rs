@@ -299,7 +299,10 @@ fn transformers_timings(args: &ForwardArgs, model: &Model, threads: usize) -> an
         .context("running python3")?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        anyhow::bail!("reference script failed: {}", stderr.lines().last().unwrap_or("no output"));
+        let last = stderr.lines().last().unwrap_or("no output");
+        // The reference is not part of the product, so setup does not install it.
+        let hint = if last.contains("ModuleNotFoundError") { " (install the reference: pip install torch transformers gguf accelerate)" } else { "" };
+        anyhow::bail!("reference script failed: {last}{hint}");
     }
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("parsing the reference script's JSON")?;
     let results = report["results"].as_array().context("reference output lacks 'results'")?;
