@@ -164,12 +164,15 @@ def pgbench(script: str, clients: int, seconds: float, work: Path, rate=None):
             lag = int(fields[6]) if rate and len(fields) > 6 else 0
             latencies.append((int(fields[2]) + lag) / 1e3)
             lags.append(lag / 1e3)
-    latencies.sort()
-    lags.sort()
     tps = next(float(l.split("=")[1].split()[0]) for l in out.splitlines() if l.startswith("tps ="))
-    pct = lambda p: latencies[min(len(latencies) - 1, round((len(latencies) - 1) * p))]
-    lag_p99 = lags[min(len(lags) - 1, round((len(lags) - 1) * 0.99))] if lags else 0.0
-    return {"qps": tps, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "p999_ms": pct(0.999), "schedule_lag_p99_ms": lag_p99, "transactions": len(latencies)}
+    return {"qps": tps, "p50_ms": percentile(latencies, 0.5), "p99_ms": percentile(latencies, 0.99), "p999_ms": percentile(latencies, 0.999),
+            "schedule_lag_p99_ms": percentile(lags, 0.99), "transactions": len(latencies)}
+
+
+def percentile(values, q: float) -> float:
+    """The value at quantile `q` of `values` (0 when there are none), as `loupe bench serve` picks it."""
+    ordered = sorted(values)
+    return ordered[round((len(ordered) - 1) * q)] if ordered else 0.0
 
 
 def main():
