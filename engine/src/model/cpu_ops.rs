@@ -3,7 +3,7 @@
 //! parallel (rayon) and fuse several passes into one, which matters once matmuls are fast.
 //! On another device or dtype each function falls back to candle's generic ops.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Rows per rayon task: big enough to amortise scheduling, small enough to balance.
@@ -35,11 +35,38 @@ impl CustomOp1 for SwiGlu {
         let mut dst = vec![0f32; rows * width];
         dst.par_chunks_mut(width).zip(src.par_chunks(cols)).with_min_len(MIN_ROWS_PER_TASK).for_each(|(out, row)| {
             let (gate, up) = row.split_at(width);
-            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                *o = g / (1.0 + (-g).exp()) * u;
-            }
+            swiglu_row(gate, up, out);
         });
         Ok((CpuStorage::F32(dst), Shape::from((rows, width))))
+    }
+}
+
+/// `out = silu(gate) * up`, with the fastest instructions this CPU has.
+fn swiglu_row(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        unsafe { swiglu_row_avx2(gate, up, out) };
+        return;
+    }
+    swiglu_row_with(gate, up, out, &|a, x, y| y + a * x);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn swiglu_row_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    swiglu_row_with(gate, up, out, &f32::mul_add);
+}
+
+/// `silu(g) = g · sigmoid(g)`, with `e = exp(-|g|)` (never overflows): `sigmoid(g)` is
+/// `1 / (1 + e)` for `g >= 0` and `e / (1 + e)` below; a vector loop, where libm's expf per
+/// value was ~5% of a forward pass.
+#[inline(always)]
+fn swiglu_row_with(gate: &[f32], up: &[f32], out: &mut [f32], fma: &impl Fn(f32, f32, f32) -> f32) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        let e = exp_non_positive(-g.abs(), fma);
+        let sigmoid = if g >= 0.0 { 1.0 } else { e } / (1.0 + e);
+        *o = g * sigmoid * u;
     }
 }
 
@@ -114,6 +141,280 @@ pub fn masked_softmax(scores: &Tensor, scale: f32, lengths: &[usize], offset: us
         return candle_nn::ops::softmax_last_dim(&scaled);
     }
     scores.contiguous()?.apply_op1_no_bwd(&MaskedSoftmax { scale, lengths, offset })
+}
+
+/// The sizes of one attention call: `heads` query heads share `kv_heads` key/value heads
+/// (grouped-query attention), each `head_dim` wide.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionShape {
+    /// Entries per row of the transposed keys: `seq` rounded up to whole blocks of
+    /// [`weighted_rows`], so that every score block reads a full row (zeros past `seq`).
+    fn key_stride(&self) -> usize {
+        self.seq.next_multiple_of(BLOCK)
+    }
+}
+
+/// Query rows per rayon task of [`CausalAttention`]: later rows see more keys, so several
+/// tasks per sequence let the pool even out the causal triangle.
+const ATTENTION_ROWS_PER_TASK: usize = 16;
+
+/// Rotary embedding, causal and padding masks, softmax and the value mix of one layer in
+/// one pass over the fused projection `qkv = [batch * seq, (heads + 2 * kv_heads) * head_dim]`
+/// (Q | K | V per row, as the model's fused matmul writes it), straight into the output
+/// `[batch * seq, heads * head_dim]` that the output projection reads. candle's ops for the
+/// same steps copy Q, K and V out of the fused rows into head-major tensors, rotate them into
+/// new tensors, run one small GEMM per sequence and group for the scores and another for the
+/// mix, and copy the heads back into rows: at one sequence of 128 tokens those copies and
+/// small GEMMs cost as much as the attention arithmetic. Keys are rotated once per sequence
+/// into `[kv_heads, head_dim, key_stride]` (transposed) so that both products are vector
+/// multiply-adds over contiguous rows. No KV cache: a pass that has one uses candle's ops.
+struct CausalAttention<'a> {
+    shape: AttentionShape,
+    lengths: &'a [usize],
+}
+
+impl CausalAttention<'_> {
+    /// Rotated, transposed keys `[batch, kv_heads, head_dim, key_stride]` and values
+    /// `[batch, kv_heads, seq, head_dim]` of every sequence.
+    fn keys_and_values(&self, qkv: &[f32], cos: &[f32], sin: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let AttentionShape { batch, seq, heads, kv_heads, head_dim } = self.shape;
+        let (row, half) = ((heads + 2 * kv_heads) * head_dim, head_dim / 2);
+        let stride = self.shape.key_stride();
+        let (keys_per_seq, values_per_seq) = (kv_heads * head_dim * stride, kv_heads * seq * head_dim);
+        let mut keys = vec![0f32; batch * keys_per_seq];
+        let mut values = vec![0f32; batch * values_per_seq];
+        keys.par_chunks_mut(keys_per_seq).zip(values.par_chunks_mut(values_per_seq)).enumerate().for_each(|(b, (keys, values))| {
+            for t in 0..seq {
+                let src = &qkv[(b * seq + t) * row..(b * seq + t + 1) * row];
+                let (cos, sin) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+                for g in 0..kv_heads {
+                    let k = &src[(heads + g) * head_dim..(heads + g + 1) * head_dim];
+                    let keys = &mut keys[g * head_dim * stride..(g + 1) * head_dim * stride];
+                    for i in 0..half {
+                        keys[i * stride + t] = k[i] * cos[i] - k[i + half] * sin[i];
+                        keys[(i + half) * stride + t] = k[i] * sin[i] + k[i + half] * cos[i];
+                    }
+                    let v = &src[(heads + kv_heads + g) * head_dim..(heads + kv_heads + g + 1) * head_dim];
+                    values[(g * seq + t) * head_dim..(g * seq + t + 1) * head_dim].copy_from_slice(v);
+                }
+            }
+        });
+        (keys, values)
+    }
+}
+
+impl CustomOp3 for CausalAttention<'_> {
+    fn name(&self) -> &'static str {
+        "loupe-causal-attention"
+    }
+
+    fn cpu_fwd(&self, qkv_s: &CpuStorage, qkv_l: &Layout, cos_s: &CpuStorage, cos_l: &Layout, sin_s: &CpuStorage, sin_l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let AttentionShape { batch, seq, heads, kv_heads, head_dim } = self.shape;
+        let qkv = contiguous_f32(qkv_s, qkv_l, self.name())?;
+        let (cos, sin) = (contiguous_f32(cos_s, cos_l, self.name())?, contiguous_f32(sin_s, sin_l, self.name())?);
+        let row = (heads + 2 * kv_heads) * head_dim;
+        if qkv_l.shape().dims2()? != (batch * seq, row) || head_dim % 2 != 0 || kv_heads == 0 || heads % kv_heads != 0 {
+            candle_core::bail!("{}: qkv {:?} does not fit {:?}", self.name(), qkv_l.shape(), self.shape);
+        }
+        if cos.len() != seq * head_dim / 2 || sin.len() != cos.len() || self.lengths.len() != batch {
+            candle_core::bail!("{}: rotary tables of {} values and {} lengths for {:?}", self.name(), cos.len(), self.lengths.len(), self.shape);
+        }
+        let (keys, values) = self.keys_and_values(qkv, cos, sin);
+        let width = heads * head_dim;
+        let mut out = vec![0f32; batch * seq * width];
+        // Tasks of up to ATTENTION_ROWS_PER_TASK rows within one sequence.
+        let tasks_per_seq = seq.div_ceil(ATTENTION_ROWS_PER_TASK);
+        let chunks: Vec<&mut [f32]> = out.chunks_mut(seq * width).flat_map(|rows| rows.chunks_mut(ATTENTION_ROWS_PER_TASK * width)).collect();
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        chunks.into_par_iter().enumerate().for_each(|(task, out)| {
+            let (b, first) = (task / tasks_per_seq, (task % tasks_per_seq) * ATTENTION_ROWS_PER_TASK);
+            let (keys_per_seq, values_per_seq) = (kv_heads * head_dim * self.shape.key_stride(), kv_heads * seq * head_dim);
+            let (keys, values) = (&keys[b * keys_per_seq..][..keys_per_seq], &values[b * values_per_seq..][..values_per_seq]);
+            let rows = Rows { qkv, cos, sin, keys, values, shape: self.shape, sequence: b, first, length: self.lengths[b], scale };
+            rows.mix(out);
+        });
+        Ok((CpuStorage::F32(out), Shape::from((batch * seq, width))))
+    }
+}
+
+/// One task of [`CausalAttention`]: query rows `first..` of sequence `sequence`.
+struct Rows<'a> {
+    qkv: &'a [f32],
+    cos: &'a [f32],
+    sin: &'a [f32],
+    /// This sequence's rotated keys `[kv_heads, head_dim, key_stride]`.
+    keys: &'a [f32],
+    /// This sequence's values `[kv_heads, seq, head_dim]`.
+    values: &'a [f32],
+    shape: AttentionShape,
+    sequence: usize,
+    first: usize,
+    /// The sequence's real length: keys at or past it are padding.
+    length: usize,
+    scale: f32,
+}
+
+impl Rows<'_> {
+    /// Writes `out = [rows, heads * head_dim]`, with the fastest instructions this CPU has.
+    fn mix(&self, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            unsafe { self.mix_avx2(out) };
+            return;
+        }
+        // A separate multiply and add: without FMA in hardware, mul_add is a slow library call.
+        self.mix_with(out, |a, x, y| y + a * x);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn mix_avx2(&self, out: &mut [f32]) {
+        self.mix_with(out, f32::mul_add);
+    }
+
+    /// With `fma(a, x, y) = a·x + y`; inlined into each caller so that it compiles with that
+    /// caller's instruction set.
+    #[inline(always)]
+    fn mix_with(&self, out: &mut [f32], fma: impl Fn(f32, f32, f32) -> f32) {
+        let AttentionShape { seq, heads, kv_heads, head_dim, .. } = self.shape;
+        let (row, half, width) = ((heads + 2 * kv_heads) * head_dim, head_dim / 2, heads * head_dim);
+        let groups = heads / kv_heads;
+        let mut query = vec![0f32; head_dim];
+        let stride = self.shape.key_stride();
+        let mut scores = vec![0f32; stride];
+        for (r, out) in out.chunks_mut(width).enumerate() {
+            let t = self.first + r;
+            // Causal, and never a padding key (a padding query still sees the real ones).
+            let visible = (t + 1).min(self.length);
+            let src = &self.qkv[(self.sequence * seq + t) * row..][..row];
+            let (cos, sin) = (&self.cos[t * half..][..half], &self.sin[t * half..][..half]);
+            for (h, out) in out.chunks_mut(head_dim).enumerate() {
+                let q = &src[h * head_dim..][..head_dim];
+                for i in 0..half {
+                    query[i] = (q[i] * cos[i] - q[i + half] * sin[i]) * self.scale;
+                    query[i + half] = (q[i] * sin[i] + q[i + half] * cos[i]) * self.scale;
+                }
+                let g = h / groups;
+                let keys = &self.keys[g * head_dim * stride..][..head_dim * stride];
+                // score[j] = Σ_d query[d] · keys[d, j], in whole blocks of keys (those past
+                // `visible` are computed and dropped: cheaper than a tail loop).
+                weighted_rows(&query, keys, stride, &mut scores[..visible.next_multiple_of(BLOCK)], &fma);
+                let scores = &mut scores[..visible];
+                let sum = exponentiate(scores, &fma);
+                // out = Σ_j p[j] · values[j] / Σ_j p[j].
+                let values = &self.values[g * seq * head_dim..][..visible * head_dim];
+                weighted_rows(scores, values, head_dim, out, &fma);
+                let inv = 1.0 / sum;
+                out.iter_mut().for_each(|o| *o *= inv);
+            }
+        }
+    }
+}
+
+/// Lanes of the element-wise loops below: one 256-bit register of f32.
+const LANES: usize = 8;
+
+/// `s = exp(s - max(scores))` for every score; returns their sum. In lanes, so that the
+/// maximum, the exponentials and the sum run in vector registers (a fold over scalars, or a
+/// call to libm's expf per score, would not).
+#[inline(always)]
+fn exponentiate(scores: &mut [f32], fma: &impl Fn(f32, f32, f32) -> f32) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = scores.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (m, &s) in lanes.iter_mut().zip(chunk) {
+            *m = if s > *m { s } else { *m };
+        }
+    }
+    let max = chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &s| if s > m { s } else { m });
+    let mut sums = [0f32; LANES];
+    let mut chunks = scores.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for (sum, s) in sums.iter_mut().zip(chunk) {
+            *s = exp_non_positive(*s - max, fma);
+            *sum += *s;
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for s in chunks.into_remainder() {
+        *s = exp_non_positive(*s - max, fma);
+        sum += *s;
+    }
+    sum
+}
+
+/// `e^x` for `x <= 0` to ~1 ulp (Cephes' expf: `x = n·ln 2 + r`, a degree-7 polynomial in
+/// `r`, then `2^n` put into the exponent bits), written so that a loop over it vectorizes.
+/// Below -87 (where e^x leaves the normal range) it returns ~e^-87 (< 2e-38).
+#[inline(always)]
+fn exp_non_positive(x: f32, fma: &impl Fn(f32, f32, f32) -> f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 in two parts, the first exact in a few bits, so that `x - n·ln 2` loses nothing.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const P: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+    let x = x.max(-87.0);
+    let n = fma(x, LOG2_E, 0.5).floor();
+    let r = fma(n, -LN2_LO, fma(n, -LN2_HI, x));
+    let mut p = P[0];
+    for &c in &P[1..] {
+        p = fma(p, r, c);
+    }
+    let y = fma(p, r * r, r) + 1.0;
+    // 2^n as the bits of a float: n is in [-126, 0] here, so the exponent field is normal.
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Columns per block of [`weighted_rows`]: four 256-bit registers of accumulators, which
+/// stay in registers while the rows stream past (an axpy per row would load and store the
+/// whole output for every row).
+const BLOCK: usize = 32;
+
+/// `out[i] = Σ_r weights[r] · rows[r * stride + i]` for `i < out.len()`.
+#[inline(always)]
+fn weighted_rows(weights: &[f32], rows: &[f32], stride: usize, out: &mut [f32], fma: &impl Fn(f32, f32, f32) -> f32) {
+    let mut blocks = out.chunks_exact_mut(BLOCK);
+    let mut start = 0;
+    for block in &mut blocks {
+        let mut acc = [0f32; BLOCK];
+        for (r, &w) in weights.iter().enumerate() {
+            let row: &[f32; BLOCK] = rows[r * stride + start..][..BLOCK].try_into().expect("a block of BLOCK values");
+            for (a, &x) in acc.iter_mut().zip(row) {
+                *a = fma(w, x, *a);
+            }
+        }
+        block.copy_from_slice(&acc);
+        start += BLOCK;
+    }
+    let tail = blocks.into_remainder();
+    let width = tail.len();
+    tail.fill(0.0);
+    for (r, &w) in weights.iter().enumerate() {
+        for (a, &x) in tail.iter_mut().zip(&rows[r * stride + start..][..width]) {
+            *a = fma(w, x, *a);
+        }
+    }
+}
+
+/// Causal self-attention of a layer without a KV cache: `qkv` `[batch * seq, (heads + 2 *
+/// kv_heads) * head_dim]`, rotary tables `[seq, head_dim / 2]` (positions from 0), each
+/// sequence's real length -> `[batch * seq, heads * head_dim]`. One fused pass on the CPU in
+/// f32 ([`CausalAttention`]); `None` elsewhere, for the caller's generic ops.
+pub fn causal_attention(qkv: &Tensor, cos: &Tensor, sin: &Tensor, shape: AttentionShape, lengths: &[usize]) -> candle_core::Result<Option<Tensor>> {
+    if !on_cpu_in_f32(qkv) || !on_cpu_in_f32(cos) || !on_cpu_in_f32(sin) {
+        return Ok(None);
+    }
+    let (qkv, cos, sin) = (qkv.contiguous()?, cos.contiguous()?, sin.contiguous()?);
+    qkv.apply_op3_no_bwd(&cos, &sin, &CausalAttention { shape, lengths }).map(Some)
 }
 
 /// Most rows for which [`linear`] streams the weights once instead of calling the GEMM.
@@ -221,10 +522,13 @@ mod tests {
 
     #[test]
     fn swiglu_matches_unfused() {
-        let x = Tensor::randn(0f32, 2.0, (5, 8), &Device::Cpu).unwrap();
-        let expected = (candle_nn::ops::silu(&x.narrow(1, 0, 4).unwrap()).unwrap() * x.narrow(1, 4, 4).unwrap()).unwrap();
-        let diff = (swiglu(&x).unwrap() - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff < 1e-6, "{diff}");
+        // Wide enough for the vector loop, with gates far into both tails.
+        let x = Tensor::randn(0f32, 20.0, (5, 80), &Device::Cpu).unwrap();
+        let expected = (candle_nn::ops::silu(&x.narrow(1, 0, 40).unwrap()).unwrap() * x.narrow(1, 40, 40).unwrap()).unwrap();
+        let actual = swiglu(&x).unwrap();
+        for (a, e) in actual.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().zip(expected.flatten_all().unwrap().to_vec1::<f32>().unwrap()) {
+            assert!((a - e).abs() <= 5e-7 * e.abs() + 1e-30, "{a} vs {e}");
+        }
     }
 
     #[test]
@@ -263,5 +567,75 @@ mod tests {
         let actual = masked_softmax(&scores, 0.5, &lengths, offset).unwrap();
         let diff = (actual - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-6, "{diff}");
+    }
+
+    /// The fused pass against the textbook steps in candle's ops: rotate Q and K per head,
+    /// `softmax(QKᵀ / √d + mask) V` with each query head reading its group's K and V.
+    #[test]
+    fn fused_attention_matches_rope_then_masked_softmax_attention() {
+        // 37 rows: tasks of 16 rows end inside a sequence; the second sequence is padded.
+        // Heads of 8 (all tail) and of 40 (one block of 32 values and a tail of 8).
+        for head_dim in [8, 40] {
+            check_fused_attention(AttentionShape { batch: 2, seq: 37, heads: 6, kv_heads: 2, head_dim });
+        }
+    }
+
+    fn check_fused_attention(shape: AttentionShape) {
+        let AttentionShape { batch, seq, heads, kv_heads, head_dim } = shape;
+        let lengths = [37usize, 20];
+        let qkv = Tensor::randn(0f32, 1.0, (batch * seq, (heads + 2 * kv_heads) * head_dim), &Device::Cpu).unwrap();
+        let (cos, sin) = super::super::rope::tables(10_000.0, head_dim, 0, seq).unwrap();
+        let split = |start: usize, n: usize| qkv.narrow(1, start * head_dim, n * head_dim).unwrap().reshape((batch, seq, n, head_dim)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        let q = candle_nn::rotary_emb::rope(&split(0, heads), &cos, &sin).unwrap();
+        let k = candle_nn::rotary_emb::rope(&split(heads, kv_heads), &cos, &sin).unwrap();
+        let v = split(heads + kv_heads, kv_heads);
+        let groups = heads / kv_heads;
+        let repeat = |x: &Tensor| Tensor::cat(&(0..heads).map(|h| x.narrow(1, h / groups, 1).unwrap()).collect::<Vec<_>>(), 1).unwrap();
+        let (k, v) = (repeat(&k), repeat(&v));
+        let scores = q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap();
+        let mut mask = vec![0f32; batch * seq * seq];
+        for (b, &len) in lengths.iter().enumerate() {
+            for i in 0..seq {
+                for j in 0..seq {
+                    if j > i || j >= len {
+                        mask[(b * seq + i) * seq + j] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        let mask = Tensor::from_vec(mask, (batch, 1, seq, seq), &Device::Cpu).unwrap();
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let probs = candle_nn::ops::softmax(&(scores * scale).unwrap().broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
+        let expected = probs.matmul(&v).unwrap().transpose(1, 2).unwrap().reshape((batch * seq, heads * head_dim)).unwrap();
+        let actual = causal_attention(&qkv, &cos, &sin, shape, &lengths).unwrap().expect("f32 on the CPU takes the fused pass");
+        let diff = (actual - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "{shape:?}: {diff}");
+    }
+
+    #[test]
+    fn fused_attention_refuses_a_projection_of_the_wrong_width() {
+        let shape = AttentionShape { batch: 1, seq: 4, heads: 2, kv_heads: 1, head_dim: 4 };
+        let qkv = Tensor::zeros((4, 15), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let (cos, sin) = super::super::rope::tables(10_000.0, 4, 0, 4).unwrap();
+        assert!(causal_attention(&qkv, &cos, &sin, shape, &[4]).is_err());
+    }
+
+    #[test]
+    fn the_vector_exponential_is_within_two_ulp_of_libm() {
+        let fma = |a: f32, x: f32, y: f32| a.mul_add(x, y);
+        let mut worst = 0f32;
+        for i in 0..=200_000 {
+            let x = -87.0 * i as f32 / 200_000.0;
+            let (ours, libm) = (exp_non_positive(x, &fma), x.exp());
+            worst = worst.max((ours - libm).abs() / libm);
+        }
+        assert!(worst < 2.5e-7, "relative error {worst}");
+        let mut scores = vec![1.0f32, 3.0, -2.0, 0.5, 7.0, 7.0, -100.0, 2.0, 4.0, -1.0, 0.0];
+        let expected: Vec<f32> = scores.iter().map(|&s| (s - 7.0f32).exp()).collect();
+        let sum = exponentiate(&mut scores, &fma);
+        for (a, e) in scores.iter().zip(&expected) {
+            assert!((a - e).abs() <= 2.5e-7 * e.max(1e-30), "{a} vs {e}");
+        }
+        assert!((sum - expected.iter().sum::<f32>()).abs() < 1e-6, "{sum}");
     }
 }

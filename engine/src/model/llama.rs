@@ -136,9 +136,26 @@ impl Llama {
     fn attention(&self, w: &Block, x: &Tensor, pass: &Pass, cache: Option<&mut candle_nn::kv_cache::KvCache>) -> Result<Tensor> {
         let c = &self.config;
         let (b, t) = (pass.batch, pass.seq);
+        let qkv = cpu_ops::linear(&x.reshape((b * t, c.hidden_size))?, &w.qkv)?;
+        let shape = cpu_ops::AttentionShape { batch: b, seq: t, heads: c.n_heads, kv_heads: c.n_kv_heads, head_dim: c.head_dim };
+        let fused = match cache {
+            None => cpu_ops::causal_attention(&qkv, &pass.cos, &pass.sin, shape, &pass.ctx.lengths)?,
+            _ => None,
+        };
+        let mixed = match fused {
+            Some(mixed) => mixed,
+            None => self.attention_ops(&qkv, pass, cache)?,
+        };
+        Ok(cpu_ops::linear(&mixed, &w.out)?.reshape((b, t, c.hidden_size))?)
+    }
+
+    /// Attention with candle's ops, on any device and with a KV cache: the fused projection
+    /// `qkv` `[batch * seq, (heads + 2 * kv_heads) * head_dim]` -> `[batch * seq, heads * head_dim]`.
+    fn attention_ops(&self, qkv: &Tensor, pass: &Pass, cache: Option<&mut candle_nn::kv_cache::KvCache>) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, t) = (pass.batch, pass.seq);
         let (h, kv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
         let groups = h / kv;
-        let qkv = cpu_ops::linear(&x.reshape((b * t, c.hidden_size))?, &w.qkv)?;
         let heads = |start: usize, n: usize| -> candle_core::Result<Tensor> { qkv.narrow(1, start * hd, n * hd)?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous() };
         let q = candle_nn::rotary_emb::rope(&heads(0, h)?, &pass.cos, &pass.sin)?;
         let k = candle_nn::rotary_emb::rope(&heads(h, kv)?, &pass.cos, &pass.sin)?;
@@ -154,8 +171,7 @@ impl Llama {
         let scale = 1.0 / (hd as f32).sqrt();
         let probs = cpu_ops::masked_softmax(&scores, scale, &pass.ctx.lengths, pass.ctx.position_offset)?.reshape((b, kv, groups * t, kv_len))?;
         let probs = probs.to_dtype(v.dtype())?;
-        let mixed = probs.matmul(&v.contiguous()?)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b * t, h * hd))?;
-        Ok(cpu_ops::linear(&mixed, &w.out)?.reshape((b, t, c.hidden_size))?)
+        Ok(probs.matmul(&v.contiguous()?)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b * t, h * hd))?)
     }
 
     fn mlp(&self, w: &Block, x: &Tensor, layer: usize, pass: &mut Pass) -> Result<Tensor> {
