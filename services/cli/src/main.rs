@@ -22,6 +22,19 @@ fn keep_freed_memory() {
     }
 }
 
+/// Back large allocations with 2 MiB pages where the kernel allows them (transparent huge
+/// pages on request, `madvise`, the usual default): each forward pass streams the model's
+/// weights (~230 MB to the middle layer, f32) from memory, and with 4 KiB pages that is
+/// ~56,000 TLB misses. A 1 x 128-token pass ran ~15% faster (1,020-1,108 -> 1,161-1,285
+/// tokens/s in alternating runs); 8 and 32 x 128 the same. Before the first large
+/// allocation; `MIMALLOC_ALLOW_LARGE_OS_PAGES=0` turns it off.
+fn large_pages_for_large_allocations() {
+    if std::env::var_os("MIMALLOC_ALLOW_LARGE_OS_PAGES").is_none() && std::env::var_os("MIMALLOC_LARGE_OS_PAGES").is_none() {
+        // SAFETY: sets a plain integer option before the allocations it concerns.
+        unsafe { libmimalloc_sys::mi_option_set(libmimalloc_sys::mi_option_large_os_pages, 1) };
+    }
+}
+
 #[derive(Parser)]
 #[command(name = "loupe", version, about = "Feature database and query service for mechanistic interpretability")]
 struct Cli {
@@ -151,6 +164,7 @@ fn main() -> std::process::ExitCode {
     errors_without_backtraces();
     one_compute_thread_pool();
     keep_freed_memory();
+    large_pages_for_large_allocations();
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LOUPE_LOG").unwrap_or_else(|_| "warn,lance=error".into())).with_writer(std::io::stderr).init();
     // The matches too: `steer` pairs each operation with the target before it by position.
     let matches = Cli::command().get_matches();

@@ -1,8 +1,9 @@
 //! `loupe bench forward`: forward-pass throughput as a fraction of this machine's measured
 //! f32 matmul peak, and against transformers (torch) timed in the same run.
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -61,10 +62,16 @@ pub struct ForwardArgs {
     /// The shallow measurement stops after this layer.
     #[arg(long, default_value_t = 15)]
     pub layer: usize,
-    /// Timed repetitions of each measurement (the best is reported).
+    /// Timed repetitions of each measurement at least, loupe's and transformers' in turn (the
+    /// best of each is reported).
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
-    /// Reference script timing transformers on the same batch; skipped if python/torch are missing.
+    /// ...and more, until each side has run this many seconds of a measurement (at most 100
+    /// runs): a 1 x 128 pass takes ~0.1 s.
+    #[arg(long, default_value_t = 2.0)]
+    pub min_seconds: f64,
+    /// Reference script timing transformers on the same batches (run with --serve, one pass
+    /// per request, alternating with loupe's); skipped if python/torch are missing.
     #[arg(long, default_value = "reference/bench_transformers.py")]
     pub reference: PathBuf,
     /// Do not run the transformers comparison.
@@ -86,11 +93,18 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
     }
 }
 
+/// Most timed runs of one measurement, whatever `--min-seconds` asks.
+const MAX_RUNS: usize = 100;
+
 struct Timing {
     batch: usize,
     name: String,
     seconds: f64,
     gflop: f64,
+    /// transformers' best on the same case, timed in turn with loupe's runs.
+    reference_tokens_per_s: Option<f64>,
+    /// Timed runs of each side.
+    runs: usize,
 }
 
 fn forward(args: ForwardArgs) -> anyhow::Result<()> {
@@ -104,6 +118,8 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
     }
     let threads = rayon_threads();
     let compute = model.compute().clone();
+    // Loaded first, so that its start does not share the CPU with the peak measurement.
+    let mut reference = if args.no_reference { Err(anyhow::anyhow!("disabled by --no-reference")) } else { Transformers::start(&args, &model, threads) };
     // The peak in the dtype the model computes in, where it computes (a GPU needs larger
     // products to reach its peak).
     let size = if compute.is_cpu() { 2048 } else { 8192 };
@@ -116,33 +132,49 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
         let batch = bench_batch(&model, batch_size, args.seq)?;
         let tokens = batch_size * args.seq;
         let cases = [
-            (format!("to layer {}", args.layer), Hooks::new().capture(HookPoint::resid_post(args.layer)), Logits::None, args.layer + 1),
-            ("all layers + logits".to_string(), Hooks::new(), Logits::All, config.n_layers),
+            (format!("to layer {}", args.layer), Hooks::new().capture(HookPoint::resid_post(args.layer)), Logits::None, args.layer + 1, "to_layer"),
+            ("all layers + logits".to_string(), Hooks::new(), Logits::All, config.n_layers, "logits"),
         ];
-        for (name, hooks, logits, layers) in cases {
-            eprintln!("timing forward {name} ({batch_size} x {} tokens)...", args.seq);
-            model.forward(&batch, &hooks, logits, None)?; // warm-up
-            let mut best = f64::INFINITY;
-            for _ in 0..args.repeats.max(1) {
+        for (name, hooks, logits, layers, reference_case) in cases {
+            eprintln!("timing forward {name} ({batch_size} x {} tokens){}...", args.seq, if reference.is_ok() { ", loupe and transformers in turn" } else { "" });
+            let run_loupe = || -> anyhow::Result<f64> {
+                settle();
                 let start = Instant::now();
                 let out = model.forward(&batch, &hooks, logits, None)?;
                 compute.device.synchronize()?;
-                best = best.min(start.elapsed().as_secs_f64());
+                let seconds = start.elapsed().as_secs_f64();
                 drop(out);
+                Ok(seconds)
+            };
+            // One warm-up each, then the timed runs alternate (best of each).
+            run_loupe()?;
+            reference = reference.and_then(|mut r| r.time(batch_size, reference_case).map(|_| r));
+            let (mut best, mut best_reference) = (f64::INFINITY, f64::INFINITY);
+            let (mut runs, mut spent, mut spent_reference) = (0, 0.0, 0.0);
+            // Short passes run more often: this machine's speed moves within seconds, and the
+            // best of a few 0.1 s runs says more about the minute than about the code.
+            while runs < args.repeats.max(1) || (runs < MAX_RUNS && (spent < args.min_seconds || (reference.is_ok() && spent_reference < args.min_seconds))) {
+                let seconds = run_loupe()?;
+                (best, spent, runs) = (best.min(seconds), spent + seconds, runs + 1);
+                if let Ok(r) = reference.as_mut() {
+                    match r.time(batch_size, reference_case) {
+                        Ok(seconds) => (best_reference, spent_reference) = (best_reference.min(seconds), spent_reference + seconds),
+                        Err(e) => reference = Err(e),
+                    }
+                }
             }
             let gflop = config.forward_flops(tokens, layers, context, logits != Logits::None) / 1e9;
-            timings.push(Timing { batch: batch_size, name, seconds: best, gflop });
+            let reference_tokens_per_s = reference.is_ok().then(|| tokens as f64 / best_reference);
+            timings.push(Timing { batch: batch_size, name, seconds: best, gflop, reference_tokens_per_s, runs });
         }
     }
-    let reference = if args.no_reference { Err(anyhow::anyhow!("disabled by --no-reference")) } else { transformers_timings(&args, &model, threads) };
-
     let rows: Vec<serde_json::Value> = timings
         .iter()
-        .enumerate()
-        .map(|(i, t)| {
+        .map(|t| {
             let tokens_per_s = (t.batch * args.seq) as f64 / t.seconds;
             let gflops = t.gflop / t.seconds;
-            let torch = reference.as_ref().ok().and_then(|r| r.get(i).copied());
+            // A reference that failed part-way is dropped from every row.
+            let torch = reference.as_ref().ok().and(t.reference_tokens_per_s);
             json!({
                 "batch": t.batch,
                 "case": t.name,
@@ -152,6 +184,7 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
                 "fraction_of_peak": gflops / peak,
                 "transformers_tokens_per_second": torch,
                 "speedup_vs_transformers": torch.map(|r| tokens_per_s / r),
+                "runs": t.runs,
             })
         })
         .collect();
@@ -282,35 +315,70 @@ fn rayon_threads() -> usize {
     std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Tokens/s of transformers for the same cases (per batch size: to the layer, with logits),
-/// from the reference script.
-fn transformers_timings(args: &ForwardArgs, model: &Model, threads: usize) -> anyhow::Result<Vec<f64>> {
-    if !args.reference.exists() {
-        anyhow::bail!("{} not found (run from the repository root)", args.reference.display());
-    }
-    eprintln!("timing transformers with {} ...", args.reference.display());
-    let output = Command::new("python3")
-        .arg(&args.reference)
-        .args(["--model", &model.source().display().to_string()])
-        .args(["--batch", &args.batch.iter().map(usize::to_string).collect::<Vec<_>>().join(","), "--seq", &args.seq.to_string()])
-        .args(["--layer", &args.layer.to_string(), "--threads", &threads.to_string()])
-        .args(["--repeats", &args.repeats.to_string()])
-        .output()
-        .context("running python3")?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let last = stderr.lines().last().unwrap_or("no output");
-        // The reference is not part of the product, so setup does not install it.
-        let hint = if last.contains("ModuleNotFoundError") { " (install the reference: pip install torch transformers gguf accelerate)" } else { "" };
-        anyhow::bail!("reference script failed: {last}{hint}");
-    }
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("parsing the reference script's JSON")?;
-    let results = report["results"].as_array().context("reference output lacks 'results'")?;
-    let mut timings = Vec::new();
-    for result in results {
-        for key in ["to_layer_tokens_per_second", "logits_tokens_per_second"] {
-            timings.push(result[key].as_f64().with_context(|| format!("reference output lacks '{key}'"))?);
+/// A pause before each timed run, loupe's or the reference's: the other side's idle threads
+/// spin for a while after its last run (rayon's, OpenMP's) and would take cores from this one.
+fn settle() {
+    std::thread::sleep(std::time::Duration::from_millis(100));
+}
+
+/// transformers in a process of its own (`reference/bench_transformers.py --serve`), timing
+/// one pass per request, so that the bench can alternate its runs with loupe's.
+struct Transformers {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Transformers {
+    /// Starts the reference and waits until it has loaded the model.
+    fn start(args: &ForwardArgs, model: &Model, threads: usize) -> anyhow::Result<Self> {
+        if !args.reference.exists() {
+            anyhow::bail!("{} not found (run from the repository root)", args.reference.display());
         }
+        eprintln!("loading transformers with {} ...", args.reference.display());
+        let mut child = Command::new("python3")
+            .arg(&args.reference)
+            .args(["--serve", "--model", &model.source().display().to_string()])
+            .args(["--batch", &args.batch.iter().map(usize::to_string).collect::<Vec<_>>().join(","), "--seq", &args.seq.to_string()])
+            .args(["--layer", &args.layer.to_string(), "--threads", &threads.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running python3")?;
+        let (stdin, stdout) = (child.stdin.take().context("the reference's stdin")?, child.stdout.take().context("the reference's stdout")?);
+        let mut reference = Transformers { child, stdin, stdout: BufReader::new(stdout) };
+        reference.answer().context("starting the reference")?;
+        Ok(reference)
     }
-    Ok(timings)
+
+    /// Seconds of one pass of `case` (`to_layer` or `logits`) over `batch` sequences.
+    fn time(&mut self, batch: usize, case: &str) -> anyhow::Result<f64> {
+        settle();
+        writeln!(self.stdin, "{batch} {case}").and_then(|_| self.stdin.flush()).context("writing to the reference")?;
+        self.answer()?["seconds"].as_f64().context("the reference's answer lacks 'seconds'")
+    }
+
+    /// The reference's next line of JSON, or why it stopped.
+    fn answer(&mut self) -> anyhow::Result<serde_json::Value> {
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line).context("reading from the reference")? == 0 {
+            let mut stderr = String::new();
+            if let Some(mut err) = self.child.stderr.take() {
+                let _ = err.read_to_string(&mut stderr);
+            }
+            let last = stderr.lines().last().unwrap_or("no output");
+            // The reference is not part of the product, so setup does not install it.
+            let hint = if last.contains("ModuleNotFoundError") { " (install the reference: pip install torch transformers gguf accelerate)" } else { "" };
+            anyhow::bail!("reference script failed: {last}{hint}");
+        }
+        serde_json::from_str(&line).with_context(|| format!("parsing the reference script's answer {line:?}"))
+    }
+}
+
+impl Drop for Transformers {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
