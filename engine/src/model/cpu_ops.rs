@@ -1,7 +1,9 @@
-//! Fused CPU kernels for the element-wise steps between matmuls. candle's generic binary
-//! and unary ops run on one thread and over strided views; these run over contiguous rows in
-//! parallel (rayon) and fuse several passes into one, which matters once matmuls are fast.
-//! On another device or dtype each function falls back to candle's generic ops.
+//! Fused CPU kernels for the steps between the model's large matmuls: SwiGLU, the masked
+//! softmax, attention without a KV cache, and the product for a few rows. candle's generic
+//! binary and unary ops run on one thread and over strided views; these run over contiguous
+//! rows in parallel (rayon) and fuse several passes into one, which matters once matmuls are
+//! fast. On another device or dtype each function falls back to candle's generic ops (or
+//! returns `None` for the caller's).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
