@@ -63,17 +63,22 @@ async fn create_with(root: &Location, table: &str, batch: &RecordBatch) -> Resul
     let params = write_params(root, WriteMode::Create);
     let Some(local) = root.local_path() else {
         let uri = root.table_uri(table);
-        let transaction = InsertBuilder::new(uri.as_str()).with_params(&params).execute_uncommitted(vec![batch.clone()]).await.map_err(|e| StoreError::lance(table, e))?;
-        // The settings InsertBuilder's own commit takes from the write parameters.
-        let mut commit = CommitBuilder::new(uri.as_str())
-            .with_max_retries(0)
-            .with_storage_format(params.data_storage_version.unwrap_or_default())
-            .enable_v2_manifest_paths(params.enable_v2_manifest_paths)
-            .use_stable_row_ids(params.enable_stable_row_ids);
-        if let Some(store_params) = params.store_params.clone() {
-            commit = commit.with_store_params(store_params);
-        }
-        return match commit.execute(transaction).await {
+        let created = async {
+            // Refused with "already exists" when another writer created the table after
+            // this one looked; the commit below fails the same way if one does after this.
+            let transaction = InsertBuilder::new(uri.as_str()).with_params(&params).execute_uncommitted(vec![batch.clone()]).await?;
+            // The settings InsertBuilder's own commit takes from the write parameters.
+            let mut commit = CommitBuilder::new(uri.as_str())
+                .with_max_retries(0)
+                .with_storage_format(params.data_storage_version.unwrap_or_default())
+                .enable_v2_manifest_paths(params.enable_v2_manifest_paths)
+                .use_stable_row_ids(params.enable_stable_row_ids);
+            if let Some(store_params) = params.store_params.clone() {
+                commit = commit.with_store_params(store_params);
+            }
+            commit.execute(transaction).await
+        };
+        return match created.await {
             Ok(_) => Ok(true),
             Err(_) if exists(root, table).await? => Ok(false),
             Err(e) => Err(StoreError::lance(table, e)),

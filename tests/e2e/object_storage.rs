@@ -189,13 +189,14 @@ fn the_writer_lease_excludes_a_second_writer_and_outlives_a_dead_one() {
 /// Writers that append at once to a table no one has created yet (alerts from several
 /// servers on a new store): one creates it, the others append, and every acknowledged row
 /// is kept. (Lance commits a create that finds the table already there as an overwrite
-/// unless it is committed strictly.)
+/// unless it is committed strictly; a writer that finds it created between its look and
+/// its write is refused before committing.)
 #[test]
 fn racing_first_appends_on_object_storage_keep_every_row() {
     let s3 = S3Server::start(&[BUCKET]);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        for round in 0..3 {
+        for round in 0..6 {
             let url = format!("s3://{BUCKET}/racing-{round}");
             layout::create_or_check(&s3.location(&url)).await.unwrap();
             let writers: Vec<_> = (0..6).map(|_| s3.location(&url)).collect();
