@@ -12,6 +12,8 @@ pub enum StoreError {
     Locked { path: String, holder: String },
     #[error("{path}: {reason}")]
     Conflict { path: String, reason: String },
+    #[error("{name}: {reason}")]
+    Setting { name: &'static str, reason: String },
     #[error("store location {location:?}: {reason}")]
     InvalidLocation { location: String, reason: String },
     #[cfg(feature = "tables")]

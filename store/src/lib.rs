@@ -29,6 +29,7 @@ with_tables! {
     pub mod labels;
     pub mod layout;
     mod lease;
+    pub mod local_reads;
     mod locator;
     pub mod location;
     pub mod monitors;
@@ -43,6 +44,7 @@ with_tables! {
     pub use alerts::{append_alerts, read_alerts, AlertFilter, AlertRecord};
     pub use labels::{append_labels, label_history};
     pub use layout::Generation;
+    pub use local_reads::{local_reads, LocalReads};
     pub use location::Location;
     pub use monitors::{append_monitor, monitor_history, monitors_marker, MonitorVersion, MonitorWrite};
     pub use named_vectors::{append_vector, named_vector, named_vectors, NamedVector};

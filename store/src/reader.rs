@@ -17,7 +17,7 @@ use crate::layout::{self, Generation, Location};
 use crate::locator::RowLocator;
 use crate::records::{DictionaryRecord, ExampleRecord, FeatureRecord};
 use crate::search::{FeatureSite, SearchFilter, SearchIndex, SearchPage, SearchResults};
-use crate::tables::{open_at, quote, scan};
+use crate::tables::{open_for_reads, quote, scan};
 use crate::grouped_take::GroupedTaker;
 use crate::taker::{PointReads, RowTaker};
 use crate::decoder_scan::QuantizedDecoders;
@@ -136,17 +136,17 @@ impl StoreReader {
                 .copied()
                 .ok_or_else(|| StoreError::Corrupt { path: format!("{root} generation {}", generation.generation), reason: format!("generation {} names no version of table {table}", generation.generation) })
         };
-        let dictionaries = open_at(&root, DICTIONARIES, version(DICTIONARIES)?).await?;
-        let features = open_at(&root, FEATURES, version(FEATURES)?).await?;
-        let examples = open_at(&root, EXAMPLES, version(EXAMPLES)?).await?;
+        let dictionaries = open_for_reads(&root, DICTIONARIES, version(DICTIONARIES)?).await?;
+        let features = open_for_reads(&root, FEATURES, version(FEATURES)?).await?;
+        let examples = open_for_reads(&root, EXAMPLES, version(EXAMPLES)?).await?;
         let mut decoders = BTreeMap::new();
         for (table, &version) in &generation.versions {
             if let Some(width) = vectors::width_of(table) {
-                decoders.insert(width, DecoderTable { dataset: open_at(&root, table, version).await?, held: OnceCell::new(), quantized: OnceCell::new() });
+                decoders.insert(width, DecoderTable { dataset: open_for_reads(&root, table, version).await?, held: OnceCell::new(), quantized: OnceCell::new() });
             }
         }
         let dashboards = match generation.versions.get(DASHBOARDS) {
-            Some(&version) => Some(StoredDashboards::new(open_at(&root, DASHBOARDS, version).await?)?),
+            Some(&version) => Some(StoredDashboards::new(open_for_reads(&root, DASHBOARDS, version).await?)?),
             None => None,
         };
         let search = SearchIndex::open(&search_folder(&root, &generation).await?)?;

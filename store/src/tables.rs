@@ -30,7 +30,11 @@ pub fn write_params(root: &Location, mode: WriteMode) -> WriteParams {
 /// Opens the latest version of `table` (on object storage, reading through the local block
 /// cache of immutable files, `read_cache`).
 pub async fn open_latest(root: &Location, table: &str) -> Result<Dataset> {
-    let builder = DatasetBuilder::from_uri(&root.table_uri(table));
+    open_uri(root, table, &root.table_uri(table)).await
+}
+
+async fn open_uri(root: &Location, table: &str, uri: &str) -> Result<Dataset> {
+    let builder = DatasetBuilder::from_uri(uri);
     let builder = match root.read_cache() {
         Some(cache) => builder.with_store_params(ObjectStoreParams {
             object_store_wrapper: Some(cache),
@@ -48,7 +52,20 @@ pub fn quote(value: &str) -> String {
 }
 
 pub async fn open_at(root: &Location, table: &str, version: u64) -> Result<Dataset> {
-    let dataset = open_latest(root, table).await?;
+    checkout(open_latest(root, table).await?, table, version).await
+}
+
+/// Opens `version` of `table` for reads only: on a local store through io_uring where the
+/// kernel allows it (see `local_reads`). Never commit through the dataset this returns.
+pub async fn open_for_reads(root: &Location, table: &str, version: u64) -> Result<Dataset> {
+    let dataset = match root.local_path() {
+        Some(path) => open_uri(root, table, &crate::local_reads::read_uri(&path.join(format!("{table}.lance")))?).await?,
+        None => open_latest(root, table).await?,
+    };
+    checkout(dataset, table, version).await
+}
+
+async fn checkout(dataset: Dataset, table: &str, version: u64) -> Result<Dataset> {
     if dataset.version().version == version {
         return Ok(dataset);
     }

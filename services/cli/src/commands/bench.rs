@@ -308,6 +308,8 @@ pub fn provenance() -> serde_json::Value {
         "commit": git(&["rev-parse", "--short", "HEAD"]),
         "uncommitted_changes": dirty,
         "loupe_version": env!("CARGO_PKG_VERSION"),
+        // How servers started here read local stores (io_uring or tokio's blocking pool).
+        "local_reads": loupe_store::local_reads().map(|r| format!("{r:?}").to_lowercase()).unwrap_or_else(|e| e.to_string()),
     })
 }
 
