@@ -53,6 +53,11 @@ pub(crate) struct ObjectRoot {
 /// What the last write of an object was, for a conditional update of it (the lease).
 pub(crate) type Version = object_store::UpdateVersion;
 
+/// Where a local store keeps `table`.
+fn table_folder(root: &Path, table: &str) -> PathBuf {
+    root.join(format!("{table}.lance"))
+}
+
 impl Location {
     /// A local folder (need not exist yet).
     pub fn local(path: &Path) -> Location {
@@ -117,9 +122,14 @@ impl Location {
     /// Where Lance finds `table`.
     pub fn table_uri(&self, table: &str) -> String {
         match &*self.backend {
-            Backend::Local(path) => path.join(format!("{table}.lance")).to_string_lossy().into_owned(),
+            Backend::Local(path) => table_folder(path, table).to_string_lossy().into_owned(),
             Backend::Object(root) => format!("{}/{table}.lance", root.url),
         }
+    }
+
+    /// The folder of `table` in a local store (None on object storage).
+    pub(crate) fn local_table_path(&self, table: &str) -> Option<PathBuf> {
+        Some(table_folder(self.local_path()?, table))
     }
 
     /// Options for Lance's object store (empty for a local store).

@@ -58,8 +58,8 @@ pub async fn open_at(root: &Location, table: &str, version: u64) -> Result<Datas
 /// Opens `version` of `table` for reads only: on a local store through io_uring where the
 /// kernel allows it (see `local_reads`). Never commit through the dataset this returns.
 pub async fn open_for_reads(root: &Location, table: &str, version: u64) -> Result<Dataset> {
-    let dataset = match root.local_path() {
-        Some(path) => open_uri(root, table, &crate::local_reads::read_uri(&path.join(format!("{table}.lance")))?).await?,
+    let dataset = match root.local_table_path(table) {
+        Some(path) => open_uri(root, table, &crate::local_reads::read_uri(&path)?).await?,
         None => open_latest(root, table).await?,
     };
     checkout(dataset, table, version).await
