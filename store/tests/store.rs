@@ -577,8 +577,8 @@ fn dashboards_are_one_record_per_feature_and_older_stores_read_through_the_table
     assert!(err.contains("re-index"), "{err}");
 }
 
-/// Readers open local tables at `file+uring://` URLs where io_uring is available: a folder
-/// name that a URL must escape reads back like any other.
+/// Readers open local tables at `file+uring://` URLs where io_uring is chosen (many cores or
+/// `LOUPE_LOCAL_READS=uring`): a folder name that a URL must escape reads back like any other.
 #[test]
 fn a_store_in_a_folder_with_url_characters_reads_back() {
     let rt = runtime();
@@ -591,6 +591,6 @@ fn a_store_in_a_folder_with_url_characters_reads_back() {
     assert_eq!(rt.block_on(reader.features("sae-a")).unwrap(), commit.features);
     assert_dashboards(&rt, &reader, &commit);
     assert_eq!(reader.search("dogs", &SearchFilter::default(), 0, 10).unwrap().total, 1);
-    // Where this machine allows io_uring, the tables above were read through it.
+    // Which reader read the tables above (local_reads.rs checks the io_uring one directly).
     eprintln!("local reads: {:?}", loupe_store::local_reads().unwrap());
 }
