@@ -84,8 +84,13 @@ async fn create_with(root: &Location, table: &str, batch: &RecordBatch) -> Resul
             Err(e) => Err(StoreError::lance(table, e)),
         };
     };
+    // Unique to this call: two creators that shared a folder (the clock alone named it, and
+    // concurrent calls read the same nanosecond) wrote into one table, and the loser's
+    // clean-up deleted the winner's files before its rename.
+    static CREATES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CREATES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let private = local.join(format!("{table}.lance.creating-{}-{nanos}", std::process::id()));
+    let private = local.join(format!("{table}.lance.creating-{}-{call}-{nanos}", std::process::id()));
     let uri = private.to_string_lossy().into_owned();
     InsertBuilder::new(uri.as_str()).with_params(&params).execute(vec![batch.clone()]).await.map_err(|e| StoreError::lance(table, e))?;
     let path = local.join(format!("{table}.lance"));
