@@ -109,6 +109,12 @@ pub struct Limits {
     pub dashboard_cache_bytes: u64,
     /// Bytes of hot SearchFeatures answers kept in memory. 0: none.
     pub search_cache_bytes: u64,
+    /// Most threads of the runtime's blocking pool, where Lance reads a local store's files
+    /// (one hop per read). Default: 4 per core, at least 8. 0: tokio's own default, a new
+    /// thread per waiting read up to 512, which under 64 concurrent dashboards parks and
+    /// wakes so many threads that the 2-core machine served 20-50% fewer (a capped pool's
+    /// threads take the next waiting read without sleeping).
+    pub io_threads: usize,
 }
 
 impl Default for Limits {
@@ -146,8 +152,14 @@ impl Default for Limits {
             caller_model_tokens_per_minute: 0,
             dashboard_cache_bytes: 256 << 20,
             search_cache_bytes: 64 << 20,
+            io_threads: default_io_threads(),
         }
     }
+}
+
+fn default_io_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (4 * cores).max(8)
 }
 
 /// The `[serve]`-level settings as a file or the environment give them (all optional).
@@ -253,7 +265,7 @@ impl ServeSettings {
             self.insecure = Some(parse("LOUPE_INSECURE", v)?);
         }
         let l = &mut self.limits;
-        let usize_limits: [(&str, &mut usize); 24] = [
+        let usize_limits: [(&str, &mut usize); 25] = [
             ("LOUPE_MODEL_WORKERS", &mut l.model_workers),
             ("LOUPE_MAX_WAITING", &mut l.max_waiting),
             ("LOUPE_MAX_TEXT_BYTES", &mut l.max_text_bytes),
@@ -278,6 +290,7 @@ impl ServeSettings {
             ("LOUPE_MAX_STREAM_TOKENS", &mut l.max_stream_tokens),
             ("LOUPE_MAX_STREAM_BYTES", &mut l.max_stream_bytes),
             ("LOUPE_MAX_TRAIN_TEXTS", &mut l.max_train_texts),
+            ("LOUPE_IO_THREADS", &mut l.io_threads),
         ];
         for (name, slot) in usize_limits {
             if let Some(v) = env(name) {
@@ -378,6 +391,9 @@ mod tests {
         assert_eq!(config.dictionaries, vec![("res-9".to_string(), PathBuf::from("/d/res9"))]);
         assert_eq!((config.limits.max_tokens, config.limits.max_page), (512, 7), "file, then environment");
         assert_eq!(config.limits.max_waiting, Limits::default().max_waiting, "defaults fill the rest");
+        assert!(config.limits.io_threads >= 8, "4 per core, at least 8");
+        let threads = ServeSettings::load(Some(&file), env_of(&[("LOUPE_IO_THREADS", "3")])).unwrap();
+        assert_eq!(threads.limits.io_threads, 3);
     }
 
     #[test]

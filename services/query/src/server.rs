@@ -12,7 +12,7 @@ use loupe_schema::proto::v1::FILE_DESCRIPTOR_SET;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-use crate::config::ServerConfig;
+use crate::config::{Limits, ServerConfig};
 use crate::error::{Result, ServiceError};
 use crate::features::FeaturesService;
 use crate::grpc_adapter::Grpc;
@@ -37,6 +37,18 @@ fn oversized_is_resource_exhausted(mut response: http::Response<tonic::body::Bod
         headers.insert("grpc-status", http::HeaderValue::from_static("8"));
     }
     response
+}
+
+/// The runtime a server runs on: tokio's multi-thread runtime, whose blocking pool (where
+/// Lance reads a local store's files, one hop per read) holds at most `limits.io_threads`
+/// threads when that is set.
+pub fn runtime(limits: &Limits, thread_name: &str) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name(thread_name);
+    if limits.io_threads > 0 {
+        builder.max_blocking_threads(limits.io_threads);
+    }
+    builder.build()
 }
 
 /// Loads the store (and model) and serves on `listener` until `shutdown` resolves.
@@ -88,4 +100,41 @@ pub async fn serve_state(state: Arc<AppState>, listener: TcpListener, shutdown: 
     monitors.abort();
     generations.abort();
     served.map_err(|e| ServiceError::Internal(format!("server: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The most blocking tasks of `runtime` that ran at once, of `tasks` that each hold their
+    /// thread for a while.
+    fn peak_blocking(runtime: &tokio::runtime::Runtime, tasks: usize) -> usize {
+        let (running, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        runtime.block_on(async {
+            let handles: Vec<_> = (0..tasks)
+                .map(|_| {
+                    let (running, peak) = (running.clone(), peak.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(30));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    })
+                })
+                .collect();
+            for handle in handles {
+                handle.await.unwrap();
+            }
+        });
+        peak.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn io_threads_caps_the_blocking_pool_and_zero_leaves_tokio_default() {
+        let capped = runtime(&Limits { io_threads: 3, ..Limits::default() }, "capped").unwrap();
+        assert_eq!(peak_blocking(&capped, 12), 3);
+        let uncapped = runtime(&Limits { io_threads: 0, ..Limits::default() }, "uncapped").unwrap();
+        assert!(peak_blocking(&uncapped, 12) > 3, "tokio's default pool grows a thread per waiting task");
+    }
 }

@@ -110,7 +110,7 @@ pub(crate) async fn start(store: &PathBuf, with_model: bool, limits: Limits) -> 
     let model = with_model.then(loupe_query::config::default_model_path);
     let config =
         ServerConfig { store: super::store_location(store)?, addr, model, device: Default::default(), precision: Default::default(), dictionaries: vec![], limits, access: Default::default() };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("loupe-bench-server").build()?;
+    let runtime = loupe_query::server::runtime(&config.limits, "loupe-bench-server")?;
     let state = runtime.spawn(async move { loupe_query::state::AppState::load(&config).await }).await?;
     let state = Arc::new(state.with_context(|| format!("loading {}", store.display()))?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -105,7 +105,7 @@ impl Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = args.settings()?.resolve()?;
     let store = config.store.clone();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = loupe_query::server::runtime(&config.limits, "loupe-server")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
         loupe_query::workers::lower_model_priority();
