@@ -8,13 +8,15 @@
 //! threads that own an io_uring each and take every read waiting at one wake-up.
 //!
 //! But those threads spin (`try_recv` in a loop) for as long as any read is in flight, so
-//! each can hold a core. On the 2-core machine that is half or all of the server: with
-//! io_uring, the open-loop GetFeature run after a search run fell into a standing queue in
-//! three of six runs (p50 76 ms, p99 211-542 ms at ~5,500/s, which the blocking pool served
-//! at p99 5-9 ms), and `perf` of one such server had half its samples in the ring threads'
-//! clock reads. The queue keeps reads in flight, which keeps the threads spinning, which
-//! keeps the queue. `auto` therefore picks io_uring only where the ring threads' two cores
-//! are at most a quarter of the machine ([`URING_MIN_CORES`]).
+//! each can hold a core. On the 2-core machine that is half or all of the server: in 16
+//! open-loop GetFeature runs at half load, io_uring's p99 passed 200 ms four times (211-542
+//! ms), once as a standing queue that did not drain (p50 76 ms), against a worst of 55 ms
+//! in the 12 blocking-pool runs alternated with them; `perf` of one server under load had
+//! half its samples in the ring threads' clock reads. The standing queue is io_uring's own:
+//! reads in flight keep the threads spinning, which keeps the queue. (Bursts of ~200 ms
+//! p99 with a p50 under 2 ms came later on the blocking pool too: the machine's.) `auto`
+//! therefore picks io_uring only where the ring threads' two cores are at most a quarter of
+//! the machine ([`URING_MIN_CORES`]).
 //!
 //! Only the reader's tables, which a generation never changes, are opened this way. Writers
 //! keep Lance's `file` scheme, which picks the commit handler (and so the atomicity) of a

@@ -55,8 +55,8 @@ pub async fn open_at(root: &Location, table: &str, version: u64) -> Result<Datas
     checkout(open_latest(root, table).await?, table, version).await
 }
 
-/// Opens `version` of `table` for reads only: on a local store through io_uring where the
-/// kernel allows it (see `local_reads`). Never commit through the dataset this returns.
+/// Opens `version` of `table` for reads only: on a local store through io_uring where
+/// `local_reads` chooses it. Never commit through the dataset this returns.
 pub async fn open_for_reads(root: &Location, table: &str, version: u64) -> Result<Dataset> {
     let dataset = match root.local_table_path(table) {
         Some(path) => open_uri(root, table, &crate::local_reads::read_uri(&path)?).await?,

@@ -112,7 +112,7 @@ pub struct Limits {
     /// Most threads of the runtime's blocking pool, where Lance reads a local store's files
     /// (one hop per read). Default: 4 per core, at least 8. 0: tokio's own default, a new
     /// thread per waiting read up to 512, which under 64 concurrent dashboards parks and
-    /// wakes so many threads that the 2-core machine served 20-50% fewer (a capped pool's
+    /// wakes so many threads that the 2-core machine served 10-36% fewer (a capped pool's
     /// threads take the next waiting read without sleeping).
     pub io_threads: usize,
 }
