@@ -344,16 +344,25 @@ impl SearchIndex {
         let searcher = self.reader.searcher();
         let top_k = || TopDocs::with_limit(page.offset.saturating_add(page.limit.max(1))).order_by_score();
         let in_generation = with_filters((!overlaid.is_empty()).then(|| (Occur::MustNot, Box::new(TermSetQuery::new(overlaid.iter().cloned())) as Box<dyn Query>)));
-        // Where the query's terms cannot match more documents than are counted exactly, or
-        // ranking cannot prune (prefixes), one pass ranks and counts; otherwise the count
-        // stops at the cutoff and ranking skips what cannot reach the page.
-        let one_pass = has_prefixes || match_bound(&searcher, &*text_query)? <= page.exact_total_up_to as u64;
-        let (top, mut total, total_is_estimate) = if one_pass {
+        // Ranking and counting run as separate passes: ranking alone skips the blocks of
+        // postings that cannot reach the page (block-max WAND), and counting alone skips
+        // scoring. One scored pass doing both scored every match of a union of fields: on the
+        // 1M store, 5,854 against 6,347 searches/s (means of eight alternated rounds, the two
+        // passes ahead in six; `benchmarks/results/ab/search-count-ab.sh`).
+        // Prefixes are the exception: their regex scorers cannot prune, so their one ranking
+        // pass counts as it goes.
+        let (top, mut total, total_is_estimate) = if has_prefixes {
             let (top, total) = searcher.search(&*in_generation, &(top_k(), Count))?;
             (top, total, false)
         } else {
             let top = searcher.search(&*in_generation, &top_k())?;
-            let (total, estimate) = count_matches(&searcher, &*in_generation, page.exact_total_up_to)?;
+            // Where the terms cannot match more documents than are counted exactly, tantivy's
+            // count (unscored, in blocks) is exact; otherwise it stops at the cutoff.
+            let (total, estimate) = if match_bound(&searcher, &*text_query)? <= page.exact_total_up_to as u64 {
+                (searcher.search(&*in_generation, &Count)?, false)
+            } else {
+                count_matches(&searcher, &*in_generation, page.exact_total_up_to)?
+            };
             (top, total, estimate)
         };
         let mut ranked: Vec<(f32, Source, tantivy::DocAddress)> = top.into_iter().map(|(score, address)| (score, Source::Generation, address)).collect();
@@ -510,10 +519,15 @@ mod tests {
         assert_eq!((exact.total, exact.total_is_estimate), (matching, false));
         let at_cutoff = index.search_page("common", &SearchFilter::default(), SearchPage { offset: 0, limit: 20, exact_total_up_to: matching }).unwrap();
         assert_eq!((at_cutoff.total, at_cutoff.total_is_estimate), (matching, false));
-        let estimated = index.search_page("common", &SearchFilter::default(), SearchPage { offset: 0, limit: 20, exact_total_up_to: 200 }).unwrap();
+        let estimated = index.search_page("common", &SearchFilter::default(), SearchPage { offset: 0, limit: 20, exact_total_up_to: 1000 }).unwrap();
         assert!(estimated.total_is_estimate);
+        // The index's two writer threads take documents in no fixed order, so the first
+        // thousand matches are a sample of where matches lie: its estimate's relative error
+        // has a standard deviation of about sqrt((1 - 1/3) / 1000) = 2.6% (5% failed 4 of
+        // 150 runs at a cutoff of 200). 15% is past 5 of those, and well short of an estimate
+        // that did not extrapolate (1001, half the matches).
         let error = (estimated.total as f64 - matching as f64).abs() / matching as f64;
-        assert!(error < 0.05, "estimated {} for {matching} matches", estimated.total);
+        assert!(error < 0.15, "estimated {} for {matching} matches", estimated.total);
         // The same hits whether or not the total was cut short.
         assert_eq!(estimated.hits, exact.hits);
         let rare = index.search_page("rare", &SearchFilter::default(), SearchPage { offset: 0, limit: 20, exact_total_up_to: 200 }).unwrap();
@@ -538,6 +552,27 @@ mod tests {
         let page = index.search_page("common", &SearchFilter::default(), SearchPage::new(140, 20)).unwrap();
         for (hit, expected) in page.hits.iter().zip(&all.hits[140..160]) {
             assert_eq!(hit.score, expected.score);
+        }
+    }
+
+    /// Ranking with pruning and counting apart give what one exhaustive scored pass gives:
+    /// the same scores on the page and the same total, with and without filters.
+    #[test]
+    fn pruned_ranking_and_a_separate_count_match_an_exhaustive_pass() {
+        let (_dir, index) = index(3000);
+        let dictionary = SearchFilter { dictionary_id: Some("d".into()), ..SearchFilter::default() };
+        for (query, filter) in [("common", SearchFilter::default()), ("common rare", SearchFilter::default()), ("filler9 line", SearchFilter::default()), ("common", dictionary)] {
+            let page = index.search_page(query, &filter, SearchPage { offset: 0, limit: 20, exact_total_up_to: 100_000 }).unwrap();
+            let (text, filters, _) = index.parse(query, &filter).unwrap();
+            let mut clauses = vec![(Occur::Must, text)];
+            clauses.extend(filters);
+            let searcher = index.reader.searcher();
+            let everything = TopDocs::with_limit(searcher.num_docs() as usize).order_by_score();
+            let (all, total) = searcher.search(&BooleanQuery::new(clauses), &(everything, Count)).unwrap();
+            assert!(total > 20, "{query}: {total} matches");
+            assert_eq!((page.total, page.total_is_estimate), (total, false), "{query}");
+            let expected: Vec<f32> = all.iter().take(20).map(|(score, _)| *score).collect();
+            assert_eq!(page.hits.iter().map(|h| h.score).collect::<Vec<_>>(), expected, "{query}");
         }
     }
 
