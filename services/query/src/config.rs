@@ -113,7 +113,8 @@ pub struct Limits {
     /// (one hop per read). Default: 4 per core, at least 8. 0: tokio's own default, a new
     /// thread per waiting read up to 512, which under 64 concurrent dashboards parks and
     /// wakes so many threads that the 2-core machine served 10-36% fewer (a capped pool's
-    /// threads take the next waiting read without sleeping).
+    /// threads take the next waiting read without sleeping). Long CPU work (probe fits,
+    /// evaluations) runs on threads of its own (`AppState::long_threads`), not in this pool.
     pub io_threads: usize,
 }
 

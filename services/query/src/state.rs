@@ -41,6 +41,10 @@ pub struct AppState {
     pub workers: Arc<ModelWorkers>,
     /// Where searches run (see `RequestThreads`).
     pub request_threads: RequestThreads,
+    /// Where long CPU-bound request work runs (monitor evaluations' bootstraps, explained
+    /// alerts' encodes: up to seconds): apart from the searches, which would queue behind it,
+    /// and from the blocking pool, whose few threads (`limits.io_threads`) serve store reads.
+    pub long_threads: RequestThreads,
     pub limits: Limits,
     /// Tokens, scopes and quotas of callers.
     pub access: crate::access::Access,
@@ -81,7 +85,8 @@ impl AppState {
             snapshot: std::sync::RwLock::new(Arc::new(snapshot)),
             engine,
             workers,
-            request_threads: RequestThreads::per_core(),
+            request_threads: RequestThreads::per_core("request"),
+            long_threads: RequestThreads::per_core("long"),
             limits: config.limits,
             access,
             labels: crate::labels::label_writer(config.store.clone()),

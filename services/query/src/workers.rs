@@ -128,13 +128,14 @@ pub struct RequestThreads {
 }
 
 impl RequestThreads {
-    pub fn new(threads: usize) -> Self {
-        RequestThreads { jobs: start_threads(threads.max(1), "request", false) }
+    /// `threads` threads named `loupe-{name}-{i}`.
+    pub fn new(threads: usize, name: &'static str) -> Self {
+        RequestThreads { jobs: start_threads(threads.max(1), name, false) }
     }
 
     /// One thread per core.
-    pub fn per_core() -> Self {
-        Self::new(std::thread::available_parallelism().map_or(2, usize::from))
+    pub fn per_core(name: &'static str) -> Self {
+        Self::new(std::thread::available_parallelism().map_or(2, usize::from), name)
     }
 
     /// Runs `work` on a request thread (queued in arrival order while all are busy).
@@ -174,7 +175,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn request_threads_run_many_calls_on_a_fixed_set_of_threads() {
-        let threads = Arc::new(RequestThreads::new(2));
+        let threads = Arc::new(RequestThreads::new(2, "request"));
         let calls: Vec<_> = (0..200u64)
             .map(|i| {
                 let threads = threads.clone();

@@ -368,7 +368,7 @@ pub async fn score(state: &Arc<AppState>, r: pb::ScoreRequest) -> Result<pb::Sco
     let snapshot = state.snapshot();
     let keep_text = limits.store_alert_text;
     // The detectors' values are a small product per text (done here); explaining a firing
-    // encodes its peak with the dictionaries (a blocking-pool job, when one fired).
+    // encodes its peak with the dictionaries (a job for the long-work threads, when one fired).
     let verdicts: Vec<Vec<Vec<monitor::Scored>>> =
         texts.iter().zip(&passes).map(|(text, rows)| monitors.iter().map(|m| run_monitor(&lens, m, text, rows)).collect::<Result<Vec<_>>>()).collect::<Result<_>>()?;
     let explains = explain_k > 0 && verdicts.iter().flatten().flatten().any(|v| v.fired);
@@ -390,7 +390,7 @@ pub async fn score(state: &Arc<AppState>, r: pb::ScoreRequest) -> Result<pb::Sco
             Ok((results, alerts))
         }
     };
-    let (results, alerts) = if explains { tokio::task::spawn_blocking(finish).await.map_err(|e| ServiceError::Internal(format!("scoring task: {e}")))?? } else { finish()? };
+    let (results, alerts) = if explains { state.long_threads.run(finish).await? } else { finish()? };
     state.monitoring.alerts.record(alerts).await?;
     Ok(pb::ScoreResponse { results, request_id })
 }

@@ -164,39 +164,40 @@ pub async fn train_probe(state: &AppState, r: &pb::TrainProbeRequest) -> Result<
     let d_sae = sparse.map_or(0, |(at, _)| lens.dictionaries()[at].dictionary.info().d_sae);
     let dictionary_id = r.dictionary_id.clone();
     let split = (train.clone(), validation.clone(), test.clone(), y_train.clone(), y_validation.clone(), y_test.clone());
-    let (signal, s_validation, s_test, l2, bag_auroc) = tokio::task::spawn_blocking(move || {
-        let (train, validation, test, y_train, y_validation, y_test) = split;
-        // The probe's inputs: the mean-pooled activation, or the chosen features' means.
-        let chosen = sparse.map(|(_, k)| best_features(&pooled, &train, &y_train, d_sae, k)).unwrap_or_default();
-        let row = |p: &Pooled| -> Vec<f32> {
-            if sparse.is_some() {
-                chosen.iter().map(|f| p.features.get(f).copied().unwrap_or(0.0)).collect()
-            } else {
-                p.mean.clone()
-            }
-        };
-        let rows = |idx: &[usize]| -> Vec<Vec<f32>> { idx.iter().map(|&i| row(&pooled[i])).collect() };
-        let (x_train, x_validation, x_test) = (rows(&train), rows(&validation), rows(&test));
-        let (probe, l2) = match method {
-            pb::ProbeMethod::Diffmean => (probes::diffmean(&x_train, &y_train), 0.0),
-            _ => {
-                let (probe, chosen) = probes::tuned_logistic(&x_train, &y_train, &x_validation, &y_validation);
-                (probe, chosen.l2)
-            }
-        };
-        // The bag-of-words baseline on the same split.
-        let bag = probes::BagOfWords::fit(train.iter().map(|&i| pooled[i].tokens.as_slice()));
-        let bag_rows = |idx: &[usize]| -> Vec<Vec<f32>> { idx.iter().map(|&i| bag.features(&pooled[i].tokens)).collect() };
-        let (bow, _) = probes::tuned_logistic(&bag_rows(&train), &y_train, &bag_rows(&validation), &y_validation);
-        let bag_auroc = probes::auroc(&bow.scores(&bag_rows(&test)), &y_test);
-        let signal = match sparse {
-            Some(_) => Signal::Features { dictionary: dictionary_id, weights: chosen.iter().copied().zip(probe.weights.iter().copied()).collect(), bias: probe.bias },
-            None => Signal::Linear { hook, weights: probe.weights.clone(), bias: probe.bias },
-        };
-        (signal, probe.scores(&x_validation), probe.scores(&x_test), l2, bag_auroc)
-    })
-    .await
-    .map_err(|e| ServiceError::Internal(format!("training task: {e}")))?;
+    let (signal, s_validation, s_test, l2, bag_auroc) = state
+        .long_threads
+        .run(move || {
+            let (train, validation, test, y_train, y_validation, y_test) = split;
+            // The probe's inputs: the mean-pooled activation, or the chosen features' means.
+            let chosen = sparse.map(|(_, k)| best_features(&pooled, &train, &y_train, d_sae, k)).unwrap_or_default();
+            let row = |p: &Pooled| -> Vec<f32> {
+                if sparse.is_some() {
+                    chosen.iter().map(|f| p.features.get(f).copied().unwrap_or(0.0)).collect()
+                } else {
+                    p.mean.clone()
+                }
+            };
+            let rows = |idx: &[usize]| -> Vec<Vec<f32>> { idx.iter().map(|&i| row(&pooled[i])).collect() };
+            let (x_train, x_validation, x_test) = (rows(&train), rows(&validation), rows(&test));
+            let (probe, l2) = match method {
+                pb::ProbeMethod::Diffmean => (probes::diffmean(&x_train, &y_train), 0.0),
+                _ => {
+                    let (probe, chosen) = probes::tuned_logistic(&x_train, &y_train, &x_validation, &y_validation);
+                    (probe, chosen.l2)
+                }
+            };
+            // The bag-of-words baseline on the same split.
+            let bag = probes::BagOfWords::fit(train.iter().map(|&i| pooled[i].tokens.as_slice()));
+            let bag_rows = |idx: &[usize]| -> Vec<Vec<f32>> { idx.iter().map(|&i| bag.features(&pooled[i].tokens)).collect() };
+            let (bow, _) = probes::tuned_logistic(&bag_rows(&train), &y_train, &bag_rows(&validation), &y_validation);
+            let bag_auroc = probes::auroc(&bow.scores(&bag_rows(&test)), &y_test);
+            let signal = match sparse {
+                Some(_) => Signal::Features { dictionary: dictionary_id, weights: chosen.iter().copied().zip(probe.weights.iter().copied()).collect(), bias: probe.bias },
+                None => Signal::Linear { hook, weights: probe.weights.clone(), bias: probe.bias },
+            };
+            Ok((signal, probe.scores(&x_validation), probe.scores(&x_test), l2, bag_auroc))
+        })
+        .await?;
     let negatives: Vec<f32> = s_validation.iter().zip(labels(&validation)).filter(|(_, l)| !l).map(|(&s, _)| s).collect();
     let threshold = probes::threshold_at_fpr(&negatives, target_fpr);
     let (recall, fpr, _) = probes::rates(&s_test, &y_test, threshold);
@@ -270,39 +271,40 @@ pub async fn evaluate(state: &AppState, r: pb::EvaluateMonitorRequest) -> Result
     let texts: Vec<String> = r.examples.iter().map(|e| e.text.clone()).collect();
     let labels: Vec<bool> = r.examples.iter().map(|e| e.label).collect();
     let scores = super::scores_of(state, &detectors, &texts).await?;
-    let evaluation = tokio::task::spawn_blocking(move || {
-        // NaN (no token in scope) scores as "did not fire".
-        let scores: Vec<Vec<f32>> = scores.into_iter().map(|s| s.into_iter().map(|v| if v.is_nan() { f32::NEG_INFINITY } else { v }).collect()).collect();
-        let mut out = Vec::with_capacity(detectors.len());
-        for (i, (d, s)) in detectors.iter().zip(&scores).enumerate() {
-            let t = d.threshold;
-            out.push(pb::DetectorEvaluation {
-                detector: i as u32,
-                auroc: Some(estimate(s, &labels, probes::auroc, resamples)),
-                average_precision: Some(estimate(s, &labels, probes::average_precision, resamples)),
-                recall_at_fpr: Some(estimate(s, &labels, |s, l| probes::recall_at_fpr(s, l, target_fpr), resamples)),
-                threshold: t,
-                precision: Some(estimate(s, &labels, |s, l| probes::rates(s, l, t).2, resamples)),
-                recall: Some(estimate(s, &labels, |s, l| probes::rates(s, l, t).0, resamples)),
-                f1: Some(estimate(
-                    s,
-                    &labels,
-                    |s, l| {
-                        let (recall, _, precision) = probes::rates(s, l, t);
-                        f1(precision, recall)
-                    },
-                    resamples,
-                )),
-                fpr: Some(estimate(s, &labels, |s, l| probes::rates(s, l, t).1, resamples)),
-            });
-        }
-        // The monitor as a whole: fires when any detector does (1.0 / 0.0 as scores).
-        let fired: Vec<f32> = (0..labels.len()).map(|j| if detectors.iter().zip(&scores).any(|(d, s)| s[j] > d.threshold) { 1.0 } else { 0.0 }).collect();
-        let whole = |pick: fn((f64, f64, f64)) -> f64| estimate(&fired, &labels, move |s, l| pick(probes::rates(s, l, 0.5)), resamples);
-        (out, whole(|r| r.2), whole(|r| r.0), whole(|r| r.1))
-    })
-    .await
-    .map_err(|e| ServiceError::Internal(format!("evaluation task: {e}")))?;
+    let evaluation = state
+        .long_threads
+        .run(move || {
+            // NaN (no token in scope) scores as "did not fire".
+            let scores: Vec<Vec<f32>> = scores.into_iter().map(|s| s.into_iter().map(|v| if v.is_nan() { f32::NEG_INFINITY } else { v }).collect()).collect();
+            let mut out = Vec::with_capacity(detectors.len());
+            for (i, (d, s)) in detectors.iter().zip(&scores).enumerate() {
+                let t = d.threshold;
+                out.push(pb::DetectorEvaluation {
+                    detector: i as u32,
+                    auroc: Some(estimate(s, &labels, probes::auroc, resamples)),
+                    average_precision: Some(estimate(s, &labels, probes::average_precision, resamples)),
+                    recall_at_fpr: Some(estimate(s, &labels, |s, l| probes::recall_at_fpr(s, l, target_fpr), resamples)),
+                    threshold: t,
+                    precision: Some(estimate(s, &labels, |s, l| probes::rates(s, l, t).2, resamples)),
+                    recall: Some(estimate(s, &labels, |s, l| probes::rates(s, l, t).0, resamples)),
+                    f1: Some(estimate(
+                        s,
+                        &labels,
+                        |s, l| {
+                            let (recall, _, precision) = probes::rates(s, l, t);
+                            f1(precision, recall)
+                        },
+                        resamples,
+                    )),
+                    fpr: Some(estimate(s, &labels, |s, l| probes::rates(s, l, t).1, resamples)),
+                });
+            }
+            // The monitor as a whole: fires when any detector does (1.0 / 0.0 as scores).
+            let fired: Vec<f32> = (0..labels.len()).map(|j| if detectors.iter().zip(&scores).any(|(d, s)| s[j] > d.threshold) { 1.0 } else { 0.0 }).collect();
+            let whole = |pick: fn((f64, f64, f64)) -> f64| estimate(&fired, &labels, move |s, l| pick(probes::rates(s, l, 0.5)), resamples);
+            Ok((out, whole(|r| r.2), whole(|r| r.0), whole(|r| r.1)))
+        })
+        .await?;
     let (detectors, precision, recall, fpr) = evaluation;
     let positives = r.examples.iter().filter(|e| e.label).count() as u32;
     Ok(pb::EvaluateMonitorResponse {
