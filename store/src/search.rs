@@ -571,8 +571,13 @@ mod tests {
             let (all, total) = searcher.search(&BooleanQuery::new(clauses), &(everything, Count)).unwrap();
             assert!(total > 20, "{query}: {total} matches");
             assert_eq!((page.total, page.total_is_estimate), (total, false), "{query}");
+            // Pruning adds a document's term scores in another order than the exhaustive
+            // pass: equal up to rounding (which the writer threads' document order decides).
             let expected: Vec<f32> = all.iter().take(20).map(|(score, _)| *score).collect();
-            assert_eq!(page.hits.iter().map(|h| h.score).collect::<Vec<_>>(), expected, "{query}");
+            assert_eq!(page.hits.len(), expected.len(), "{query}");
+            for (hit, e) in page.hits.iter().zip(&expected) {
+                assert!((hit.score - e).abs() <= 1e-5 * e.abs().max(1.0), "{query}: feature {} scored {}, expected {e}", hit.feature, hit.score);
+            }
         }
     }
 
