@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::proto::codec::Codec")
         // Written by hand, so that stored dashboards go out as their encoded bytes.
         .extern_path(".loupe.v1.GetFeatureResponse", "crate::proto::dashboard_reply::GetFeatureResponse")
+        // Written by hand, so that cached search answers go out as their encoded bytes.
+        .extern_path(".loupe.v1.SearchFeaturesResponse", "crate::proto::search_reply::SearchFeaturesResponse")
         // `--json` output of the CLI (and any other JSON view) comes from the messages.
         .type_attribute(".loupe.v1", "#[derive(serde::Serialize)]")
         .field_attribute(".loupe.v1.Dictionary.manifest_json", "#[serde(rename = \"manifest\", serialize_with = \"crate::proto::embedded_json\")]")

@@ -6,10 +6,12 @@ pub mod tables;
 pub mod proto {
     pub mod codec;
     pub mod dashboard_reply;
+    pub mod search_reply;
 
     pub mod v1 {
         tonic::include_proto!("loupe.v1");
         pub use super::dashboard_reply::GetFeatureResponse;
+        pub use super::search_reply::SearchFeaturesResponse;
 
         /// Encoded descriptors of the API, for server reflection.
         pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("loupe_v1_descriptor");

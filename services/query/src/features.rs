@@ -93,7 +93,10 @@ impl FeaturesService {
                     highlights: h.highlights.into_iter().map(|r| pb::Range { start: r.start as u32, end: r.end as u32 }).collect(),
                 })
                 .collect(),
+            encoded: None,
         };
+        // Encoded once, cached so, and sent as those bytes on every hit.
+        let answer = answer.into_encoded();
         state.searches.insert(key, &answer);
         Ok(answer)
     }
