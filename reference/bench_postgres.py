@@ -185,6 +185,8 @@ def main():
     ap.add_argument("--open-loop", type=float, default=0.5, help="offered rate as a fraction of loupe's best QPS (same rate for both)")
     ap.add_argument("--dictionary", help="the dictionary to load (default: the store's only one)")
     ap.add_argument("--keep", type=Path, help="keep the PostgreSQL cluster and exports here (reused when present)")
+    ap.add_argument("--decode-replies", action="store_true",
+                    help="loupe's clients build every reply into messages; by default they receive replies whole as bytes, as pgbench receives rows without converting them")
     ap.add_argument("--json", type=Path, help="write the raw figures here")
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
@@ -232,6 +234,8 @@ def main():
         for caches in ("off", "on"):
             cmd = [args.loupe, "bench", "serve", "--synthetic-only", "--synthetic", str(args.store), "--calls", "search,feature", "--clients", args.clients,
                    "--seconds", str(args.seconds), "--queries", str(queries_path), "--open-loop", str(args.open_loop), "--json"]
+            if args.decode_replies:
+                cmd.append("--decode-replies")
             if caches == "off":
                 cmd += ["--dashboard-cache-bytes", "0", "--search-cache-bytes", "0"]
             loupe[caches] = json.loads(run(cmd, capture_output=True).stdout)["rows"]
@@ -268,10 +272,12 @@ def main():
         else:
             print(f"{r['call']:<26} {r['clients']:>7} {r['loupe_caches']:>6} {r['loupe_qps']:>10.0f} {r['postgres_qps']:>9.0f} {r['ratio_qps']:>5.2f}x {r['loupe_p99_ms']:>8.2f}ms {r['postgres_p99_ms']:>6.2f}ms {r['loupe_fraction_of_floor_qps'] or 0:>10.2f}x")
     print("targets: GetFeature >= 1.5x PostgreSQL's dashboard QPS, SearchFeatures >= 1.0x PostgreSQL full-text (64 clients)")
+    print(f"loupe's clients {'decoded every reply into messages' if args.decode_replies else 'received every reply whole, as bytes (pgbench: rows, unconverted)'}")
     if args.json:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], text=True, capture_output=True).stdout.strip()
         report = {"store": str(args.store), "features": n_features, "queries": len(words), "seconds": args.seconds, "load_seconds": load_seconds, "cores": os.cpu_count(),
-                  "postgres": server_version, "commit": commit, "loupe": str(args.loupe), "rows": rows}
+                  "postgres": server_version, "commit": commit, "loupe": str(args.loupe),
+                  "loupe_replies": "decoded into messages" if args.decode_replies else "received whole, kept as bytes", "rows": rows}
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 

@@ -71,8 +71,47 @@ pub struct ServeArgs {
     /// on), e.g. the same queries a peer is given (`reference/bench_postgres.py`).
     #[arg(long, value_name = "FILE")]
     pub queries: Option<PathBuf>,
+    /// Clients build each SearchFeatures and GetFeature reply into its messages (hits,
+    /// dashboard, examples, token strings), as an application does. By default they receive
+    /// every reply whole, through HTTP/2 and the gRPC frame, and keep the hits and the
+    /// dashboard as bytes, as pgbench receives PostgreSQL's rows without converting them:
+    /// the clients share the server's cores, and building ~50 strings per dashboard took a
+    /// third of the clients' CPU (`perf`), which the server's figure then lacked.
+    #[arg(long)]
+    pub decode_replies: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+/// A GetFeatureResponse as the clients receive it unless `--decode-replies`: the encoded
+/// dashboard's bytes (wire-compatible with the generated message).
+#[derive(Clone, PartialEq, prost::Message)]
+struct DashboardBytes {
+    #[prost(bytes = "bytes", tag = "1")]
+    dashboard: prost::bytes::Bytes,
+}
+
+/// A SearchFeaturesResponse as the clients receive it unless `--decode-replies`: the total
+/// and each hit's bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HitsBytes {
+    #[prost(uint64, tag = "1")]
+    total: u64,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    hits: Vec<prost::bytes::Bytes>,
+}
+
+/// A unary call through `grpc` whose reply decodes as `Reply` (a shallow view of the
+/// method's response).
+async fn call_shallow<Q, Reply>(grpc: &mut tonic::client::Grpc<Channel>, method: &'static str, request: Q) -> anyhow::Result<Reply>
+where
+    Q: prost::Message + Send + Sync + 'static,
+    Reply: prost::Message + Default + Send + 'static,
+{
+    grpc.ready().await.map_err(|e| anyhow::anyhow!("{method}: the connection is not ready: {e}"))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(method);
+    let codec = loupe_schema::proto::codec::Codec::<Q, Reply>::default();
+    Ok(grpc.unary(tonic::Request::new(request), path, codec).await?.into_inner())
 }
 
 /// A server started by a benchmark, on a runtime of its own: as `loupe serve` in another
@@ -169,6 +208,8 @@ pub(crate) struct Workload {
     words: Vec<String>,
     /// Texts for Score calls.
     pub(crate) texts: Vec<String>,
+    /// Whether SearchFeatures and GetFeature replies are built into messages (`--decode-replies`).
+    decode_replies: bool,
 }
 
 #[derive(Clone)]
@@ -177,6 +218,20 @@ struct Clients {
     health: HealthClient<Channel>,
     steering: SteeringClient<Channel>,
     monitoring: MonitoringClient<Channel>,
+    /// The same connection for calls whose replies are kept as bytes.
+    raw: tonic::client::Grpc<Channel>,
+}
+
+impl Clients {
+    fn on(channel: Channel) -> Self {
+        Clients {
+            features: FeaturesClient::new(channel.clone()).max_decoding_message_size(64 << 20),
+            health: HealthClient::new(channel.clone()),
+            steering: SteeringClient::new(channel.clone()),
+            monitoring: MonitoringClient::new(channel.clone()),
+            raw: tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20),
+        }
+    }
 }
 
 async fn one_call(clients: &mut Clients, call: Call, workload: &Workload, i: usize) -> anyhow::Result<()> {
@@ -186,14 +241,24 @@ async fn one_call(clients: &mut Clients, call: Call, workload: &Workload, i: usi
             clients.health.check(HealthCheckRequest { service: String::new() }).await?;
         }
         Call::Search => {
-            let query = workload.words[i % workload.words.len()].clone();
-            client.search_features(pb::SearchFeaturesRequest { query, limit: 20, ..Default::default() }).await?;
+            let request = pb::SearchFeaturesRequest { query: workload.words[i % workload.words.len()].clone(), limit: 20, ..Default::default() };
+            if workload.decode_replies {
+                client.search_features(request).await?;
+            } else {
+                let reply: HitsBytes = call_shallow(&mut clients.raw, "/loupe.v1.Features/SearchFeatures", request).await?;
+                anyhow::ensure!(reply.hits.len() <= 20 && reply.hits.len() as u64 <= reply.total, "SearchFeatures answered {} hits of {} for a limit of 20", reply.hits.len(), reply.total);
+            }
         }
         Call::Feature => {
             let span = if workload.hot > 0 { workload.hot.min(workload.d_sae) } else { workload.d_sae };
             let feature = ((i as u64 * 2_654_435_761) % u64::from(span)) as u32;
             let request = pb::GetFeatureRequest { feature: Some(pb::FeatureRef { dictionary_id: workload.dictionary.clone(), feature }), max_top_examples: 0, max_interval_examples: 0, include: None };
-            client.get_feature(request).await?;
+            if workload.decode_replies {
+                client.get_feature(request).await?;
+            } else {
+                let reply: DashboardBytes = call_shallow(&mut clients.raw, "/loupe.v1.Features/GetFeature", request).await?;
+                anyhow::ensure!(!reply.dashboard.is_empty(), "GetFeature answered no dashboard for feature {feature}");
+            }
         }
         Call::Text => {
             let text = format!("The {} of the {} said unto them", workload.words[i % workload.words.len()], workload.words[(i + 3) % workload.words.len()]);
@@ -230,13 +295,7 @@ pub(crate) async fn measure(addr: &str, call: Call, clients: usize, seconds: f64
     let until = Instant::now() + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let channel = channels[c % channels.len()].clone();
-        let mut client = Clients {
-            features: FeaturesClient::new(channel.clone()).max_decoding_message_size(64 << 20),
-            health: HealthClient::new(channel.clone()),
-            steering: SteeringClient::new(channel.clone()),
-            monitoring: MonitoringClient::new(channel),
-        };
+        let mut client = Clients::on(channels[c % channels.len()].clone());
         let workload = workload.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -287,13 +346,7 @@ struct OpenLoop {
 async fn open_loop(addr: &str, call: Call, rate: f64, seconds: f64, workload: &Arc<Workload>) -> anyhow::Result<OpenLoop> {
     let mut clients = Vec::new();
     for _ in 0..8 {
-        let channel = Channel::from_shared(addr.to_string())?.connect().await?;
-        clients.push(Clients {
-            features: FeaturesClient::new(channel.clone()).max_decoding_message_size(64 << 20),
-            health: HealthClient::new(channel.clone()),
-            steering: SteeringClient::new(channel.clone()),
-            monitoring: MonitoringClient::new(channel),
-        });
+        clients.push(Clients::on(Channel::from_shared(addr.to_string())?.connect().await?));
     }
     let requests = (rate * seconds).round().max(1.0) as usize;
     let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
@@ -366,7 +419,7 @@ pub(crate) async fn workload_of(addr: &str) -> anyhow::Result<Workload> {
     if words.is_empty() {
         words.push("the".into());
     }
-    Ok(Workload { dictionary: d.dictionary_id.clone(), d_sae: d.d_sae, hot: 0, words, texts: Vec::new() })
+    Ok(Workload { dictionary: d.dictionary_id.clone(), d_sae: d.d_sae, hot: 0, words, texts: Vec::new(), decode_replies: true })
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -406,7 +459,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         for target in &targets {
             let (name, with_model) = (target.name.as_str(), target.with_model);
-            let mut workload = Workload { hot: args.hot_features, ..workload_of(&target.addr).await? };
+            let mut workload = Workload { hot: args.hot_features, decode_replies: args.decode_replies, ..workload_of(&target.addr).await? };
             if let Some(path) = &args.queries {
                 let text = std::fs::read_to_string(path).with_context(|| format!("reading --queries {}", path.display()))?;
                 workload.words = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
@@ -485,8 +538,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         Ok::<_, anyhow::Error>(())
     })?;
+    let replies = if args.decode_replies { "decoded into messages" } else { "received whole, kept as bytes" };
     if args.json {
-        return print_json(&json!({"rows": report, "provenance": super::bench::provenance()}));
+        return print_json(&json!({"rows": report, "replies": replies, "provenance": super::bench::provenance()}));
     }
     println!("{:<13} {:<40} {:>7} {:>9} {:>9} {:>9}", "store", "call", "clients", "p50 ms", "p99 ms", "QPS");
     for r in &report {
@@ -525,5 +579,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     println!("targets on the 1M store with 64 clients: SearchFeatures p99 <= 10 ms, GetFeature p99 <= 20 ms");
     println!("floor: the health check, which does no work, on the same server and clients; by Little's law no call averages below clients / floor QPS");
+    println!("SearchFeatures and GetFeature replies: {replies}{}", if args.decode_replies { "" } else { " (--decode-replies builds them into messages)" });
     Ok(())
 }
