@@ -26,6 +26,7 @@ with_tables! {
     pub mod decoder_scan;
     pub mod dashboards;
     mod grouped_take;
+    mod inline_reads;
     pub mod labels;
     pub mod layout;
     mod lease;

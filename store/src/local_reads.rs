@@ -1,5 +1,6 @@
-//! How a reader reads a local store's generation tables: through io_uring where the kernel
-//! allows it and the machine has cores to spare for it.
+//! How a reader reads a local store's generation tables: on the asking thread when the bytes
+//! are in the page cache (`inline`, see `inline_reads.rs`), through io_uring where the kernel
+//! allows it and the machine has cores to spare for it, or on tokio's blocking pool.
 //!
 //! Lance reads a local file on tokio's blocking pool (`lance-io`'s `LocalObjectReader`): each
 //! read of a dashboard is a hop to a pool thread and back. Under 64 concurrent GetFeature
@@ -16,17 +17,20 @@
 //! reads in flight keep the threads spinning, which keeps the queue. (Bursts of ~200 ms
 //! p99 with a p50 under 2 ms came later on the blocking pool too: the machine's.) `auto`
 //! therefore picks io_uring only where the ring threads' two cores are at most a quarter of
-//! the machine ([`URING_MIN_CORES`]).
+//! the machine ([`URING_MIN_CORES`]), and below that reads inline: page-cached bytes with
+//! no hop at all, and only the rest on the blocking pool.
 //!
 //! Only the reader's tables, which a generation never changes, are opened this way. Writers
 //! keep Lance's `file` scheme, which picks the commit handler (and so the atomicity) of a
 //! local store. Where io_uring is unavailable (a kernel before 5.1, or a container whose
-//! seccomp profile refuses `io_uring_setup`, as Docker's default does) reads stay on the
-//! blocking pool. `LOUPE_LOCAL_READS` chooses: `auto` (default), `uring` (an error where it is
-//! unavailable) or `blocking`.
+//! seccomp profile refuses `io_uring_setup`, as Docker's default does) `auto` reads inline.
+//! `LOUPE_LOCAL_READS` chooses: `auto` (default), `inline`, `uring` (an error where it is
+//! unavailable) or `blocking` (Lance's own local reader).
 
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+use lance::io::WrappingObjectStore;
 
 use crate::error::{Result, StoreError};
 
@@ -42,22 +46,28 @@ pub enum LocalReads {
     Uring,
     /// Lance's `file` reader, on tokio's blocking pool.
     Blocking,
+    /// Page-cached bytes read on the asking thread, the rest on the blocking pool.
+    Inline,
 }
 
-/// The URI a reader opens a local table at.
-pub(crate) fn read_uri(path: &Path) -> Result<String> {
-    let plain = || path.to_string_lossy().into_owned();
-    if local_reads()? == LocalReads::Blocking {
-        return Ok(plain());
-    }
-    Ok(uring_uri(path).unwrap_or_else(plain))
+/// Where a reader opens a local table: its URI, and the wrapper of the object store under it.
+pub(crate) fn read_target(path: &Path) -> Result<(String, Option<Arc<dyn WrappingObjectStore>>)> {
+    let plain = || (path.to_string_lossy().into_owned(), None);
+    Ok(match local_reads()? {
+        LocalReads::Blocking => plain(),
+        LocalReads::Uring => scheme_uri("file+uring", path).map_or_else(plain, |uri| (uri, None)),
+        LocalReads::Inline => match scheme_uri("file-object-store", path) {
+            Some(uri) => (uri, Some(Arc::new(crate::inline_reads::InlineReads) as Arc<dyn WrappingObjectStore>)),
+            None => plain(),
+        },
+    })
 }
 
-/// `path` as a `file+uring` URL (percent-encoded, so that a folder name with spaces or `%`
+/// `path` as a URL of `scheme` (percent-encoded, so that a folder name with spaces or `%`
 /// reaches Lance unchanged); None for a relative path.
-fn uring_uri(path: &Path) -> Option<String> {
+fn scheme_uri(scheme: &str, path: &Path) -> Option<String> {
     let url = url::Url::from_file_path(path).ok()?;
-    Some(format!("file+uring{}", &url.as_str()["file".len()..]))
+    Some(format!("{scheme}{}", &url.as_str()["file".len()..]))
 }
 
 /// How this process reads local tables (decided once, from `LOUPE_LOCAL_READS` and whether
@@ -79,11 +89,12 @@ pub fn local_reads() -> Result<LocalReads> {
 
 fn choose(asked: &str, cores: usize, available: impl FnOnce() -> std::result::Result<(), String>) -> std::result::Result<LocalReads, String> {
     match asked.trim() {
-        "" | "auto" if cores < URING_MIN_CORES => Ok(LocalReads::Blocking),
-        "" | "auto" => Ok(available().map_or(LocalReads::Blocking, |()| LocalReads::Uring)),
-        "uring" => available().map(|()| LocalReads::Uring).map_err(|why| format!("uring was asked for, but io_uring is unavailable here ({why}); set it to auto or blocking")),
+        "" | "auto" if cores < URING_MIN_CORES => Ok(LocalReads::Inline),
+        "" | "auto" => Ok(available().map_or(LocalReads::Inline, |()| LocalReads::Uring)),
+        "uring" => available().map(|()| LocalReads::Uring).map_err(|why| format!("uring was asked for, but io_uring is unavailable here ({why}); set it to auto, inline or blocking")),
+        "inline" => Ok(LocalReads::Inline),
         "blocking" => Ok(LocalReads::Blocking),
-        other => Err(format!("expected auto, uring or blocking, got {other:?}")),
+        other => Err(format!("expected auto, inline, uring or blocking, got {other:?}")),
     }
 }
 
@@ -111,22 +122,24 @@ mod tests {
         let no = || Err("Operation not permitted (os error 1)".to_string());
         let many = URING_MIN_CORES;
         assert_eq!(choose("", many, yes), Ok(LocalReads::Uring));
-        assert_eq!(choose("auto", many, no), Ok(LocalReads::Blocking));
+        assert_eq!(choose("auto", many, no), Ok(LocalReads::Inline));
         assert_eq!(choose("blocking", many, yes), Ok(LocalReads::Blocking));
+        assert_eq!(choose("inline", many, yes), Ok(LocalReads::Inline));
         assert_eq!(choose("uring", many, yes), Ok(LocalReads::Uring));
         assert!(choose("uring", many, no).unwrap_err().contains("Operation not permitted"));
-        assert_eq!(choose("fast", many, yes), Err("expected auto, uring or blocking, got \"fast\"".into()));
+        assert_eq!(choose("fast", many, yes), Err("expected auto, inline, uring or blocking, got \"fast\"".into()));
     }
 
     #[test]
-    fn auto_leaves_small_machines_on_the_blocking_pool_and_uring_still_overrides() {
+    fn auto_reads_inline_on_small_machines_and_uring_still_overrides() {
         let yes = || Ok(());
-        assert_eq!(choose("auto", URING_MIN_CORES - 1, yes), Ok(LocalReads::Blocking));
-        assert_eq!(choose("", 2, yes), Ok(LocalReads::Blocking));
+        assert_eq!(choose("auto", URING_MIN_CORES - 1, yes), Ok(LocalReads::Inline));
+        assert_eq!(choose("", 2, yes), Ok(LocalReads::Inline));
         assert_eq!(choose("uring", 2, yes), Ok(LocalReads::Uring));
+        assert_eq!(choose("blocking", 2, yes), Ok(LocalReads::Blocking));
     }
 
-    /// `auto` keeps this machine (2 cores) on the blocking pool, so the io_uring reader is
+    /// `auto` reads inline on this machine (2 cores), so the io_uring reader is
     /// checked here directly: a table in a folder whose name a URL must escape reads back.
     #[tokio::test]
     async fn a_table_in_an_odd_folder_reads_back_through_io_uring() {
@@ -143,7 +156,31 @@ mod tests {
         let batch = RecordBatch::try_from_iter([("id", ids), ("text", texts)]).unwrap();
         let rows = RecordBatchIterator::new([Ok(batch.clone())], batch.schema());
         lance::Dataset::write(rows, path.to_str().unwrap(), None).await.unwrap();
-        let dataset = lance::Dataset::open(&uring_uri(&path).unwrap()).await.unwrap();
+        let dataset = lance::Dataset::open(&scheme_uri("file+uring", &path).unwrap()).await.unwrap();
+        assert_eq!(dataset.scan().try_into_batch().await.unwrap(), batch);
+        let taken = dataset.take(&[4999, 7, 2500], dataset.schema().clone()).await.unwrap();
+        let texts = taken.column_by_name("text").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(texts.iter().flatten().collect::<Vec<_>>(), ["row 4999", "row 7", "row 2500"]);
+    }
+
+    /// The same table read back through the inline reader (`file-object-store://` under
+    /// `InlineReads`): a scan and a take of rows in three places.
+    #[tokio::test]
+    async fn a_table_in_an_odd_folder_reads_back_inline() {
+        use arrow_array::{ArrayRef, RecordBatch, RecordBatchIterator, StringArray, UInt32Array};
+        use lance::dataset::builder::DatasetBuilder;
+        use lance::io::ObjectStoreParams;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a store %20 #1 ?x").join("t.lance");
+        let ids: ArrayRef = Arc::new(UInt32Array::from_iter_values(0..5000));
+        let texts: ArrayRef = Arc::new(StringArray::from_iter_values((0..5000).map(|i| format!("row {i}"))));
+        let batch = RecordBatch::try_from_iter([("id", ids), ("text", texts)]).unwrap();
+        let rows = RecordBatchIterator::new([Ok(batch.clone())], batch.schema());
+        lance::Dataset::write(rows, path.to_str().unwrap(), None).await.unwrap();
+        let uri = scheme_uri("file-object-store", &path).unwrap();
+        let wrapper: Arc<dyn WrappingObjectStore> = Arc::new(crate::inline_reads::InlineReads);
+        let params = ObjectStoreParams { object_store_wrapper: Some(wrapper), ..Default::default() };
+        let dataset = DatasetBuilder::from_uri(&uri).with_store_params(params).load().await.unwrap();
         assert_eq!(dataset.scan().try_into_batch().await.unwrap(), batch);
         let taken = dataset.take(&[4999, 7, 2500], dataset.schema().clone()).await.unwrap();
         let texts = taken.column_by_name("text").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
@@ -151,8 +188,9 @@ mod tests {
     }
 
     #[test]
-    fn uring_uris_keep_odd_folder_names() {
-        assert_eq!(uring_uri(Path::new("/tmp/a b%c/t.lance")).unwrap(), "file+uring:///tmp/a%20b%25c/t.lance");
-        assert_eq!(uring_uri(Path::new("relative/t.lance")), None);
+    fn uris_keep_odd_folder_names() {
+        assert_eq!(scheme_uri("file+uring", Path::new("/tmp/a b%c/t.lance")).unwrap(), "file+uring:///tmp/a%20b%25c/t.lance");
+        assert_eq!(scheme_uri("file-object-store", Path::new("/tmp/a b/t.lance")).unwrap(), "file-object-store:///tmp/a%20b/t.lance");
+        assert_eq!(scheme_uri("file+uring", Path::new("relative/t.lance")), None);
     }
 }

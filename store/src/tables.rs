@@ -55,11 +55,17 @@ pub async fn open_at(root: &Location, table: &str, version: u64) -> Result<Datas
     checkout(open_latest(root, table).await?, table, version).await
 }
 
-/// Opens `version` of `table` for reads only: on a local store through io_uring where
-/// `local_reads` chooses it. Never commit through the dataset this returns.
+/// Opens `version` of `table` for reads only: on a local store as `local_reads` chooses
+/// (inline, io_uring or the blocking pool). Never commit through the dataset this returns.
 pub async fn open_for_reads(root: &Location, table: &str, version: u64) -> Result<Dataset> {
     let dataset = match root.local_table_path(table) {
-        Some(path) => open_uri(root, table, &crate::local_reads::read_uri(&path)?).await?,
+        Some(path) => match crate::local_reads::read_target(&path)? {
+            (uri, None) => open_uri(root, table, &uri).await?,
+            (uri, Some(wrapper)) => {
+                let params = ObjectStoreParams { object_store_wrapper: Some(wrapper), ..Default::default() };
+                DatasetBuilder::from_uri(&uri).with_store_params(params).load().await.map_err(|e| StoreError::lance(table, e))?
+            }
+        },
         None => open_latest(root, table).await?,
     };
     checkout(dataset, table, version).await

@@ -577,8 +577,9 @@ fn dashboards_are_one_record_per_feature_and_older_stores_read_through_the_table
     assert!(err.contains("re-index"), "{err}");
 }
 
-/// Readers open local tables at `file+uring://` URLs where io_uring is chosen (many cores or
-/// `LOUPE_LOCAL_READS=uring`): a folder name that a URL must escape reads back like any other.
+/// Readers open local tables at `file-object-store://` (inline reads, the default below 8
+/// cores) or `file+uring://` URLs (many cores or `LOUPE_LOCAL_READS=uring`): a folder name
+/// that a URL must escape reads back like any other.
 #[test]
 fn a_store_in_a_folder_with_url_characters_reads_back() {
     let rt = runtime();
