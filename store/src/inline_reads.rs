@@ -29,9 +29,12 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use lance::io::WrappingObjectStore;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStoreExt,
-    CopyOptions, GetOptions, GetRange, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+use object_store::{
+    CopyOptions, GetOptions, GetRange, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
+    PutResult,
 };
+
+use crate::read_cache::immutable;
 
 /// Open files kept per store; past it the table of open files starts again (a generation's
 /// tables have a few hundred files at most).
@@ -74,12 +77,6 @@ impl fmt::Display for InlineStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "InlineStore({})", self.inner)
     }
-}
-
-/// Whether Lance writes the file once and never again.
-fn immutable(path: &ObjectPath) -> bool {
-    let path = path.as_ref();
-    ["/data/", "/_indices/", "/_deletions/"].iter().any(|folder| path.contains(folder))
 }
 
 fn io_error(location: &ObjectPath, e: std::io::Error) -> object_store::Error {

@@ -143,7 +143,7 @@ impl fmt::Display for CachedStore {
 }
 
 /// Whether Lance writes the file once and never again.
-fn immutable(path: &ObjectPath) -> bool {
+pub(crate) fn immutable(path: &ObjectPath) -> bool {
     let path = path.as_ref();
     ["/data/", "/_indices/", "/_deletions/"].iter().any(|folder| path.contains(folder))
 }
