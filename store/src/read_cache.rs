@@ -142,10 +142,12 @@ impl fmt::Display for CachedStore {
     }
 }
 
-/// Whether Lance writes the file once and never again.
+/// Whether Lance writes the file once and never again: a file under a table's `data`,
+/// `_indices` or `_deletions` folder (`<table>.lance/data/...`). The folder must follow the
+/// table's own: a store kept under a folder named `data` has manifests too.
 pub(crate) fn immutable(path: &ObjectPath) -> bool {
-    let path = path.as_ref();
-    ["/data/", "/_indices/", "/_deletions/"].iter().any(|folder| path.contains(folder))
+    let parts: Vec<_> = path.parts().collect();
+    parts.windows(2).any(|w| w[0].as_ref().ends_with(".lance") && ["data", "_indices", "_deletions"].contains(&w[1].as_ref()))
 }
 
 impl CachedStore {
@@ -300,6 +302,20 @@ mod tests {
             inner.put(&manifest, PutPayload::from(vec![2u8])).await.unwrap();
             assert_eq!(&cached.get(&manifest).await.unwrap().bytes().await.unwrap()[..], &[2u8]);
         });
+    }
+
+    #[test]
+    fn only_a_tables_data_index_and_deletion_files_are_immutable() {
+        for (path, expected) in [
+            ("store/features.lance/data/abc.lance", true),
+            ("home/u/data/store/features.lance/_indices/1f/part.idx", true),
+            ("store/features.lance/_deletions/3-7.arrow", true),
+            ("home/u/data/store/features.lance/_versions/3.manifest", false),
+            ("data/store/features.lance/_latest.manifest", false),
+            ("store/data/x.bin", false),
+        ] {
+            assert_eq!(immutable(&ObjectPath::from(path)), expected, "{path}");
+        }
     }
 
     #[test]
