@@ -30,11 +30,16 @@ use futures::StreamExt;
 use lance::io::WrappingObjectStore;
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    CopyOptions, GetOptions, GetRange, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
+    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
     PutResult,
 };
 
-use crate::read_cache::immutable;
+use crate::read_cache::{immutable, plain_read, resolve_range};
+
+/// The largest read done on the asking thread: a copy of at most this many cached bytes
+/// takes ~100 us; larger reads (scans) go to the blocking pool, so that async workers never
+/// spend long on one read (DESIGN.md: async code never blocks).
+const MAX_INLINE_BYTES: usize = 1 << 20;
 
 /// Open files kept per store; past it the table of open files starts again (a generation's
 /// tables have a few hundred files at most).
@@ -153,7 +158,7 @@ impl InlineStore {
         if len == 0 {
             return Ok(Bytes::new());
         }
-        if !self.nowait_refused.load(Ordering::Relaxed) {
+        if len <= MAX_INLINE_BYTES && !self.nowait_refused.load(Ordering::Relaxed) {
             match read_nowait(&file.file, range.start, len) {
                 Nowait::Read(bytes) => return Ok(Bytes::from(bytes)),
                 Nowait::Refused => self.nowait_refused.store(true, Ordering::Relaxed),
@@ -182,18 +187,11 @@ impl ObjectStore for InlineStore {
     }
 
     async fn get_opts(&self, location: &ObjectPath, options: GetOptions) -> object_store::Result<GetResult> {
-        let plain = options.if_match.is_none() && options.if_none_match.is_none() && options.if_modified_since.is_none() && options.if_unmodified_since.is_none() && options.version.is_none();
-        if !(plain && !options.head && immutable(location)) {
+        if !(plain_read(&options) && immutable(location)) {
             return self.inner.get_opts(location, options).await;
         }
         let file = self.file(location).await?;
-        let size = file.meta.size;
-        let range = match &options.range {
-            None => 0..size,
-            Some(GetRange::Bounded(r)) => r.start..r.end.min(size),
-            Some(GetRange::Offset(start)) => *start..size,
-            Some(GetRange::Suffix(n)) => size.saturating_sub(*n)..size,
-        };
+        let range = resolve_range(&options.range, file.meta.size);
         if range.start >= range.end {
             // Empty or past the end: object_store's own answer (and error).
             return self.inner.get_opts(location, options).await;
@@ -247,13 +245,14 @@ mod tests {
     #[tokio::test]
     async fn reads_every_range_of_a_data_file_and_leaves_manifests_to_the_file_system() {
         let dir = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        // Larger than MAX_INLINE_BYTES, so that the whole-file reads take the pool's path.
+        let data: Vec<u8> = (0..1_200_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let file = dir.path().join("t.lance").join("data").join("abc.lance");
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(&file, &data).unwrap();
         let store = InlineReads.wrap("file-object-store", Arc::new(LocalFileSystem::new()));
         let path = ObjectPath::from_filesystem_path(&file).unwrap();
-        for range in [0..10u64, 4090..4100, 3..300_000, 299_990..300_000] {
+        for range in [0..10u64, 4090..4100, 3..1_200_000, 1_199_990..1_200_000] {
             let got = store.get_range(&path, range.clone()).await.unwrap();
             assert_eq!(&got[..], &data[range.start as usize..range.end as usize], "{range:?}");
         }

@@ -143,45 +143,46 @@ mod tests {
     /// checked here directly: a table in a folder whose name a URL must escape reads back.
     #[tokio::test]
     async fn a_table_in_an_odd_folder_reads_back_through_io_uring() {
-        use arrow_array::{ArrayRef, RecordBatch, RecordBatchIterator, StringArray, UInt32Array};
-        use std::sync::Arc;
         if let Err(why) = uring_available() {
             eprintln!("io_uring is unavailable here ({why}); the blocking reader is the only one");
             return;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a store %20 #1 ?x").join("t.lance");
-        let ids: ArrayRef = Arc::new(UInt32Array::from_iter_values(0..5000));
-        let texts: ArrayRef = Arc::new(StringArray::from_iter_values((0..5000).map(|i| format!("row {i}"))));
-        let batch = RecordBatch::try_from_iter([("id", ids), ("text", texts)]).unwrap();
-        let rows = RecordBatchIterator::new([Ok(batch.clone())], batch.schema());
-        lance::Dataset::write(rows, path.to_str().unwrap(), None).await.unwrap();
+        let (_dir, path, batch) = table_in_an_odd_folder().await;
         let dataset = lance::Dataset::open(&scheme_uri("file+uring", &path).unwrap()).await.unwrap();
-        assert_eq!(dataset.scan().try_into_batch().await.unwrap(), batch);
-        let taken = dataset.take(&[4999, 7, 2500], dataset.schema().clone()).await.unwrap();
-        let texts = taken.column_by_name("text").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
-        assert_eq!(texts.iter().flatten().collect::<Vec<_>>(), ["row 4999", "row 7", "row 2500"]);
+        assert_reads_back(&dataset, &batch).await;
     }
 
     /// The same table read back through the inline reader (`file-object-store://` under
-    /// `InlineReads`): a scan and a take of rows in three places.
+    /// `InlineReads`).
     #[tokio::test]
     async fn a_table_in_an_odd_folder_reads_back_inline() {
-        use arrow_array::{ArrayRef, RecordBatch, RecordBatchIterator, StringArray, UInt32Array};
         use lance::dataset::builder::DatasetBuilder;
         use lance::io::ObjectStoreParams;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a store %20 #1 ?x").join("t.lance");
-        let ids: ArrayRef = Arc::new(UInt32Array::from_iter_values(0..5000));
-        let texts: ArrayRef = Arc::new(StringArray::from_iter_values((0..5000).map(|i| format!("row {i}"))));
-        let batch = RecordBatch::try_from_iter([("id", ids), ("text", texts)]).unwrap();
-        let rows = RecordBatchIterator::new([Ok(batch.clone())], batch.schema());
-        lance::Dataset::write(rows, path.to_str().unwrap(), None).await.unwrap();
+        let (_dir, path, batch) = table_in_an_odd_folder().await;
         let uri = scheme_uri("file-object-store", &path).unwrap();
         let wrapper: Arc<dyn WrappingObjectStore> = Arc::new(crate::inline_reads::InlineReads);
         let params = ObjectStoreParams { object_store_wrapper: Some(wrapper), ..Default::default() };
         let dataset = DatasetBuilder::from_uri(&uri).with_store_params(params).load().await.unwrap();
-        assert_eq!(dataset.scan().try_into_batch().await.unwrap(), batch);
+        assert_reads_back(&dataset, &batch).await;
+    }
+
+    /// A 5,000-row Lance table written in a folder whose name a URL must escape.
+    async fn table_in_an_odd_folder() -> (tempfile::TempDir, std::path::PathBuf, arrow_array::RecordBatch) {
+        use arrow_array::{ArrayRef, RecordBatch, RecordBatchIterator, StringArray, UInt32Array};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a store %20 #1 ?x").join("t.lance");
+        let ids: ArrayRef = Arc::new(UInt32Array::from_iter_values(0..5000));
+        let texts: ArrayRef = Arc::new(StringArray::from_iter_values((0..5000).map(|i| format!("row {i}"))));
+        let batch = RecordBatch::try_from_iter([("id", ids), ("text", texts)]).unwrap();
+        let rows = RecordBatchIterator::new([Ok(batch.clone())], batch.schema());
+        lance::Dataset::write(rows, path.to_str().unwrap(), None).await.unwrap();
+        (dir, path, batch)
+    }
+
+    /// A scan gives back `batch`, and a take the rows asked for, in three places.
+    async fn assert_reads_back(dataset: &lance::Dataset, batch: &arrow_array::RecordBatch) {
+        use arrow_array::StringArray;
+        assert_eq!(&dataset.scan().try_into_batch().await.unwrap(), batch);
         let taken = dataset.take(&[4999, 7, 2500], dataset.schema().clone()).await.unwrap();
         let texts = taken.column_by_name("text").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!(texts.iter().flatten().collect::<Vec<_>>(), ["row 4999", "row 7", "row 2500"]);

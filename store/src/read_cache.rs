@@ -142,6 +142,22 @@ impl fmt::Display for CachedStore {
     }
 }
 
+/// Whether `options` ask only for bytes (no conditions, versions or HEAD): what the
+/// wrappers over immutable files may answer themselves.
+pub(crate) fn plain_read(options: &GetOptions) -> bool {
+    options.if_match.is_none() && options.if_none_match.is_none() && options.if_modified_since.is_none() && options.if_unmodified_since.is_none() && options.version.is_none() && !options.head
+}
+
+/// The bytes `range` asks for of a file of `size` bytes (all of it when None).
+pub(crate) fn resolve_range(range: &Option<GetRange>, size: u64) -> Range<u64> {
+    match range {
+        None => 0..size,
+        Some(GetRange::Bounded(r)) => r.start..r.end.min(size),
+        Some(GetRange::Offset(start)) => *start..size,
+        Some(GetRange::Suffix(n)) => size.saturating_sub(*n)..size,
+    }
+}
+
 /// Whether Lance writes the file once and never again: a file under a table's `data`,
 /// `_indices` or `_deletions` folder (`<table>.lance/data/...`). The folder must follow the
 /// table's own: a store kept under a folder named `data` has manifests too.
@@ -221,17 +237,11 @@ impl ObjectStore for CachedStore {
     }
 
     async fn get_opts(&self, location: &ObjectPath, options: GetOptions) -> object_store::Result<GetResult> {
-        let plain = options.if_match.is_none() && options.if_none_match.is_none() && options.if_modified_since.is_none() && options.if_unmodified_since.is_none() && options.version.is_none();
-        if !(plain && !options.head && immutable(location)) {
+        if !(plain_read(&options) && immutable(location)) {
             return self.inner.get_opts(location, options).await;
         }
         let meta = self.meta(location).await?;
-        let range = match &options.range {
-            None => 0..meta.size,
-            Some(GetRange::Bounded(r)) => r.start..r.end.min(meta.size),
-            Some(GetRange::Offset(start)) => *start..meta.size,
-            Some(GetRange::Suffix(n)) => meta.size.saturating_sub(*n)..meta.size,
-        };
+        let range = resolve_range(&options.range, meta.size);
         if range.start >= range.end {
             return self.inner.get_opts(location, options).await;
         }
