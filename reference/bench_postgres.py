@@ -18,6 +18,7 @@ $CARGO_TARGET_DIR/release/loupe). Runs PostgreSQL as the `postgres` user when ru
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from pathlib import Path
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PORT = 55432
+LOUPE_PORT = 50078
 
 
 def run(cmd, **kw):
@@ -175,6 +177,32 @@ def percentile(values, q: float) -> float:
     return ordered[round((len(ordered) - 1) * q)] if ordered else 0.0
 
 
+@contextlib.contextmanager
+def loupe_server(loupe: str, store: Path, caches: str):
+    """`loupe serve` on the store as its own process, as PostgreSQL runs (caches "off" or "on")."""
+    env = dict(os.environ)
+    if caches == "off":
+        env.update(LOUPE_DASHBOARD_CACHE_BYTES="0", LOUPE_SEARCH_CACHE_BYTES="0")
+    addr = f"127.0.0.1:{LOUPE_PORT}"
+    with tempfile.TemporaryFile("w+") as log:
+        server = subprocess.Popen([loupe, "serve", "--store", str(store), "--no-model", "--addr", addr], env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            for _ in range(240):
+                log.seek(0)
+                if "serving" in log.read():
+                    break
+                if server.poll() is not None:
+                    log.seek(0)
+                    sys.exit(f"loupe serve exited with {server.returncode}:\n{log.read()}")
+                time.sleep(0.5)
+            else:
+                sys.exit("loupe serve did not start serving within 120 s")
+            yield f"http://{addr}"
+        finally:
+            server.terminate()
+            server.wait()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", type=Path, default=Path("target/bench-store-1m"))
@@ -187,6 +215,8 @@ def main():
     ap.add_argument("--keep", type=Path, help="keep the PostgreSQL cluster and exports here (reused when present)")
     ap.add_argument("--decode-replies", action="store_true",
                     help="loupe's clients build every reply into messages; by default they receive replies whole as bytes, as pgbench receives rows without converting them")
+    ap.add_argument("--loupe-in-process", action="store_true",
+                    help="serve loupe from inside `loupe bench serve` (its own runtime) instead of a separate `loupe serve` process, as PostgreSQL is")
     ap.add_argument("--json", type=Path, help="write the raw figures here")
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
@@ -232,13 +262,18 @@ def main():
         print("measuring loupe (caches off, then on) ...", file=sys.stderr)
         loupe = {}
         for caches in ("off", "on"):
-            cmd = [args.loupe, "bench", "serve", "--synthetic-only", "--synthetic", str(args.store), "--calls", "search,feature", "--clients", args.clients,
+            cmd = [args.loupe, "bench", "serve", "--synthetic-only", "--calls", "search,feature", "--clients", args.clients,
                    "--seconds", str(args.seconds), "--queries", str(queries_path), "--open-loop", str(args.open_loop), "--json"]
             if args.decode_replies:
                 cmd.append("--decode-replies")
-            if caches == "off":
-                cmd += ["--dashboard-cache-bytes", "0", "--search-cache-bytes", "0"]
-            loupe[caches] = json.loads(run(cmd, capture_output=True).stdout)["rows"]
+            if args.loupe_in_process:
+                cmd += ["--synthetic", str(args.store)]
+                if caches == "off":
+                    cmd += ["--dashboard-cache-bytes", "0", "--search-cache-bytes", "0"]
+                loupe[caches] = json.loads(run(cmd, capture_output=True).stdout)["rows"]
+            else:
+                with loupe_server(args.loupe, args.store, caches) as url:
+                    loupe[caches] = json.loads(run(cmd + ["--server", url], capture_output=True).stdout)["rows"]
 
         rows = []
         for call, script in (("GetFeature", dashboard), ("SearchFeatures", search)):
@@ -277,6 +312,7 @@ def main():
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], text=True, capture_output=True).stdout.strip()
         report = {"store": str(args.store), "features": n_features, "queries": len(words), "seconds": args.seconds, "load_seconds": load_seconds, "cores": os.cpu_count(),
                   "postgres": server_version, "commit": commit, "loupe": str(args.loupe),
+                  "loupe_server": "inside loupe bench serve" if args.loupe_in_process else "separate loupe serve process",
                   "loupe_replies": "decoded into messages" if args.decode_replies else "received whole, kept as bytes", "rows": rows}
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -67,6 +67,11 @@ pub struct ServeArgs {
     /// server is doing, and latency counts from when a request was due), e.g. 0.5.
     #[arg(long, value_name = "FRACTION")]
     pub open_loop: Option<f64>,
+    /// Write every open-loop request (due_ms, lag_ms, latency_ms; latency empty when it
+    /// failed) to `<DIR>/<store>-<call>-open-loop.csv`: whether a tail is a stall that
+    /// delays everything due in one window, or queueing spread over the run.
+    #[arg(long, value_name = "DIR", requires = "open_loop")]
+    pub open_loop_trace: Option<PathBuf>,
     /// SearchFeatures queries, one per line (default: words the store's top examples fire
     /// on), e.g. the same queries a peer is given (`reference/bench_postgres.py`).
     #[arg(long, value_name = "FILE")]
@@ -323,6 +328,8 @@ pub(crate) async fn measure(addr: &str, call: Call, clients: usize, seconds: f64
 struct OpenLoop {
     /// Requests the schedule held, all of them sent and answered or failed.
     requests: usize,
+    /// Every request, by due time.
+    sent: Vec<Sent>,
     achieved_qps: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -358,16 +365,19 @@ async fn open_loop(addr: &str, call: Call, rate: f64, seconds: f64, workload: &A
     }
     let (mut latencies, mut lags, mut from_start) = (Vec::with_capacity(requests), Vec::with_capacity(requests), Vec::with_capacity(requests));
     let mut failed = 0;
+    let mut sent = Vec::with_capacity(requests);
     for driver in drivers {
-        for sent in driver.await? {
-            lags.push(sent.lag_ms);
-            match sent.latency_ms {
-                Some(ms) => {
-                    latencies.push(ms);
-                    from_start.push(ms - sent.lag_ms);
-                }
-                None => failed += 1,
+        sent.extend(driver.await?);
+    }
+    sent.sort_by(|a, b| a.due_ms.total_cmp(&b.due_ms));
+    for sent in &sent {
+        lags.push(sent.lag_ms);
+        match sent.latency_ms {
+            Some(ms) => {
+                latencies.push(ms);
+                from_start.push(ms - sent.lag_ms);
             }
+            None => failed += 1,
         }
     }
     let elapsed = schedule.start.elapsed().as_secs_f64();
@@ -375,7 +385,7 @@ async fn open_loop(addr: &str, call: Call, rate: f64, seconds: f64, workload: &A
     let [p50_ms, p99_ms, p999_ms] = percentiles(&mut latencies, [0.5, 0.99, 0.999]);
     let [client_lag_p50_ms, client_lag_p99_ms] = percentiles(&mut lags, [0.5, 0.99]);
     let [p99_from_start_ms] = percentiles(&mut from_start, [0.99]);
-    Ok(OpenLoop { requests: lags.len(), achieved_qps, p50_ms, p99_ms, p999_ms, client_lag_p50_ms, client_lag_p99_ms, p99_from_start_ms, failed })
+    Ok(OpenLoop { requests: sent.len(), sent, achieved_qps, p50_ms, p99_ms, p999_ms, client_lag_p50_ms, client_lag_p99_ms, p99_from_start_ms, failed })
 }
 
 /// When each request of an open-loop run is due; driver `k` sends requests k, k + drivers, ...
@@ -393,8 +403,10 @@ impl Schedule {
     }
 }
 
-/// One open-loop request: how late it left, and its latency from when it was due (None: failed).
+/// One open-loop request: when it was due (from the start of the run), how late it left, and
+/// its latency from when it was due (None: failed).
 struct Sent {
+    due_ms: f64,
     lag_ms: f64,
     latency_ms: Option<f64>,
 }
@@ -416,7 +428,7 @@ async fn drive(clients: Clients, call: Call, workload: Arc<Workload>, schedule: 
                 // Taken when the call first runs: the request leaves now, not when released.
                 let lag_ms = due.elapsed().as_secs_f64() * 1e3;
                 let outcome = one_call(&mut clients, call, &workload, i).await;
-                Sent { lag_ms, latency_ms: outcome.is_ok().then(|| due.elapsed().as_secs_f64() * 1e3) }
+                Sent { due_ms: due.duration_since(schedule.start).as_secs_f64() * 1e3, lag_ms, latency_ms: outcome.is_ok().then(|| due.elapsed().as_secs_f64() * 1e3) }
             });
             next += schedule.drivers;
         }
@@ -432,6 +444,20 @@ async fn drive(clients: Clients, call: Call, workload: Arc<Workload>, schedule: 
             _ = &mut wake, if more => {}
         }
     }
+}
+
+/// One row per open-loop request, by due time.
+fn write_trace(path: &std::path::Path, sent: &[Sent]) -> anyhow::Result<()> {
+    use std::fmt::Write;
+    let mut csv = String::from("due_ms,lag_ms,latency_ms\n");
+    for s in sent {
+        let latency = s.latency_ms.map_or(String::new(), |ms| format!("{ms:.3}"));
+        let _ = writeln!(csv, "{:.3},{:.3},{latency}", s.due_ms, s.lag_ms);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating --open-loop-trace {}", dir.display()))?;
+    }
+    std::fs::write(path, csv).with_context(|| format!("writing the open-loop trace {}", path.display()))
 }
 
 /// The values at quantiles `qs` of `values` (0 when there are none).
@@ -535,6 +561,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 if let Some(fraction) = args.open_loop {
                     let offered = best_qps * fraction;
                     let r = open_loop(&target.addr, call, offered, args.seconds, &workload).await?;
+                    if let Some(dir) = &args.open_loop_trace {
+                        write_trace(&dir.join(format!("{name}-{call_name}-open-loop.csv")), &r.sent)?;
+                    }
                     eprintln!(
                         "{name:<13} {call_name:<15} open loop at {offered:.0}/s ({:.0}% of its best QPS): achieved {:.0}/s, p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms (the clients' own lag p50 {:.2} ms, p99 {:.2} ms; p99 from each request's start {:.2} ms), {} failed",
                         100.0 * fraction,
@@ -646,6 +675,11 @@ mod tests {
         // 1,203 requests: not a multiple of the 8 connections, so the drivers' shares differ.
         let run = open_loop(&addr, Call::Health, 2_005.0, 0.6, &workload).await.unwrap();
         assert_eq!(run.requests, 1_203);
+        assert!(run.sent.windows(2).all(|w| w[0].due_ms < w[1].due_ms), "requests by due time, each once");
+        let dir = tempfile::tempdir().unwrap();
+        write_trace(&dir.path().join("health.csv"), &run.sent).unwrap();
+        let csv = std::fs::read_to_string(dir.path().join("health.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 1 + 1_203);
         assert_eq!(run.failed, 0);
         assert!(run.p50_ms > 0.0 && run.p50_ms <= run.p99_ms && run.p99_ms <= run.p999_ms, "{} {} {}", run.p50_ms, run.p99_ms, run.p999_ms);
         assert!(run.client_lag_p50_ms <= run.client_lag_p99_ms && run.p99_from_start_ms <= run.p99_ms);
