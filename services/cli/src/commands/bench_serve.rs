@@ -425,8 +425,8 @@ impl Schedule {
     }
 }
 
-/// One open-loop request: when it was due (from the start of the run), how late it left, and
-/// its latency from when it was due (None: failed).
+/// One open-loop request: when it was due (ms from the start of what is measured; negative
+/// in the warm-up), how late it left, and its latency from when it was due (None: failed).
 struct Sent {
     due_ms: f64,
     lag_ms: f64,
