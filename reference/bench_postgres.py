@@ -8,7 +8,9 @@ tsvector/GIN full-text index over the text tantivy indexes (label, top tokens, t
 logit tokens). Then runs the same dashboard (GetFeature: the feature row and its examples)
 and search (SearchFeatures: 20 best hits) workloads against both at the same concurrency
 with pgbench and `loupe bench serve`, closed loop and open loop at the same offered rate,
-and prints loupe/Postgres ratios. Both servers and all clients share this machine's cores.
+and prints loupe/Postgres ratios. Both servers run as their own processes (`loupe serve`;
+`--loupe-in-process` serves loupe from inside the bench), and both servers and all clients
+share this machine's cores.
 
     python3 reference/bench_postgres.py --store target/bench-store-1m --seconds 10 \
         --json benchmarks/results/DATE-bench-postgres.json
