@@ -315,6 +315,8 @@ def main():
         report = {"store": str(args.store), "features": n_features, "queries": len(words), "seconds": args.seconds, "load_seconds": load_seconds, "cores": os.cpu_count(),
                   "postgres": server_version, "commit": commit, "loupe": str(args.loupe),
                   "loupe_server": "inside loupe bench serve" if args.loupe_in_process else "separate loupe serve process",
+                  # The server's settings from the environment (LOUPE_PIN_WORKERS, ...), as it ran.
+                  "loupe_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("LOUPE_")},
                   "loupe_replies": "decoded into messages" if args.decode_replies else "received whole, kept as bytes", "rows": rows}
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -116,6 +116,12 @@ pub struct Limits {
     /// threads take the next waiting read without sleeping). Long CPU work (probe fits,
     /// evaluations) runs on threads of its own (`AppState::long_threads`), not in this pool.
     pub io_threads: usize,
+    /// Pin each of the runtime's async workers to a CPU of its own (of those the process may
+    /// use). For a server that shares its cores with other busy processes (clients on the
+    /// same machine, a benchmark): the kernel otherwise can leave two workers taking turns on
+    /// one core while another idles. Off by default; on a dedicated machine or a container
+    /// with its own CPUs the kernel's placement is already right.
+    pub pin_workers: bool,
 }
 
 impl Default for Limits {
@@ -154,6 +160,7 @@ impl Default for Limits {
             dashboard_cache_bytes: 256 << 20,
             search_cache_bytes: 64 << 20,
             io_threads: default_io_threads(),
+            pin_workers: false,
         }
     }
 }
@@ -307,6 +314,9 @@ impl ServeSettings {
         if let Some(v) = env("LOUPE_BATCH_WAIT_US") {
             l.batch_wait_us = parse("LOUPE_BATCH_WAIT_US", v)?;
         }
+        if let Some(v) = env("LOUPE_PIN_WORKERS") {
+            l.pin_workers = parse("LOUPE_PIN_WORKERS", v)?;
+        }
         if let Some(v) = env("LOUPE_STORE_ALERT_TEXT") {
             l.store_alert_text = parse("LOUPE_STORE_ALERT_TEXT", v)?;
         }
@@ -395,6 +405,11 @@ mod tests {
         assert!(config.limits.io_threads >= 8, "4 per core, at least 8");
         let threads = ServeSettings::load(Some(&file), env_of(&[("LOUPE_IO_THREADS", "3")])).unwrap();
         assert_eq!(threads.limits.io_threads, 3);
+        assert!(!config.limits.pin_workers, "off by default");
+        let pinned = ServeSettings::load(Some(&file), env_of(&[("LOUPE_PIN_WORKERS", "true")])).unwrap();
+        assert!(pinned.limits.pin_workers);
+        let err = ServeSettings::load(Some(&file), env_of(&[("LOUPE_PIN_WORKERS", "yes please")])).unwrap_err().to_string();
+        assert!(err.contains("LOUPE_PIN_WORKERS"), "{err}");
     }
 
     #[test]

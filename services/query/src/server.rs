@@ -41,12 +41,22 @@ fn oversized_is_resource_exhausted(mut response: http::Response<tonic::body::Bod
 
 /// The runtime a server runs on: tokio's multi-thread runtime, whose blocking pool (where
 /// Lance reads a local store's files, one hop per read) holds at most `limits.io_threads`
-/// threads when that is set.
+/// threads when that is set, and whose async workers are each pinned to a CPU of their own
+/// with `limits.pin_workers`.
 pub fn runtime(limits: &Limits, thread_name: &str) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    runtime_with(tokio::runtime::Builder::new_multi_thread(), limits, thread_name)
+}
+
+fn runtime_with(mut builder: tokio::runtime::Builder, limits: &Limits, thread_name: &str) -> std::io::Result<tokio::runtime::Runtime> {
     builder.enable_all().thread_name(thread_name);
     if limits.io_threads > 0 {
         builder.max_blocking_threads(limits.io_threads);
+    }
+    if limits.pin_workers {
+        // Only async workers park (blocking-pool threads never call this hook), and each
+        // parks once as soon as it is idle, so every worker is pinned from its first pause.
+        let pin = Arc::new(crate::workers::PinToCpus::allowed());
+        builder.on_thread_park(move || pin.pin_this_thread_once());
     }
     builder.build()
 }
@@ -136,5 +146,63 @@ mod tests {
         assert_eq!(peak_blocking(&capped, 12), 3);
         let uncapped = runtime(&Limits { io_threads: 0, ..Limits::default() }, "uncapped").unwrap();
         assert!(peak_blocking(&uncapped, 12) > 3, "tokio's default pool grows a thread per waiting task");
+    }
+
+    /// The CPUs the calling thread may run on, as the kernel reports them.
+    fn this_threads_cpus() -> Vec<usize> {
+        // SAFETY: a zeroed cpu_set_t is an empty set; the kernel writes at most its size.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set), 0);
+            (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect()
+        }
+    }
+
+    /// Where each async worker and a blocking-pool thread of `runtime` may run, by thread.
+    fn affinities(runtime: &tokio::runtime::Runtime) -> (std::collections::BTreeMap<String, Vec<usize>>, Vec<usize>) {
+        runtime.block_on(async {
+            // Idle long enough for every worker to park once.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut workers = std::collections::BTreeMap::new();
+            for _ in 0..400 {
+                let (id, cpus) = tokio::spawn(async {
+                    tokio::task::yield_now().await;
+                    (format!("{:?}", std::thread::current().id()), this_threads_cpus())
+                })
+                .await
+                .unwrap();
+                workers.insert(id, cpus);
+                if workers.len() == 2 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            let blocking = tokio::task::spawn_blocking(this_threads_cpus).await.unwrap();
+            (workers, blocking)
+        })
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn pin_workers_gives_each_async_worker_its_own_cpu_and_leaves_blocking_threads_free() {
+        let process = this_threads_cpus();
+        // The runtime `runtime` builds, with two workers whatever the machine.
+        let build = |pin_workers| {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(2);
+            runtime_with(builder, &Limits { pin_workers, ..Limits::default() }, "pin-test")
+        };
+        let (workers, blocking) = affinities(&build(true).unwrap());
+        assert_eq!(blocking, process, "blocking-pool threads are not pinned");
+        for cpus in workers.values() {
+            assert_eq!(cpus.len(), 1, "a pinned worker runs on one CPU: {workers:?}");
+            assert!(process.contains(&cpus[0]), "and on one the process may use: {workers:?} of {process:?}");
+        }
+        if process.len() >= 2 && workers.len() == 2 {
+            let pinned: std::collections::BTreeSet<_> = workers.values().map(|c| c[0]).collect();
+            assert_eq!(pinned.len(), 2, "two workers on two CPUs: {workers:?}");
+        }
+        let (free, _) = affinities(&build(false).unwrap());
+        assert!(free.values().all(|cpus| *cpus == process), "without the setting workers keep the process's CPUs: {free:?}");
     }
 }

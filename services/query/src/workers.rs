@@ -34,6 +34,78 @@ pub fn lower_this_thread() {
     }
 }
 
+/// Pins each thread that calls it, once, to its own CPU of those the process may run on, in
+/// the order the threads first call it (the i-th caller to the i-th allowed CPU, wrapping).
+///
+/// For the runtime's async workers on a machine they share with other work (`limits.
+/// pin_workers`): on the 2-core machine both workers were seen runnable on one vCPU, taking
+/// turns in 4 ms slices while the other vCPU ran the benchmark's clients and sat idle between
+/// bursts, until their queue had grown (a 50-200 ms stall in which every request due finished
+/// at once). The kernel's balancer moves unpinned threads around pinned ones instead.
+pub struct PinToCpus {
+    cpus: Vec<usize>,
+    next: AtomicUsize,
+}
+
+thread_local! {
+    static PINNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl PinToCpus {
+    /// The CPUs this process may run on now (its affinity mask); empty where unknown.
+    pub fn allowed() -> Self {
+        PinToCpus { cpus: allowed_cpus(), next: AtomicUsize::new(0) }
+    }
+
+    /// Pins the calling thread unless it is pinned already; cheap after the first call.
+    pub fn pin_this_thread_once(&self) {
+        if PINNED.with(|p| p.replace(true)) || self.cpus.is_empty() {
+            return;
+        }
+        let cpu = self.cpus[self.next.fetch_add(1, Ordering::Relaxed) % self.cpus.len()];
+        if let Err(e) = pin_this_thread(cpu) {
+            tracing::warn!(cpu, error = %e, "cannot pin a worker thread; it stays where the kernel puts it");
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, and sched_getaffinity writes at most
+    // its size into it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect()
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn allowed_cpus() -> Vec<usize> {
+    Vec::new()
+}
+
+/// Restricts the calling thread to `cpu`.
+#[cfg(target_os = "linux")]
+fn pin_this_thread(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: as above; pid 0 is the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pin_this_thread(_cpu: usize) -> std::io::Result<()> {
+    Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "thread affinity is set on Linux only"))
+}
+
 type Job = Box<dyn FnOnce() + Send>;
 
 /// `workers` threads of their own (at model priority when `model`), taking jobs from one queue.
