@@ -115,6 +115,7 @@ pub async fn serve_state(state: Arc<AppState>, listener: TcpListener, shutdown: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workers::cpus_of_this_thread;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// The most blocking tasks of `runtime` that ran at once, of `tasks` that each hold their
@@ -148,17 +149,9 @@ mod tests {
         assert!(peak_blocking(&uncapped, 12) > 3, "tokio's default pool grows a thread per waiting task");
     }
 
-    /// The CPUs the calling thread may run on, as the kernel reports them.
-    fn this_threads_cpus() -> Vec<usize> {
-        // SAFETY: a zeroed cpu_set_t is an empty set; the kernel writes at most its size.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set), 0);
-            (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect()
-        }
-    }
-
-    /// Where each async worker and a blocking-pool thread of `runtime` may run, by thread.
+    /// Where each async worker and a blocking-pool thread of `runtime` may run, by thread, as
+    /// the kernel reports it.
+    #[cfg(target_os = "linux")]
     fn affinities(runtime: &tokio::runtime::Runtime) -> (std::collections::BTreeMap<String, Vec<usize>>, Vec<usize>) {
         runtime.block_on(async {
             // Idle long enough for every worker to park once.
@@ -167,7 +160,7 @@ mod tests {
             for _ in 0..400 {
                 let (id, cpus) = tokio::spawn(async {
                     tokio::task::yield_now().await;
-                    (format!("{:?}", std::thread::current().id()), this_threads_cpus())
+                    (format!("{:?}", std::thread::current().id()), cpus_of_this_thread())
                 })
                 .await
                 .unwrap();
@@ -177,7 +170,7 @@ mod tests {
                 }
                 tokio::time::sleep(Duration::from_micros(200)).await;
             }
-            let blocking = tokio::task::spawn_blocking(this_threads_cpus).await.unwrap();
+            let blocking = tokio::task::spawn_blocking(cpus_of_this_thread).await.unwrap();
             (workers, blocking)
         })
     }
@@ -185,7 +178,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn pin_workers_gives_each_async_worker_its_own_cpu_and_leaves_blocking_threads_free() {
-        let process = this_threads_cpus();
+        let process = cpus_of_this_thread();
         // The runtime `runtime` builds, with two workers whatever the machine.
         let build = |pin_workers| {
             let mut builder = tokio::runtime::Builder::new_multi_thread();

@@ -52,9 +52,10 @@ thread_local! {
 }
 
 impl PinToCpus {
-    /// The CPUs this process may run on now (its affinity mask); empty where unknown.
+    /// The CPUs the calling thread may run on now (from an unpinned thread, as the runtime's
+    /// builder is, the process's affinity mask); empty where unknown.
     pub fn allowed() -> Self {
-        PinToCpus { cpus: allowed_cpus(), next: AtomicUsize::new(0) }
+        PinToCpus { cpus: cpus_of_this_thread(), next: AtomicUsize::new(0) }
     }
 
     /// Pins the calling thread unless it is pinned already; cheap after the first call.
@@ -69,8 +70,9 @@ impl PinToCpus {
     }
 }
 
+/// The CPUs the calling thread may run on, as the kernel reports them (its affinity mask).
 #[cfg(target_os = "linux")]
-fn allowed_cpus() -> Vec<usize> {
+pub(crate) fn cpus_of_this_thread() -> Vec<usize> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set, and sched_getaffinity writes at most
     // its size into it.
     unsafe {
@@ -83,7 +85,7 @@ fn allowed_cpus() -> Vec<usize> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn allowed_cpus() -> Vec<usize> {
+pub(crate) fn cpus_of_this_thread() -> Vec<usize> {
     Vec::new()
 }
 
