@@ -191,7 +191,8 @@ def loupe_server(loupe: str, store: Path, caches: str):
         try:
             for _ in range(240):
                 log.seek(0)
-                if "serving" in log.read():
+                started = [line for line in log.read().splitlines() if "async workers" in line]
+                if started:
                     break
                 if server.poll() is not None:
                     log.seek(0)
@@ -199,7 +200,8 @@ def loupe_server(loupe: str, store: Path, caches: str):
                 time.sleep(0.5)
             else:
                 sys.exit("loupe serve did not start serving within 120 s")
-            yield f"http://{addr}"
+            # e.g. "2 async workers on 2 CPUs, each pinned to a CPU of its own (pin_workers = auto)"
+            yield f"http://{addr}", started[0]
         finally:
             server.terminate()
             server.wait()
@@ -262,7 +264,7 @@ def main():
         pgbench(search, 16, 3, work)
 
         print("measuring loupe (caches off, then on) ...", file=sys.stderr)
-        loupe = {}
+        loupe, loupe_workers = {}, {}
         for caches in ("off", "on"):
             cmd = [args.loupe, "bench", "serve", "--synthetic-only", "--calls", "search,feature", "--clients", args.clients,
                    "--seconds", str(args.seconds), "--queries", str(queries_path), "--open-loop", str(args.open_loop), "--json"]
@@ -274,8 +276,9 @@ def main():
                     cmd += ["--dashboard-cache-bytes", "0", "--search-cache-bytes", "0"]
                 loupe[caches] = json.loads(run(cmd, capture_output=True).stdout)["rows"]
             else:
-                with loupe_server(args.loupe, args.store, caches) as url:
+                with loupe_server(args.loupe, args.store, caches) as (url, workers):
                     loupe[caches] = json.loads(run(cmd + ["--server", url], capture_output=True).stdout)["rows"]
+                    loupe_workers[caches] = workers
 
         rows = []
         for call, script in (("GetFeature", dashboard), ("SearchFeatures", search)):
@@ -317,6 +320,8 @@ def main():
                   "loupe_server": "inside loupe bench serve" if args.loupe_in_process else "separate loupe serve process",
                   # The server's settings from the environment (LOUPE_PIN_WORKERS, ...), as it ran.
                   "loupe_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("LOUPE_")},
+                  # What the server did with its async workers, from its start-up line, per cache setting.
+                  "loupe_workers": loupe_workers,
                   "loupe_replies": "decoded into messages" if args.decode_replies else "received whole, kept as bytes", "rows": rows}
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 

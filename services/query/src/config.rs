@@ -116,12 +116,89 @@ pub struct Limits {
     /// threads take the next waiting read without sleeping). Long CPU work (probe fits,
     /// evaluations) runs on threads of its own (`AppState::long_threads`), not in this pool.
     pub io_threads: usize,
-    /// Pin each of the runtime's async workers to a CPU of its own (of those the process may
-    /// use). For a server that shares its cores with other busy processes (clients on the
-    /// same machine, a benchmark): the kernel otherwise can leave two workers taking turns on
-    /// one core while another idles. Off by default; on a dedicated machine or a container
-    /// with its own CPUs the kernel's placement is already right.
-    pub pin_workers: bool,
+    /// Whether each of the runtime's async workers is pinned to a CPU of its own (of those
+    /// the process may use): `auto` (default), `true` or `false`. See [`PinWorkers`].
+    pub pin_workers: PinWorkers,
+}
+
+/// Pinning of the runtime's async workers, one per CPU.
+///
+/// Unpinned, the kernel was seen leaving both workers of a 2-core server taking turns on one
+/// vCPU while the other idled between bursts of client work, for 50-200 ms (every request
+/// due in that window finished at once: open-loop p99 of 7-15 ms where 3 ms was usual).
+/// Pinned, one stalled CPU holds up one worker, and the other steals its queue.
+///
+/// `Auto` pins when the process may run on exactly as many CPUs as it has workers (a
+/// machine, a cpuset or a container with CPUs of its own; every worker gets one and none is
+/// left over) and not when it may run on more: a process limited by a CPU quota sees all of
+/// the host's CPUs, and pinning its workers to the first few would stack every such process
+/// on the same ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PinWorkers {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl PinWorkers {
+    /// Whether `workers` async workers pin themselves, on a process allowed `cpus` CPUs.
+    pub fn pins(self, workers: usize, cpus: usize) -> bool {
+        match self {
+            PinWorkers::Auto => workers >= 2 && cpus == workers,
+            PinWorkers::Always => true,
+            PinWorkers::Never => false,
+        }
+    }
+}
+
+impl std::str::FromStr for PinWorkers {
+    type Err = String;
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text.trim() {
+            "auto" => Ok(PinWorkers::Auto),
+            "true" => Ok(PinWorkers::Always),
+            "false" => Ok(PinWorkers::Never),
+            other => Err(format!("{other:?} is not one of auto, true, false")),
+        }
+    }
+}
+
+impl std::fmt::Display for PinWorkers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PinWorkers::Auto => "auto",
+            PinWorkers::Always => "true",
+            PinWorkers::Never => "false",
+        })
+    }
+}
+
+/// In a config file: `pin_workers = true`, `false` or `"auto"`.
+impl Serialize for PinWorkers {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            PinWorkers::Auto => serializer.serialize_str("auto"),
+            PinWorkers::Always => serializer.serialize_bool(true),
+            PinWorkers::Never => serializer.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PinWorkers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Flag(bool),
+            Word(String),
+        }
+        match Given::deserialize(deserializer).map_err(|_| serde::de::Error::custom("pin_workers: expected true, false or \"auto\""))? {
+            Given::Flag(true) => Ok(PinWorkers::Always),
+            Given::Flag(false) => Ok(PinWorkers::Never),
+            Given::Word(word) => word.parse().map_err(|e| serde::de::Error::custom(format!("pin_workers: {e}"))),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -160,7 +237,7 @@ impl Default for Limits {
             dashboard_cache_bytes: 256 << 20,
             search_cache_bytes: 64 << 20,
             io_threads: default_io_threads(),
-            pin_workers: false,
+            pin_workers: PinWorkers::Auto,
         }
     }
 }
@@ -315,7 +392,7 @@ impl ServeSettings {
             l.batch_wait_us = parse("LOUPE_BATCH_WAIT_US", v)?;
         }
         if let Some(v) = env("LOUPE_PIN_WORKERS") {
-            l.pin_workers = parse("LOUPE_PIN_WORKERS", v)?;
+            l.pin_workers = v.parse().map_err(|e| ServiceError::InvalidArgument(format!("environment variable LOUPE_PIN_WORKERS: {e}")))?;
         }
         if let Some(v) = env("LOUPE_STORE_ALERT_TEXT") {
             l.store_alert_text = parse("LOUPE_STORE_ALERT_TEXT", v)?;
@@ -405,11 +482,36 @@ mod tests {
         assert!(config.limits.io_threads >= 8, "4 per core, at least 8");
         let threads = ServeSettings::load(Some(&file), env_of(&[("LOUPE_IO_THREADS", "3")])).unwrap();
         assert_eq!(threads.limits.io_threads, 3);
-        assert!(!config.limits.pin_workers, "off by default");
-        let pinned = ServeSettings::load(Some(&file), env_of(&[("LOUPE_PIN_WORKERS", "true")])).unwrap();
-        assert!(pinned.limits.pin_workers);
+        assert_eq!(config.limits.pin_workers, PinWorkers::Auto, "auto by default");
+        for (value, expected) in [("true", PinWorkers::Always), ("false", PinWorkers::Never), ("auto", PinWorkers::Auto)] {
+            let pinned = ServeSettings::load(Some(&file), env_of(&[("LOUPE_PIN_WORKERS", value)])).unwrap();
+            assert_eq!(pinned.limits.pin_workers, expected, "LOUPE_PIN_WORKERS={value}");
+        }
         let err = ServeSettings::load(Some(&file), env_of(&[("LOUPE_PIN_WORKERS", "yes please")])).unwrap_err().to_string();
-        assert!(err.contains("LOUPE_PIN_WORKERS"), "{err}");
+        assert!(err.contains("LOUPE_PIN_WORKERS") && err.contains("auto, true, false"), "{err}");
+    }
+
+    #[test]
+    fn pin_workers_reads_a_flag_or_auto_from_the_file_and_auto_pins_only_a_cpu_per_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("loupe.toml");
+        for (line, expected) in [("pin_workers = true", PinWorkers::Always), ("pin_workers = false", PinWorkers::Never), ("pin_workers = \"auto\"", PinWorkers::Auto)] {
+            std::fs::write(&file, format!("[limits]\n{line}\n")).unwrap();
+            assert_eq!(ServeSettings::load(Some(&file), env_of(&[])).unwrap().limits.pin_workers, expected, "{line}");
+        }
+        for bad in ["pin_workers = \"sometimes\"", "pin_workers = 2"] {
+            std::fs::write(&file, format!("[limits]\n{bad}\n")).unwrap();
+            let err = ServeSettings::load(Some(&file), env_of(&[])).unwrap_err().to_string();
+            assert!(err.contains("pin_workers"), "{bad}: {err}");
+        }
+        // Auto: a CPU per worker and none left over (a cpuset of its own) pins; more CPUs than
+        // workers (a quota on a bigger host) or a single worker does not.
+        assert!(PinWorkers::Auto.pins(2, 2));
+        assert!(PinWorkers::Auto.pins(16, 16));
+        assert!(!PinWorkers::Auto.pins(2, 64));
+        assert!(!PinWorkers::Auto.pins(1, 1));
+        assert!(PinWorkers::Always.pins(2, 64));
+        assert!(!PinWorkers::Never.pins(2, 2));
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub mod state;
 pub mod steering;
 pub mod workers;
 
-pub use config::{Limits, ServeSettings, ServerConfig};
+pub use config::{Limits, PinWorkers, ServeSettings, ServerConfig};
 pub use error::ServiceError;
 pub use features::FeaturesService;
 pub use internals::InternalsService;

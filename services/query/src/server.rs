@@ -39,23 +39,38 @@ fn oversized_is_resource_exhausted(mut response: http::Response<tonic::body::Bod
     response
 }
 
-/// The runtime a server runs on: tokio's multi-thread runtime, whose blocking pool (where
-/// Lance reads a local store's files, one hop per read) holds at most `limits.io_threads`
-/// threads when that is set, and whose async workers are each pinned to a CPU of their own
-/// with `limits.pin_workers`.
+/// The runtime a server runs on: tokio's multi-thread runtime with a worker per CPU it may
+/// use, whose blocking pool (where Lance reads a local store's files, one hop per read) holds
+/// at most `limits.io_threads` threads when that is set, and whose async workers are each
+/// pinned to a CPU of their own as `limits.pin_workers` decides.
 pub fn runtime(limits: &Limits, thread_name: &str) -> std::io::Result<tokio::runtime::Runtime> {
-    runtime_with(tokio::runtime::Builder::new_multi_thread(), limits, thread_name)
+    runtime_with(tokio::runtime::Builder::new_multi_thread(), async_workers(), limits, thread_name)
 }
 
-fn runtime_with(mut builder: tokio::runtime::Builder, limits: &Limits, thread_name: &str) -> std::io::Result<tokio::runtime::Runtime> {
-    builder.enable_all().thread_name(thread_name);
+/// Async workers: `TOKIO_WORKER_THREADS` when set, else one per CPU the process may use (as
+/// tokio counts them, a CPU quota included).
+fn async_workers() -> usize {
+    let given = std::env::var("TOKIO_WORKER_THREADS").ok().and_then(|v| v.trim().parse().ok()).filter(|&n: &usize| n > 0);
+    given.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
+/// What [`runtime`] does with its async workers, in words (for the server's start-up lines).
+pub fn describe_workers(limits: &Limits) -> String {
+    let (workers, cpus) = (async_workers(), crate::workers::PinToCpus::allowed().cpus());
+    let placement = if limits.pin_workers.pins(workers, cpus) { "each pinned to a CPU of its own" } else { "not pinned" };
+    format!("{workers} async workers on {cpus} CPUs, {placement} (pin_workers = {})", limits.pin_workers)
+}
+
+fn runtime_with(mut builder: tokio::runtime::Builder, workers: usize, limits: &Limits, thread_name: &str) -> std::io::Result<tokio::runtime::Runtime> {
+    builder.enable_all().thread_name(thread_name).worker_threads(workers);
     if limits.io_threads > 0 {
         builder.max_blocking_threads(limits.io_threads);
     }
-    if limits.pin_workers {
+    let pin = crate::workers::PinToCpus::allowed();
+    if limits.pin_workers.pins(workers, pin.cpus()) {
         // Only async workers park (blocking-pool threads never call this hook), and each
         // parks once as soon as it is idle, so every worker is pinned from its first pause.
-        let pin = Arc::new(crate::workers::PinToCpus::allowed());
+        let pin = Arc::new(pin);
         builder.on_thread_park(move || pin.pin_this_thread_once());
     }
     builder.build()
@@ -115,6 +130,7 @@ pub async fn serve_state(state: Arc<AppState>, listener: TcpListener, shutdown: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PinWorkers;
     use crate::workers::cpus_of_this_thread;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -180,12 +196,8 @@ mod tests {
     fn pin_workers_gives_each_async_worker_its_own_cpu_and_leaves_blocking_threads_free() {
         let process = cpus_of_this_thread();
         // The runtime `runtime` builds, with two workers whatever the machine.
-        let build = |pin_workers| {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(2);
-            runtime_with(builder, &Limits { pin_workers, ..Limits::default() }, "pin-test")
-        };
-        let (workers, blocking) = affinities(&build(true).unwrap());
+        let build = |pin_workers| runtime_with(tokio::runtime::Builder::new_multi_thread(), 2, &Limits { pin_workers, ..Limits::default() }, "pin-test");
+        let (workers, blocking) = affinities(&build(PinWorkers::Always).unwrap());
         assert_eq!(blocking, process, "blocking-pool threads are not pinned");
         for cpus in workers.values() {
             assert_eq!(cpus.len(), 1, "a pinned worker runs on one CPU: {workers:?}");
@@ -195,7 +207,11 @@ mod tests {
             let pinned: std::collections::BTreeSet<_> = workers.values().map(|c| c[0]).collect();
             assert_eq!(pinned.len(), 2, "two workers on two CPUs: {workers:?}");
         }
-        let (free, _) = affinities(&build(false).unwrap());
+        let (free, _) = affinities(&build(PinWorkers::Never).unwrap());
         assert!(free.values().all(|cpus| *cpus == process), "without the setting workers keep the process's CPUs: {free:?}");
+        // Auto pins two workers only where the process has exactly two CPUs.
+        let (auto, _) = affinities(&build(PinWorkers::Auto).unwrap());
+        let auto_pinned = auto.values().all(|cpus| cpus.len() == 1);
+        assert_eq!(auto_pinned, process.len() == 2, "auto on {} CPUs: {auto:?}", process.len());
     }
 }

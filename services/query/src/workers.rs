@@ -37,11 +37,11 @@ pub fn lower_this_thread() {
 /// Pins each thread that calls it, once, to its own CPU of those the process may run on, in
 /// the order the threads first call it (the i-th caller to the i-th allowed CPU, wrapping).
 ///
-/// For the runtime's async workers on a machine they share with other work (`limits.
-/// pin_workers`): on the 2-core machine both workers were seen runnable on one vCPU, taking
-/// turns in 4 ms slices while the other vCPU ran the benchmark's clients and sat idle between
-/// bursts, until their queue had grown (a 50-200 ms stall in which every request due finished
-/// at once). The kernel's balancer moves unpinned threads around pinned ones instead.
+/// For the runtime's async workers (`limits.pin_workers`, [`crate::config::PinWorkers`]): on
+/// the 2-core machine both workers were seen runnable on one vCPU, taking turns in 4 ms
+/// slices while the other vCPU ran the benchmark's clients and sat idle between bursts, until
+/// their queue had grown (a 50-200 ms stall in which every request due finished at once).
+/// The kernel's balancer moves unpinned threads around pinned ones instead.
 pub struct PinToCpus {
     cpus: Vec<usize>,
     next: AtomicUsize,
@@ -56,6 +56,11 @@ impl PinToCpus {
     /// builder is, the process's affinity mask); empty where unknown.
     pub fn allowed() -> Self {
         PinToCpus { cpus: cpus_of_this_thread(), next: AtomicUsize::new(0) }
+    }
+
+    /// How many CPUs the threads are pinned to in turn.
+    pub fn cpus(&self) -> usize {
+        self.cpus.len()
     }
 
     /// Pins the calling thread unless it is pinned already; cheap after the first call.

@@ -112,6 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let state = std::sync::Arc::new(loupe_query::state::AppState::load(&config).await.with_context(|| format!("serving store {store}"))?);
         eprintln!("loupe serving {store} on {} (Ctrl-C stops)", listener.local_addr()?);
         eprintln!("{}", access_summary(&config, state.access.live_tokens()));
+        eprintln!("{}", loupe_query::server::describe_workers(&config.limits));
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
