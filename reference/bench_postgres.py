@@ -294,7 +294,9 @@ def main():
                 pg = pgbench(script, 64, args.seconds, work, rate=round(ours["offered_qps"]))
                 rows.append({"call": f"{call} open loop", "loupe_caches": caches, "offered_qps": ours["offered_qps"], "loupe_achieved_qps": ours["achieved_qps"], "postgres_achieved_qps": pg["qps"],
                              "loupe_p50_ms": ours["p50_ms"], "loupe_p99_ms": ours["p99_ms"], "loupe_p999_ms": ours["p999_ms"], "postgres_p50_ms": pg["p50_ms"], "postgres_p99_ms": pg["p99_ms"], "postgres_p999_ms": pg["p999_ms"],
-                             "loupe_client_lag_p99_ms": ours.get("client_lag_p99_ms"), "postgres_schedule_lag_p99_ms": pg["schedule_lag_p99_ms"]})
+                             "loupe_client_lag_p99_ms": ours.get("client_lag_p99_ms"), "postgres_schedule_lag_p99_ms": pg["schedule_lag_p99_ms"],
+                             # CPU time the hypervisor stole during loupe's open loop (all vCPUs; ms)
+                             "loupe_steal_ms": ours.get("steal_ms"), "loupe_steal_worst_100ms_ms": ours.get("steal_worst_100ms_ms")})
         server_version = psql("SHOW server_version").strip()
     finally:
         stop_cluster(data)
@@ -307,7 +309,8 @@ def main():
     print(f"{'call':<26} {'clients':>7} {'caches':>6} {'loupe QPS':>10} {'PG QPS':>9} {'ratio':>6} {'loupe p99':>10} {'PG p99':>8} {'loupe/floor':>11}")
     for r in rows:
         if "offered_qps" in r:
-            print(f"{r['call']:<26} {'64':>7} {r['loupe_caches']:>6} offered {r['offered_qps']:.0f}/s: loupe {r['loupe_achieved_qps']:.0f}/s p99 {r['loupe_p99_ms']:.2f} ms; "
+            steal = f" (steal {r['loupe_steal_ms']:.0f} ms, worst 100 ms {r['loupe_steal_worst_100ms_ms']:.0f})" if r.get("loupe_steal_ms") is not None else ""
+            print(f"{r['call']:<26} {'64':>7} {r['loupe_caches']:>6} offered {r['offered_qps']:.0f}/s: loupe {r['loupe_achieved_qps']:.0f}/s p99 {r['loupe_p99_ms']:.2f} ms{steal}; "
                   f"PostgreSQL {r['postgres_achieved_qps']:.0f}/s p99 {r['postgres_p99_ms']:.2f} ms")
         else:
             print(f"{r['call']:<26} {r['clients']:>7} {r['loupe_caches']:>6} {r['loupe_qps']:>10.0f} {r['postgres_qps']:>9.0f} {r['ratio_qps']:>5.2f}x {r['loupe_p99_ms']:>8.2f}ms {r['postgres_p99_ms']:>6.2f}ms {r['loupe_fraction_of_floor_qps'] or 0:>10.2f}x")

@@ -345,6 +345,8 @@ struct OpenLoop {
     /// latency without the clients' lag.
     p99_from_start_ms: f64,
     failed: usize,
+    /// CPU time the hypervisor took during the measured part (None: not readable here).
+    stolen: Option<super::cpu_steal::Stolen>,
 }
 
 /// Requests of `call` due at a fixed `rate` for `seconds`, each sent when it is due whatever
@@ -375,14 +377,16 @@ async fn open_loop(addr: &str, call: Call, rate: f64, seconds: f64, workload: &A
     let warmup = (rate * WARMUP_SECONDS).round() as usize;
     let requests = (rate * seconds).round().max(1.0) as usize;
     let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
+    let steal = super::cpu_steal::StealSampler::start();
     let schedule = Schedule { start: Instant::now(), interval, warmup, requests: warmup + requests, drivers: CONNECTIONS };
     let drivers: Vec<_> = connections.into_iter().enumerate().map(|(first, clients)| tokio::spawn(drive(clients, call, workload.clone(), schedule, first))).collect();
     let mut sent = Vec::with_capacity(schedule.requests);
     for driver in drivers {
         sent.extend(driver.await?);
     }
-    sent.sort_by(|a, b| a.due_ms.total_cmp(&b.due_ms));
     let measured_from = schedule.due(warmup);
+    let stolen = steal.and_then(|sampler| sampler.stop(measured_from));
+    sent.sort_by(|a, b| a.due_ms.total_cmp(&b.due_ms));
     let (mut latencies, mut lags, mut from_start) = (Vec::with_capacity(requests), Vec::with_capacity(requests), Vec::with_capacity(requests));
     let mut failed = 0;
     for sent in sent.iter().filter(|s| s.due_ms >= 0.0) {
@@ -402,7 +406,7 @@ async fn open_loop(addr: &str, call: Call, rate: f64, seconds: f64, workload: &A
     let [p50_ms, p99_ms, p999_ms] = percentiles(&mut latencies, [0.5, 0.99, 0.999]);
     let [client_lag_p50_ms, client_lag_p99_ms] = percentiles(&mut lags, [0.5, 0.99]);
     let [p99_from_start_ms] = percentiles(&mut from_start, [0.99]);
-    Ok(OpenLoop { requests: lags.len(), warmup_p99_ms, sent, achieved_qps, p50_ms, p99_ms, p999_ms, client_lag_p50_ms, client_lag_p99_ms, p99_from_start_ms, failed })
+    Ok(OpenLoop { requests: lags.len(), warmup_p99_ms, sent, achieved_qps, p50_ms, p99_ms, p999_ms, client_lag_p50_ms, client_lag_p99_ms, p99_from_start_ms, failed, stolen })
 }
 
 /// Seconds an open loop runs at its rate before what it measures.
@@ -588,7 +592,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                         write_trace(&dir.join(format!("{name}-{call_name}-open-loop.csv")), &r.sent)?;
                     }
                     eprintln!(
-                        "{name:<13} {call_name:<15} open loop at {offered:.0}/s ({:.0}% of its best QPS): achieved {:.0}/s, p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms (the clients' own lag p50 {:.2} ms, p99 {:.2} ms; p99 from each request's start {:.2} ms), {} failed; after {WARMUP_SECONDS} s not counted (p99 {:.2} ms)",
+                        "{name:<13} {call_name:<15} open loop at {offered:.0}/s ({:.0}% of its best QPS): achieved {:.0}/s, p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms (the clients' own lag p50 {:.2} ms, p99 {:.2} ms; p99 from each request's start {:.2} ms), {} failed; after {WARMUP_SECONDS} s not counted (p99 {:.2} ms){}",
                         100.0 * fraction,
                         r.achieved_qps,
                         r.p50_ms,
@@ -598,13 +602,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                         r.client_lag_p99_ms,
                         r.p99_from_start_ms,
                         r.failed,
-                        r.warmup_p99_ms
+                        r.warmup_p99_ms,
+                        r.stolen.map_or(String::new(), |s| format!("; the hypervisor stole {:.0} ms of CPU time, at most {:.0} ms in 100 ms", s.total_ms, s.worst_100ms_ms))
                     );
                     report.push(json!({
                         "store": name, "call": format!("{call_name} open loop"), "offered_qps": offered, "fraction_of_best_qps": fraction,
                         "requests": r.requests, "achieved_qps": r.achieved_qps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "p999_ms": r.p999_ms,
                         "client_lag_p50_ms": r.client_lag_p50_ms, "client_lag_p99_ms": r.client_lag_p99_ms, "p99_from_start_ms": r.p99_from_start_ms, "failed": r.failed,
-                        "warmup_seconds": WARMUP_SECONDS, "warmup_p99_ms": r.warmup_p99_ms
+                        "warmup_seconds": WARMUP_SECONDS, "warmup_p99_ms": r.warmup_p99_ms,
+                        "steal_ms": r.stolen.map(|s| s.total_ms), "steal_worst_100ms_ms": r.stolen.map(|s| s.worst_100ms_ms)
                     }));
                 }
             }

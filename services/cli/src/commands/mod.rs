@@ -7,6 +7,7 @@ pub mod bench_serve;
 pub mod bench_steer;
 pub mod bench_store;
 pub mod client;
+pub mod cpu_steal;
 pub mod dict;
 pub mod eval_steer;
 pub mod export;
