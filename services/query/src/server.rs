@@ -70,7 +70,11 @@ fn runtime_with(mut builder: tokio::runtime::Builder, workers: usize, limits: &L
     if limits.pin_workers.pins(workers, pin.cpus()) {
         // Only async workers park (blocking-pool threads never call this hook), and each
         // parks once as soon as it is idle, so every worker is pinned from its first pause.
+        // Every thread the runtime starts first takes back the whole CPU set, which a
+        // blocking-pool thread would otherwise inherit narrowed from the worker creating it.
         let pin = Arc::new(pin);
+        let free = pin.clone();
+        builder.on_thread_start(move || free.free_this_thread());
         builder.on_thread_park(move || pin.pin_this_thread_once());
     }
     builder.build()
@@ -186,7 +190,9 @@ mod tests {
                 }
                 tokio::time::sleep(Duration::from_micros(200)).await;
             }
-            let blocking = tokio::task::spawn_blocking(cpus_of_this_thread).await.unwrap();
+            // The blocking thread is created by a worker (pinned, when pinning is on), as a
+            // server's are: a new thread inherits its creator's CPUs.
+            let blocking = tokio::spawn(async { tokio::task::spawn_blocking(cpus_of_this_thread).await.unwrap() }).await.unwrap();
             (workers, blocking)
         })
     }

@@ -69,8 +69,21 @@ impl PinToCpus {
             return;
         }
         let cpu = self.cpus[self.next.fetch_add(1, Ordering::Relaxed) % self.cpus.len()];
-        if let Err(e) = pin_this_thread(cpu) {
+        if let Err(e) = set_this_thread(&[cpu]) {
             tracing::warn!(cpu, error = %e, "cannot pin a worker thread; it stays where the kernel puts it");
+        }
+    }
+
+    /// Lets the calling thread run on every one of the CPUs again. A new thread inherits its
+    /// creator's affinity, and the runtime's blocking-pool threads are created by whichever
+    /// (pinned) worker first needed one: without this, the pool's threads were seen split
+    /// between the two CPUs, each held to the one its creator was pinned to.
+    pub fn free_this_thread(&self) {
+        if self.cpus.is_empty() {
+            return;
+        }
+        if let Err(e) = set_this_thread(&self.cpus) {
+            tracing::warn!(error = %e, "cannot widen a new thread's CPU set; it keeps its creator's");
         }
     }
 }
@@ -94,13 +107,15 @@ pub(crate) fn cpus_of_this_thread() -> Vec<usize> {
     Vec::new()
 }
 
-/// Restricts the calling thread to `cpu`.
+/// Restricts the calling thread to `cpus`.
 #[cfg(target_os = "linux")]
-fn pin_this_thread(cpu: usize) -> std::io::Result<()> {
+fn set_this_thread(cpus: &[usize]) -> std::io::Result<()> {
     // SAFETY: as above; pid 0 is the calling thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -109,7 +124,7 @@ fn pin_this_thread(cpu: usize) -> std::io::Result<()> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn pin_this_thread(_cpu: usize) -> std::io::Result<()> {
+fn set_this_thread(_cpus: &[usize]) -> std::io::Result<()> {
     Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "thread affinity is set on Linux only"))
 }
 
