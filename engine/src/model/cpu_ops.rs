@@ -121,26 +121,50 @@ impl CustomOp1 for MaskedSoftmax<'_> {
         });
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &candle_core::CudaStorage, layout: &Layout) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::gpu_softmax::masked_softmax(storage, layout, self.scale, self.lengths, self.offset)
+    }
+}
+
+/// Which keys each query of `scores` `[batch, heads, seq, kv_len]` sees, as a `[batch, 1, seq,
+/// kv_len]` u8 mask built on the scores' device: query `i` sees keys `< offset + i + 1` that
+/// are real (`< offset + length`). Only the `batch` lengths are copied to the device, not a
+/// mask per layer (on a GPU, a host-built one was 64 MiB a layer at 1,024 windows of 128).
+fn visible_keys(scores: &Tensor, lengths: &[usize], offset: usize) -> candle_core::Result<Tensor> {
+    let (batch, _, seq, kv_len) = scores.dims4()?;
+    if batch != lengths.len() {
+        candle_core::bail!("masked softmax: {} lengths for a batch of {batch}", lengths.len());
+    }
+    let device = scores.device();
+    let as_u32 = |n: usize| u32::try_from(n).map_err(|_| candle_core::Error::Msg(format!("masked softmax: position {n} exceeds u32")));
+    let keys = Tensor::arange(0u32, as_u32(kv_len)?, device)?.reshape((1, 1, 1, kv_len))?;
+    let causal = Tensor::arange(as_u32(offset + 1)?, as_u32(offset + seq + 1)?, device)?.reshape((1, 1, seq, 1))?;
+    let real: Vec<u32> = lengths.iter().map(|&l| as_u32(offset + l)).collect::<candle_core::Result<_>>()?;
+    let limit = causal.broadcast_minimum(&Tensor::from_vec(real, (batch, 1, 1, 1), device)?)?;
+    keys.broadcast_lt(&limit)
+}
+
+/// Attention probabilities of `scores` (see [`masked_softmax`]) in `dtype`. On a GPU, with
+/// scores in `dtype` (f32 or bf16), loupe's kernel does it in one pass (computing in f32 and
+/// rounding once, as the generic path's final conversion does).
+pub fn attention_probs(scores: &Tensor, scale: f32, lengths: &[usize], offset: usize, dtype: candle_core::DType) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if scores.device().is_cuda() && scores.dtype() == dtype && matches!(dtype, candle_core::DType::F32 | candle_core::DType::BF16) {
+        return scores.contiguous()?.apply_op1_no_bwd(&MaskedSoftmax { scale, lengths, offset });
+    }
+    masked_softmax(scores, scale, lengths, offset)?.to_dtype(dtype)
 }
 
 /// Returns f32 probabilities whatever the scores' dtype (a softmax in bf16 loses the small
 /// ones).
 pub fn masked_softmax(scores: &Tensor, scale: f32, lengths: &[usize], offset: usize) -> candle_core::Result<Tensor> {
     if !on_cpu_in_f32(scores) {
-        let (batch, _, seq, kv_len) = scores.dims4()?;
-        if batch != lengths.len() {
-            candle_core::bail!("masked softmax: {} lengths for a batch of {batch}", lengths.len());
-        }
-        let mut mask = vec![f32::NEG_INFINITY; batch * seq * kv_len];
-        for (b, &length) in lengths.iter().enumerate() {
-            for i in 0..seq {
-                let visible = (offset + i + 1).min(offset + length).min(kv_len);
-                mask[(b * seq + i) * kv_len..(b * seq + i) * kv_len + visible].fill(0.0);
-            }
-        }
-        let mask = Tensor::from_vec(mask, (batch, 1, seq, kv_len), scores.device())?;
-        let scaled = (scores.to_dtype(candle_core::DType::F32)? * f64::from(scale))?.broadcast_add(&mask)?;
-        return candle_nn::ops::softmax_last_dim(&scaled);
+        let scaled = (scores.to_dtype(candle_core::DType::F32)? * f64::from(scale))?;
+        let visible = visible_keys(scores, lengths, offset)?.broadcast_as(scaled.shape())?;
+        let hidden = Tensor::new(f32::NEG_INFINITY, scores.device())?.broadcast_as(scaled.shape())?;
+        return candle_nn::ops::softmax_last_dim(&visible.where_cond(&scaled, &hidden)?);
     }
     scores.contiguous()?.apply_op1_no_bwd(&MaskedSoftmax { scale, lengths, offset })
 }
@@ -567,8 +591,16 @@ mod tests {
         let mask = Tensor::from_vec(mask, (b, 1, t, kv_len), &Device::Cpu).unwrap();
         let expected = candle_nn::ops::softmax(&(scores.clone() * 0.5).unwrap().broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
         let actual = masked_softmax(&scores, 0.5, &lengths, offset).unwrap();
-        let diff = (actual - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (actual - &expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-6, "{diff}");
+        // The generic path (a GPU's, taken on the CPU by any dtype but f32), mask built from
+        // the lengths on the scores' device.
+        let generic = masked_softmax(&scores.to_dtype(candle_core::DType::F64).unwrap(), 0.5, &lengths, offset).unwrap();
+        assert_eq!(generic.dtype(), candle_core::DType::F32);
+        let diff = (generic - &expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-6, "generic path: {diff}");
+        let err = masked_softmax(&scores.to_dtype(candle_core::DType::F64).unwrap(), 0.5, &lengths[..1], offset).unwrap_err().to_string();
+        assert!(err.contains("1 lengths for a batch of 2"), "{err}");
     }
 
     /// The fused pass against the textbook steps in candle's ops: rotate Q and K per head,

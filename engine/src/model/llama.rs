@@ -169,8 +169,7 @@ impl Llama {
         // needs no copy of K and V per query head.
         let scores = q.reshape((b, kv, groups * t, hd))?.matmul(&k.t()?)?.reshape((b, h, t, kv_len))?;
         let scale = 1.0 / (hd as f32).sqrt();
-        let probs = cpu_ops::masked_softmax(&scores, scale, &pass.ctx.lengths, pass.ctx.position_offset)?.reshape((b, kv, groups * t, kv_len))?;
-        let probs = probs.to_dtype(v.dtype())?;
+        let probs = cpu_ops::attention_probs(&scores, scale, &pass.ctx.lengths, pass.ctx.position_offset, v.dtype())?.reshape((b, kv, groups * t, kv_len))?;
         Ok(probs.matmul(&v.contiguous()?)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b * t, h * hd))?)
     }
 

@@ -2,6 +2,8 @@
 //! [`LanguageModel`]; callers hold a [`Model`] and never see which family it is.
 
 mod cpu_ops;
+#[cfg(feature = "cuda")]
+mod gpu_softmax;
 pub mod llama;
 mod rope;
 

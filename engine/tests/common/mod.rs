@@ -65,3 +65,22 @@ pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor) {
         assert!(err <= POSITION_TOLERANCE * norm, "{what}, position {position}: max abs error {err} > {POSITION_TOLERANCE} x the position's norm {norm}");
     }
 }
+
+/// Compiles a CUDA kernel of the engine (`src/...cu`) for the CPU under the block emulator
+/// (`tests/host_cuda/cuda_on_cpu.h`) with the harness `tests/host_cuda/{main}`; needs a C++20
+/// compiler (`c++`, or $CXX; Debian's build-essential).
+pub fn cuda_kernel_on_cpu(main: &str, kernel: &str, dir: &std::path::Path) -> PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exe = dir.join(main.trim_end_matches(".cpp"));
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let out = std::process::Command::new(&cxx)
+        .args(["-std=c++20", "-O1", "-pthread"])
+        .arg(format!("-DKERNEL=\"{}\"", root.join(kernel).display()))
+        .arg(root.join("tests/host_cuda").join(main))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cxx} (a C++20 compiler; Debian's build-essential): {e}"));
+    assert!(out.status.success(), "compiling {kernel} for the CPU failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    exe
+}
