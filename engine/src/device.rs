@@ -137,6 +137,20 @@ impl Compute {
     pub fn is_cpu(&self) -> bool {
         self.device.is_cpu()
     }
+
+    /// Device memory the driver reports free, in bytes; `None` on the CPU (host memory is
+    /// not what bounds a CPU batch).
+    pub fn free_memory(&self) -> Result<Option<usize>> {
+        match &self.device {
+            #[cfg(feature = "cuda")]
+            Device::Cuda(cuda) => {
+                use candle_core::cuda::WrapErr;
+                let (free, _total) = cuda.cuda_stream().context().mem_get_info().w()?;
+                Ok(Some(free))
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Whether this binary was built with CUDA.

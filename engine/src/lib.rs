@@ -12,6 +12,7 @@ pub mod error;
 pub mod generate;
 pub mod hooks;
 pub mod lens;
+pub mod memory;
 pub mod model;
 pub mod monitor;
 pub mod perf;

@@ -5,10 +5,11 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use loupe_engine::dictionary::{Format, SparseActs};
-use loupe_engine::{BlockSite, Dictionary, HookPoint, Model};
+use loupe_engine::{BlockSite, Dictionary, FeatureLens, HookPoint, Model};
 
 fn dictionary_fixtures() -> PathBuf {
     common::fixtures().join("dictionaries")
@@ -254,4 +255,29 @@ fn decoding_edited_features_checks_them() {
     encoding.features = SparseActs::from_rows(80, vec![vec![(1, 1.0)]]);
     let err = dictionary.decode(&encoding).unwrap_err().to_string();
     assert!(err.contains("1 tokens of features"), "{err}");
+}
+
+#[test]
+fn a_gpu_batch_plan_counts_the_forward_the_hooks_and_the_largest_encode_and_the_cpu_plans_none() {
+    use loupe_engine::dictionary::Activation;
+    use loupe_engine::memory;
+    let model = tiny_llama();
+    let config = model.config().clone();
+    let topk = Arc::new(Dictionary::load_for_model(&dictionary_fixtures().join("saelens_topk"), &config).unwrap());
+    let jumprelu = Arc::new(Dictionary::load_for_model(&dictionary_fixtures().join("saelens_jumprelu"), &config).unwrap());
+    let Activation::TopK { k } = *topk.activation() else { panic!("saelens_topk is a TopK dictionary") };
+    // Inputs (f32, three copies), four [d_sae] temporaries for TopK and six for a threshold
+    // activation, the output, and the selection's room (k, or 1,024 capped at d_sae).
+    let (d_in, d_sae) = (topk.info().d_in, topk.info().d_sae);
+    assert_eq!(memory::encode_bytes_per_token(&topk), 4 * (3 * d_in + 4 * d_sae + d_in) + 8 * k.min(d_sae));
+    assert_eq!(memory::encode_bytes_per_token(&jumprelu), 4 * (3 * d_in + 6 * d_sae + d_in) + 8 * d_sae);
+    let mut hooks: Vec<_> = [&topk, &jumprelu].iter().flat_map(|d| [d.info().hook_in, d.info().hook_out]).collect();
+    hooks.sort();
+    hooks.dedup();
+    let lens = FeatureLens::new(model, vec![("topk".into(), topk.clone()), ("jumprelu".into(), jumprelu.clone())]).unwrap();
+    let encode = memory::encode_bytes_per_token(&topk).max(memory::encode_bytes_per_token(&jumprelu));
+    // f32 on the CPU: each captured hook is held and handed back in 4 + 4 bytes a value.
+    let per_token = memory::forward_bytes_per_token(&config, 4, 16) + hooks.len() * config.hidden_size * 8 + encode;
+    assert_eq!(memory::bytes_per_window(&lens, 16), 16 * per_token);
+    assert!(memory::gpu_batch(&lens, 16).unwrap().is_none(), "the CPU has no device memory to plan a batch by");
 }

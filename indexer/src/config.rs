@@ -54,8 +54,10 @@ pub struct JobConfig {
     pub dictionaries: Vec<DictionarySpec>,
     #[serde(default = "defaults::context")]
     pub context: usize,
-    #[serde(default = "defaults::batch_size")]
-    pub batch_size: usize,
+    /// Windows per forward pass. Default: 8 on the CPU; on a GPU, as many as half of its free
+    /// memory holds (at most 131,072 tokens; `loupe_engine::memory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
     #[serde(default = "defaults::top_k")]
     pub top_k: usize,
     #[serde(default = "defaults::interval_samples")]
@@ -74,9 +76,6 @@ mod defaults {
     pub fn context() -> usize {
         128
     }
-    pub fn batch_size() -> usize {
-        8
-    }
     pub fn top_k() -> usize {
         32
     }
@@ -93,6 +92,9 @@ fn is_default<T: Default + PartialEq>(value: &T) -> bool {
 }
 
 impl JobConfig {
+    /// Windows per batch on the CPU when none is given.
+    pub const CPU_BATCH_SIZE: usize = 8;
+
     pub fn new(store: PathBuf) -> Self {
         toml::from_str(&format!("store = {}", toml::Value::String(store.to_string_lossy().into_owned()))).expect("defaults parse")
     }
@@ -113,7 +115,7 @@ impl JobConfig {
         if !(2..=65_535).contains(&self.context) {
             return bad(format!("context {} is out of range: give 2..=65535 tokens", self.context));
         }
-        if self.batch_size == 0 || self.top_k == 0 || self.checkpoint_every == 0 {
+        if self.batch_size == Some(0) || self.top_k == 0 || self.checkpoint_every == 0 {
             return bad("batch_size, top_k and checkpoint_every must be at least 1".into());
         }
         let mut ids: Vec<String> = self.dictionaries.iter().map(DictionarySpec::id).collect();
@@ -122,5 +124,26 @@ impl JobConfig {
             return bad(format!("two dictionaries are named {:?}: give them distinct ids", pair[0]));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> JobConfig {
+        toml::from_str(&format!("store = \"s\"\n{extra}\n[[corpus]]\npath = \"c.jsonl\"\n[[dictionary]]\npath = \"d\"\n")).unwrap()
+    }
+
+    #[test]
+    fn an_unset_batch_size_is_left_to_the_device_and_zero_is_refused() {
+        let auto = parse("");
+        assert_eq!(auto.batch_size, None, "unset: 8 on the CPU, planned from free memory on a GPU");
+        assert!(!toml::to_string(&auto).unwrap().contains("batch_size"), "an unset batch size is not written back as a number");
+        assert_eq!(parse("batch_size = 64").batch_size, Some(64));
+        let err = parse("batch_size = 0").validate().unwrap_err().to_string();
+        assert!(err.contains("batch_size") && err.contains("at least 1"), "{err}");
+        let err = toml::from_str::<JobConfig>("store = \"s\"\nbatch_size = -1").unwrap_err().to_string();
+        assert!(err.contains("batch_size"), "{err}");
     }
 }

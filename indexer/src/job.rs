@@ -102,6 +102,37 @@ pub struct Job {
     dictionary_checksums: Vec<String>,
     ids: Vec<String>,
     index_key: String,
+    /// Windows per forward pass: the config's, else chosen for the device.
+    batch: BatchChoice,
+}
+
+/// How many windows a forward pass takes, and where the number came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchChoice {
+    Given(usize),
+    /// The CPU default.
+    Cpu(usize),
+    /// Planned from the GPU's free memory.
+    Gpu(loupe_engine::memory::GpuBatch),
+}
+
+impl BatchChoice {
+    pub fn windows(&self) -> usize {
+        match self {
+            BatchChoice::Given(n) | BatchChoice::Cpu(n) => *n,
+            BatchChoice::Gpu(plan) => plan.windows,
+        }
+    }
+}
+
+impl std::fmt::Display for BatchChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchChoice::Given(n) => write!(f, "{n} windows a batch (batch_size)"),
+            BatchChoice::Cpu(n) => write!(f, "{n} windows a batch (the CPU default; --batch-size sets it)"),
+            BatchChoice::Gpu(plan) => write!(f, "{plan}"),
+        }
+    }
 }
 
 impl Job {
@@ -136,7 +167,21 @@ impl Job {
             identity["precision"] = json!(format!("{:?}", compute.dtype));
         }
         let index_key = sha256_bytes(identity.to_string().as_bytes())[..16].to_string();
-        Ok(Job { config, lens, store, model_path: model_path.into(), model_checksum, dictionary_checksums, ids, index_key })
+        // The batch size is not part of any key: checkpoints count windows, so a run may
+        // resume with another batch size (on another GPU) and reach the same state.
+        let batch = match config.batch_size {
+            Some(n) => BatchChoice::Given(n),
+            None => match loupe_engine::memory::gpu_batch(&lens, config.context)? {
+                Some(plan) => BatchChoice::Gpu(plan),
+                None => BatchChoice::Cpu(JobConfig::CPU_BATCH_SIZE),
+            },
+        };
+        Ok(Job { config, lens, store, model_path: model_path.into(), model_checksum, dictionary_checksums, ids, index_key, batch })
+    }
+
+    /// Windows per forward pass, and why that many.
+    pub fn batch(&self) -> BatchChoice {
+        self.batch
     }
 
     /// The model and the dictionaries this job indexes.
@@ -242,7 +287,7 @@ impl Job {
                     first_document: first_ids.0,
                     first_window: first_ids.1,
                     context: self.config.context,
-                    batch_size: self.config.batch_size,
+                    batch_size: self.batch.windows(),
                     shard: options.shard,
                     max_windows: self.config.max_windows(),
                     resume_from: next,

@@ -15,5 +15,5 @@ pub mod state;
 pub use config::{DictionarySpec, JobConfig};
 pub use error::{IndexError, Result};
 #[cfg(feature = "run")]
-pub use job::{Job, JobHooks, Outcome, RunOptions, RunReport};
+pub use job::{BatchChoice, Job, JobHooks, Outcome, RunOptions, RunReport};
 pub use pipeline::{Progress, Shard};

@@ -66,7 +66,10 @@ pub struct Progress {
 /// Where the time went (per thread; they overlap).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PassTimings {
+    /// The reader thread's time, waits for a full channel included.
     pub read: Duration,
+    /// Of which tokenizing (the reader's own work: on a GPU, what it must outpace).
+    pub tokenize: Duration,
     pub forward: Duration,
     pub encode: Duration,
     pub reduce: Duration,
@@ -105,8 +108,9 @@ pub fn run_pass(lens: &FeatureLens, plan: &PassPlan, state: IndexState, hooks: &
     let (enc_tx, enc_rx) = bounded::<Encoded>(2);
     let tokenizer = lens.model().tokenizer()?;
     let widths: Vec<usize> = lens.dictionaries().iter().map(|d| d.dictionary.info().d_sae).collect();
+    let tokenize_nanos = AtomicU64::new(0);
     let (state, complete, read_time, reduce_time, checkpoint_time, forward, encode) = std::thread::scope(|scope| {
-        let reader = scope.spawn(|| read_windows(tokenizer, plan, read_tx, &bytes_read, hooks.interrupted));
+        let reader = scope.spawn(|| read_windows(tokenizer, plan, read_tx, &bytes_read, &tokenize_nanos, hooks.interrupted));
         let reducer = scope.spawn(|| reduce_batches(&widths, plan, state, enc_rx, &bytes_read, hooks));
         let computed = compute(lens, read_rx, enc_tx);
         let read = reader.join().expect("reader thread does not panic");
@@ -116,11 +120,12 @@ pub fn run_pass(lens: &FeatureLens, plan: &PassPlan, state: IndexState, hooks: &
         let (state, complete, reduce_time, checkpoint_time) = reduced?;
         Ok::<_, IndexError>((state, complete, read_time, reduce_time, checkpoint_time, forward, encode))
     })?;
-    let timings = PassTimings { read: read_time, forward, encode, reduce: reduce_time, checkpoint: checkpoint_time, wall: start.elapsed() };
+    let tokenize = Duration::from_nanos(tokenize_nanos.load(Ordering::Relaxed));
+    let timings = PassTimings { read: read_time, tokenize, forward, encode, reduce: reduce_time, checkpoint: checkpoint_time, wall: start.elapsed() };
     Ok(PassOutcome { state, complete, timings })
 }
 
-fn read_windows(tokenizer: &loupe_engine::Tokenizer, plan: &PassPlan, tx: Sender<Read>, bytes_read: &AtomicU64, interrupted: &AtomicBool) -> Result<Duration> {
+fn read_windows(tokenizer: &loupe_engine::Tokenizer, plan: &PassPlan, tx: Sender<Read>, bytes_read: &AtomicU64, tokenize_nanos: &AtomicU64, interrupted: &AtomicBool) -> Result<Duration> {
     let start = Instant::now();
     let bos = tokenizer.bos_token_id().or(tokenizer.eos_token_id()).unwrap_or(0);
     let separator = tokenizer.eos_token_id().unwrap_or(bos);
@@ -155,7 +160,9 @@ fn read_windows(tokenizer: &loupe_engine::Tokenizer, plan: &PassPlan, tx: Sender
                 return Ok(false);
             }
             if let Document::Text(text) = doc {
+                let t = Instant::now();
                 let ids = tokenizer.encode(&text)?;
+                tokenize_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 for w in packer.push_document(document, &ids) {
                     if limit.is_some_and(|l| w.index >= l) {
                         stopped = true;

@@ -91,7 +91,7 @@ fn top_examples_equal_a_brute_force_reference_and_reencode_alone() {
     config.corpus = vec![CorpusSource::new(&corpus)];
     config.dictionaries = vec![DictionarySpec { path: default_dictionary(), id: Some("default".into()) }];
     config.context = CONTEXT;
-    config.batch_size = BATCH;
+    config.batch_size = Some(BATCH);
     config.top_k = TOP_K;
     config.interval_samples = INTERVAL_SAMPLES;
     config.seed = SEED;

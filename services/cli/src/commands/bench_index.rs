@@ -48,9 +48,11 @@ fn single(args: &IndexArgs) -> anyhow::Result<serde_json::Value> {
     let total = t.wall.as_secs_f64() + report.finalize.as_secs_f64() + report.commit.as_secs_f64();
     Ok(json!({
         "tokens": report.tokens,
+        "batch_windows": job.batch().windows(),
+        "batch": job.batch().to_string(),
         "tokens_per_s": report.tokens as f64 / total,
         "seconds": {"total": total, "pass": t.wall.as_secs_f64(), "forward": t.forward.as_secs_f64(), "encode": t.encode.as_secs_f64(),
-                    "reduce": t.reduce.as_secs_f64(), "checkpoint": t.checkpoint.as_secs_f64(), "read": t.read.as_secs_f64(),
+                    "reduce": t.reduce.as_secs_f64(), "checkpoint": t.checkpoint.as_secs_f64(), "read": t.read.as_secs_f64(), "tokenize": t.tokenize.as_secs_f64(),
                     "finalize": report.finalize.as_secs_f64(), "commit": report.commit.as_secs_f64()},
         "overhead_over_engine": total / engine - 1.0,
         "peak_memory_mib": peak_memory_mib(),
@@ -91,17 +93,18 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
     if args.job.json {
         return print_json(&json!({"runs": runs, "peak_memory_ratio": memory_ratio, "provenance": super::bench::provenance()}));
     }
-    println!("{:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>9} {:>9}", "tokens", "tok/s", "forward", "encode", "reduce", "ckpt", "finalize", "commit", "overhead", "peak MiB");
+    println!("{:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>9} {:>9}", "tokens", "tok/s", "forward", "encode", "tokenize", "reduce", "ckpt", "finalize", "commit", "overhead", "peak MiB");
     for r in &runs {
         let s = &r["seconds"];
         let total = s["total"].as_f64().unwrap_or(1.0);
         let share = |k: &str| format!("{:.1}%", 100.0 * s[k].as_f64().unwrap_or(0.0) / total);
         println!(
-            "{:>9} {:>8.0} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8.1}% {:>9.0}",
+            "{:>9} {:>8.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8.1}% {:>9.0}",
             r["tokens"],
             r["tokens_per_s"].as_f64().unwrap_or(0.0),
             share("forward"),
             share("encode"),
+            share("tokenize"),
             share("reduce"),
             share("checkpoint"),
             share("finalize"),
@@ -110,7 +113,7 @@ pub fn run(args: IndexArgs) -> anyhow::Result<()> {
             r["peak_memory_mib"].as_f64().unwrap_or(0.0)
         );
     }
-    println!("shares are of each run's wall time; reduce runs on its own thread, overlapped with the model.");
+    println!("shares are of each run's wall time; tokenize (the reader thread) and reduce run on threads of their own, overlapped with the model.");
     println!("overhead = wall time / (forward + encode) - 1: what reduction, checkpoints and writing add on top of the engine.");
     println!("peak memory grows {memory_ratio:.2}x for {}x the tokens", args.scale);
     Ok(())

@@ -63,7 +63,8 @@ pub struct JobArgs {
     /// Tokens per context window (BOS included).
     #[arg(long)]
     pub context: Option<usize>,
-    /// Windows per forward pass.
+    /// Windows per forward pass (default: 8 on the CPU; on a GPU, as many as half its free
+    /// memory holds, at most 131,072 tokens).
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// Max-activating examples kept per feature.
@@ -127,7 +128,9 @@ impl JobArgs {
         }
         let set = |field: &mut usize, value: Option<usize>| value.into_iter().for_each(|v| *field = v);
         set(&mut config.context, self.context);
-        set(&mut config.batch_size, self.batch_size);
+        if self.batch_size.is_some() {
+            config.batch_size = self.batch_size;
+        }
         set(&mut config.top_k, self.top_k);
         set(&mut config.interval_samples, self.interval_samples);
         set(&mut config.checkpoint_every, self.checkpoint_every);
@@ -171,6 +174,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let shard = args.shard.as_deref().map(Shard::parse).transpose()?.unwrap_or(Shard::WHOLE);
     let job = args.job.prepare()?;
+    eprintln!("batch: {}", job.batch());
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
