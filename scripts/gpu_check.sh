@@ -12,9 +12,10 @@
 #      residual stream sums 30 blocks of such rounding.
 #   2. greedy generation in f32 on the GPU: the same completion ids as transformers for the
 #      fixture's chat prompt.
-#   3. dictionary encode on the GPU against the CPU: the same active features per token,
-#      except where the two activations of the differing features are within 1e-2 of the
-#      k-th (ties under rounding).
+#   3. dictionary encode on the GPU against the CPU, for the default TopK dictionary and its
+#      weights as a JumpReLU and a ReLU SAE (the selection kernel's packed and dense-row
+#      paths): the same active features per token, except where the two activations of the
+#      differing features are within 1e-2 of the k-th or the threshold (ties under rounding).
 #   4. an index job of 1M tokens on the GPU against the same job on the CPU: every feature's
 #      density and max activation within 1e-2 relative, and the top examples' (window,
 #      position) sets equal up to activation ties within 1e-2.
@@ -133,16 +134,31 @@ got = json.load(open('$OUT/generate.json'))['completion_ids']
 print(0 if got[:len(want)] == want else 1)" 2>/dev/null || echo 1)
 record "greedy generation (f32)" "$ok" "$n tokens"
 
-# 3. Dictionary encode, GPU against CPU.
-for device in cpu "$DEVICE"; do
-  each_prompt "$OUT/encode-$device.jsonl" "$LOUPE" dict encode --top 4608 --json --device "$device"
-done
-python3 - "$OUT" "$DEVICE" <<'EOF' >"$OUT/encode.txt"
+# 3. Dictionary encode, GPU against CPU: the default TopK dictionary, and the same weights as
+# a JumpReLU (threshold 1.0: the GPU packs each token's active latents) and as a ReLU SAE
+# (thousands active a token: rows past the kernel's room of 1,024 are read densely).
+variants="$GPU/dictionary-variants"
+python3 - dictionaries/smollm2-135m-instruct/blocks.9.hook_resid_post-topk-4608 "$variants" <<'EOF'
+import json, os, sys
+import numpy as np
+from safetensors.numpy import load_file, save_file
+source, out = sys.argv[1], sys.argv[2]
+cfg = json.load(open(f"{source}/cfg.json"))
+weights = load_file(f"{source}/sae_weights.safetensors")
+for name, architecture, extra in [("jumprelu", "jumprelu", {"threshold": np.full(cfg["d_sae"], 1.0, dtype=weights["b_enc"].dtype)}), ("relu", "standard", {})]:
+    os.makedirs(f"{out}/{name}", exist_ok=True)
+    save_file({**weights, **extra}, f"{out}/{name}/sae_weights.safetensors")
+    json.dump({**{k: v for k, v in cfg.items() if k != "k"}, "architecture": architecture}, open(f"{out}/{name}/cfg.json", "w"))
+EOF
+encode_check() { # NAME DICTIONARY
+  for device in cpu "$DEVICE"; do
+    each_prompt "$OUT/encode-$1-$device.jsonl" "$LOUPE" dict encode --dictionary "$2" --top 4608 --json --device "$device"
+  done
+  python3 - "$OUT" "$DEVICE" "$1" <<'EOF' >"$OUT/encode-$1.txt"
 import json, sys
-out = sys.argv[1]
-tokens = differing = unexplained = 0
-device = sys.argv[2]
-for cpu, gpu in zip(open(f"{out}/encode-cpu.jsonl"), open(f"{out}/encode-{device}.jsonl")):
+out, device, name = sys.argv[1:4]
+tokens = differing = unexplained = active = 0
+for cpu, gpu in zip(open(f"{out}/encode-{name}-cpu.jsonl"), open(f"{out}/encode-{name}-{device}.jsonl")):
     cpu, gpu = json.loads(cpu), json.loads(gpu)
     if "tokens" not in cpu or "tokens" not in gpu or len(cpu["tokens"]) != len(gpu["tokens"]):
         unexplained += 1  # a failed run or another tokenization fails the check
@@ -151,21 +167,27 @@ for cpu, gpu in zip(open(f"{out}/encode-cpu.jsonl"), open(f"{out}/encode-{device
         tokens += 1
         fa = {f["feature"]: f["activation"] for f in a["features"]}
         fb = {f["feature"]: f["activation"] for f in b["features"]}
+        active += len(fa)
         if set(fa) == set(fb):
             continue
         differing += 1
-        # A swap at the edge of the active set is a tie under rounding when the features
-        # that differ are within 1e-2 of the smallest active value.
+        # A swap at the edge of the active set (the k-th value, or the threshold) is a tie
+        # under rounding when the features that differ are within 1e-2 of the smallest
+        # active value.
         edge = min(list(fa.values()) + list(fb.values()) or [0.0])
         for f in set(fa) ^ set(fb):
             value = fa.get(f, fb.get(f))
             if abs(value - edge) > 1e-2 * max(1.0, abs(edge)):
                 unexplained += 1
                 break
-print(json.dumps({"tokens": tokens, "differing_active_sets": differing, "not_ties": unexplained}))
+print(json.dumps({"tokens": tokens, "mean_active": round(active / max(tokens, 1), 1), "differing_active_sets": differing, "not_ties": unexplained}))
 EOF
-ok=$(python3 -c "import json; print(0 if json.load(open('$OUT/encode.txt'))['not_ties'] == 0 else 1)" 2>/dev/null || echo 1)
-record "dictionary encode (GPU vs CPU)" "$ok" "$(cat "$OUT/encode.txt" 2>/dev/null)"
+  ok=$(python3 -c "import json; r = json.load(open('$OUT/encode-$1.txt')); print(0 if r['not_ties'] == 0 and r['tokens'] > 0 else 1)" 2>/dev/null || echo 1)
+  record "dictionary encode, $1 (GPU vs CPU)" "$ok" "$(cat "$OUT/encode-$1.txt" 2>/dev/null)"
+}
+encode_check topk dictionaries/smollm2-135m-instruct/blocks.9.hook_resid_post-topk-4608
+encode_check jumprelu "$variants/jumprelu"
+encode_check relu "$variants/relu"
 
 # 4. An index job of $TOKENS tokens, GPU against CPU.
 for device in cpu "$DEVICE"; do

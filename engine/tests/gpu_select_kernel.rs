@@ -1,9 +1,11 @@
 //! The GPU selection kernel (src/dictionary/select.cu) checked on the CPU: the kernel's own
-//! source runs under a block emulator (tests/host_cuda/block_emulator.cpp: one std::thread per
+//! source runs under a block emulator (tests/host_cuda/cuda_on_cpu.h: one std::thread per
 //! CUDA thread, a barrier for __syncthreads) and its sparse codes are compared with the
 //! definition of TopK (the k largest, then ReLU, ties at the k-th value to the lowest indices,
 //! by a full sort here) and with the host path (`activation::top_k`) on rows without ties.
 //! Needs a C++20 compiler (`c++`, or $CXX); the GPU machine checks speed and the real device.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,23 +15,11 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 
 fn emulator(dir: &Path) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let kernel = root.join("src/dictionary/select.cu");
-    let exe = dir.join("emulator");
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-    let out = Command::new(&cxx)
-        .args(["-std=c++20", "-O1", "-pthread"])
-        .arg(format!("-DKERNEL=\"{}\"", kernel.display()))
-        .arg(root.join("tests/host_cuda/block_emulator.cpp"))
-        .arg("-o")
-        .arg(&exe)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cxx} (a C++20 compiler; Debian's build-essential): {e}"));
-    assert!(out.status.success(), "compiling the kernel for the CPU failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    exe
+    common::cuda_kernel_on_cpu("block_emulator.cpp", "src/dictionary/select.cu", dir)
 }
 
-/// (count, index/value pairs written) per row, as the kernel returns them.
+/// (count, index/value pairs written) per row, as the kernel returns them: a row that fits its
+/// room is read at its packed offset; one that does not has nothing written.
 type Selected = Vec<(usize, Vec<(u32, f32)>)>;
 
 fn run(exe: &Path, dir: &Path, rows: &[Vec<f32>], k: usize, cap: usize) -> Selected {
@@ -42,13 +32,27 @@ fn run(exe: &Path, dir: &Path, rows: &[Vec<f32>], k: usize, cap: usize) -> Selec
     assert!(status.success());
     let bytes = std::fs::read(&output_path).unwrap();
     let word = |i: usize| u32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap());
-    (0..n)
+    let used = word(2 * n) as usize;
+    let (indices, values) = (2 * n + 1, 2 * n + 1 + n * cap);
+    let mut claimed = vec![false; used];
+    let selected: Selected = (0..n)
         .map(|r| {
-            let count = word(r) as usize;
-            let written = (0..count.min(cap)).map(|j| (word(n + r * cap + j), f32::from_bits(word(n + n * cap + r * cap + j)))).collect();
-            (count, written)
+            let (count, offset) = (word(r) as usize, word(n + r));
+            if count > cap {
+                assert_eq!(offset, u32::MAX, "row {r}: an overflowing row claims no room");
+                return (count, Vec::new());
+            }
+            let at = offset as usize;
+            assert!(at + count <= used, "row {r}: slots {at}..{} past the {used} claimed", at + count);
+            for slot in &mut claimed[at..at + count] {
+                assert!(!*slot, "row {r}: slot {at} claimed twice");
+                *slot = true;
+            }
+            (count, (at..at + count).map(|j| (word(indices + j), f32::from_bits(word(values + j)))).collect())
         })
-        .collect()
+        .collect();
+    assert!(claimed.iter().all(|&c| c), "every claimed slot belongs to a row");
+    selected
 }
 
 /// TopK by definition: sort by value descending then index, keep k, ReLU, drop zeros.
@@ -122,8 +126,8 @@ fn threshold_rows_keep_every_non_zero_in_index_order_and_report_overflow() {
         for (r, row) in input.iter().enumerate() {
             let expected: Vec<(u32, f32)> = row.iter().enumerate().filter(|&(_, &v)| v != 0.0).map(|(i, &v)| (i as u32, v)).collect();
             assert_eq!(got[r].0, expected.len(), "{set} row {r}: the count is every non-zero, even past the room");
-            let room = expected.len().min(cap);
-            assert_eq!(got[r].1, expected[..room], "{set} row {r}: the first {room} in index order");
+            let written: &[(u32, f32)] = if expected.len() <= cap { &expected } else { &[] };
+            assert_eq!(got[r].1, written, "{set} row {r}: every non-zero in index order, or nothing past the room");
         }
     }
 }

@@ -1,15 +1,18 @@
 // Sparse codes from dense rows on the GPU: one block per row (token), so that only the active
 // latents leave the device (k pairs a token instead of d_sae floats).
 //
-// loupe_select_rows(values [n, d] f32, n, d, k, cap, out_index [n, cap] u32,
-//                   out_value [n, cap] f32, out_count [n] u32)
+// loupe_select_rows(values [n, d] f32, n, d, k, cap, out_index [n * cap] u32,
+//                   out_value [n * cap] f32, out_count [n] u32, out_offset [n] u32,
+//                   packed_used [1] u32, zeroed by the caller)
 //   k > 0: the k largest values of the row (TopK), then ReLU, zeros dropped (as
 //          engine/src/dictionary/activation.rs `top_k`); ties at the k-th value go to the
 //          lowest indices. cap must be >= k.
 //   k = 0: every non-zero value of the row (an activation already applied).
-// Either way the chosen latents are written in index order, at most `cap` of them, and
-// out_count holds how many there are (more than cap means the row did not fit: the caller
-// reads that row densely).
+// Either way out_count holds how many latents the row chose. A row of at most `cap` claims
+// that many slots of the packed outputs (an atomic add on packed_used: rows are packed in
+// the order blocks finish, each row's latents contiguous and in index order, at
+// out_offset[row]), so that the host copies back packed_used pairs, not n * cap. A row of
+// more than `cap` writes nothing (out_offset = 0xffffffff): the caller reads it densely.
 //
 // Selection is a radix select on the values' order-preserving 32-bit keys: four passes of
 // 8 bits, each a 256-bin histogram in shared memory, find the k-th largest key exactly.
@@ -55,8 +58,10 @@ __device__ __forceinline__ bool is_chosen(float x, unsigned int take, unsigned i
 
 extern "C" __global__ void loupe_select_rows(
     const float *__restrict__ values, const unsigned int n, const unsigned int d, const unsigned int k, const unsigned int cap,
-    unsigned int *__restrict__ out_index, float *__restrict__ out_value, unsigned int *__restrict__ out_count) {
+    unsigned int *__restrict__ out_index, float *__restrict__ out_value, unsigned int *__restrict__ out_count,
+    unsigned int *__restrict__ out_offset, unsigned int *__restrict__ packed_used) {
     __shared__ unsigned int histogram[256];
+    __shared__ unsigned int packed_at;
     __shared__ unsigned int scratch[THREADS];
     __shared__ unsigned int threshold_key;
     __shared__ unsigned int ties_wanted;
@@ -120,16 +125,22 @@ extern "C" __global__ void loupe_select_rows(
     unsigned int total;
     unsigned int at = block_exclusive_scan(mine, scratch, &total);
 
+    if (t == 0) {
+        packed_at = total <= cap ? atomicAdd(packed_used, total) : 0xffffffffu;
+        out_count[row] = total;
+        out_offset[row] = packed_at;
+    }
+    __syncthreads();
+    if (total > cap) return;
+
+    const unsigned int base = packed_at;
     unsigned int rank = tie_rank;
     for (unsigned int i = begin; i < end; ++i) {
         float x = v[i];
         if (is_chosen(x, take, threshold, ties, &rank)) {
-            if (at < cap) {
-                out_index[(size_t)row * cap + at] = i;
-                out_value[(size_t)row * cap + at] = x;
-            }
+            out_index[base + at] = i;
+            out_value[base + at] = x;
             ++at;
         }
     }
-    if (t == 0) out_count[row] = total;
 }
