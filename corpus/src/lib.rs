@@ -11,6 +11,6 @@ pub mod token_windows;
 pub mod windows;
 
 pub use error::{CorpusError, Result};
-pub use sources::{detect_format, read_documents, CorpusFormat, CorpusSource, Document, Skipped};
+pub use sources::{detect_format, read_documents, CorpusFormat, CorpusSource, Document, SkipReason, Skipped};
 pub use token_windows::TokenWindows;
 pub use windows::{Segment, Window, WindowPacker};

@@ -111,11 +111,28 @@ pub struct Skipped {
     pub empty: u64,
 }
 
+impl Skipped {
+    pub fn count(&mut self, reason: SkipReason) {
+        match reason {
+            SkipReason::InvalidUtf8 => self.invalid_utf8 += 1,
+            SkipReason::Empty => self.empty += 1,
+        }
+    }
+}
+
+/// Why a document was skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    InvalidUtf8,
+    Empty,
+}
+
 /// What a reader hands out: a document's text, or a skipped one (which still takes a
-/// document id, so ids stay equal to the position in the corpus).
+/// document id, so ids stay equal to the position in the corpus). The reason lets a caller
+/// that reads ahead count only the documents it used (the indexer stops at a token limit).
 pub enum Document {
     Text(String),
-    Skipped,
+    Skipped(SkipReason),
 }
 
 /// Reads every document of `source`, calling `visit` with each and the bytes read so far.
@@ -144,8 +161,8 @@ type Visit<'a, E> = dyn FnMut(Document, u64) -> Result<bool, E> + 'a;
 
 fn classify(text: String, skipped: &mut Skipped) -> Document {
     if text.trim().is_empty() {
-        skipped.empty += 1;
-        Document::Skipped
+        skipped.count(SkipReason::Empty);
+        Document::Skipped(SkipReason::Empty)
     } else {
         Document::Text(text)
     }
@@ -155,8 +172,8 @@ fn invalid(skipped: &mut Skipped, file: &Path, where_: String) -> Document {
     if skipped.invalid_utf8 < 5 {
         tracing::warn!("{}: {where_} is not valid UTF-8; skipping it", file.display());
     }
-    skipped.invalid_utf8 += 1;
-    Document::Skipped
+    skipped.count(SkipReason::InvalidUtf8);
+    Document::Skipped(SkipReason::InvalidUtf8)
 }
 
 fn read_jsonl<E: From<CorpusError>>(file: &Path, field: &str, skipped: &mut Skipped, visit: &mut Visit<E>) -> Result<bool, E> {

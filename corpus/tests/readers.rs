@@ -8,15 +8,20 @@ use parquet::arrow::ArrowWriter;
 
 fn documents(source: &CorpusSource) -> (Vec<Option<String>>, Skipped) {
     let mut skipped = Skipped::default();
+    let mut by_reason = Skipped::default();
     let mut out = Vec::new();
     read_documents(source, &mut skipped, |doc, _| {
         out.push(match doc {
             Document::Text(t) => Some(t),
-            Document::Skipped => None,
+            Document::Skipped(reason) => {
+                by_reason.count(reason);
+                None
+            }
         });
         Ok::<_, CorpusError>(true)
     })
     .unwrap();
+    assert_eq!(by_reason, skipped, "each skipped document carries the reason the reader counted");
     (out, skipped)
 }
 
