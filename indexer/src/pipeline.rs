@@ -13,7 +13,7 @@ use loupe_engine::{FeatureLens, SparseActs, TokenBatch};
 
 use crate::error::{IndexError, Result};
 use crate::state::{IndexState, SourceSummary};
-use loupe_corpus::{read_documents, CorpusSource, Document, Skipped};
+use loupe_corpus::{read_documents, CorpusSource, Document, SkipReason, Skipped};
 use loupe_corpus::{Window, WindowPacker};
 use rayon::prelude::*;
 
@@ -151,17 +151,18 @@ impl Packing<'_> {
     fn pack(&mut self, documents: &mut Vec<Document>, packer: &mut WindowPacker, emitted: &mut u64, skipped: &mut Skipped) -> Result<()> {
         let start = Instant::now();
         let tokenizer = self.tokenizer;
-        let ids: Vec<Option<Vec<u32>>> = documents
+        // Each document's token ids, or why it was skipped.
+        let tokenized: Vec<std::result::Result<Vec<u32>, SkipReason>> = documents
             .par_iter()
             .map(|doc| match doc {
-                Document::Text(text) => tokenizer.encode(text).map(Some),
-                Document::Skipped(_) => Ok(None),
+                Document::Text(text) => tokenizer.encode(text).map(Ok),
+                Document::Skipped(reason) => Ok(Err(*reason)),
             })
             .collect::<std::result::Result<_, _>>()?;
         self.tokenize_nanos.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        for (doc, ids) in documents.drain(..).zip(ids) {
-            match (doc, ids) {
-                (_, Some(ids)) => {
+        for document in tokenized {
+            match document {
+                Ok(ids) => {
                     for w in packer.push_document(self.document, &ids) {
                         if self.limit.is_some_and(|l| w.index >= l) {
                             self.stopped = true;
@@ -171,8 +172,7 @@ impl Packing<'_> {
                         self.keep(w);
                     }
                 }
-                (Document::Skipped(reason), None) => skipped.count(reason),
-                (Document::Text(_), None) => unreachable!("every text was tokenized"),
+                Err(reason) => skipped.count(reason),
             }
             self.document += 1;
             if self.stopped {
