@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use half::bf16;
@@ -66,6 +66,17 @@ fn run(exe: &Path, dir: &Path, input: Vec<u8>) -> Vec<u8> {
     std::fs::read(&output_path).unwrap()
 }
 
+fn emulator(dir: &Path) -> PathBuf {
+    common::cuda_kernel_on_cpu("softmax_emulator.cpp", "src/model/attention_softmax.cu", dir)
+}
+
+/// Scores for a case, normal with a spread of 8 (softmaxes from flat to nearly one-hot).
+fn random_scores(seed: u64) -> impl FnMut(&Case) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let normal = Normal::new(0f32, 8.0).unwrap();
+    move |case| (0..case.rows() * case.kv_len()).map(|_| normal.sample(&mut rng)).collect()
+}
+
 fn cases() -> Vec<Case> {
     vec![
         // Right-padded sequences (padded queries see the real keys only); 30 rows: the last
@@ -81,11 +92,10 @@ fn cases() -> Vec<Case> {
 #[test]
 fn f32_probabilities_match_the_masked_softmax_definition() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = common::cuda_kernel_on_cpu("softmax_emulator.cpp", "src/model/attention_softmax.cu", dir.path());
-    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    let normal = Normal::new(0f32, 8.0).unwrap();
+    let exe = emulator(dir.path());
+    let mut scores_of = random_scores(3);
     for case in cases() {
-        let scores: Vec<f32> = (0..case.rows() * case.kv_len()).map(|_| normal.sample(&mut rng)).collect();
+        let scores = scores_of(&case);
         let mut input = case.header(false);
         input.extend(scores.iter().flat_map(|v| v.to_le_bytes()));
         let got: Vec<f32> = run(&exe, dir.path(), input).chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
@@ -107,13 +117,12 @@ fn f32_probabilities_match_the_masked_softmax_definition() {
 #[test]
 fn bf16_probabilities_are_the_definition_rounded_once() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = common::cuda_kernel_on_cpu("softmax_emulator.cpp", "src/model/attention_softmax.cu", dir.path());
-    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let normal = Normal::new(0f32, 8.0).unwrap();
+    let exe = emulator(dir.path());
+    let mut scores_of = random_scores(5);
     let mut rounded_differently = 0;
     let mut total = 0;
     for case in cases() {
-        let scores: Vec<bf16> = (0..case.rows() * case.kv_len()).map(|_| bf16::from_f32(normal.sample(&mut rng))).collect();
+        let scores: Vec<bf16> = scores_of(&case).into_iter().map(bf16::from_f32).collect();
         let mut input = case.header(true);
         input.extend(scores.iter().flat_map(|v| v.to_bits().to_le_bytes()));
         let got: Vec<bf16> = run(&exe, dir.path(), input).chunks(2).map(|b| bf16::from_bits(u16::from_le_bytes(b.try_into().unwrap()))).collect();

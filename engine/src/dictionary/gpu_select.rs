@@ -43,13 +43,16 @@ struct Staging {
 
 /// The first `len` values of `buffer`, reallocated (half again as large) when too short.
 fn staged<'a, T: DeviceRepr + ValidAsZeroBits>(buffer: &'a mut Option<PinnedHostSlice<T>>, len: usize, context: &Arc<CudaContext>) -> Result<&'a mut [T]> {
-    if buffer.as_ref().is_none_or(|b| b.len() < len) {
-        *buffer = None;
-        // SAFETY: the memory is uninitialised until a copy fills it, and only the part a
-        // copy filled is read. Flags 0: cached memory the host reads (not write-combined).
-        *buffer = Some(unsafe { context.alloc_pinned_with_flags::<T>((len + len / 2).max(1), 0) }.w()?);
-    }
-    let whole = buffer.as_mut().expect("allocated above").as_mut_slice().w()?;
+    let pinned = match buffer.take() {
+        Some(kept) if kept.len() >= len => kept,
+        too_short => {
+            drop(too_short);
+            // SAFETY: the memory is uninitialised until a copy fills it, and only the part a
+            // copy filled is read. Flags 0: cached memory the host reads (not write-combined).
+            unsafe { context.alloc_pinned_with_flags::<T>((len + len / 2).max(1), 0) }.w()?
+        }
+    };
+    let whole = buffer.insert(pinned).as_mut_slice().w()?;
     Ok(&mut whole[..len])
 }
 
@@ -182,12 +185,10 @@ fn select_chunk(device: &CudaDevice, values: &Tensor, k: usize, cap: usize, stag
     let indices = staged(&mut staging.index, used, &context)?;
     let chosen = staged(&mut staging.value, used, &context)?;
     if used > 0 {
-        stream.memcpy_dtoh(&out_index.slice(..used), indices).w()?;
-        stream.memcpy_dtoh(&out_value.slice(..used), chosen).w()?;
+        stream.memcpy_dtoh(&out_index.slice(..used), &mut *indices).w()?;
+        stream.memcpy_dtoh(&out_value.slice(..used), &mut *chosen).w()?;
         stream.synchronize().w()?;
     }
-    let meta = staging.meta.as_ref().expect("staged above").as_slice().w()?;
-    let (indices, chosen) = (staging.index.as_ref().expect("staged above").as_slice().w()?, staging.value.as_ref().expect("staged above").as_slice().w()?);
     for t in 0..n {
         let (count, at) = (meta[t] as usize, meta[n + t] as usize);
         if count <= cap {
