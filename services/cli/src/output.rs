@@ -1,6 +1,6 @@
 //! Small helpers shared by the commands' human and JSON output.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -100,6 +100,73 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// `TEXT | --texts FILE`, shared by the commands that run the model on texts.
+#[derive(clap::Args, Clone)]
+pub struct TextArgs {
+    /// Text to run through the model.
+    #[arg(required_unless_present = "texts", conflicts_with = "texts")]
+    pub text: Option<String>,
+    /// Run on every text of a JSON-lines file instead (a string or a {"text": ...} object a
+    /// line, as in a JSONL corpus), with one model load; `--json` then prints one line a text.
+    #[arg(long, value_name = "FILE")]
+    pub texts: Option<PathBuf>,
+}
+
+impl TextArgs {
+    /// The texts asked for, in order, each from `--texts` with where it came from (for errors).
+    pub fn read(&self) -> anyhow::Result<Vec<(Option<String>, String)>> {
+        match (&self.text, &self.texts) {
+            (Some(text), _) => Ok(vec![(None, text.clone())]),
+            (None, Some(path)) => read_texts(path),
+            (None, None) => anyhow::bail!("give a text, or --texts FILE"),
+        }
+    }
+
+    /// Whether the texts came from `--texts` (JSON output is then one line per text).
+    pub fn many(&self) -> bool {
+        self.text.is_none()
+    }
+}
+
+fn read_texts(path: &Path) -> anyhow::Result<Vec<(Option<String>, String)>> {
+    let content = std::fs::read_to_string(path).with_context(|| format!("reading --texts {}", path.display()))?;
+    let mut texts = Vec::new();
+    for (i, line) in content.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()) {
+        let where_ = format!("--texts {} line {}", path.display(), i + 1);
+        let text = match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(serde_json::Value::String(text)) => text,
+            Ok(serde_json::Value::Object(mut object)) => match object.remove("text") {
+                Some(serde_json::Value::String(text)) => text,
+                _ => anyhow::bail!("{where_}: expected a \"text\" field holding a string"),
+            },
+            Ok(_) => anyhow::bail!("{where_}: expected a JSON string or an object with a \"text\" string"),
+            Err(e) => anyhow::bail!("{where_}: not JSON ({e}); expected a JSON string or an object with a \"text\" string"),
+        };
+        texts.push((Some(where_), text));
+    }
+    if texts.is_empty() {
+        anyhow::bail!("--texts {}: no texts in the file (expected one JSON string or {{\"text\": ...}} object a line)", path.display());
+    }
+    Ok(texts)
+}
+
+/// An error about one of the texts, naming its line when it came from `--texts`.
+pub fn about_text(error: anyhow::Error, name: &Option<String>) -> anyhow::Error {
+    match name {
+        Some(name) => error.context(name.clone()),
+        None => error,
+    }
+}
+
+/// `--json` output of a command that ran on one text (pretty) or on `--texts` (one line each).
+pub fn print_json_for(value: &serde_json::Value, many: bool) -> anyhow::Result<()> {
+    if many {
+        println!("{}", serde_json::to_string(value)?);
+        return Ok(());
+    }
+    print_json(value)
 }
 
 /// `--json` output: any serializable value (the gRPC responses derive it), pretty-printed.

@@ -48,6 +48,32 @@ fn tokenize_and_activations_report_json() {
 }
 
 #[test]
+fn texts_file_gives_one_json_line_per_text_as_single_runs_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts = dir.path().join("texts.jsonl");
+    std::fs::write(&texts, "\"Hello world\"\n\n{\"text\": \"The cat sat on the mat\", \"id\": 7}\n").unwrap();
+    let texts = texts.to_str().unwrap();
+    for command in [&["activations", "--hook", "blocks.9.hook_resid_post"][..], &["dict", "encode", "--top", "4"][..]] {
+        let (ok, out, err) = loupe(&[command, &["--texts", texts, "--json"]].concat());
+        assert!(ok, "{err}");
+        let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        for (line, text) in lines.iter().zip(["Hello world", "The cat sat on the mat"]) {
+            let (ok, single, err) = loupe(&[command, &[text, "--json"]].concat());
+            assert!(ok, "{err}");
+            assert_eq!(line, &serde_json::from_str::<serde_json::Value>(&single).unwrap(), "{command:?} on {text:?}");
+        }
+    }
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "\"fine\"\n{\"body\": \"no text field\"}\n").unwrap();
+    let (ok, _, err) = loupe(&["activations", "--hook", "hook_embed", "--texts", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("bad.jsonl line 2: expected a \"text\" field holding a string"), "{err}");
+    let (ok, _, err) = loupe(&["dict", "encode", "both", "--texts", bad.to_str().unwrap()]);
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+}
+
+#[test]
 fn bad_hook_and_missing_model_are_clear_errors() {
     let (ok, _, err) = loupe(&["activations", "--hook", "blocks.9.resid", "Hello"]);
     assert!(!ok);

@@ -10,7 +10,7 @@ use loupe_engine::{Dictionary, FeatureLens, Read, Rows, TokenBatch};
 use loupe_train::eval;
 use serde_json::json;
 
-use crate::output::{default_dictionary, default_heldout_corpus, print_json, spinner, ModelArgs};
+use crate::output::{about_text, default_dictionary, default_heldout_corpus, print_json, print_json_for, spinner, ModelArgs, TextArgs};
 
 #[derive(clap::Subcommand)]
 pub enum Dict {
@@ -24,7 +24,8 @@ pub enum Dict {
 
 #[derive(clap::Args)]
 pub struct EncodeArgs {
-    pub text: String,
+    #[command(flatten)]
+    pub text: TextArgs,
     /// Dictionary folder (default: the embedded default dictionary).
     #[arg(long)]
     pub dictionary: Option<PathBuf>,
@@ -132,37 +133,50 @@ fn evaluate(args: EvalArgs) -> anyhow::Result<()> {
 }
 
 fn encode(args: EncodeArgs) -> anyhow::Result<()> {
+    let texts = args.text.read()?;
     let model = args.model.load()?;
     let path = args.dictionary.clone().unwrap_or_else(default_dictionary);
     let dictionary = Dictionary::load_for_model(&path, model.config()).with_context(|| format!("loading dictionary {}", path.display()))?;
     let hook = dictionary.info().hook_in;
     let lens = FeatureLens::new(model, vec![("dictionary".into(), Arc::new(dictionary))])?;
+    for (i, (name, text)) in texts.iter().enumerate() {
+        let tokens = encode_text(&lens, text, args.top).map_err(|e| about_text(e, name))?;
+        if args.json {
+            print_json_for(&json!({ "dictionary": path, "hook": hook.to_string(), "tokens": tokens }), args.text.many())?;
+            continue;
+        }
+        if let Some(name) = name {
+            println!("{}{name}", if i > 0 { "\n" } else { "" });
+        }
+        println!("{} at {hook}: top {} features per token", path.display(), args.top);
+        for token in &tokens {
+            let features: Vec<String> =
+                token["features"].as_array().map(|fs| fs.iter().map(|f| format!("#{}={:.2}", f["feature"], f["activation"].as_f64().unwrap_or(0.0))).collect()).unwrap_or_default();
+            println!("  {:<14} {}", format!("{:?}", token["token"].as_str().unwrap_or_default()), features.join("  "));
+        }
+    }
+    Ok(())
+}
+
+/// Each token of one text with its `top` strongest active features, strongest first.
+fn encode_text(lens: &FeatureLens, text: &str, top: usize) -> anyhow::Result<Vec<serde_json::Value>> {
     let tokenizer = lens.model().tokenizer()?;
-    let ids = tokenizer.encode(&args.text)?;
+    let ids = tokenizer.encode(text)?;
     if ids.is_empty() {
         anyhow::bail!("the text has no tokens");
     }
     let pieces = tokenizer.token_strings(&ids)?;
-    let out = lens.run(&TokenBatch::single(&ids)?, &Read::all(&lens, Rows::All))?;
+    let out = lens.run(&TokenBatch::single(&ids)?, &Read::all(lens, Rows::All))?;
     let encoding = &out.codes[0];
-    let tokens: Vec<serde_json::Value> = pieces
+    Ok(pieces
         .iter()
         .enumerate()
         .map(|(t, piece)| {
             let (indices, values) = encoding.features.token(t);
             let mut active: Vec<(u32, f32)> = indices.iter().copied().zip(values.iter().copied()).collect();
             active.sort_by(|a, b| b.1.total_cmp(&a.1));
-            active.truncate(args.top);
+            active.truncate(top);
             json!({ "token": piece, "features": active.iter().map(|(f, v)| json!({ "feature": f, "activation": v })).collect::<Vec<_>>() })
         })
-        .collect();
-    if args.json {
-        return print_json(&json!({ "dictionary": path, "hook": hook.to_string(), "tokens": tokens }));
-    }
-    println!("{} at {hook}: top {} features per token", path.display(), args.top);
-    for token in &tokens {
-        let features: Vec<String> = token["features"].as_array().map(|fs| fs.iter().map(|f| format!("#{}={:.2}", f["feature"], f["activation"].as_f64().unwrap_or(0.0))).collect()).unwrap_or_default();
-        println!("  {:<14} {}", format!("{:?}", token["token"].as_str().unwrap_or_default()), features.join("  "));
-    }
-    Ok(())
+        .collect())
 }
