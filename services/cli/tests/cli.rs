@@ -74,6 +74,29 @@ fn texts_file_gives_one_json_line_per_text_as_single_runs_do() {
 }
 
 #[test]
+fn bench_forward_times_the_lens_with_the_default_and_a_wide_dictionary() {
+    let args = ["bench", "forward", "--batch", "2", "--seq", "8", "--layer", "9", "--no-reference", "--repeats", "1", "--min-seconds", "0"];
+    let (ok, out, err) = loupe(&[&args[..], &["--encode", "--wide", "1024", "--json"]].concat());
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = json["results"].as_array().unwrap();
+    let gflop = |case: &str| {
+        let row = rows.iter().find(|r| r["case"] == case).unwrap_or_else(|| panic!("no {case:?} row in {out}"));
+        assert!(row["tokens_per_second"].as_f64().unwrap() > 0.0);
+        row["gflops"].as_f64().unwrap() * row["seconds"].as_f64().unwrap()
+    };
+    // The encode adds the encoder's matmul, 2 * d_in * d_sae FLOPs a token, to the forward to
+    // the dictionary's layer.
+    let forward = gflop("to layer 9");
+    for (case, latents) in [("blocks.9.hook_resid_post + 4608 latents", 4608.0), ("blocks.9.hook_resid_post + 1024 random latents", 1024.0)] {
+        let encode = 2.0 * 16.0 * 576.0 * latents / 1e9;
+        assert!(((gflop(case) - forward) / encode - 1.0).abs() < 1e-6, "{case}: {} vs {forward} + {encode}", gflop(case));
+    }
+    let (ok, _, err) = loupe(&[&args[..], &["--encode", "--wide", "0"]].concat());
+    assert!(!ok && err.contains("--wide takes a number of latents of at least 1"), "{err}");
+}
+
+#[test]
 fn bad_hook_and_missing_model_are_clear_errors() {
     let (ok, _, err) = loupe(&["activations", "--hook", "blocks.9.resid", "Hello"]);
     assert!(!ok);

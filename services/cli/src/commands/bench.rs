@@ -7,7 +7,10 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::Context;
-use loupe_engine::{Dictionary, HookPoint, Hooks, Logits, Model, TokenBatch};
+use std::sync::Arc;
+
+use loupe_engine::dictionary::{Activation, DictionaryParts, Format, InputNorm};
+use loupe_engine::{Dictionary, DictionaryInfo, FeatureLens, HookPoint, Hooks, Logits, Model, Read as LensRead, Rows, TokenBatch};
 use serde_json::json;
 
 use crate::output::{print_json, ModelArgs};
@@ -77,6 +80,17 @@ pub struct ForwardArgs {
     /// Do not run the transformers comparison.
     #[arg(long)]
     pub no_reference: bool,
+    /// Also time the forward pass with a dictionary encode through the feature lens: the
+    /// default dictionary (or --dictionary) and a random TopK dictionary of --wide latents at
+    /// --layer (what reference/bench_torch_gpu.py times in PyTorch).
+    #[arg(long)]
+    pub encode: bool,
+    /// Dictionary for --encode (default: the embedded default dictionary).
+    #[arg(long, requires = "encode")]
+    pub dictionary: Option<PathBuf>,
+    /// Latents of the random wide TopK dictionary of --encode.
+    #[arg(long, default_value_t = 65_536, requires = "encode")]
+    pub wide: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -116,6 +130,11 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
     if args.batch.is_empty() || args.batch.contains(&0) || args.seq == 0 {
         anyhow::bail!("--batch takes sizes of at least 1 (e.g. 1,8,32) and --seq at least 1");
     }
+    if args.encode && args.wide == 0 {
+        anyhow::bail!("--wide takes a number of latents of at least 1 (e.g. 65536)");
+    }
+    let lens = FeatureLens::new(model, if args.encode { encode_dictionaries(&args, &config)? } else { Vec::new() })?;
+    let model = lens.model();
     let threads = rayon_threads();
     let compute = model.compute().clone();
     // Loaded first, so that its start does not share the CPU with the peak measurement.
@@ -166,6 +185,30 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
             let gflop = config.forward_flops(tokens, layers, context, logits != Logits::None) / 1e9;
             let reference_tokens_per_s = reference.is_ok().then(|| tokens as f64 / best_reference);
             timings.push(Timing { batch: batch_size, name, seconds: best, gflop, reference_tokens_per_s, runs });
+        }
+        for (index, dictionary) in lens.dictionaries().iter().enumerate() {
+            let info = dictionary.dictionary.info();
+            let name = format!("{} + {}", info.hook_in, dictionary.id);
+            eprintln!("timing forward {name} ({batch_size} x {} tokens)...", args.seq);
+            let read = LensRead::only(vec![index], Rows::All);
+            // The lens copies the sparse codes to the host, so the run has finished when it returns.
+            let run_lens = || -> anyhow::Result<f64> {
+                settle();
+                let start = Instant::now();
+                let out = lens.run(&batch, &read)?;
+                let seconds = start.elapsed().as_secs_f64();
+                drop(out);
+                Ok(seconds)
+            };
+            run_lens()?;
+            let (mut best, mut spent, mut runs) = (f64::INFINITY, 0.0, 0);
+            while runs < args.repeats.max(1) || (runs < MAX_RUNS && spent < args.min_seconds) {
+                let seconds = run_lens()?;
+                (best, spent, runs) = (best.min(seconds), spent + seconds, runs + 1);
+            }
+            let layers = info.hook_in.layer().map_or(config.n_layers, |l| l + 1);
+            let gflop = (config.forward_flops(tokens, layers, context, false) + 2.0 * (tokens * info.d_in * info.d_sae) as f64) / 1e9;
+            timings.push(Timing { batch: batch_size, name, seconds: best, gflop, reference_tokens_per_s: None, runs });
         }
     }
     let rows: Vec<serde_json::Value> = timings
@@ -280,6 +323,47 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
 
 /// Real text repeated to fill `batch` windows of `seq` tokens (content does not change the
 /// cost, but real tokens keep the activations realistic).
+/// `--encode`'s dictionaries: the default (or given) one, and a random TopK dictionary of
+/// `--wide` latents at `--layer` with the default's k (W_enc ~ N(0, 1/d_in), W_dec its transpose:
+/// the cost of an encode depends on the shapes and k, not on what the latents mean).
+fn encode_dictionaries(args: &ForwardArgs, config: &loupe_engine::ModelConfig) -> anyhow::Result<Vec<(String, Arc<Dictionary>)>> {
+    let path = args.dictionary.clone().unwrap_or_else(crate::output::default_dictionary);
+    let default = Dictionary::load_for_model(&path, config).with_context(|| format!("loading dictionary {}", path.display()))?;
+    let k = match default.activation() {
+        Activation::TopK { k } => *k,
+        _ => 32,
+    };
+    let (d_in, d_sae) = (config.hidden_size, args.wide);
+    let hook = HookPoint::resid_post(args.layer);
+    let info = DictionaryInfo {
+        format: Format::SaeLens,
+        architecture: "topk".into(),
+        hook_in: hook,
+        hook_out: hook,
+        d_in,
+        d_sae,
+        d_out: d_in,
+        model_name: None,
+        source: PathBuf::from(format!("random-topk-{d_sae}")),
+    };
+    let cpu = candle_core::Device::Cpu;
+    let w_enc = candle_core::Tensor::randn(0f32, (1.0 / d_in as f64).sqrt() as f32, (d_in, d_sae), &cpu)?;
+    let wide = Dictionary::from_parts(DictionaryParts {
+        info,
+        w_dec: w_enc.t()?.contiguous()?,
+        w_enc,
+        b_enc: candle_core::Tensor::zeros(d_sae, candle_core::DType::F32, &cpu)?,
+        b_dec: candle_core::Tensor::zeros(d_in, candle_core::DType::F32, &cpu)?,
+        input_bias: None,
+        input_norm: InputNorm::None,
+        activation: Activation::TopK { k },
+        rescale_by_decoder_norm: false,
+        skip: None,
+    })?;
+    let default_name = format!("{} latents", default.info().d_sae);
+    Ok(vec![(default_name, Arc::new(default)), (format!("{d_sae} random latents"), Arc::new(wide))])
+}
+
 fn bench_batch(model: &Model, batch: usize, seq: usize) -> anyhow::Result<TokenBatch> {
     let text = "The history of science is the study of the development of science and scientific knowledge, \
                 including both the natural and social sciences. Mathematics, 1234567890, and code such as \
