@@ -75,10 +75,11 @@ fn texts_file_gives_one_json_line_per_text_as_single_runs_do() {
 
 #[test]
 fn bench_forward_times_the_lens_with_the_default_and_a_wide_dictionary() {
-    let args = ["bench", "forward", "--batch", "2", "--seq", "8", "--layer", "9", "--no-reference", "--repeats", "1", "--min-seconds", "0"];
+    let args = ["bench", "forward", "--batch", "2", "--seq", "8", "--layer", "9", "--no-reference", "--repeats", "1", "--min-seconds", "0", "--no-peak"];
     let (ok, out, err) = loupe(&[&args[..], &["--encode", "--wide", "1024", "--json"]].concat());
     assert!(ok, "{err}");
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(json["matmul_peak_gflops"].is_null() && json["results"][0]["fraction_of_peak"].is_null(), "--no-peak: {out}");
     let rows = json["results"].as_array().unwrap();
     let gflop = |case: &str| {
         let row = rows.iter().find(|r| r["case"] == case).unwrap_or_else(|| panic!("no {case:?} row in {out}"));

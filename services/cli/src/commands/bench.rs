@@ -91,6 +91,9 @@ pub struct ForwardArgs {
     /// Latents of the random wide TopK dictionary of --encode.
     #[arg(long, default_value_t = 65_536, requires = "encode")]
     pub wide: usize,
+    /// Skip the matmul peak measurement (no fraction of peak): for profiling the passes alone.
+    #[arg(long)]
+    pub no_peak: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -142,8 +145,13 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
     // The peak in the dtype the model computes in, where it computes (a GPU needs larger
     // products to reach its peak).
     let size = if compute.is_cpu() { 2048 } else { 8192 };
-    eprintln!("measuring the {:?} matmul peak on {:?} ({threads} CPU threads)...", compute.dtype, compute.device);
-    let peak = loupe_engine::perf::matmul_peak_gflops_on(&compute, size, 10)?;
+    let peak = match args.no_peak {
+        true => f64::NAN,
+        false => {
+            eprintln!("measuring the {:?} matmul peak on {:?} ({threads} CPU threads)...", compute.dtype, compute.device);
+            loupe_engine::perf::matmul_peak_gflops_on(&compute, size, 10)?
+        }
+    };
     // Attention cost: each query attends to (seq + 1) / 2 keys on average under the causal mask.
     let context = args.seq.div_ceil(2);
     let mut timings = Vec::new();
@@ -224,7 +232,7 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
                 "seconds": t.seconds,
                 "tokens_per_second": tokens_per_s,
                 "gflops": gflops,
-                "fraction_of_peak": gflops / peak,
+                "fraction_of_peak": Some(gflops / peak).filter(|f| f.is_finite()),
                 "transformers_tokens_per_second": torch,
                 "speedup_vs_transformers": torch.map(|r| tokens_per_s / r),
                 "runs": t.runs,
@@ -236,7 +244,7 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
         "model": model.source(),
         "threads": threads,
         "seq": args.seq,
-        "matmul_peak_gflops": peak,
+        "matmul_peak_gflops": Some(peak).filter(|p| p.is_finite()),
         "device": format!("{:?}", compute.device),
         "dtype": format!("{:?}", compute.dtype),
         "results": rows,
@@ -246,17 +254,20 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
         return print_json(&report);
     }
     println!("forward pass, batches of {} tokens, {threads} threads", args.seq);
-    println!("{:?} matmul peak on {:?} (candle, {size}^3): {peak:.1} GFLOP/s", compute.dtype, compute.device);
-    println!("{:>5} {:<22} {:>10} {:>10} {:>9} {:>14} {:>9}", "batch", "case", "tokens/s", "GFLOP/s", "of peak", "transformers", "ratio");
+    match args.no_peak {
+        true => println!("matmul peak not measured (--no-peak)"),
+        false => println!("{:?} matmul peak on {:?} (candle, {size}^3): {peak:.1} GFLOP/s", compute.dtype, compute.device),
+    }
+    println!("{:>5} {:<44} {:>10} {:>10} {:>9} {:>14} {:>9}", "batch", "case", "tokens/s", "GFLOP/s", "of peak", "transformers", "ratio");
     for row in &rows {
         let torch = row["transformers_tokens_per_second"].as_f64();
         println!(
-            "{:>5} {:<22} {:>10.0} {:>10.1} {:>8.1}% {:>14} {:>9}",
+            "{:>5} {:<44} {:>10.0} {:>10.1} {:>9} {:>14} {:>9}",
             row["batch"].as_u64().unwrap_or(0),
             row["case"].as_str().unwrap_or_default(),
             row["tokens_per_second"].as_f64().unwrap_or(0.0),
             row["gflops"].as_f64().unwrap_or(0.0),
-            100.0 * row["fraction_of_peak"].as_f64().unwrap_or(0.0),
+            row["fraction_of_peak"].as_f64().map_or("-".into(), |f| format!("{:.1}%", 100.0 * f)),
             torch.map_or("-".into(), |t| format!("{t:.0} tok/s")),
             row["speedup_vs_transformers"].as_f64().map_or("-".into(), |r| format!("{r:.2}x")),
         );
