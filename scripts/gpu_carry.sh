@@ -7,8 +7,9 @@
 #   - the CUDA binary (scripts/build_cuda.sh), stripped;
 #   - the default model and the demo corpus (scripts/setup.sh);
 #   - the CPU reference of checks 3 and 4 (`gpu_check.sh --reference`, made here with the same
-#     binary on the CPU: the 1M-token index takes ~9 minutes on 2 cores, the whole script ~15; kept in target/gpu-reference for reuse), so
-#     that the GPU machine spends its minutes on the GPU;
+#     binary on the CPU and kept in target/gpu-reference for reuse: the 1M-token index takes
+#     ~9 minutes on 2 cores, the whole script ~15), so that the GPU machine spends its minutes
+#     on the GPU;
 #   - the `gguf` wheel (transformers reads the GGUF model through it; the image lacks it).
 #
 # Then, with the device tool (a machine goes back 30 s after a call: make the calls back to
