@@ -164,34 +164,16 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
         ];
         for (name, hooks, logits, layers, reference_case) in cases {
             eprintln!("timing forward {name} ({batch_size} x {} tokens){}...", args.seq, if reference.is_ok() { ", loupe and transformers in turn" } else { "" });
-            let run_loupe = || -> anyhow::Result<f64> {
-                settle();
-                let start = Instant::now();
-                let out = model.forward(&batch, &hooks, logits, None)?;
-                compute.device.synchronize()?;
-                let seconds = start.elapsed().as_secs_f64();
-                drop(out);
-                Ok(seconds)
+            let run_loupe = || {
+                timed(|| {
+                    let out = model.forward(&batch, &hooks, logits, None)?;
+                    compute.device.synchronize()?;
+                    Ok(out)
+                })
             };
-            // One warm-up each, then the timed runs alternate (best of each).
-            run_loupe()?;
-            reference = reference.and_then(|mut r| r.time(batch_size, reference_case).map(|_| r));
-            let (mut best, mut best_reference) = (f64::INFINITY, f64::INFINITY);
-            let (mut runs, mut spent, mut spent_reference) = (0, 0.0, 0.0);
-            // Short passes run more often: this machine's speed moves within seconds, and the
-            // best of a few 0.1 s runs says more about the minute than about the code.
-            while runs < args.repeats.max(1) || (runs < MAX_RUNS && (spent < args.min_seconds || (reference.is_ok() && spent_reference < args.min_seconds))) {
-                let seconds = run_loupe()?;
-                (best, spent, runs) = (best.min(seconds), spent + seconds, runs + 1);
-                if let Ok(r) = reference.as_mut() {
-                    match r.time(batch_size, reference_case) {
-                        Ok(seconds) => (best_reference, spent_reference) = (best_reference.min(seconds), spent_reference + seconds),
-                        Err(e) => reference = Err(e),
-                    }
-                }
-            }
+            let (best, best_reference, runs) = best_of(&args, run_loupe, &mut reference, Some((batch_size, reference_case)))?;
             let gflop = config.forward_flops(tokens, layers, context, logits != Logits::None) / 1e9;
-            let reference_tokens_per_s = reference.is_ok().then(|| tokens as f64 / best_reference);
+            let reference_tokens_per_s = best_reference.map(|seconds| tokens as f64 / seconds);
             timings.push(Timing { batch: batch_size, name, seconds: best, gflop, reference_tokens_per_s, runs });
         }
         for (index, dictionary) in lens.dictionaries().iter().enumerate() {
@@ -200,20 +182,8 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
             eprintln!("timing forward {name} ({batch_size} x {} tokens)...", args.seq);
             let read = LensRead::only(vec![index], Rows::All);
             // The lens copies the sparse codes to the host, so the run has finished when it returns.
-            let run_lens = || -> anyhow::Result<f64> {
-                settle();
-                let start = Instant::now();
-                let out = lens.run(&batch, &read)?;
-                let seconds = start.elapsed().as_secs_f64();
-                drop(out);
-                Ok(seconds)
-            };
-            run_lens()?;
-            let (mut best, mut spent, mut runs) = (f64::INFINITY, 0.0, 0);
-            while runs < args.repeats.max(1) || (runs < MAX_RUNS && spent < args.min_seconds) {
-                let seconds = run_lens()?;
-                (best, spent, runs) = (best.min(seconds), spent + seconds, runs + 1);
-            }
+            let run_lens = || timed(|| Ok(lens.run(&batch, &read)?));
+            let (best, _, runs) = best_of(&args, run_lens, &mut reference, None)?;
             let layers = info.hook_in.layer().map_or(config.n_layers, |l| l + 1);
             let gflop = (config.forward_flops(tokens, layers, context, false) + 2.0 * (tokens * info.d_in * info.d_sae) as f64) / 1e9;
             timings.push(Timing { batch: batch_size, name, seconds: best, gflop, reference_tokens_per_s: None, runs });
@@ -334,6 +304,53 @@ fn encode(args: EncodeArgs) -> anyhow::Result<()> {
 
 /// Real text repeated to fill `batch` windows of `seq` tokens (content does not change the
 /// cost, but real tokens keep the activations realistic).
+/// Seconds one pass takes, after a settling pause; `pass` returns once its work has finished
+/// (its output is dropped after the clock stops).
+fn timed<T>(pass: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<f64> {
+    settle();
+    let start = Instant::now();
+    let out = pass()?;
+    let seconds = start.elapsed().as_secs_f64();
+    drop(out);
+    Ok(seconds)
+}
+
+/// One warm-up each, then timed runs of loupe's pass alternating with transformers' on the
+/// same case (when it has one): the best of each side, and loupe's number of runs. A
+/// reference that fails is kept as the error, and times nothing more.
+fn best_of(
+    args: &ForwardArgs,
+    mut run_loupe: impl FnMut() -> anyhow::Result<f64>,
+    reference: &mut anyhow::Result<Transformers>,
+    case: Option<(usize, &str)>,
+) -> anyhow::Result<(f64, Option<f64>, usize)> {
+    let time_reference = |reference: &mut anyhow::Result<Transformers>| -> Option<f64> {
+        let (batch, name) = case?;
+        match reference.as_mut().ok()?.time(batch, name) {
+            Ok(seconds) => Some(seconds),
+            Err(e) => {
+                *reference = Err(e);
+                None
+            }
+        }
+    };
+    let compared = |reference: &anyhow::Result<Transformers>| case.is_some() && reference.is_ok();
+    run_loupe()?;
+    time_reference(reference);
+    let (mut best, mut best_reference) = (f64::INFINITY, f64::INFINITY);
+    let (mut runs, mut spent, mut spent_reference) = (0, 0.0, 0.0);
+    // Short passes run more often: this machine's speed moves within seconds, and the best of
+    // a few 0.1 s runs says more about the minute than about the code.
+    while runs < args.repeats.max(1) || (runs < MAX_RUNS && (spent < args.min_seconds || (compared(reference) && spent_reference < args.min_seconds))) {
+        let seconds = run_loupe()?;
+        (best, spent, runs) = (best.min(seconds), spent + seconds, runs + 1);
+        if let Some(seconds) = time_reference(reference) {
+            (best_reference, spent_reference) = (best_reference.min(seconds), spent_reference + seconds);
+        }
+    }
+    Ok((best, compared(reference).then_some(best_reference), runs))
+}
+
 /// `--encode`'s dictionaries: the default (or given) one, and a random TopK dictionary of
 /// `--wide` latents at `--layer` with the default's k (W_enc ~ N(0, 1/d_in), W_dec its transpose:
 /// the cost of an encode depends on the shapes and k, not on what the latents mean).
